@@ -1,0 +1,274 @@
+/*
+ * mg_http1: request/response heads, the smuggling vectors a strict parser must
+ * refuse, incremental parsing at every split point, and chunked decoding fed
+ * at every byte boundary.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "mg_http1.h"
+
+static const mg_http1_limits_t LIM = { .max_line = 200, .max_head = 1024, .max_headers = 16 };
+
+static int parse(const char *s, mg_http1_request_t *req, mg_header_t *hdrs)
+{
+    req->headers = hdrs;
+    return mg_http1_parse_request(s, strlen(s), req, &LIM);
+}
+
+static void simple_get(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    const char *s = "GET /users/42?x=1 HTTP/1.1\r\nHost: example.com\r\nX-A:  b c \r\n\r\nBODY";
+    int n = parse(s, &r, h);
+    assert_int_equal(n, (int)(strstr(s, "BODY") - s));
+    assert_int_equal(r.method_len, 3);
+    assert_memory_equal(r.method, "GET", 3);
+    assert_int_equal(r.target_len, strlen("/users/42?x=1"));
+    assert_int_equal(r.minor_version, 1);
+    assert_int_equal(r.num_headers, 2);
+    assert_int_equal(h[1].value_len, 3); /* OWS trimmed both sides */
+    assert_memory_equal(h[1].value, "b c", 3);
+    assert_int_equal(r.content_length, -1);
+    assert_int_equal(r.host_len, 11);
+}
+
+static void framing_flags(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", &r, h) > 0);
+    assert_int_equal(r.content_length, 5);
+    assert_true(r.flags & MG_HTTP1_F_CONN_CLOSE);
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n", &r, h) > 0);
+    assert_true(r.flags & MG_HTTP1_F_CHUNKED);
+    assert_true(r.flags & MG_HTTP1_F_EXPECT_CONTINUE);
+    assert_true(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", &r, h) > 0);
+    assert_int_equal(r.minor_version, 0);
+    assert_true(r.flags & MG_HTTP1_F_CONN_KEEPALIVE);
+    /* identical repeated Content-Length is one value, RFC 9110 §8.6 */
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", &r, h) > 0);
+    assert_int_equal(r.content_length, 3);
+    /* leading empty lines are skipped */
+    assert_true(parse("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", &r, h) > 0);
+}
+
+typedef struct vector {
+    const char *name;
+    const char *raw;
+    int rc;
+} vector_t;
+
+/* Every one of these must be refused with the given code; none may parse. */
+static const vector_t bad[] = {
+    { "CL and TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE and CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n", MG_HTTP1_EBAD },
+    { "conflicting CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", MG_HTTP1_EBAD },
+    { "conflicting CL list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\n", MG_HTTP1_EBAD },
+    { "signed CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\n", MG_HTTP1_EBAD },
+    { "negative CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", MG_HTTP1_EBAD },
+    { "hex CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", MG_HTTP1_EBAD },
+    { "empty CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", MG_HTTP1_EBAD },
+    { "huge CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", MG_HTTP1_EBAD },
+    { "CL with space inside", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 0\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE not final chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE chunked twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", MG_HTTP1_EBAD },
+    { "TE gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", MG_HTTP1_ECODING },
+    { "obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", MG_HTTP1_EBAD },
+    { "obs-fold TE", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", MG_HTTP1_EBAD },
+    { "bare CR in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n", MG_HTTP1_EBAD },
+    { "bare LF line end", "GET / HTTP/1.1\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "bare LF header", "GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", MG_HTTP1_EBAD },
+    { "NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n", MG_HTTP1_EBAD },
+    { "space before colon", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n", MG_HTTP1_EBAD },
+    { "tab before colon", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length\t: 5\r\n\r\n", MG_HTTP1_EBAD },
+    { "bad header name", "GET / HTTP/1.1\r\nHost: a\r\nX(A): b\r\n\r\n", MG_HTTP1_EBAD },
+    { "empty header name", "GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n", MG_HTTP1_EBAD },
+    { "bad method token", "G(ET / HTTP/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "two spaces", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "space in target", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "CTL in target", "GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "8bit in target", "GET /a\xff HTTP/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", MG_HTTP1_EVERSION },
+    { "HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", MG_HTTP1_EVERSION },
+    { "HTTP/0.9 style", "GET /\r\n\r\n", MG_HTTP1_EBAD },
+    { "lowercase version", "GET / http/1.1\r\nHost: a\r\n\r\n", MG_HTTP1_EBAD },
+    { "missing host 1.1", "GET / HTTP/1.1\r\nX: y\r\n\r\n", MG_HTTP1_EBAD },
+    { "two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", MG_HTTP1_EBAD },
+    { "expect other", "GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", MG_HTTP1_EEXPECT },
+    { "too many headers", "GET / HTTP/1.1\r\nHost: a\r\n1: 1\r\n2: 2\r\n3: 3\r\n4: 4\r\n5: 5\r\n6: 6\r\n7: 7\r\n8: 8\r\n9: 9\r\n10: 1\r\n11: 1\r\n12: 1\r\n13: 1\r\n14: 1\r\n15: 1\r\n16: 1\r\n\r\n", MG_HTTP1_EHEADER_COUNT },
+};
+
+static void smuggling_vectors(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t len = strlen(bad[i].raw);
+        if (strcmp(bad[i].name, "NUL in value") == 0)
+            len = strlen("GET / HTTP/1.1\r\nHost: a\r\nX-A: b") + 1 + strlen("c\r\n\r\n");
+        r.headers = h;
+        int rc = mg_http1_parse_request(bad[i].raw, len, &r, &LIM);
+        if (rc != bad[i].rc)
+            fail_msg("vector '%s': got %d, want %d (%s)", bad[i].name, rc, bad[i].rc, r.error ? r.error : "");
+        assert_non_null(r.error);
+    }
+}
+
+static void limits(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    char line[400];
+    snprintf(line, sizeof(line), "GET /%0300d HTTP/1.1\r\nHost: a\r\n\r\n", 0);
+    assert_int_equal(parse(line, &r, h), MG_HTTP1_ELINE);
+    assert_int_equal(mg_http1_error_status(MG_HTTP1_ELINE), 414);
+    /* an incomplete, already too long request line is refused before the CRLF */
+    snprintf(line, sizeof(line), "GET /%0300d", 0);
+    assert_int_equal(parse(line, &r, h), MG_HTTP1_ELINE);
+    char big[2048];
+    snprintf(big, sizeof(big), "GET / HTTP/1.1\r\nHost: a\r\nX: %01100d\r\n\r\n", 0);
+    assert_int_equal(parse(big, &r, h), MG_HTTP1_EHEADER_SIZE);
+    assert_int_equal(mg_http1_error_status(MG_HTTP1_EHEADER_SIZE), 431);
+}
+
+static void incremental_every_split(void **state)
+{
+    const char *s = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+    size_t head = strlen(s) - 2;
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    for (size_t cut = 0; cut < head; cut++) {
+        r.headers = h;
+        int rc = mg_http1_parse_request(s, cut, &r, &LIM);
+        if (rc != MG_HTTP1_AGAIN)
+            fail_msg("prefix of %zu bytes: got %d", cut, rc);
+    }
+    r.headers = h;
+    assert_int_equal(mg_http1_parse_request(s, head, &r, &LIM), (int)head);
+}
+
+static void response_heads(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_response_t r = { .headers = h };
+    const char *s = "HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc";
+    assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), (int)strlen(s) - 3);
+    assert_int_equal(r.status, 404);
+    assert_int_equal(r.content_length, 3);
+    s = "HTTP/1.1 200\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_true(mg_http1_parse_response(s, strlen(s), &r, &LIM) > 0);
+    assert_true(r.flags & MG_HTTP1_F_CHUNKED);
+    s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_EBAD);
+    s = "HTTX/1.1 200 OK\r\n\r\n";
+    assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_EBAD);
+    s = "HTTP/1.1 2x0 OK\r\n\r\n";
+    assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_EBAD);
+    s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n";
+    assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_AGAIN);
+}
+
+/* Decodes `in` fed in two pieces split at `cut`; returns the decoder result. */
+static int decode_split(const char *in, size_t len, size_t cut, char *out, size_t *outlen)
+{
+    mg_chunked_t d;
+    mg_chunked_init(&d);
+    *outlen = 0;
+    size_t bounds[3] = { 0, cut, len };
+    int rc = MG_CHUNKED_AGAIN;
+    for (int part = 0; part < 2; part++) {
+        const char *p = in + bounds[part];
+        size_t n = bounds[part + 1] - bounds[part];
+        while (n > 0 || rc == MG_CHUNKED_DATA) {
+            size_t used;
+            const char *data;
+            size_t dlen;
+            rc = mg_chunked_decode(&d, p, n, &used, &data, &dlen);
+            p += used;
+            n -= used;
+            if (rc == MG_CHUNKED_DATA) {
+                memcpy(out + *outlen, data, dlen);
+                *outlen += dlen;
+                continue;
+            }
+            if (rc != MG_CHUNKED_AGAIN)
+                return rc;
+            break;
+        }
+    }
+    return rc;
+}
+
+static void chunked_every_boundary(void **state)
+{
+    const char *in = "4\r\nWiki\r\n5;ext=\"v\"\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n";
+    size_t len = strlen(in);
+    for (size_t cut = 0; cut <= len; cut++) {
+        char out[64];
+        size_t outlen;
+        int rc = decode_split(in, len, cut, out, &outlen);
+        if (rc != MG_CHUNKED_DONE)
+            fail_msg("split at %zu: rc %d", cut, rc);
+        assert_int_equal(outlen, 23);
+        assert_memory_equal(out, "Wikipedia in\r\n\r\nchunks.", 23);
+    }
+}
+
+static void chunked_rejects(void **state)
+{
+    static const char *bad_bodies[] = {
+        "-1\r\nx\r\n0\r\n\r\n",             /* sign */
+        "+1\r\nx\r\n0\r\n\r\n",
+        "0x1\r\nx\r\n0\r\n\r\n",           /* hex prefix */
+        "\r\n",                            /* missing size */
+        "g\r\n",                           /* not hex */
+        "1000000000000000\r\n",            /* overflow: 16 digits */
+        "1\r\nxy\r\n0\r\n\r\n",            /* data longer than size */
+        "1\nx\r\n0\r\n\r\n",               /* bare LF */
+        "1\rx\r\n0\r\n\r\n",               /* bare CR */
+        "1 x\r\n",                         /* junk after the size that is not an extension */
+        "0\r\n bad-fold: x\r\n\r\n",        /* trailer obs-fold */
+    };
+    for (size_t i = 0; i < sizeof(bad_bodies) / sizeof(bad_bodies[0]); i++) {
+        char out[64];
+        size_t outlen;
+        int rc = decode_split(bad_bodies[i], strlen(bad_bodies[i]), 0, out, &outlen);
+        if (rc != MG_CHUNKED_ERROR)
+            fail_msg("body %zu (%s) decoded with rc %d", i, bad_bodies[i], rc);
+    }
+    /* an endless size line is cut off */
+    char line[MG_CHUNKED_MAX_LINE + 16];
+    line[0] = '1';
+    line[1] = ';';
+    memset(line + 2, 'a', sizeof(line) - 2);
+    mg_chunked_t d;
+    mg_chunked_init(&d);
+    size_t used;
+    const char *data;
+    size_t dlen;
+    assert_int_equal(mg_chunked_decode(&d, line, sizeof(line), &used, &data, &dlen), MG_CHUNKED_ERROR);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(simple_get),
+        cmocka_unit_test(framing_flags),
+        cmocka_unit_test(smuggling_vectors),
+        cmocka_unit_test(limits),
+        cmocka_unit_test(incremental_every_split),
+        cmocka_unit_test(response_heads),
+        cmocka_unit_test(chunked_every_boundary),
+        cmocka_unit_test(chunked_rejects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,48 @@
+/*
+ * mg_core — the vocabulary every module shares: return codes, allocation that
+ * never returns NULL, assertions, monotonic time and ptr+len strings.
+ */
+#ifndef MG_CORE_H
+#define MG_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Control-flow codes, the same numbers across the FFI boundary. */
+#define MG_OK        0
+#define MG_ERROR    (-1)
+#define MG_AGAIN    (-2)
+#define MG_DECLINED (-3)
+
+#define MG_VERSION "0.1.0"
+
+#define mg_unused(x) ((void)(x))
+#define mg_countof(a) (sizeof(a) / sizeof((a)[0]))
+#define mg_likely(x) __builtin_expect(!!(x), 1)
+#define mg_unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Allocation aborts on OOM: a gateway that half-handles OOM corrupts state. */
+void *mg_alloc(size_t n);
+void *mg_calloc(size_t n, size_t size);
+void *mg_realloc(void *p, size_t n);
+char *mg_strndup(const char *s, size_t n);
+
+void mg_assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));
+#define mg_assert(e) ((e) ? (void)0 : mg_assert_fail(#e, __FILE__, __LINE__))
+
+typedef struct mg_str {
+    const char *p;
+    size_t n;
+} mg_str_t;
+
+#define MG_STR(lit) ((mg_str_t){ (lit), sizeof(lit) - 1 })
+
+/* Monotonic clock in milliseconds and microseconds. */
+uint64_t mg_now_ms(void);
+uint64_t mg_now_us(void);
+/* Wall clock, for logs and Date headers. */
+double mg_wall_time(void);
+
+#endif
