@@ -1,0 +1,140 @@
+-- moongate.ctx: the request context handed to handlers (and, later, plugins).
+--
+-- C creates ctx with trace_id, route, params and _r (the request handle). The
+-- rest is built lazily on first use, so a handler that never looks at the
+-- headers never pays for them: ctx.request, ctx.vars, ctx.response, ctx.log.
+-- Request data is read through FFI (see src/mg_ffi.h) so traces stay compiled.
+local ffi = require "ffi"
+local gw = gw
+
+local C = ffi.C
+local ffi_string = ffi.string
+local rawget, rawset, setmetatable, error, type = rawget, rawset, setmetatable, error, type
+local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
+
+ffi.cdef [[
+const char *mg_ffi_req_str(void *r, int what, size_t *len);
+const char *mg_ffi_req_header(void *r, const char *name, size_t name_len, size_t *len);
+int mg_ffi_req_header_count(void *r);
+const char *mg_ffi_req_header_at(void *r, int i, size_t *name_len, const char **value, size_t *value_len);
+const char *mg_ffi_req_body(void *r, size_t *len);
+]]
+
+local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6 }
+
+local len_a = ffi.new("size_t[1]")
+local len_b = ffi.new("size_t[1]")
+local val_p = ffi.new("const char *[1]")
+
+local M = {}
+
+local function handle(req)
+  local r = rawget(req, "_ctx")._r
+  if not r then error("the request has ended: ctx is no longer usable", 3) end
+  return r
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+-- Decodes a query string into a table; repeated keys become arrays.
+function M.parse_query(q)
+  local args = {}
+  for pair in q:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if not k then k, v = pair, true else v = unescape(v) end
+    k = unescape(k)
+    local old = args[k]
+    if old == nil then
+      args[k] = v
+    elseif type(old) == "table" then
+      old[#old + 1] = v
+    else
+      args[k] = { old, v }
+    end
+  end
+  return args
+end
+
+local HEADERS_MT = {
+  -- case-insensitive lookup: the table is keyed by lowercase names
+  __index = function(t, k)
+    if type(k) ~= "string" then return nil end
+    return rawget(t, lower(k))
+  end,
+}
+
+local function load_headers(r)
+  local n = C.mg_ffi_req_header_count(r)
+  local t = setmetatable({}, HEADERS_MT)
+  for i = 0, n - 1 do
+    local name = C.mg_ffi_req_header_at(r, i, len_a, val_p, len_b)
+    local k = lower(ffi_string(name, len_a[0]))
+    local v = ffi_string(val_p[0], len_b[0])
+    local old = rawget(t, k)
+    rawset(t, k, old and (old .. ", " .. v) or v)
+  end
+  return t
+end
+
+local REQ_METHODS = {}
+
+--- ctx.request:header(name) -> the first value of a header, case-insensitive (no table built).
+function REQ_METHODS.header(req, name)
+  local r = handle(req)
+  local p = C.mg_ffi_req_header(r, name, #name, len_a)
+  if p == nil then return nil end
+  return ffi_string(p, len_a[0])
+end
+
+--- ctx.request:body() -> the request body as a string ("" when none).
+-- The body was read, within limits.max_body, before the handler started.
+function REQ_METHODS.body(req)
+  local r = handle(req)
+  local p = C.mg_ffi_req_body(r, len_a)
+  return ffi_string(p, len_a[0])
+end
+
+local REQ_MT = {
+  __index = function(req, k)
+    local m = REQ_METHODS[k]
+    if m then return m end
+    local r = handle(req)
+    local v
+    local f = FIELD[k]
+    if f then
+      local p = C.mg_ffi_req_str(r, f, len_a)
+      v = p ~= nil and ffi_string(p, len_a[0]) or nil
+    elseif k == "headers" then
+      v = load_headers(r)
+    elseif k == "args" then
+      v = M.parse_query(req.query or "")
+    else
+      return nil
+    end
+    rawset(req, k, v)
+    return v
+  end,
+}
+
+local CTX_LAZY = {
+  request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
+  vars = function() return {} end,
+  params = function() return {} end,
+  response = function() return { headers = {} } end,
+}
+
+M.mt = {
+  __index = function(ctx, k)
+    if k == "log" then return gw.log end
+    local make = CTX_LAZY[k]
+    if not make then return nil end
+    local v = make(ctx)
+    rawset(ctx, k, v)
+    return v
+  end,
+}
+
+return M

@@ -1,0 +1,42 @@
+-- moongate.gw: the Lua half of the `gw` API table (the C half is src/mg_api.c
+-- and src/mg_tcp.c). Loaded into every VM; `gw` is a global there.
+local cjson = require "cjson.safe"
+local gw = gw
+
+local type, pairs, tostring = type, pairs, tostring
+local encode = cjson.encode
+
+gw.json = cjson
+gw.VERSION = "0.1.0"
+
+--- gw.time() -> wall-clock seconds as a float (cached per loop iteration).
+gw.time = gw.now
+
+local LEVELS = { debug = true, info = true, warn = true, error = true }
+
+--- gw.log(level, message [, fields]) / ctx.log(...)
+-- Writes a JSON line to the error log. The trace id of the request running
+-- the current coroutine is attached automatically, also after yields.
+-- gw.log(message) logs at "info".
+function gw.log(level, msg, fields)
+  if msg == nil or not LEVELS[level] then
+    level, msg, fields = "info", level, msg
+  end
+  local extra
+  if type(fields) == "table" then
+    local parts, n = {}, 0
+    for k, v in pairs(fields) do
+      if type(k) == "string" and k ~= "time" and k ~= "level" and k ~= "msg" and k ~= "trace_id" then
+        local ev = encode(v)
+        if ev then
+          n = n + 1
+          parts[n] = encode(k) .. ":" .. ev
+        end
+      end
+    end
+    extra = table.concat(parts, ",")
+  end
+  gw._log(level, tostring(msg), extra)
+end
+
+return gw

@@ -1,0 +1,189 @@
+/*
+ * gatewayd — the Moongate gateway daemon.
+ *
+ * The main thread loads and validates the config (refusing a broken one with
+ * file:line), binds one SO_REUSEPORT socket per worker and address, starts
+ * the workers, then only waits for signals.
+ */
+#include <errno.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mg_config.h"
+#include "mg_log.h"
+#include "mg_worker.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gatewayd -c FILE [options]   run the gateway\n"
+            "       gatewayd -t -c FILE             check the config and exit\n"
+            "       gatewayd --spec [ARGS...]       run busted specs inside the runtime\n"
+            "options:\n"
+            "  -c, --config FILE     the Lua config file\n"
+            "  -t, --test            validate the config (syntax, routes, settings) and exit\n"
+            "  -l, --listen ADDR     listen here instead of the config's listen addresses\n"
+            "  -w, --workers N       worker threads (default: the config's, else one per core)\n"
+            "      --log-level LVL   debug, info, warn or error (default info)\n"
+            "  -v, --version\n");
+}
+
+static int bind_socket(const mg_listen_addr_t *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* one socket per worker; the kernel spreads connections across them */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "--spec") == 0)
+        return mg_spec_main(argc - 2, argv + 2);
+
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' }, { "test", no_argument, NULL, 't' },
+        { "listen", required_argument, NULL, 'l' }, { "workers", required_argument, NULL, 'w' },
+        { "log-level", required_argument, NULL, 'L' }, { "version", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+    };
+    const char *file = NULL, *listen_override = NULL;
+    int test = 0, workers_override = 0, opt;
+    while ((opt = getopt_long(argc, argv, "c:tl:w:vh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': file = optarg; break;
+        case 't': test = 1; break;
+        case 'l': listen_override = optarg; break;
+        case 'w': workers_override = atoi(optarg); break;
+        case 'L':
+            if (mg_log_level_parse(optarg) < 0) {
+                fprintf(stderr, "gatewayd: unknown log level '%s'\n", optarg);
+                return 2;
+            }
+            mg_log_set_level(mg_log_level_parse(optarg));
+            break;
+        case 'v': printf("gatewayd (moongate) %s\n", MG_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!file) {
+        usage(stderr);
+        return 2;
+    }
+    evthread_use_pthreads();
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[2048];
+    mg_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    struct event_base *check_base = event_base_new();
+    mg_gen_t *gen = mg_gen_load(file, check_base, NULL, &cfg, err, sizeof(err));
+    if (!gen) {
+        fprintf(stderr, "gatewayd: %s\n", err);
+        return 1;
+    }
+    int nroutes = gen->nroutes;
+    mg_gen_free(gen);
+    event_base_free(check_base);
+    if (listen_override) {
+        for (int i = 0; i < cfg.nlisten; i++)
+            free(cfg.listen[i].text);
+        cfg.nlisten = 0;
+        if (mg_parse_listen(listen_override, &cfg.listen[0], err, sizeof(err)) != MG_OK) {
+            fprintf(stderr, "gatewayd: --listen: %s\n", err);
+            return 1;
+        }
+        cfg.nlisten = 1;
+    }
+    if (cfg.nlisten == 0) {
+        fprintf(stderr, "gatewayd: %s: no listen address (add: listen \"127.0.0.1:8080\")\n", file);
+        return 1;
+    }
+    if (test) {
+        printf("gatewayd: configuration file %s is valid (%d routes)\n", file, nroutes);
+        return 0;
+    }
+    int nworkers = workers_override > 0 ? workers_override : cfg.workers;
+    if (nworkers <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nworkers = n > 0 ? (int)n : 1;
+    }
+    if (mg_log_open(cfg.error_log, cfg.access_log, err, sizeof(err)) != MG_OK) {
+        fprintf(stderr, "gatewayd: %s\n", err);
+        return 1;
+    }
+
+    /* the workers inherit this mask: signals are taken by sigwait here only */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGQUIT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+    mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
+    for (int i = 0; i < nworkers; i++) {
+        int fds[MG_MAX_LISTEN];
+        for (int k = 0; k < cfg.nlisten; k++) {
+            fds[k] = bind_socket(&cfg.listen[k], err, sizeof(err));
+            if (fds[k] < 0) {
+                fprintf(stderr, "gatewayd: %s\n", err);
+                return 1;
+            }
+        }
+        if (mg_worker_init(&workers[i], i, &cfg, fds, cfg.nlisten) != MG_OK) {
+            fprintf(stderr, "gatewayd: worker %d: %s\n", i, workers[i].error);
+            return 1;
+        }
+    }
+    for (int i = 0; i < nworkers; i++)
+        pthread_create(&workers[i].thread, NULL, mg_worker_run, &workers[i]);
+    char addrs[512] = "";
+    for (int k = 0; k < cfg.nlisten; k++)
+        snprintf(addrs + strlen(addrs), sizeof(addrs) - strlen(addrs), "%s%s", k ? " " : "", cfg.listen[k].text);
+    mg_log_info(NULL, "gatewayd %s started: %d workers, %d routes, listening on %s", MG_VERSION, nworkers,
+                nroutes, addrs);
+
+    for (;;) {
+        int sig;
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            mg_log_warn(NULL, "SIGHUP: live reload is not available yet; restart to apply a new config");
+            continue;
+        }
+        mg_log_info(NULL, "signal %d: draining (up to %u ms) and stopping", sig, cfg.drain_timeout_ms);
+        break;
+    }
+    for (int i = 0; i < nworkers; i++)
+        mg_worker_stop(&workers[i]);
+    for (int i = 0; i < nworkers; i++)
+        pthread_join(workers[i].thread, NULL);
+    for (int i = 0; i < nworkers; i++)
+        mg_worker_free(&workers[i]);
+    free(workers);
+    mg_log_info(NULL, "stopped");
+    mg_config_free(&cfg);
+    return 0;
+}

@@ -1,0 +1,107 @@
+/*
+ * mg_api — the gw.* functions implemented in C: waits (gw.sleep), clocks and
+ * the log entry point. The Lua half lives in lua/moongate/gw.lua.
+ */
+#include <lauxlib.h>
+#include <math.h>
+
+#include "mg_log.h"
+#include "mg_lua.h"
+
+#define VM(L) ((mg_vm_t *)lua_touserdata((L), lua_upvalueindex(1)))
+
+static void sleep_fired(evutil_socket_t fd, short what, void *arg)
+{
+    mg_wait_wake(arg, 0);
+}
+
+static void sleep_cancel(mg_wait_t *w)
+{
+    event_del(&w->task->timer);
+}
+
+/* gw.sleep(seconds): yields to the event loop; other requests run meanwhile. */
+static int l_sleep(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    if (!(s >= 0) || s > 1e7)
+        return luaL_argerror(L, 1, "seconds must be a non-negative number");
+    struct timeval tv = { (time_t)s, (suseconds_t)((s - floor(s)) * 1e6) };
+    mg_vm_t *vm = VM(L);
+    mg_task_t *t = mg_task_current(L);
+    if (t) {
+        evtimer_assign(&t->timer, vm->base, sleep_fired, &t->sleep_wait);
+        t->sleep_wait.cancel = sleep_cancel;
+        evtimer_add(&t->timer, &tv);
+        return mg_wait_yield(L, &t->sleep_wait);
+    }
+    /* main thread (specs): the frame outlives the nested loop in mg_wait_yield */
+    struct event ev;
+    mg_wait_t w = { .cancel = NULL };
+    evtimer_assign(&ev, vm->base, sleep_fired, &w);
+    evtimer_add(&ev, &tv);
+    int n = mg_wait_yield(L, &w);
+    event_del(&ev);
+    return n;
+}
+
+/* gw.now(): wall-clock seconds (float), cached per event-loop iteration. */
+static int l_now(lua_State *L)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(VM(L)->base, &tv);
+    lua_pushnumber(L, (double)tv.tv_sec + tv.tv_usec / 1e6);
+    return 1;
+}
+
+/* gw.monotonic_ms(): a monotonic clock for measuring intervals. */
+static int l_monotonic_ms(lua_State *L)
+{
+    lua_pushnumber(L, (double)mg_now_us() / 1000.0);
+    return 1;
+}
+
+/* gw.trace_id(): the trace id of the request running this coroutine, or nil. */
+static int l_trace_id(lua_State *L)
+{
+    mg_task_t *t = mg_task_current(L);
+    if (t && t->trace_id)
+        lua_pushstring(L, t->trace_id);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* gw._log(level, message, fields_json): the trace id is found from the running coroutine. */
+static int l_log(lua_State *L)
+{
+    int level = mg_log_level_parse(luaL_checkstring(L, 1));
+    if (level < 0)
+        return luaL_argerror(L, 1, "level must be debug, info, warn or error");
+    size_t n;
+    const char *msg = luaL_checklstring(L, 2, &n);
+    const char *fields = luaL_optstring(L, 3, NULL);
+    mg_task_t *t = mg_task_current(L);
+    mg_log_write(level, t ? t->trace_id : NULL, fields, "%.*s", (int)n, msg);
+    return 0;
+}
+
+void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
+{
+    static const luaL_Reg fns[] = {
+        { "sleep", l_sleep },
+        { "now", l_now },
+        { "monotonic_ms", l_monotonic_ms },
+        { "trace_id", l_trace_id },
+        { "_log", l_log },
+        { NULL, NULL },
+    };
+    for (const luaL_Reg *f = fns; f->name; f++) {
+        lua_pushlightuserdata(L, vm);
+        lua_pushcclosure(L, f->func, 1);
+        lua_setfield(L, -2, f->name);
+    }
+    mg_tcp_register(L, vm);
+    if (spec)
+        mg_spec_register(L, vm);
+}

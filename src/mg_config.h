@@ -1,0 +1,67 @@
+/*
+ * mg_config — loads a config file into a generation: a Lua VM that ran the
+ * config, the router compiled from its route table, and the C settings.
+ *
+ * A generation is immutable once built. Every worker builds its own from the
+ * same file (one VM per worker, nothing shared between threads); the main
+ * thread builds one first to validate and to learn the settings, so a broken
+ * config is refused before any worker starts.
+ */
+#ifndef MG_CONFIG_H
+#define MG_CONFIG_H
+
+#include <sys/socket.h>
+
+#include "mg_http1.h"
+#include "mg_lua.h"
+#include "mg_router.h"
+
+#define MG_MAX_LISTEN 16
+
+typedef struct mg_listen_addr {
+    char *text;                    /* as written, "0.0.0.0:8080" */
+    struct sockaddr_storage ss;
+    socklen_t len;
+} mg_listen_addr_t;
+
+typedef struct mg_config {
+    char *file;
+    mg_listen_addr_t listen[MG_MAX_LISTEN];
+    int nlisten;
+    int workers;                   /* 0: number of cores */
+    mg_http1_limits_t limits;
+    size_t max_body;
+    uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
+    uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
+    char *access_log, *error_log;
+} mg_config_t;
+
+typedef struct mg_route {
+    int handler_ref;               /* the Lua handler */
+    int info_ref;                  /* the table exposed as ctx.route */
+    char *name;
+    uint32_t timeout_ms;           /* 0: the config's request timeout */
+} mg_route_t;
+
+typedef struct mg_gen {
+    mg_vm_t *vm;
+    mg_router_t *router;
+    mg_route_t *routes;
+    int nroutes;
+} mg_gen_t;
+
+/*
+ * Loads `file` into a new generation running on `base`. When cfg is not NULL
+ * the settings are filled in too (and `listen_override`, if set, replaces the
+ * listen addresses). Returns NULL with "file:line: message" in err.
+ */
+mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
+                      char *err, size_t errlen);
+void mg_gen_free(mg_gen_t *gen);
+
+/* Parses "host:port", "[v6]:port" or ":port" into addr. */
+int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen);
+
+void mg_config_free(mg_config_t *cfg);
+
+#endif

@@ -1,0 +1,64 @@
+/*
+ * mg_conn — one downstream HTTP/1.1 connection: reads and frames requests
+ * (head, Content-Length or chunked body), enforces the size limits and the
+ * header / body / keep-alive timeouts, runs one request at a time (pipelined
+ * requests wait in the input buffer, so responses go out in order), and
+ * closes gracefully (lingering close so a final error response is not lost).
+ */
+#ifndef MG_CONN_H
+#define MG_CONN_H
+
+#include <event2/bufferevent.h>
+
+#include "mg_worker.h"
+
+enum mg_conn_state {
+    MG_CONN_IDLE,      /* between requests; keep-alive timer */
+    MG_CONN_HEAD,      /* part of a head received; header timer (slowloris) */
+    MG_CONN_BODY,      /* reading the request body; body timer */
+    MG_CONN_HANDLER,   /* the request runs; its deadline rules */
+    MG_CONN_CLOSING,   /* last response being written, then lingering close */
+};
+
+struct mg_conn {
+    mg_worker_t *worker;
+    struct bufferevent *bev;
+    struct event timer;
+    enum mg_conn_state state;
+    mg_req_t *req;                /* the request in progress, if any */
+    size_t scanned;               /* head bytes already searched for the end of head */
+    int processing;               /* inside process_input: do not recurse */
+    int close_after;              /* send Connection: close on the next response */
+    int freed;
+    char remote[64];              /* "ip:port" */
+    struct mg_conn *next, *prev;  /* worker's list */
+    struct mg_conn *reap_next;
+    /* body framing */
+    int64_t body_left;            /* Content-Length bytes still to read */
+    int chunked;
+    mg_chunked_t chunk;
+};
+
+/* Takes ownership of an accepted socket. */
+void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen);
+
+/* The output buffer a response is written to. */
+struct evbuffer *mg_conn_output(mg_conn_t *c);
+
+/*
+ * Called by mg_req once the whole response is in the output buffer. The
+ * request object is released by the caller before; keepalive says whether
+ * the connection may carry another request.
+ */
+void mg_conn_response_done(mg_conn_t *c, int keepalive);
+
+/* Worker drain: close idle connections now, the others after their response. */
+void mg_conn_drain(mg_conn_t *c);
+
+/* Closes now, aborting a request in progress. */
+void mg_conn_close(mg_conn_t *c);
+
+/* Frees connections queued for reaping (called by the worker). */
+void mg_conn_reap(mg_worker_t *w);
+
+#endif

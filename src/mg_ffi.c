@@ -1,0 +1,64 @@
+/*
+ * mg_ffi — see mg_ffi.h. Kept tiny and branch-light so LuaJIT traces through
+ * the callers stay compiled.
+ */
+#include "mg_ffi.h"
+
+#include <event2/buffer.h>
+#include <strings.h>
+
+#include "mg_req.h"
+
+const char *mg_ffi_req_str(void *rp, int what, size_t *len)
+{
+    mg_req_t *r = rp;
+    mg_str_t s = { NULL, 0 };
+    switch (what) {
+    case MG_FFI_METHOD: s = r->method; break;
+    case MG_FFI_PATH: s = r->path; break;
+    case MG_FFI_QUERY: s = r->query; break;
+    case MG_FFI_TARGET: s = r->target; break;
+    case MG_FFI_HOST: s = r->host; break;
+    case MG_FFI_REMOTE: s = (mg_str_t){ r->conn->remote, strlen(r->conn->remote) }; break;
+    case MG_FFI_VERSION: s = r->minor_version ? MG_STR("1.1") : MG_STR("1.0"); break;
+    }
+    *len = s.n;
+    return s.p;
+}
+
+const char *mg_ffi_req_header(void *rp, const char *name, size_t name_len, size_t *len)
+{
+    mg_req_t *r = rp;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (h->name_len == name_len && strncasecmp(h->name, name, name_len) == 0) {
+            *len = h->value_len;
+            return h->value;
+        }
+    }
+    return NULL;
+}
+
+int mg_ffi_req_header_count(void *rp)
+{
+    return (int)((mg_req_t *)rp)->nheaders;
+}
+
+const char *mg_ffi_req_header_at(void *rp, int i, size_t *name_len, const char **value, size_t *value_len)
+{
+    mg_req_t *r = rp;
+    if (i < 0 || (size_t)i >= r->nheaders)
+        return NULL;
+    const mg_header_t *h = &r->headers[i];
+    *name_len = h->name_len;
+    *value = h->value;
+    *value_len = h->value_len;
+    return h->name;
+}
+
+const char *mg_ffi_req_body(void *rp, size_t *len)
+{
+    mg_req_t *r = rp;
+    *len = evbuffer_get_length(r->body);
+    return *len ? (const char *)evbuffer_pullup(r->body, -1) : "";
+}

@@ -1,0 +1,151 @@
+#include "mg_log.h"
+
+#include "mg_core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+static int error_fd = 2;
+static int access_fd = 1;
+static int min_level = MG_LOG_INFO;
+
+static const char *level_names[] = { "debug", "info", "warn", "error" };
+
+const char *mg_log_level_name(int level) { return level_names[level & 3]; }
+
+int mg_log_level_parse(const char *name)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+void mg_log_set_level(int level) { min_level = level; }
+
+static int open_target(const char *spec, int *fd, char *err, size_t errlen)
+{
+    if (!spec || strcmp(spec, "stderr") == 0)
+        *fd = 2;
+    else if (strcmp(spec, "stdout") == 0)
+        *fd = 1;
+    else if (strcmp(spec, "off") == 0)
+        *fd = -1;
+    else {
+        int f = open(spec, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (f < 0) {
+            snprintf(err, errlen, "cannot open log file %s: %s", spec, strerror(errno));
+            return -1;
+        }
+        *fd = f;
+    }
+    return 0;
+}
+
+int mg_log_open(const char *error_log, const char *access_log, char *err, size_t errlen)
+{
+    if (open_target(error_log, &error_fd, err, errlen) < 0)
+        return MG_ERROR;
+    if (error_fd < 0)
+        error_fd = 2; /* the error log cannot be turned off */
+    if (open_target(access_log ? access_log : "stdout", &access_fd, err, errlen) < 0)
+        return MG_ERROR;
+    return MG_OK;
+}
+
+int mg_log_access_enabled(void) { return access_fd >= 0; }
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* nowhere left to report a failing log */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void mg_log_access_line(const char *line, size_t len)
+{
+    if (access_fd >= 0)
+        write_all(access_fd, line, len);
+}
+
+size_t mg_json_escape(char *out, size_t size, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7];
+        size_t k;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            k = 2;
+        } else if (c == '\n') {
+            memcpy(esc, "\\n", 2);
+            k = 2;
+        } else if (c == '\t') {
+            memcpy(esc, "\\t", 2);
+            k = 2;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            k = 6;
+        } else {
+            esc[0] = (char)c;
+            k = 1;
+        }
+        if (o + k + 1 > size)
+            break;
+        memcpy(out + o, esc, k);
+        o += k;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+void mg_log_time(char *buf, size_t size, double t)
+{
+    time_t sec = (time_t)t;
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    int ms = (int)((t - (double)sec) * 1000);
+    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+void mg_log_write(int level, const char *trace_id, const char *fields_json, const char *fmt, ...)
+{
+    if (level < min_level)
+        return;
+    char msg[4096], emsg[8192], ts[40], line[12288];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    mg_json_escape(emsg, sizeof(emsg), msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+    mg_log_time(ts, sizeof(ts), mg_wall_time());
+    int len = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\"%s%s%s,\"msg\":\"%s\"%s%s}\n",
+                       ts, mg_log_level_name(level), trace_id ? ",\"trace_id\":\"" : "",
+                       trace_id ? trace_id : "", trace_id ? "\"" : "", emsg,
+                       fields_json && *fields_json ? "," : "", fields_json ? fields_json : "");
+    if (len < 0)
+        return;
+    if ((size_t)len >= sizeof(line)) {
+        len = sizeof(line) - 1;
+        line[len - 1] = '\n';
+    }
+    write_all(error_fd, line, (size_t)len);
+}

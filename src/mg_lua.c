@@ -1,0 +1,269 @@
+/*
+ * mg_lua — see mg_lua.h.
+ */
+#include "mg_lua.h"
+
+#include <glob.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+
+#include "mg_embedded_lua.h"
+#include "mg_log.h"
+
+static const char VM_KEY = 'v';
+
+mg_vm_t *mg_vm_of(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&VM_KEY);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    mg_vm_t *vm = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return vm;
+}
+
+/* package.loaders entry: modules embedded from lua/ at build time. */
+static int embedded_loader(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    for (const mg_embedded_lua_t *m = mg_embedded_lua; m->name; m++) {
+        if (strcmp(m->name, name) != 0)
+            continue;
+        char chunkname[256];
+        snprintf(chunkname, sizeof(chunkname), "@%s", m->file);
+        if (luaL_loadbuffer(L, (const char *)m->src, m->len, chunkname) != 0)
+            return lua_error(L);
+        return 1;
+    }
+    lua_pushfstring(L, "\n\tno embedded module '%s'", name);
+    return 1;
+}
+
+static int l_glob(lua_State *L)
+{
+    const char *pattern = luaL_checkstring(L, 1);
+    glob_t g;
+    lua_newtable(L);
+    if (glob(pattern, 0, NULL, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            lua_pushstring(L, g.gl_pathv[i]);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        globfree(&g);
+    }
+    return 1;
+}
+
+/* Calls require(name) and leaves the module on the stack; returns 0 or sets err. */
+static int require_module(lua_State *L, const char *name, char *err, size_t errlen)
+{
+    lua_getglobal(L, "require");
+    lua_pushstring(L, name);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "loading %s: %s", name, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "cannot create a Lua VM");
+        return NULL;
+    }
+    luaL_openlibs(L);
+    mg_vm_t *vm = mg_calloc(1, sizeof(*vm));
+    vm->L = L;
+    vm->base = base;
+    vm->worker = worker;
+    lua_pushlightuserdata(L, (void *)&VM_KEY);
+    lua_pushlightuserdata(L, vm);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+
+    /* embedded modules come second, right after package.preload */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaders");
+    int n = (int)lua_objlen(L, -1);
+    for (int i = n; i >= 2; i--) {
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, embedded_loader);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+
+    /* coroutine -> task, weak keys so a dropped coroutine is collected */
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    vm->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    lua_newtable(L);
+    mg_api_register(L, vm, spec);
+    lua_setglobal(L, "gw");
+
+    if (require_module(L, "moongate.gw", err, errlen) < 0)
+        goto fail;
+    lua_pop(L, 1);
+    if (require_module(L, "cjson", err, errlen) < 0)
+        goto fail;
+    lua_getfield(L, -1, "encode");
+    vm->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    if (require_module(L, "moongate.ctx", err, errlen) < 0)
+        goto fail;
+    lua_getfield(L, -1, "mt");
+    vm->ctx_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    if (require_module(L, "moongate.config", err, errlen) < 0)
+        goto fail;
+    lua_pushcfunction(L, l_glob);
+    lua_setfield(L, -2, "glob");
+    lua_pop(L, 1);
+    return vm;
+fail:
+    lua_close(L);
+    free(vm);
+    return NULL;
+}
+
+void mg_vm_free(mg_vm_t *vm)
+{
+    if (!vm)
+        return;
+    lua_close(vm->L);
+    free(vm);
+}
+
+mg_task_t *mg_task_current(lua_State *L)
+{
+    mg_vm_t *vm = mg_vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tasks_ref);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    mg_task_t *t = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return t;
+}
+
+static void tasks_set(mg_vm_t *vm, mg_task_t *t, int present)
+{
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tasks_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
+    if (present)
+        lua_pushlightuserdata(L, t);
+    else
+        lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+static void task_resume(mg_task_t *t, int nargs)
+{
+    lua_State *co = t->co;
+    t->wait = NULL;
+    int rc = lua_resume(co, nargs);
+    if (rc == LUA_YIELD) {
+        if (t->wait)
+            return; /* a gw.* operation is pending; its completion resumes us */
+        lua_settop(co, 0);
+        lua_pushliteral(co, "coroutine.yield() outside a coroutine of your own: "
+                            "handlers wait through the gw.* API (gw.sleep, ...)");
+        rc = LUA_ERRRUN;
+    } else if (rc != 0) {
+        lua_State *L = t->vm->L;
+        const char *msg = lua_tostring(co, -1);
+        luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+        lua_settop(co, 0);
+        lua_xmove(L, co, 1);
+    }
+    t->on_done(t, rc);
+}
+
+void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done, void *owner)
+{
+    lua_State *L = vm->L;
+    t->vm = vm;
+    t->on_done = on_done;
+    t->owner = owner;
+    t->wait = NULL;
+    if (vm->pool_n > 0) {
+        vm->pool_n--;
+        t->co = vm->pool_co[vm->pool_n];
+        t->co_ref = vm->pool_ref[vm->pool_n];
+    } else {
+        t->co = lua_newthread(L);
+        t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    tasks_set(vm, t, 1);
+    lua_xmove(L, t->co, nargs + 1);
+    task_resume(t, nargs);
+}
+
+void mg_task_release(mg_task_t *t, int reusable)
+{
+    mg_vm_t *vm = t->vm;
+    if (!t->co)
+        return;
+    tasks_set(vm, t, 0);
+    if (reusable && lua_status(t->co) == 0 && vm->pool_n < (int)mg_countof(vm->pool_co)) {
+        lua_settop(t->co, 0);
+        vm->pool_co[vm->pool_n] = t->co;
+        vm->pool_ref[vm->pool_n] = t->co_ref;
+        vm->pool_n++;
+    } else {
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
+    }
+    t->co = NULL;
+    t->co_ref = LUA_NOREF;
+}
+
+void mg_task_cancel(mg_task_t *t)
+{
+    if (t->wait && t->wait->cancel)
+        t->wait->cancel(t->wait);
+    t->wait = NULL;
+    mg_task_release(t, 0);
+}
+
+int mg_wait_yield(lua_State *L, mg_wait_t *w)
+{
+    w->co = L;
+    w->done = 0;
+    w->nret = 0;
+    mg_task_t *t = mg_task_current(L);
+    if (t) {
+        w->task = t;
+        t->wait = w;
+        return lua_yield(L, 0);
+    }
+    int main_thread = lua_pushthread(L);
+    lua_pop(L, 1);
+    if (!main_thread) {
+        if (w->cancel)
+            w->cancel(w);
+        return luaL_error(L, "this gw call waits for I/O; it must run in a handler or plugin "
+                             "phase (or a spec), not in a coroutine of your own");
+    }
+    /* no coroutine to yield: drive the loop until the operation completes */
+    w->task = NULL;
+    mg_vm_t *vm = mg_vm_of(L);
+    while (!w->done)
+        if (event_base_loop(vm->base, EVLOOP_ONCE) < 0)
+            break;
+    return w->nret;
+}
+
+void mg_wait_wake(mg_wait_t *w, int nret)
+{
+    w->done = 1;
+    w->nret = nret;
+    if (w->task)
+        task_resume(w->task, nret);
+}

@@ -1,0 +1,104 @@
+/*
+ * mg_lua — LuaJIT VM lifecycle, the coroutine-per-task driver and the wait
+ * (yield) protocol every non-blocking gw.* operation uses.
+ *
+ * The wait protocol: a C function that must wait starts its operation, fills
+ * an mg_wait_t (with a cancel hook) and returns `mg_wait_yield(L, w)`. Inside a
+ * task coroutine this yields to the event loop; the operation's completion
+ * pushes its results on w->co and calls mg_wait_wake(w, nret), which resumes
+ * the coroutine. On the VM's main thread (spec mode, config load) there is no
+ * coroutine to yield: mg_wait_yield runs the event loop until the wake, so the
+ * same API works in specs. Anywhere else (a user coroutine) it raises an error.
+ */
+#ifndef MG_LUA_H
+#define MG_LUA_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <lua.h>
+
+#include "mg_core.h"
+
+typedef struct mg_task mg_task_t;
+typedef struct mg_wait mg_wait_t;
+typedef struct mg_vm mg_vm_t;
+
+struct mg_wait {
+    lua_State *co;                      /* the waiting thread; results are pushed here */
+    mg_task_t *task;                    /* NULL when waiting on the main thread */
+    int done;
+    int nret;
+    void (*cancel)(mg_wait_t *w);       /* stops the operation; no wake may follow */
+};
+
+/*
+ * Called when a task's coroutine returned (status LUA_OK, results on t->co) or
+ * failed (status != LUA_OK, the traceback as a string on t->co). The callback
+ * must end with mg_task_release(t) or keep the task for a later release.
+ */
+typedef void (*mg_task_done_cb)(mg_task_t *t, int status);
+
+struct mg_task {
+    mg_vm_t *vm;
+    lua_State *co;
+    int co_ref;
+    mg_wait_t *wait;                    /* the pending wait, if yielded */
+    mg_task_done_cb on_done;
+    void *owner;                        /* e.g. the mg_req_t */
+    const char *trace_id;               /* for logs written by this task; owned by owner */
+    struct event timer;                 /* used by gw.sleep */
+    mg_wait_t sleep_wait;
+};
+
+struct mg_vm {
+    lua_State *L;
+    struct event_base *base;
+    void *worker;                       /* mg_worker_t*, NULL outside workers */
+    int tasks_ref;                      /* coroutine -> task lightuserdata */
+    int json_encode_ref;                /* cjson.encode */
+    int ctx_mt_ref;                     /* metatable of ctx tables */
+    int pool_n;
+    lua_State *pool_co[64];             /* finished coroutines ready for reuse */
+    int pool_ref[64];
+};
+
+/*
+ * Creates a VM: standard libraries, the embedded lua/ modules on package
+ * search, the gw API table. `spec` additionally exposes the test-only helpers.
+ * Returns NULL with a message in err on failure.
+ */
+mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, size_t errlen);
+void mg_vm_free(mg_vm_t *vm);
+
+/* The mg_vm_t a lua_State belongs to (stored in the registry). */
+mg_vm_t *mg_vm_of(lua_State *L);
+
+/*
+ * Runs the function below `nargs` arguments on top of vm->L in a (pooled)
+ * coroutine as task t. on_done is called when it finishes or fails, possibly
+ * before mg_task_start returns.
+ */
+void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done, void *owner);
+
+/* Cancels the pending wait and drops the coroutine without resuming it. */
+void mg_task_cancel(mg_task_t *t);
+
+/* Hands a finished task's coroutine back to the pool (or to the GC). */
+void mg_task_release(mg_task_t *t, int reusable);
+
+/* The task running on L, or NULL (main thread or a foreign coroutine). */
+mg_task_t *mg_task_current(lua_State *L);
+
+/* See the file comment. Use as `return mg_wait_yield(L, w);` */
+int mg_wait_yield(lua_State *L, mg_wait_t *w);
+void mg_wait_wake(mg_wait_t *w, int nret);
+
+/* Registers the gw.* functions implemented in C into the table on top of L. */
+void mg_api_register(lua_State *L, mg_vm_t *vm, int spec);
+void mg_tcp_register(lua_State *L, mg_vm_t *vm);
+void mg_spec_register(lua_State *L, mg_vm_t *vm);
+
+/* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */
+int mg_spec_main(int argc, char **argv);
+
+#endif

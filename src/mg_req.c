@@ -1,0 +1,623 @@
+/*
+ * mg_req — see mg_req.h.
+ */
+#include "mg_req.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+
+#include "mg_log.h"
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+    }
+}
+
+mg_req_t *mg_req_new(mg_conn_t *c)
+{
+    mg_worker_t *w = c->worker;
+    mg_req_t *r = w->free_reqs;
+    struct evbuffer *body;
+    if (r) {
+        w->free_reqs = r->next_free;
+        body = r->body;
+    } else {
+        r = mg_alloc(sizeof(*r));
+        body = evbuffer_new();
+    }
+    /* everything up to the arena's inline buffer is per-request state */
+    memset(r, 0, offsetof(mg_req_t, pool));
+    memset((char *)r + offsetof(mg_req_t, next_free), 0,
+           sizeof(*r) - offsetof(mg_req_t, next_free));
+    mg_pool_init(&r->pool);
+    r->conn = c;
+    r->worker = w;
+    r->gen = w->gen;
+    r->body = body;
+    r->ctx_ref = LUA_NOREF;
+    r->task.co_ref = LUA_NOREF;
+    r->start_us = mg_now_us();
+    r->content_length = -1;
+    return r;
+}
+
+static void req_release(mg_req_t *r)
+{
+    if (r->deadline_set) {
+        event_del(&r->deadline);
+        r->deadline_set = 0;
+    }
+    if (r->task_running) {
+        mg_task_cancel(&r->task);
+        r->task_running = 0;
+    }
+    if (r->ctx_ref != LUA_NOREF) {
+        /* Lua may still hold ctx: mark it dead so it can no longer reach this object */
+        lua_State *L = r->gen->vm->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "_r");
+        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        r->ctx_ref = LUA_NOREF;
+    }
+    evbuffer_drain(r->body, evbuffer_get_length(r->body));
+    mg_pool_reset(&r->pool);
+    mg_worker_t *w = r->worker;
+    r->next_free = w->free_reqs;
+    w->free_reqs = r;
+}
+
+void mg_req_destroy(mg_req_t *r)
+{
+    evbuffer_free(r->body);
+    free(r);
+}
+
+static void access_log(mg_req_t *r)
+{
+    if (!mg_log_access_enabled())
+        return;
+    char ts[40], path[1024], route[512], line[4096];
+    mg_log_time(ts, sizeof(ts), mg_wall_time());
+    mg_json_escape(path, sizeof(path), r->target.p ? r->target.p : "", r->target.n);
+    const char *rname = r->route ? r->route->name : "";
+    mg_json_escape(route, sizeof(route), rname, strlen(rname));
+    double ms = (double)(mg_now_us() - r->start_us) / 1000.0;
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"method\":\"%.*s\","
+                     "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
+                     "\"duration_ms\":%.3f%s%s%s}\n",
+                     ts, r->trace_id, r->conn ? r->conn->remote : "-", (int)r->method.n,
+                     r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
+                     ms, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind : "",
+                     r->error_kind ? "\"" : "");
+    if (n > 0)
+        mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static int keepalive(mg_req_t *r)
+{
+    if (r->conn->close_after || (r->flags & MG_HTTP1_F_CONN_CLOSE))
+        return 0;
+    return r->minor_version == 1 || (r->flags & MG_HTTP1_F_CONN_KEEPALIVE);
+}
+
+/* Ends the request after its response is queued. */
+static void req_finish(mg_req_t *r, int ka)
+{
+    mg_conn_t *c = r->conn;
+    access_log(r);
+    req_release(r);
+    mg_conn_response_done(c, ka);
+}
+
+/*
+ * Writes status line and the headers every response carries. `extra` is a
+ * preformatted header block; the caller adds its own headers, then the blank
+ * line and the body.
+ */
+static void head_start(mg_req_t *r, struct evbuffer *out, int status, int ka, size_t body_len,
+                       int with_length)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf), "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason(status),
+                     mg_worker_date(r->worker));
+    if (with_length)
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Content-Length: %zu\r\n", body_len);
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, "X-Request-ID: %s\r\n", r->trace_id);
+    if (!ka)
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Connection: close\r\n");
+    else if (r->minor_version == 0)
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Connection: keep-alive\r\n");
+    evbuffer_add(out, buf, (size_t)n);
+}
+
+static int body_allowed(int status) { return status >= 200 && status != 204 && status != 304; }
+
+void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message, int close,
+                  const char *extra_headers)
+{
+    struct evbuffer *out = mg_conn_output(r->conn);
+    if (!r->trace_id[0])
+        mg_worker_trace_id(r->worker, r->trace_id);
+    char body[512];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"status\":%d,\"trace_id\":\"%s\"}\n",
+                     message, status, r->trace_id);
+    int ka = !close && keepalive(r);
+    r->status = status;
+    if (kind)
+        r->error_kind = kind;
+    head_start(r, out, status, ka, (size_t)n, 1);
+    evbuffer_add_printf(out, "Content-Type: application/json\r\n%s\r\n", extra_headers ? extra_headers : "");
+    if (!r->method.p || r->method_bit != MG_M_HEAD)
+        evbuffer_add(out, body, (size_t)n);
+    r->bytes_out = (size_t)n;
+    req_finish(r, ka);
+}
+
+/* ---- head ---- */
+
+static int hexv(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/*
+ * Splits the raw path on '/', then percent-decodes each segment into one
+ * buffer (segments separated by '/'). Decoding happens once, after splitting,
+ * so "%2F" stays inside its segment. Dot segments are refused: a gateway that
+ * routes "/public/../admin" differently from its upstream is a bypass.
+ */
+static int decode_path(mg_req_t *r)
+{
+    const char *p = r->path.p, *end = p + r->path.n;
+    char *d = mg_pool_alloc(&r->pool, r->path.n + 1);
+    r->dpath = d;
+    r->nsegs = 0;
+    if (r->path.n == 1)
+        return 0; /* "/" */
+    p++;
+    for (;;) {
+        if (r->nsegs == MG_ROUTER_MAX_SEGMENTS)
+            return 414;
+        char *seg = d;
+        while (p < end && *p != '/') {
+            if (*p == '%') {
+                int h, l;
+                if (end - p < 3 || (h = hexv(p[1])) < 0 || (l = hexv(p[2])) < 0)
+                    return 400;
+                char c = (char)(h * 16 + l);
+                if (c == '\0')
+                    return 400;
+                *d++ = c;
+                p += 3;
+            } else {
+                *d++ = *p++;
+            }
+        }
+        size_t n = (size_t)(d - seg);
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+            return 400;
+        r->segs[r->nsegs].p = seg;
+        r->segs[r->nsegs].n = n;
+        r->nsegs++;
+        if (p == end)
+            break;
+        *d++ = '/';
+        p++;
+    }
+    *d = '\0';
+    return 0;
+}
+
+static int is_hex_str(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hexv(s[i]) < 0 || (s[i] >= 'A' && s[i] <= 'F'))
+            return 0;
+    return 1;
+}
+
+/* W3C traceparent "00-<32 hex>-<16 hex>-<2 hex>", X-Request-ID, or a new id. */
+static void pick_trace_id(mg_req_t *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (mg_http1_name_is(h, "traceparent", 11) && h->value_len == 55 && h->value[2] == '-' &&
+            h->value[35] == '-' && h->value[52] == '-' && is_hex_str(h->value + 3, 32) &&
+            memcmp(h->value + 3, "00000000000000000000000000000000", 32) != 0) {
+            memcpy(r->trace_id, h->value + 3, 32);
+            r->trace_id[32] = '\0';
+            return;
+        }
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (!mg_http1_name_is(h, "x-request-id", 12) || h->value_len == 0 || h->value_len > 128)
+            continue;
+        size_t k;
+        for (k = 0; k < h->value_len; k++) {
+            char c = h->value[k];
+            /* a conservative charset: the id is echoed in headers and JSON logs */
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                  c == '-' || c == '_' || c == '.' || c == ':'))
+                break;
+        }
+        if (k == h->value_len) {
+            memcpy(r->trace_id, h->value, k);
+            r->trace_id[k] = '\0';
+            return;
+        }
+    }
+    mg_worker_trace_id(r->worker, r->trace_id);
+}
+
+static const char *rebase(const char *p, const char *from, char *to)
+{
+    return p ? to + (p - from) : NULL;
+}
+
+int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_http1_request_t *p)
+{
+    char *copy = mg_pool_alloc(&r->pool, head_len);
+    memcpy(copy, head, head_len);
+    r->bytes_in = head_len;
+    r->method = (mg_str_t){ rebase(p->method, head, copy), p->method_len };
+    r->target = (mg_str_t){ rebase(p->target, head, copy), p->target_len };
+    r->minor_version = p->minor_version;
+    r->flags = p->flags;
+    r->content_length = p->content_length;
+    r->method_bit = mg_method_bit(p->method, p->method_len);
+    r->nheaders = p->num_headers;
+    r->headers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (p->num_headers ? p->num_headers : 1));
+    for (size_t i = 0; i < p->num_headers; i++) {
+        r->headers[i] = p->headers[i];
+        r->headers[i].name = rebase(p->headers[i].name, head, copy);
+        r->headers[i].value = rebase(p->headers[i].value, head, copy);
+    }
+    pick_trace_id(r);
+
+    /* request-target: origin-form, or absolute-form whose authority replaces Host */
+    const char *t = r->target.p, *tend = t + r->target.n;
+    const char *host = p->host ? rebase(p->host, head, copy) : NULL;
+    size_t host_len = p->host_len;
+    if (r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
+        const char *a = t + (t[4] == ':' ? 7 : 8);
+        const char *s = a;
+        while (s < tend && *s != '/' && *s != '?')
+            s++;
+        host = a;
+        host_len = (size_t)(s - a);
+        t = s;
+    }
+    if (memchr(r->target.p, '#', r->target.n))
+        return 400;
+    const char *q = memchr(t, '?', (size_t)(tend - t));
+    const char *pend = q ? q : tend;
+    if (t == pend && t != r->target.p)
+        r->path = MG_STR("/"); /* "http://host" or "http://host?x" */
+    else if (t < pend && *t == '/')
+        r->path = (mg_str_t){ t, (size_t)(pend - t) };
+    else
+        return 400; /* "*" (OPTIONS) and authority-form (CONNECT) have no path to route */
+    r->query = q ? (mg_str_t){ q + 1, (size_t)(tend - q - 1) } : (mg_str_t){ "", 0 };
+
+    /* host: lowercase, without the port */
+    if (host) {
+        char *h = mg_pool_alloc(&r->pool, host_len + 1);
+        size_t n = 0;
+        if (host_len && host[0] == '[') {
+            const char *rb = memchr(host, ']', host_len);
+            n = rb ? (size_t)(rb - host) + 1 : host_len;
+        } else {
+            const char *colon = memchr(host, ':', host_len);
+            n = colon ? (size_t)(colon - host) : host_len;
+        }
+        for (size_t i = 0; i < n; i++)
+            h[i] = (char)(host[i] >= 'A' && host[i] <= 'Z' ? host[i] | 0x20 : host[i]);
+        h[n] = '\0';
+        r->host = (mg_str_t){ h, n };
+    }
+
+    int rc = decode_path(r);
+    if (rc)
+        return rc;
+    rc = mg_router_match(r->gen->router, r->method_bit, r->host.p, r->host.n, r->segs, r->nsegs, &r->match);
+    if (rc == MG_ROUTER_NOT_FOUND)
+        return 404;
+    if (rc == MG_ROUTER_NO_METHOD)
+        return 405;
+    r->route = &r->gen->routes[r->match.id];
+    return 0;
+}
+
+/* ---- running the handler ---- */
+
+static int valid_header_name(const char *s, size_t n)
+{
+    static const char ok[] = "!#$%&'*+-.^_`|~";
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || strchr(ok, c)))
+            return 0;
+    }
+    return 1;
+}
+
+static int valid_header_value(const char *s, size_t n)
+{
+    /* no CR, LF or NUL: a handler must not be able to inject headers or split the response */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int framing_header(const char *s, size_t n)
+{
+    static const char *names[] = { "content-length", "transfer-encoding", "connection", "date", "x-request-id" };
+    for (size_t k = 0; k < mg_countof(names); k++) {
+        mg_header_t h = { s, n, NULL, 0 };
+        if (mg_http1_name_is(&h, names[k], strlen(names[k])))
+            return 1;
+    }
+    return 0;
+}
+
+/* Appends the handler's headers table (at idx on co) to out. Returns an error message or NULL. */
+static const char *add_lua_headers(lua_State *co, int idx, struct evbuffer *out, int *has_ct)
+{
+    lua_pushnil(co);
+    while (lua_next(co, idx)) {
+        size_t nl, vl;
+        if (lua_type(co, -2) != LUA_TSTRING) {
+            lua_pop(co, 2);
+            return "response header names must be strings";
+        }
+        const char *name = lua_tolstring(co, -2, &nl);
+        if (!valid_header_name(name, nl)) {
+            lua_pop(co, 2);
+            return "invalid response header name";
+        }
+        mg_header_t h = { name, nl, NULL, 0 };
+        if (mg_http1_name_is(&h, "content-type", 12))
+            *has_ct = 1;
+        int skip = framing_header(name, nl); /* framing is the gateway's, not the handler's */
+        int n = lua_istable(co, -1) ? (int)lua_objlen(co, -1) : 1;
+        for (int i = 1; i <= n; i++) {
+            if (lua_istable(co, -1))
+                lua_rawgeti(co, -1, i);
+            else
+                lua_pushvalue(co, -1);
+            if (lua_type(co, -1) != LUA_TSTRING && lua_type(co, -1) != LUA_TNUMBER) {
+                lua_pop(co, 3);
+                return "response header values must be strings or numbers";
+            }
+            const char *v = lua_tolstring(co, -1, &vl);
+            if (!valid_header_value(v, vl)) {
+                lua_pop(co, 3);
+                return "response header value contains CR, LF or another control character";
+            }
+            if (!skip) {
+                evbuffer_add(out, name, nl);
+                evbuffer_add(out, ": ", 2);
+                evbuffer_add(out, v, vl);
+                evbuffer_add(out, "\r\n", 2);
+            }
+            lua_pop(co, 1);
+        }
+        lua_pop(co, 1);
+    }
+    return NULL;
+}
+
+static void fail_500(mg_req_t *r, const char *why)
+{
+    mg_log_error(r->trace_id, "route %s: %s", r->route ? r->route->name : "-", why);
+    mg_req_error(r, 500, "lua_error", "internal server error", 0, NULL);
+}
+
+/*
+ * Sends the handler's response. The results are on co: status, body, headers
+ * (or the fields of ctx.response when status is nil).
+ */
+static void respond_from_lua(mg_req_t *r, lua_State *co)
+{
+    lua_settop(co, 3);
+    if (lua_isnil(co, 1)) {
+        lua_State *L = r->gen->vm->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        lua_pushliteral(L, "response");
+        lua_rawget(L, -2);
+        if (!lua_istable(L, -1)) {
+            lua_pop(L, 2);
+            fail_500(r, "handler returned no status (return status, body, headers or set ctx.response)");
+            return;
+        }
+        lua_getfield(L, -1, "status");
+        lua_getfield(L, -2, "body");
+        lua_getfield(L, -3, "headers");
+        lua_xmove(L, co, 3);
+        lua_pop(L, 2);
+        lua_replace(co, 3);
+        lua_replace(co, 2);
+        lua_replace(co, 1);
+        if (lua_isnil(co, 1)) {
+            lua_pushinteger(co, 200);
+            lua_replace(co, 1);
+        }
+    }
+    int status = (int)lua_tointeger(co, 1);
+    if (!lua_isnumber(co, 1) || status < 200 || status > 999) {
+        fail_500(r, "handler returned an invalid status (want an integer 200..999)");
+        return;
+    }
+    const char *ctype = NULL;
+    if (lua_istable(co, 2)) {
+        lua_State *L = r->gen->vm->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->gen->vm->json_encode_ref);
+        lua_pushvalue(co, 2);
+        lua_xmove(co, L, 1);
+        if (lua_pcall(L, 1, 1, 0) != 0) {
+            char why[512];
+            snprintf(why, sizeof(why), "cannot encode the response body as JSON: %s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+            fail_500(r, why);
+            return;
+        }
+        lua_xmove(L, co, 1);
+        lua_replace(co, 2);
+        ctype = "application/json";
+    } else if (lua_isnil(co, 2)) {
+        lua_pushliteral(co, "");
+        lua_replace(co, 2);
+    } else if (lua_type(co, 2) != LUA_TSTRING && lua_type(co, 2) != LUA_TNUMBER) {
+        fail_500(r, "handler returned a body that is not a string or a table");
+        return;
+    } else {
+        ctype = "text/plain; charset=utf-8";
+    }
+    if (!lua_isnil(co, 3) && !lua_istable(co, 3)) {
+        fail_500(r, "handler returned headers that are not a table");
+        return;
+    }
+    size_t blen;
+    const char *body = lua_tolstring(co, 2, &blen);
+    if (!body_allowed(status))
+        blen = 0;
+
+    /* headers are built aside first: a bad header must not leave a half-written response */
+    struct evbuffer *hdrs = evbuffer_new();
+    int has_ct = 0;
+    const char *bad = lua_istable(co, 3) ? add_lua_headers(co, 3, hdrs, &has_ct) : NULL;
+    if (bad) {
+        evbuffer_free(hdrs);
+        fail_500(r, bad);
+        return;
+    }
+    int ka = keepalive(r);
+    struct evbuffer *out = mg_conn_output(r->conn);
+    r->status = status;
+    head_start(r, out, status, ka, blen, body_allowed(status));
+    if (!has_ct && ctype && body_allowed(status))
+        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+    evbuffer_add_buffer(out, hdrs);
+    evbuffer_free(hdrs);
+    evbuffer_add(out, "\r\n", 2);
+    if (r->method_bit != MG_M_HEAD && blen)
+        evbuffer_add(out, body, blen);
+    r->bytes_out = blen;
+    req_finish(r, ka);
+}
+
+static void on_handler_done(mg_task_t *t, int status)
+{
+    mg_req_t *r = t->owner;
+    r->task_running = 0;
+    if (status != 0) {
+        const char *tb = lua_tostring(t->co, -1);
+        mg_log_error(r->trace_id, "route %s: handler failed: %s", r->route->name, tb ? tb : "?");
+        mg_task_release(t, 0);
+        mg_req_error(r, 500, "lua_error", "internal server error", 0, NULL);
+        return;
+    }
+    respond_from_lua(r, t->co);
+    /* r may be reused from here on: only the task is ours to touch, and req_release already released it */
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    mg_req_t *r = arg;
+    r->deadline_set = 0;
+    if (r->task_running) {
+        mg_task_cancel(&r->task);
+        r->task_running = 0;
+    }
+    mg_log_warn(r->trace_id, "route %s: request deadline exceeded", r->route ? r->route->name : "-");
+    mg_req_error(r, 504, "deadline", "deadline exceeded", 0, NULL);
+}
+
+void mg_req_run(mg_req_t *r)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    const mg_route_t *route = r->route;
+    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
+    evtimer_add(&r->deadline, &tv);
+    r->deadline_set = 1;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, r->trace_id);
+    lua_setfield(L, -2, "trace_id");
+    lua_pushlightuserdata(L, r);
+    lua_setfield(L, -2, "_r");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, route->info_ref);
+    lua_setfield(L, -2, "route");
+    if (r->match.nparams) {
+        lua_createtable(L, 0, r->match.nparams);
+        for (int i = 0; i < r->match.nparams; i++) {
+            lua_pushlstring(L, r->match.values[i].p, r->match.values[i].n);
+            lua_setfield(L, -2, r->match.names[i]);
+        }
+        lua_setfield(L, -2, "params");
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ctx_mt_ref);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    r->task.trace_id = r->trace_id;
+    r->task_running = 1;
+    mg_task_start(&r->task, vm, 1, on_handler_done, r);
+}
+
+void mg_req_abort(mg_req_t *r)
+{
+    r->status = 499;
+    r->error_kind = "client_abort";
+    access_log(r);
+    req_release(r);
+}

@@ -1,0 +1,90 @@
+/*
+ * mg_req — a request: its arena, the parsed head (copied once into the arena
+ * so it outlives the input buffer), the decoded path and routing result, the
+ * body, the Lua task that runs the handler, the deadline, the response and
+ * the access-log line.
+ *
+ * Ownership: the connection creates a request (mg_req_new) and hands it over
+ * to mg_req_* calls; the request ends in exactly one place, req_finish, which
+ * releases everything it holds (coroutine, ctx, timers, arena) and tells the
+ * connection via mg_conn_response_done. mg_req_abort is the client-gone path
+ * and releases the same things without writing a response.
+ */
+#ifndef MG_REQ_H
+#define MG_REQ_H
+
+#include <event2/buffer.h>
+
+#include "mg_conn.h"
+#include "mg_pool.h"
+
+#define MG_REQ_MAX_HEADERS 1000
+
+struct mg_req {
+    mg_conn_t *conn;
+    mg_worker_t *worker;
+    mg_gen_t *gen;
+    mg_pool_t pool;
+    struct mg_req *next_free;
+
+    /* head (all pointers into the arena) */
+    mg_str_t method, target, path, query, host;
+    mg_header_t *headers;
+    size_t nheaders;
+    int minor_version;
+    unsigned flags;               /* MG_HTTP1_F_* */
+    int64_t content_length;
+    unsigned method_bit;
+    size_t bytes_in;
+
+    /* decoded path: segments live in one '/'-separated buffer */
+    char *dpath;
+    mg_str_t segs[MG_ROUTER_MAX_SEGMENTS];
+    size_t nsegs;
+
+    const mg_route_t *route;
+    mg_route_match_t match;
+    struct evbuffer *body;
+
+    mg_task_t task;
+    int task_running;
+    int ctx_ref;
+    struct event deadline;
+    int deadline_set;
+    char trace_id[129];
+
+    int status;
+    const char *error_kind;       /* "deadline", "lua_error", "client_abort", ... */
+    size_t bytes_out;
+    uint64_t start_us;
+};
+
+/* A fresh request for connection c (from the worker's free list). */
+mg_req_t *mg_req_new(mg_conn_t *c);
+
+/*
+ * Takes the parsed head (pointing into the connection's input buffer) and
+ * copies it into the request. Decodes and validates the path and routes it.
+ * Returns 0 when the request may proceed (read its body, then mg_req_run), or
+ * the status of the error response the connection should send.
+ */
+int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_http1_request_t *p);
+
+/* Runs the handler (the body, if any, is complete in r->body). */
+void mg_req_run(mg_req_t *r);
+
+/*
+ * Answers with a JSON error {"error": ..., "status": ..., "trace_id": ...}
+ * and ends the request. close forces Connection: close. Extra headers are a
+ * preformatted "Name: value\r\n..." block or NULL.
+ */
+void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message, int close,
+                  const char *extra_headers);
+
+/* The client went away: cancel everything, log, release. */
+void mg_req_abort(mg_req_t *r);
+
+/* Final release of a request object on worker shutdown. */
+void mg_req_destroy(mg_req_t *r);
+
+#endif

@@ -1,0 +1,157 @@
+/*
+ * mg_spec — `gatewayd --spec`: runs busted inside the gateway's own runtime,
+ * so specs use the real gw API (gw.sleep, gw.tcp, ...) and can start real
+ * gatewayd processes. gw.process is only present in this mode.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mg_log.h"
+#include "mg_lua.h"
+
+extern char **environ;
+
+/* gw.process.spawn({argv...}, {stdout = path, stderr = path}) -> pid */
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int argc = (int)lua_objlen(L, 1);
+    if (argc < 1)
+        return luaL_argerror(L, 1, "argv must not be empty");
+    char **argv = mg_calloc((size_t)argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        argv[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1); /* the strings stay referenced by the argv table */
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    static const char *streams[] = { "stdout", "stderr" };
+    for (int k = 0; k < 2; k++) {
+        if (lua_istable(L, 2)) {
+            lua_getfield(L, 2, streams[k]);
+            if (lua_isstring(L, -1))
+                posix_spawn_file_actions_addopen(&fa, k + 1, lua_tostring(L, -1),
+                                                 O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            lua_pop(L, 1);
+        }
+    }
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    /* the child starts with no blocked signals whatever our mask is */
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "spawn %s: %s", argv[0], strerror(rc));
+        free(argv);
+        return 2;
+    }
+    free(argv);
+    lua_pushinteger(L, pid);
+    return 1;
+}
+
+/* gw.process.kill(pid, signal_number) */
+static int l_kill(lua_State *L)
+{
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+    if (pid <= 0)
+        return luaL_argerror(L, 1, "pid must be positive");
+    lua_pushboolean(L, kill(pid, sig) == 0);
+    return 1;
+}
+
+/* gw.process.poll(pid) -> nil while running; "exit", code or "signal", signo when reaped */
+static int l_poll(lua_State *L)
+{
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    int status;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == 0)
+        return 0;
+    if (r < 0) {
+        lua_pushliteral(L, "error");
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    if (WIFEXITED(status)) {
+        lua_pushliteral(L, "exit");
+        lua_pushinteger(L, WEXITSTATUS(status));
+    } else {
+        lua_pushliteral(L, "signal");
+        lua_pushinteger(L, WTERMSIG(status));
+    }
+    return 2;
+}
+
+static int l_exe(lua_State *L)
+{
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    if (n < 0)
+        return 0;
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
+void mg_spec_register(lua_State *L, mg_vm_t *vm)
+{
+    static const luaL_Reg fns[] = {
+        { "spawn", l_spawn }, { "kill", l_kill }, { "poll", l_poll }, { "exe", l_exe },
+        { NULL, NULL },
+    };
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    lua_pushinteger(L, SIGTERM);
+    lua_setfield(L, -2, "SIGTERM");
+    lua_pushinteger(L, SIGKILL);
+    lua_setfield(L, -2, "SIGKILL");
+    lua_pushinteger(L, SIGINT);
+    lua_setfield(L, -2, "SIGINT");
+    lua_setfield(L, -2, "process");
+}
+
+int mg_spec_main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    struct event_base *base = event_base_new();
+    char err[1024];
+    mg_vm_t *vm = mg_vm_new(base, NULL, 1, err, sizeof(err));
+    if (!vm) {
+        fprintf(stderr, "gatewayd --spec: %s\n", err);
+        return 1;
+    }
+    lua_State *L = vm->L;
+    lua_newtable(L);
+    lua_pushliteral(L, "busted");
+    lua_rawseti(L, -2, 0);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setglobal(L, "arg");
+    static const char boot[] = "require 'busted.runner'({ standalone = false })";
+    int rc = luaL_loadbuffer(L, boot, sizeof(boot) - 1, "@gatewayd-spec") || lua_pcall(L, 0, 0, 0);
+    if (rc) {
+        fprintf(stderr, "gatewayd --spec: %s\n", lua_tostring(L, -1));
+        return 1;
+    }
+    mg_vm_free(vm);
+    event_base_free(base);
+    return 0;
+}

@@ -1,0 +1,174 @@
+/*
+ * mg_worker — see mg_worker.h.
+ */
+#include "mg_worker.h"
+
+#include <event2/thread.h>
+#include <stdio.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "mg_conn.h"
+#include "mg_log.h"
+#include "mg_req.h"
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    mg_conn_accept(arg, fd, sa, salen);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    /* EMFILE and friends: log and keep the listener; the loop retries on the next event */
+    mg_log_error(NULL, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    mg_conn_reap(arg);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    mg_log_warn(NULL, "worker %d: drain timeout with %zu connections open; closing them", w->id, w->nconns);
+    event_base_loopbreak(w->base);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    for (int i = 0; i < w->nlisteners; i++) {
+        evconnlistener_free(w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+    w->nlisteners = 0;
+    mg_conn_t *c = w->conns;
+    while (c) {
+        mg_conn_t *next = c->next;
+        mg_conn_drain(c);
+        c = next;
+    }
+    if (w->nconns == 0) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    struct timeval tv = { w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000 };
+    w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
+    evtimer_add(w->drain_timer, &tv);
+}
+
+void mg_worker_conn_closed(mg_worker_t *w)
+{
+    w->nconns--;
+    if (w->draining && w->nconns == 0)
+        event_base_loopbreak(w->base);
+}
+
+int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fds, int nfds)
+{
+    w->id = id;
+    w->cfg = cfg;
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return MG_ERROR;
+    }
+    w->gen = mg_gen_load(cfg->file, w->base, w, NULL, w->error, sizeof(w->error));
+    if (!w->gen)
+        return MG_ERROR;
+    for (int i = 0; i < nfds; i++) {
+        w->listeners[i] = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fds[i]);
+        if (!w->listeners[i]) {
+            snprintf(w->error, sizeof(w->error), "cannot watch listening socket");
+            return MG_ERROR;
+        }
+        evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
+        w->nlisteners++;
+    }
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->reap_ev = event_new(w->base, -1, 0, on_reap, w);
+    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
+        w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
+        w->rng[1] = mg_now_us();
+    }
+    w->rng[0] |= 1;
+    return MG_OK;
+}
+
+void *mg_worker_run(void *arg)
+{
+    mg_worker_t *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+void mg_worker_stop(mg_worker_t *w)
+{
+    event_active(w->stop_ev, EV_TIMEOUT, 0);
+}
+
+void mg_worker_free(mg_worker_t *w)
+{
+    /* whatever outlived the drain is closed now; requests first, they hold Lua references */
+    while (w->conns)
+        mg_conn_close(w->conns);
+    mg_conn_reap(w);
+    for (int i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i])
+            evconnlistener_free(w->listeners[i]);
+    while (w->free_reqs) {
+        mg_req_t *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        mg_req_destroy(r);
+    }
+    mg_gen_free(w->gen);
+    if (w->stop_ev)
+        event_free(w->stop_ev);
+    if (w->reap_ev)
+        event_free(w->reap_ev);
+    if (w->drain_timer)
+        event_free(w->drain_timer);
+    if (w->base)
+        event_base_free(w->base);
+}
+
+const char *mg_worker_date(mg_worker_t *w)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    if (tv.tv_sec != w->date_sec) {
+        struct tm tm;
+        time_t t = tv.tv_sec;
+        gmtime_r(&t, &tm);
+        strftime(w->date, sizeof(w->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        w->date_sec = tv.tv_sec;
+    }
+    return w->date;
+}
+
+/* xorshift128+: fast, and unique enough for trace ids (not for secrets) */
+static uint64_t next64(mg_worker_t *w)
+{
+    uint64_t s1 = w->rng[0];
+    const uint64_t s0 = w->rng[1];
+    w->rng[0] = s0;
+    s1 ^= s1 << 23;
+    w->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return w->rng[1] + s0;
+}
+
+void mg_worker_trace_id(mg_worker_t *w, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = next64(w), b = next64(w);
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (60 - 4 * i)) & 15];
+        out[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    out[32] = '\0';
+}

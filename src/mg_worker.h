@@ -1,0 +1,62 @@
+/*
+ * mg_worker — one thread, one event loop, its own listeners (SO_REUSEPORT
+ * sockets bound by the main thread), its own generation (Lua VM + router).
+ * Workers share nothing mutable: the config they read is immutable and the
+ * main thread talks to them only through event_active() on their stop event.
+ */
+#ifndef MG_WORKER_H
+#define MG_WORKER_H
+
+#include <pthread.h>
+#include <event2/listener.h>
+
+#include "mg_config.h"
+
+typedef struct mg_conn mg_conn_t;
+typedef struct mg_req mg_req_t;
+
+typedef struct mg_worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    const mg_config_t *cfg;
+    mg_gen_t *gen;
+    int fds[MG_MAX_LISTEN];               /* owned until handed to the listeners */
+    struct evconnlistener *listeners[MG_MAX_LISTEN];
+    int nlisteners;
+    struct event *stop_ev;                /* activated by the main thread */
+    struct event *drain_timer;
+    int draining;
+    mg_conn_t *conns;                     /* all open connections (intrusive list) */
+    size_t nconns;
+    mg_conn_t *reap;                      /* connections to free at the end of this loop pass */
+    struct event *reap_ev;
+    mg_req_t *free_reqs;                  /* request objects ready for reuse */
+    uint64_t rng[2];                      /* trace-id generator state */
+    time_t date_sec;                      /* cached Date header */
+    char date[32];
+    int exit_code;
+    mg_header_t hdr_scratch[1000];         /* parser output, copied into each request */
+    char error[1024];                     /* why start-up failed */
+} mg_worker_t;
+
+/*
+ * Loads the config into a new generation and prepares the loop. The fds are
+ * listening sockets the worker takes ownership of. Returns MG_ERROR with
+ * w->error set.
+ */
+int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fds, int nfds);
+/* Thread body: runs the loop until stopped and drained. */
+void *mg_worker_run(void *arg);
+/* Thread-safe: begin graceful shutdown (stop accepting, drain, exit). */
+void mg_worker_stop(mg_worker_t *w);
+void mg_worker_free(mg_worker_t *w);
+
+/* The cached "Date:" value for this second. */
+const char *mg_worker_date(mg_worker_t *w);
+/* Writes a new 32-hex-digit trace id (NUL-terminated) into out[33]. */
+void mg_worker_trace_id(mg_worker_t *w, char *out);
+/* Called by mg_conn when a connection is gone (for drain accounting). */
+void mg_worker_conn_closed(mg_worker_t *w);
+
+#endif
