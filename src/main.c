@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,6 +33,24 @@ static void usage(FILE *f)
             "  -w, --workers N       worker threads (default: the config's, else one per core)\n"
             "      --log-level LVL   debug, info, warn or error (default info)\n"
             "  -v, --version\n");
+}
+
+/*
+ * SO_REUSEPORT would let a second gatewayd silently share the port with a
+ * running one; a socket bound without it fails with EADDRINUSE instead.
+ */
+static int address_free(const mg_listen_addr_t *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int ok = bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0;
+    if (!ok)
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+    close(fd);
+    return ok;
 }
 
 static int bind_socket(const mg_listen_addr_t *a, char *err, size_t errlen)
@@ -90,6 +109,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* gateways started by specs die with the spec runner, even when it crashes */
+    if (getenv("MOONGATE_DIE_WITH_PARENT"))
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
 
@@ -142,6 +164,12 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGQUIT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
+    for (int k = 0; k < cfg.nlisten; k++) {
+        if (!address_free(&cfg.listen[k], err, sizeof(err))) {
+            fprintf(stderr, "gatewayd: %s\n", err);
+            return 1;
+        }
+    }
     mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
     for (int i = 0; i < nworkers; i++) {
         int fds[MG_MAX_LISTEN];

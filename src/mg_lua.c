@@ -109,12 +109,10 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
 
     if (require_module(L, "moongate.gw", err, errlen) < 0)
         goto fail;
-    lua_pop(L, 1);
-    if (require_module(L, "cjson", err, errlen) < 0)
-        goto fail;
+    lua_getfield(L, -1, "json");
     lua_getfield(L, -1, "encode");
     vm->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
+    lua_pop(L, 2);
     if (require_module(L, "moongate.ctx", err, errlen) < 0)
         goto fail;
     lua_getfield(L, -1, "mt");

@@ -499,13 +499,14 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->gen->vm->json_encode_ref);
         lua_pushvalue(co, 2);
         lua_xmove(co, L, 1);
-        if (lua_pcall(L, 1, 1, 0) != 0) {
+        if (lua_pcall(L, 1, 2, 0) != 0 || lua_isnil(L, -2)) {
             char why[512];
             snprintf(why, sizeof(why), "cannot encode the response body as JSON: %s", lua_tostring(L, -1));
-            lua_pop(L, 1);
+            lua_settop(L, 0);
             fail_500(r, why);
             return;
         }
+        lua_pop(L, 1);
         lua_xmove(L, co, 1);
         lua_replace(co, 2);
         ctype = "application/json";

@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,9 +110,31 @@ static int l_exe(lua_State *L)
     return 1;
 }
 
+static void spec_task_done(mg_task_t *t, int status)
+{
+    if (status != 0)
+        fprintf(stderr, "spec task failed: %s\n", lua_tostring(t->co, -1));
+    mg_task_release(t, status == 0);
+    free(t);
+}
+
+/* gw.process.task(fn): runs fn concurrently as a task on the loop (specs only). */
+static int l_task(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    mg_vm_t *vm = mg_vm_of(L);
+    lua_pushvalue(L, 1);
+    if (L != vm->L)
+        lua_xmove(L, vm->L, 1);
+    mg_task_t *t = mg_calloc(1, sizeof(*t));
+    mg_task_start(t, vm, 0, spec_task_done, NULL);
+    return 0;
+}
+
 void mg_spec_register(lua_State *L, mg_vm_t *vm)
 {
     static const luaL_Reg fns[] = {
+        { "task", l_task },
         { "spawn", l_spawn }, { "kill", l_kill }, { "poll", l_poll }, { "exe", l_exe },
         { NULL, NULL },
     };
@@ -129,6 +152,7 @@ void mg_spec_register(lua_State *L, mg_vm_t *vm)
 int mg_spec_main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    setenv("MOONGATE_DIE_WITH_PARENT", "1", 1);
     struct event_base *base = event_base_new();
     char err[1024];
     mg_vm_t *vm = mg_vm_new(base, NULL, 1, err, sizeof(err));
@@ -145,8 +169,9 @@ int mg_spec_main(int argc, char **argv)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setglobal(L, "arg");
+    /* a chunk name without '@' makes busted call os.exit with its status */
     static const char boot[] = "require 'busted.runner'({ standalone = false })";
-    int rc = luaL_loadbuffer(L, boot, sizeof(boot) - 1, "@gatewayd-spec") || lua_pcall(L, 0, 0, 0);
+    int rc = luaL_loadbuffer(L, boot, sizeof(boot) - 1, "=gatewayd-spec") || lua_pcall(L, 0, 0, 0);
     if (rc) {
         fprintf(stderr, "gatewayd --spec: %s\n", lua_tostring(L, -1));
         return 1;

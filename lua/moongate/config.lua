@@ -27,11 +27,21 @@ local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = tr
 -- An error raised with this marker carries its own "file:line: " prefix.
 local Located = {}
 
-local function where(level)
-  local info = debug.getinfo(level + 1, "Sl")
-  local src = info and info.source or "?"
-  if src:sub(1, 1) == "@" then src = src:sub(2) end
-  return src, info and info.currentline or 0
+local THIS_FILE = debug.getinfo(1, "S").source
+
+-- The config file and line that called into this module: the first stack
+-- frame outside it (directives call helpers, so a fixed level would be wrong).
+local function where()
+  for level = 2, 50 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source ~= THIS_FILE and info.what ~= "C" then
+      local src = info.source
+      if src:sub(1, 1) == "@" then src = src:sub(2) end
+      return src, info.currentline
+    end
+  end
+  return "?", 0
 end
 
 local function fail_at(file, line, msg, ...)
@@ -40,7 +50,7 @@ end
 
 -- Raises an error located at the config line that called the directive.
 local function fail(msg, ...)
-  local file, line = where(3)
+  local file, line = where()
   fail_at(file, line, msg, ...)
 end
 
@@ -188,7 +198,7 @@ local function make_env(st)
       timeout = M.duration(spec.timeout)
       if not timeout or timeout < 1 then fail("route 'timeout' must be a duration like \"800ms\"") end
     end
-    local file, line = where(2)
+    local file, line = where()
     local r = {
       kind = "route", path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, timeout = timeout,
@@ -205,7 +215,7 @@ local function make_env(st)
     if type(prefix) ~= "string" or (prefix ~= "" and prefix:sub(1, 1) ~= "/") then
       fail("group expects a path prefix starting with '/'")
     end
-    local file, line = where(2)
+    local file, line = where()
     local g = { kind = "group", prefix = prefix:gsub("/$", ""), file = file, line = line,
                 parent = st.groups[#st.groups] }
     return function(body)

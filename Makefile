@@ -1,0 +1,76 @@
+# Moongate — the two commands a newcomer needs:
+#   make run    install what is missing, build, serve examples/quickstart
+#   make test   install what is missing, build, run every test
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+PREFIX     ?= /usr/local
+CONFIG     ?= examples/quickstart/gateway.lua
+FUZZ_SECONDS ?= 10
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
+DEBIAN_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
+                  libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl
+
+.PHONY: all deps build run test test-c test-asan test-spec fuzz fuzz-smoke bench install clean
+
+all: build
+
+# Installs the Debian packages that are missing (root, or passwordless sudo).
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	  else echo ""; echo "Cannot install packages: not root and no passwordless sudo."; \
+	       echo "Run this once as root, then run make again:"; \
+	       echo "  apt-get install -y$$missing"; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq$$missing >/dev/null \
+	    || { echo "apt-get install failed; install these by hand:$$missing"; exit 1; }; \
+	fi
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/gatewayd -c $(CONFIG)
+
+# C unit tests (release build), the same tests under ASan+UBSan, the busted
+# specs (unit + integration, inside gatewayd's runtime), and a short fuzz run.
+test: build test-c test-asan test-spec fuzz-smoke
+	@echo "make test: all suites passed"
+
+test-c: build
+	ctest --test-dir $(BUILD) --output-on-failure
+
+test-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure
+
+test-spec: build
+	GATEWAYD=$(CURDIR)/$(BUILD)/gatewayd $(BUILD)/gatewayd --spec
+
+$(FUZZ_BUILD)/fuzz_request: deps
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_FUZZ=ON -DMG_TESTS=OFF >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_request fuzz_response fuzz_chunked
+
+fuzz-smoke: $(FUZZ_BUILD)/fuzz_request
+	spec/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+fuzz: $(FUZZ_BUILD)/fuzz_request
+	spec/fuzz/run.sh $(FUZZ_BUILD) $${FUZZ_SECONDS:-600}
+
+bench: build
+	bench/run.sh $(BUILD)/gatewayd
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,225 @@
+-- spec/helpers.lua: start real gatewayd processes on 127.0.0.1 and talk to
+-- them over real sockets. Runs inside `gatewayd --spec`, so waits use the
+-- gateway's own event loop (gw.sleep, gw.tcp) and gw.process is available.
+local M = {}
+
+local TMP = os.getenv("TMPDIR") or "/tmp"
+
+-- busted does not seed; two spec runs must not pick the same ports and dirs
+math.randomseed(os.time() * 1000 + math.floor(gw.monotonic_ms() * 1000) % 1000000)
+
+M.gatewayd = os.getenv("GATEWAYD") or (gw.process.exe())
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local d = f:read("*a")
+  f:close()
+  return d
+end
+M.read_file, M.write_file = read_file, write_file
+
+local seq = 0
+--- A fresh scratch directory for one gateway.
+function M.tmpdir()
+  seq = seq + 1
+  local dir = string.format("%s/moongate-spec-%d-%d-%d", TMP, math.random(1e9), os.time(), seq)
+  assert(os.execute("mkdir -p '" .. dir .. "'") == 0)
+  return dir
+end
+
+--- Waits until something listens on port (or the process died).
+local function wait_port(port, pid, seconds)
+  local deadline = gw.monotonic_ms() + seconds * 1000
+  while gw.monotonic_ms() < deadline do
+    local s = gw.tcp()
+    s:settimeout(200)
+    local ok = s:connect("127.0.0.1", port)
+    s:close()
+    if ok then return true end
+    if pid and gw.process.poll(pid) then return false, "gatewayd exited" end
+    gw.sleep(0.02)
+  end
+  return false, "timeout"
+end
+M.wait_port = wait_port
+
+local Gateway = {}
+Gateway.__index = Gateway
+
+--- Starts gatewayd with a config body. "{{PORT}}" in it is replaced by a free port;
+-- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." }.
+function M.start(config, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  for name, body in pairs(opts.files or {}) do
+    local sub = name:match("^(.*)/[^/]+$")
+    if sub then os.execute("mkdir -p '" .. dir .. "/" .. sub .. "'") end
+    write_file(dir .. "/" .. name, body)
+  end
+  for _ = 1, 5 do
+    local port = 20000 + math.random(0, 20000)
+    local body = config:gsub("{{PORT}}", tostring(port))
+    if not body:find("listen", 1, true) then
+      body = ('listen "127.0.0.1:%d"\n'):format(port) .. body
+    end
+    local file = dir .. "/gateway.lua"
+    write_file(file, body)
+    local argv = { M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }
+    for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+    local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log" }))
+    local ok = wait_port(port, pid, 10)
+    if ok then
+      return setmetatable({ pid = pid, port = port, dir = dir, file = file }, Gateway)
+    end
+    gw.process.kill(pid, gw.process.SIGKILL)
+    M.wait_exit(pid, 5)
+    local err = read_file(dir .. "/error.log")
+    if not err:find("Address already in use", 1, true) then
+      error("gatewayd did not start: " .. err)
+    end
+  end
+  error("gatewayd did not start: no free port found")
+end
+
+--- Waits for pid to exit; returns "exit"/"signal", code, or nil on timeout.
+function M.wait_exit(pid, seconds)
+  local deadline = gw.monotonic_ms() + seconds * 1000
+  repeat
+    local how, code = gw.process.poll(pid)
+    if how then return how, code end
+    gw.sleep(0.02)
+  until gw.monotonic_ms() > deadline
+  return nil
+end
+
+--- Stops the gateway with SIGTERM (graceful drain); returns how it exited.
+function Gateway:stop(seconds)
+  if self.stopped then return self.how, self.code end
+  gw.process.kill(self.pid, gw.process.SIGTERM)
+  local how, code = M.wait_exit(self.pid, seconds or 15)
+  if not how then
+    gw.process.kill(self.pid, gw.process.SIGKILL)
+    how, code = M.wait_exit(self.pid, 5)
+    how = "killed"
+  end
+  self.stopped, self.how, self.code = true, how, code
+  return how, code
+end
+
+function Gateway:error_log() return read_file(self.dir .. "/error.log") end
+function Gateway:access_log() return read_file(self.dir .. "/access.log") end
+
+--- Access-log entries as tables, in order.
+function Gateway:access_entries()
+  local out = {}
+  for line in self:access_log():gmatch("[^\n]+") do
+    out[#out + 1] = gw.json.decode(line)
+  end
+  return out
+end
+
+--- A connected client socket.
+function Gateway:connect(timeout_ms)
+  local s = gw.tcp()
+  s:settimeout(timeout_ms or 5000)
+  assert(s:connect("127.0.0.1", self.port))
+  return s
+end
+
+--- Reads one HTTP response from socket s. Returns a table
+-- { status, reason, headers (lowercase keys), body } or nil, err.
+function M.read_response(s, method)
+  local line, err = s:receive("*l")
+  if not line then return nil, err end
+  local status, reason = line:match("^HTTP/1%.[01] (%d%d%d) ?(.*)$")
+  if not status then return nil, "bad status line: " .. line end
+  local res = { status = tonumber(status), reason = reason, headers = {}, raw_headers = {} }
+  while true do
+    local h, herr = s:receive("*l")
+    if not h then return nil, herr end
+    if h == "" then break end
+    local k, v = h:match("^([^:]+):%s*(.-)%s*$")
+    res.raw_headers[#res.raw_headers + 1] = h
+    res.headers[k:lower()] = v
+  end
+  if res.status == 100 then
+    local final, ferr = M.read_response(s, method)
+    if final then final.continued = true end
+    return final, ferr
+  end
+  if method == "HEAD" or res.status == 204 or res.status == 304 then
+    res.body = ""
+  elseif res.headers["content-length"] then
+    local n = tonumber(res.headers["content-length"])
+    res.body = n > 0 and assert(s:receive(n)) or ""
+  elseif res.headers["transfer-encoding"] then
+    local parts = {}
+    while true do
+      local size = tonumber(assert(s:receive("*l")):match("^%x+"), 16)
+      if size == 0 then assert(s:receive("*l")); break end
+      parts[#parts + 1] = assert(s:receive(size))
+      assert(s:receive("*l"))
+    end
+    res.body = table.concat(parts)
+  else
+    res.body = s:receive("*a") or ""
+  end
+  if res.headers["content-type"] and res.headers["content-type"]:find("json", 1, true) then
+    res.json = gw.json.decode(res.body)
+  end
+  return res
+end
+
+--- Sends raw bytes on a new connection and reads one response.
+function Gateway:raw(bytes, method)
+  local s = self:connect()
+  assert(s:send(bytes))
+  local res, err = M.read_response(s, method)
+  s:close()
+  return res, err
+end
+
+--- request(method, path, { headers = {...}, body = "..." }) -> response table
+function Gateway:request(method, path, opts)
+  opts = opts or {}
+  local lines = { ("%s %s HTTP/1.1"):format(method, path), "Host: " .. (opts.host or "localhost") }
+  local headers = opts.headers or {}
+  for k, v in pairs(headers) do lines[#lines + 1] = k .. ": " .. v end
+  if opts.body and not headers["Transfer-Encoding"] then
+    lines[#lines + 1] = "Content-Length: " .. #opts.body
+  end
+  lines[#lines + 1] = "Connection: close"
+  return self:raw(table.concat(lines, "\r\n") .. "\r\n\r\n" .. (opts.body or ""), method)
+end
+
+--- True when the server closed the connection (reads EOF within the socket timeout).
+function M.closed(s)
+  local data, err = s:receive("*a")
+  return data ~= nil or err == "closed" or err == "reset"
+end
+
+--- Runs fns concurrently (each in its own coroutine on the event loop) and waits for all.
+-- Returns their first results in order.
+function M.parallel(fns)
+  local results, errors, left = {}, {}, #fns
+  for i, fn in ipairs(fns) do
+    results[i] = false
+    gw.process.task(function()
+      local ok, r = pcall(fn)
+      if ok then results[i] = r else errors[#errors + 1] = r end
+      left = left - 1
+    end)
+  end
+  while left > 0 do gw.sleep(0.005) end
+  if #errors > 0 then error(errors[1], 2) end
+  return results
+end
+
+return M

@@ -1,0 +1,175 @@
+-- Lua handlers in their coroutines: yielding, errors, trace ids, deadlines.
+local helpers = require "spec.helpers"
+
+local CONFIG = [[
+timeouts { request = "2s" }
+route { method = "GET", path = "/sleep/{ms}", handler = function(ctx)
+  gw.sleep(tonumber(ctx.params.ms) / 1000)
+  ctx.log("info", "slept", { ms = tonumber(ctx.params.ms) })
+  return 200, { slept = tonumber(ctx.params.ms), trace_id = ctx.trace_id, logged_as = gw.trace_id() }
+end }
+route { method = "GET", path = "/fast", handler = function() return 200, "fast" end }
+route { method = "GET", path = "/boom", handler = function(ctx)
+  local t = nil
+  return 200, t.field  -- a runtime error in the handler
+end }
+route { method = "GET", path = "/boom-after-sleep", handler = function(ctx)
+  gw.sleep(0.01)
+  error("exploded after a yield")
+end }
+route { method = "GET", path = "/response", handler = function(ctx)
+  ctx.response.status = 201
+  ctx.response.headers["X-Made-By"] = "ctx.response"
+  ctx.response.body = { ok = true }
+end }
+route { method = "GET", path = "/headers", handler = function(ctx)
+  return 200, "h", { ["X-One"] = "1", ["X-Many"] = { "a", "b" }, ["Content-Length"] = "999" }
+end }
+route { method = "GET", path = "/inject", handler = function(ctx)
+  return 200, "x", { ["X-Bad"] = "a\r\nSet-Cookie: evil=1" }
+end }
+route { method = "GET", path = "/nothing", handler = function(ctx) end }
+route { method = "GET", path = "/yield", handler = function(ctx) coroutine.yield() end }
+route { method = "GET", path = "/deadline", timeout = "150ms", handler = function(ctx)
+  gw.sleep(5)
+  return 200, "too late"
+end }
+route { method = "GET", path = "/dead-ctx", handler = function(ctx)
+  saved_ctx = ctx
+  return 200, "saved"
+end }
+route { method = "GET", path = "/use-dead-ctx", handler = function(ctx)
+  local ok, err = pcall(function() return saved_ctx.request.method end)
+  return 200, { ok = ok, err = tostring(err) }
+end }
+]]
+
+describe("Lua handlers", function()
+  local g
+
+  setup(function() g = helpers.start(CONFIG, { workers = 1 }) end)
+  teardown(function() g:stop() end)
+
+  it("yield on gw.sleep: a sleeping handler does not delay others on the same worker", function()
+    local t0 = gw.monotonic_ms()
+    local results = helpers.parallel({
+      function() return g:request("GET", "/sleep/1000") end,
+      function() return g:request("GET", "/sleep/1000") end,
+      function()
+        gw.sleep(0.05)
+        local t = gw.monotonic_ms()
+        local res = g:request("GET", "/fast")
+        return { res = res, took = gw.monotonic_ms() - t }
+      end,
+    })
+    local total = gw.monotonic_ms() - t0
+    assert.equal(200, results[1].status)
+    assert.equal(200, results[2].status)
+    assert.equal("fast", results[3].res.body)
+    assert.is_true(results[3].took < 300, "fast request took " .. results[3].took .. " ms")
+    -- both sleeps overlapped: about 1 s in total, not 2
+    assert.is_true(total < 1800, "two 1 s sleeps took " .. total .. " ms")
+  end)
+
+  it("keeps the trace id across yields, in ctx, the response and the logs", function()
+    local res = g:request("GET", "/sleep/20", { headers = {
+      traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" } })
+    assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", res.json.trace_id)
+    assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", res.json.logged_as)
+    assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", res.headers["x-request-id"])
+    gw.sleep(0.05)
+    local line = g:error_log():match('[^\n]*"msg":"slept"[^\n]*4bf92f35[^\n]*')
+           or g:error_log():match('[^\n]*4bf92f35[^\n]*"msg":"slept"[^\n]*')
+    assert.truthy(line, g:error_log())
+    local entry = gw.json.decode(line)
+    assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", entry.trace_id)
+    assert.equal(20, entry.ms)
+  end)
+
+  it("takes the trace id from X-Request-ID and ignores unsafe ones", function()
+    assert.equal("abc-123", g:request("GET", "/fast", { headers = { ["X-Request-ID"] = "abc-123" } })
+      .headers["x-request-id"])
+    local res = g:request("GET", "/fast", { headers = { ["X-Request-ID"] = 'bad"id' } })
+    assert.truthy(res.headers["x-request-id"]:match("^%x+$"))
+  end)
+
+  it("turns a handler error into a 500 with the trace id, logs the traceback, keeps serving", function()
+    for _, path in ipairs({ "/boom", "/boom-after-sleep" }) do
+      local res = g:request("GET", path)
+      assert.equal(500, res.status)
+      assert.equal("internal server error", res.json.error)
+      assert.equal(res.headers["x-request-id"], res.json.trace_id)
+      gw.sleep(0.05)
+      local log = g:error_log()
+      local line = log:match('[^\n]*' .. res.json.trace_id .. '[^\n]*')
+      assert.truthy(line, "no error log line with the trace id")
+      assert.truthy(line:find("stack traceback", 1, true))
+      assert.truthy(line:find("gateway.lua:", 1, true))
+    end
+    assert.equal(200, g:request("GET", "/fast").status)
+  end)
+
+  it("accepts ctx.response instead of return values", function()
+    local res = g:request("GET", "/response")
+    assert.equal(201, res.status)
+    assert.equal("ctx.response", res.headers["x-made-by"])
+    assert.same({ ok = true }, res.json)
+  end)
+
+  it("sends handler headers, repeats arrays, and keeps framing headers its own", function()
+    local res = g:request("GET", "/headers")
+    assert.equal("1", res.headers["x-one"])
+    assert.equal("1", res.headers["content-length"])
+    local many = 0
+    for _, h in ipairs(res.raw_headers) do if h:match("^X%-Many:") then many = many + 1 end end
+    assert.equal(2, many)
+  end)
+
+  it("refuses header injection and missing responses with a 500", function()
+    assert.equal(500, g:request("GET", "/inject").status)
+    assert.equal(500, g:request("GET", "/nothing").status)
+    assert.equal(500, g:request("GET", "/yield").status)
+    gw.sleep(0.05)
+    assert.truthy(g:error_log():find("control character", 1, true))
+  end)
+
+  it("ends a request at its deadline with 504 and the error kind in the access log", function()
+    local t0 = gw.monotonic_ms()
+    local res = g:request("GET", "/deadline")
+    local took = gw.monotonic_ms() - t0
+    assert.equal(504, res.status)
+    assert.is_true(took >= 140 and took < 1000, "took " .. took)
+    gw.sleep(0.05)
+    local found
+    for _, e in ipairs(g:access_entries()) do
+      if e.trace_id == res.json.trace_id then found = e end
+    end
+    assert.equal("deadline", found.error)
+    assert.equal(200, g:request("GET", "/fast").status)
+  end)
+
+  it("makes a ctx kept beyond its request unusable", function()
+    g:request("GET", "/dead-ctx")
+    local res = g:request("GET", "/use-dead-ctx")
+    assert.is_false(res.json.ok)
+    assert.truthy(res.json.err:find("request has ended", 1, true))
+  end)
+
+  it("cancels the handler when the client goes away mid-request", function()
+    local s = g:connect()
+    s:send("GET /sleep/300 HTTP/1.1\r\nHost: a\r\nX-Request-ID: gone-client\r\n\r\n")
+    gw.sleep(0.05)
+    s:close()
+    gw.sleep(0.4)
+    local found
+    for _, e in ipairs(g:access_entries()) do
+      if e.trace_id == "gone-client" then found = e end
+    end
+    assert.is_table(found)
+    assert.equal(499, found.status)
+    assert.equal("client_abort", found.error)
+    -- the handler never resumed: nothing logged "slept" for it
+    assert.is_nil(g:error_log():find('"trace_id":"gone-client","msg":"slept"', 1, true))
+    assert.equal(200, g:request("GET", "/fast").status)
+  end)
+end)

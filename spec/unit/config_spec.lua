@@ -1,0 +1,82 @@
+-- The config DSL (lua/moongate/config.lua), loaded the way gatewayd loads it.
+local config = require "moongate.config"
+local helpers = require "spec.helpers"
+
+local function load(body, files)
+  local dir = helpers.tmpdir()
+  for name, b in pairs(files or {}) do
+    os.execute("mkdir -p '" .. dir .. "/" .. (name:match("^(.*)/") or ".") .. "'")
+    helpers.write_file(dir .. "/" .. name, b)
+  end
+  helpers.write_file(dir .. "/gateway.lua", body)
+  local cfg, err = config.load(dir .. "/gateway.lua")
+  return cfg, err, dir
+end
+
+describe("config DSL", function()
+  it("parses durations", function()
+    assert.equal(250, config.duration("250ms"))
+    assert.equal(10000, config.duration("10s"))
+    assert.equal(120000, config.duration("2m"))
+    assert.equal(1500, config.duration(1.5))
+    assert.is_nil(config.duration("10 parsecs"))
+    assert.is_nil(config.duration(-1))
+  end)
+
+  it("flattens groups and includes, in declaration order", function()
+    local cfg, err = load([[
+      listen "127.0.0.1:1"
+      workers(3)
+      route { path = "/a", handler = function() end }
+      group "/api/v1" {
+        host = "api.example.com",
+        routes = {
+          route { method = "GET", path = "/users/{id}", handler = function() end },
+          group "/admin" { routes = { route { path = "/x", handler = function() end } } },
+        },
+      }
+      group "/fn" (function()
+        route { method = { "get", "POST" }, path = "/y", handler = function() end }
+      end)
+      include "routes/*.lua"
+    ]], { ["routes/one.lua"] = 'route { path = "/from-include", handler = function() end }' })
+    assert.is_nil(err)
+    assert.equal(3, cfg.workers)
+    local paths = {}
+    for i, r in ipairs(cfg.routes) do paths[i] = r.path end
+    assert.same({ "/a", "/api/v1/users/{id}", "/api/v1/admin/x", "/fn/y", "/from-include" }, paths)
+    assert.equal("api.example.com", cfg.routes[2].host)
+    assert.equal("api.example.com", cfg.routes[3].host)
+    assert.same({ "GET", "POST" }, cfg.routes[4].methods)
+    assert.equal("*", cfg.routes[1].methods)
+  end)
+
+  it("names file and line of a bad directive", function()
+    local _, err, dir = load('listen "127.0.0.1:1"\n\nroute { path = "/x", handlr = function() end }\n')
+    assert.matches(dir .. "/gateway.lua:3: unknown field 'handlr' in route", err, 1, true)
+  end)
+
+  it("names file and line of an error in an included file", function()
+    local _, err, dir = load('include "r.lua"\n', { ["r.lua"] = '\n\nroute { path = "nope", handler = function() end }' })
+    assert.matches(dir .. "/r.lua:3: route 'path' must be a string starting with '/'", err, 1, true)
+  end)
+
+  it("reports Lua syntax errors with file and line", function()
+    local _, err, dir = load('listen "127.0.0.1:1"\nroute { path = "/x", handler = function() end\n')
+    assert.matches(dir .. "/gateway.lua:", err, 1, true)
+    assert.matches("expected", err, 1, true)
+  end)
+
+  it("rejects bad settings", function()
+    local _, err = load('workers(0)')
+    assert.matches("workers expects an integer", err, 1, true)
+    _, err = load('timeouts { header = "soon" }')
+    assert.matches("timeouts.header must be a duration", err, 1, true)
+    _, err = load('limits { max_body = "lots" }')
+    assert.matches("limits.max_body must be a positive size", err, 1, true)
+    _, err = load('listen "8080"')
+    assert.matches("listen expects", err, 1, true)
+    _, err = load('include "missing.lua"')
+    assert.matches("no such file", err, 1, true)
+  end)
+end)
