@@ -7,12 +7,13 @@ FUZZ_BUILD ?= build-fuzz
 PREFIX     ?= /usr/local
 CONFIG     ?= examples/quickstart/gateway.lua
 FUZZ_SECONDS ?= 10
+FUZZ_LONG_SECONDS ?= 600
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 DEBIAN_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
                   libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl
 
-.PHONY: all deps build run test test-c test-asan test-spec fuzz fuzz-smoke bench install clean
+.PHONY: all deps build run test test-c test-asan test-spec fuzz fuzz-build fuzz-smoke bench install clean
 
 all: build
 
@@ -56,15 +57,15 @@ test-asan: deps
 test-spec: build
 	GATEWAYD=$(CURDIR)/$(BUILD)/gatewayd $(BUILD)/gatewayd --spec
 
-$(FUZZ_BUILD)/fuzz_request: deps
+fuzz-build: deps
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_FUZZ=ON -DMG_TESTS=OFF >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_request fuzz_response fuzz_chunked
 
-fuzz-smoke: $(FUZZ_BUILD)/fuzz_request
+fuzz-smoke: fuzz-build
 	spec/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
-fuzz: $(FUZZ_BUILD)/fuzz_request
-	spec/fuzz/run.sh $(FUZZ_BUILD) $${FUZZ_SECONDS:-600}
+fuzz: fuzz-build
+	spec/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_LONG_SECONDS)
 
 bench: build
 	bench/run.sh $(BUILD)/gatewayd

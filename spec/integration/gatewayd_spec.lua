@@ -1,0 +1,106 @@
+-- The gatewayd process: config checking, workers, graceful shutdown.
+local helpers = require "spec.helpers"
+
+local function run(args, config, files)
+  local dir = helpers.tmpdir()
+  for name, body in pairs(files or {}) do helpers.write_file(dir .. "/" .. name, body) end
+  local file = dir .. "/gateway.lua"
+  helpers.write_file(file, config)
+  local argv = { helpers.gatewayd }
+  for _, a in ipairs(args) do argv[#argv + 1] = (a:gsub("{{FILE}}", file)) end
+  local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  local how, code = helpers.wait_exit(pid, 10)
+  return code, helpers.read_file(dir .. "/out") .. helpers.read_file(dir .. "/err"), file
+end
+
+describe("gatewayd -t", function()
+  it("accepts a valid config", function()
+    local code, out = run({ "-t", "-c", "{{FILE}}" },
+      'listen "127.0.0.1:1"\nroute { path = "/", handler = function() return 200 end }\n')
+    assert.equal(0, code)
+    assert.truthy(out:find("is valid (1 routes)", 1, true))
+  end)
+
+  local broken = {
+    { "a Lua syntax error", 'listen "127.0.0.1:1"\n\nroute { path = "/" \n', ":4:" },
+    { "an unknown route field", 'listen "127.0.0.1:1"\nroute { path = "/", handle = 1 }\n', ":2: unknown field 'handle'" },
+    { "a bad regex", 'listen "127.0.0.1:1"\nroute { path = "/u/{id:[0-9}", handler = print }\n', ":2: route /u/{id:[0-9}: bad regex" },
+    { "a duplicate route", 'listen "127.0.0.1:1"\nroute { path = "/a/{x}", handler = print }\n' ..
+        'route { method = "GET", path = "/a/{y}", handler = print }\n', ":3: route /a/{y}: route conflicts with the route declared at " },
+    { "a missing listen", 'route { path = "/", handler = print }\n', "no listen address" },
+    { "a runtime error", 'listen "127.0.0.1:1"\nlocal x = nil\nx.y = 1\n', ":3: attempt to index" },
+  }
+  for _, case in ipairs(broken) do
+    it("refuses " .. case[1] .. " with file:line", function()
+      local code, out, file = run({ "-t", "-c", "{{FILE}}" }, case[2])
+      assert.equal(1, code)
+      assert.truthy(out:find(case[3], 1, true), out)
+      if case[3]:sub(1, 1) == ":" then assert.truthy(out:find(file, 1, true), out) end
+    end)
+  end
+
+  it("refuses to start on a busy address", function()
+    local g = helpers.start('route { path = "/", handler = function() return 200 end }')
+    local code, out = run({ "-c", "{{FILE}}" },
+      ('listen "127.0.0.1:%d"\nroute { path = "/", handler = print }\n'):format(g.port))
+    assert.equal(1, code)
+    assert.truthy(out:find("Address already in use", 1, true), out)
+    g:stop()
+  end)
+end)
+
+describe("gatewayd workers and shutdown", function()
+  it("serves from several workers, each with its own Lua VM", function()
+    local g = helpers.start([[
+      workers(2)
+      local served = 0  -- one copy per worker VM
+      route { path = "/", handler = function() served = served + 1; gw.sleep(0.05); return 200, tostring(served) end }
+    ]], { workers = 2 })
+    local results = helpers.parallel((function()
+      local fns = {}
+      for i = 1, 8 do fns[i] = function() return g:request("GET", "/").status end end
+      return fns
+    end)())
+    for i = 1, 8 do assert.equal(200, results[i]) end
+    assert.truthy(g:error_log():find("2 workers", 1, true))
+    g:stop()
+  end)
+
+  it("drains in-flight requests on SIGTERM and exits 0", function()
+    local g = helpers.start([[
+      route { path = "/slow", handler = function() gw.sleep(0.4); return 200, "finished" end }
+    ]])
+    local s = g:connect()
+    s:send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    gw.sleep(0.1)
+    gw.process.kill(g.pid, gw.process.SIGTERM)
+    local res = assert(helpers.read_response(s))
+    assert.equal(200, res.status)
+    assert.equal("finished", res.body)
+    assert.equal("close", res.headers["connection"])
+    local how, code = helpers.wait_exit(g.pid, 5)
+    assert.same({ "exit", 0 }, { how, code })
+    -- no longer accepting
+    local c = gw.tcp()
+    c:settimeout(500)
+    assert.is_nil(c:connect("127.0.0.1", g.port))
+    g.stopped = true
+  end)
+
+  it("stops waiting for requests after the drain timeout", function()
+    local g = helpers.start([[
+      timeouts { drain = "300ms" }
+      route { path = "/forever", handler = function() gw.sleep(30); return 200 end }
+    ]])
+    local s = g:connect()
+    s:send("GET /forever HTTP/1.1\r\nHost: a\r\n\r\n")
+    gw.sleep(0.05)
+    local t0 = gw.monotonic_ms()
+    gw.process.kill(g.pid, gw.process.SIGTERM)
+    local how, code = helpers.wait_exit(g.pid, 5)
+    assert.same({ "exit", 0 }, { how, code })
+    assert.is_true(gw.monotonic_ms() - t0 < 2000)
+    assert.truthy(g:error_log():find("drain timeout", 1, true))
+    g.stopped = true
+  end)
+end)
