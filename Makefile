@@ -13,7 +13,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 DEBIAN_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
                   libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl
 
-.PHONY: all deps build run test test-c test-asan test-spec fuzz fuzz-build fuzz-smoke bench install clean
+.PHONY: all deps build run test test-c test-asan test-spec test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
 
 all: build
 
@@ -42,7 +42,7 @@ run: build
 
 # C unit tests (release build), the same tests under ASan+UBSan, the busted
 # specs (unit + integration, inside gatewayd's runtime), and a short fuzz run.
-test: build test-c test-asan test-spec fuzz-smoke
+test: build test-c test-asan test-spec test-spec-asan fuzz-smoke
 	@echo "make test: all suites passed"
 
 test-c: build
@@ -56,6 +56,12 @@ test-asan: deps
 
 test-spec: build
 	GATEWAYD=$(CURDIR)/$(BUILD)/gatewayd $(BUILD)/gatewayd --spec
+
+# The same specs against the ASan+UBSan gatewayd: a memory error aborts a
+# request and fails its spec; a leak makes gatewayd exit non-zero on SIGTERM.
+test-spec-asan: build test-asan
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  GATEWAYD=$(CURDIR)/$(ASAN_BUILD)/gatewayd $(BUILD)/gatewayd --spec
 
 fuzz-build: deps
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_FUZZ=ON -DMG_TESTS=OFF >/dev/null

@@ -110,6 +110,11 @@ function Gateway:stop(seconds)
     how = "killed"
   end
   self.stopped, self.how, self.code = true, how, code
+  -- a gateway that does not stop cleanly is a failure (under ASan: a leak or memory error)
+  if how ~= "exit" or code ~= 0 then
+    error(("gatewayd did not exit cleanly (%s %s); error log:\n%s"):format(
+      how, tostring(code), self:error_log():sub(-4000)), 2)
+  end
   return how, code
 end
 

@@ -122,7 +122,8 @@ int main(int argc, char **argv)
     mg_gen_t *gen = mg_gen_load(file, check_base, NULL, &cfg, err, sizeof(err));
     if (!gen) {
         fprintf(stderr, "gatewayd: %s\n", err);
-        return 1;
+        event_base_free(check_base);
+        goto fail;
     }
     int nroutes = gen->nroutes;
     mg_gen_free(gen);
@@ -133,16 +134,17 @@ int main(int argc, char **argv)
         cfg.nlisten = 0;
         if (mg_parse_listen(listen_override, &cfg.listen[0], err, sizeof(err)) != MG_OK) {
             fprintf(stderr, "gatewayd: --listen: %s\n", err);
-            return 1;
+            goto fail;
         }
         cfg.nlisten = 1;
     }
     if (cfg.nlisten == 0) {
         fprintf(stderr, "gatewayd: %s: no listen address (add: listen \"127.0.0.1:8080\")\n", file);
-        return 1;
+        goto fail;
     }
     if (test) {
         printf("gatewayd: configuration file %s is valid (%d routes)\n", file, nroutes);
+        mg_config_free(&cfg);
         return 0;
     }
     int nworkers = workers_override > 0 ? workers_override : cfg.workers;
@@ -152,7 +154,7 @@ int main(int argc, char **argv)
     }
     if (mg_log_open(cfg.error_log, cfg.access_log, err, sizeof(err)) != MG_OK) {
         fprintf(stderr, "gatewayd: %s\n", err);
-        return 1;
+        goto fail;
     }
 
     /* the workers inherit this mask: signals are taken by sigwait here only */
@@ -167,7 +169,7 @@ int main(int argc, char **argv)
     for (int k = 0; k < cfg.nlisten; k++) {
         if (!address_free(&cfg.listen[k], err, sizeof(err))) {
             fprintf(stderr, "gatewayd: %s\n", err);
-            return 1;
+            goto fail;
         }
     }
     mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
@@ -177,12 +179,12 @@ int main(int argc, char **argv)
             fds[k] = bind_socket(&cfg.listen[k], err, sizeof(err));
             if (fds[k] < 0) {
                 fprintf(stderr, "gatewayd: %s\n", err);
-                return 1;
+                goto fail;
             }
         }
         if (mg_worker_init(&workers[i], i, &cfg, fds, cfg.nlisten) != MG_OK) {
             fprintf(stderr, "gatewayd: worker %d: %s\n", i, workers[i].error);
-            return 1;
+            goto fail;
         }
     }
     for (int i = 0; i < nworkers; i++)
@@ -214,4 +216,8 @@ int main(int argc, char **argv)
     mg_log_info(NULL, "stopped");
     mg_config_free(&cfg);
     return 0;
+fail:
+    /* start-up failed: nothing runs yet; sockets and workers die with the process */
+    mg_config_free(&cfg);
+    return 1;
 }
