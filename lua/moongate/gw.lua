@@ -35,10 +35,10 @@ function gw.log(level, msg, fields)
     local parts, n = {}, 0
     for k, v in pairs(fields) do
       if type(k) == "string" and k ~= "time" and k ~= "level" and k ~= "msg" and k ~= "trace_id" then
-        local ev = encode(v)
+        local ev = json_encode(v)
         if ev then
           n = n + 1
-          parts[n] = encode(k) .. ":" .. ev
+          parts[n] = json_encode(k) .. ":" .. ev
         end
       end
     end
