@@ -6,7 +6,6 @@
  * the workers, then only waits for signals.
  */
 #include <errno.h>
-#include <event2/thread.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -112,7 +111,6 @@ int main(int argc, char **argv)
     /* gateways started by specs die with the spec runner, even when it crashes */
     if (getenv("MOONGATE_DIE_WITH_PARENT"))
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-    evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
 
     char err[2048];

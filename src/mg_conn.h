@@ -8,7 +8,7 @@
 #ifndef MG_CONN_H
 #define MG_CONN_H
 
-#include <event2/bufferevent.h>
+#include <event2/buffer.h>
 
 #include "mg_worker.h"
 
@@ -22,14 +22,22 @@ enum mg_conn_state {
 
 struct mg_conn {
     mg_worker_t *worker;
-    struct bufferevent *bev;
+    evutil_socket_t fd;
+    struct event rev;             /* readable (persistent while reading is enabled) */
+    struct event wev;             /* writable, armed only when a write would block; send timeout */
     struct event timer;
     enum mg_conn_state state;
     mg_req_t *req;                /* the request in progress, if any */
+    /* input: bytes [in_off, in_len) of in are unprocessed */
+    char *in;
+    size_t in_off, in_len, in_cap;
+    struct evbuffer *out;
     size_t scanned;               /* head bytes already searched for the end of head */
-    int processing;               /* inside process_input: do not recurse */
-    int close_after;              /* send Connection: close on the next response */
-    int freed;
+    unsigned processing:1;        /* inside process_input: do not recurse, flush at its end */
+    unsigned close_after:1;       /* send Connection: close on the next response */
+    unsigned reading:1;           /* rev is armed */
+    unsigned writing:1;           /* wev is armed */
+    unsigned freed:1;
     char remote[64];              /* "ip:port" */
     struct mg_conn *next, *prev;  /* worker's list */
     struct mg_conn *reap_next;

@@ -80,8 +80,12 @@ static void req_release(mg_req_t *r)
         event_del(&r->deadline);
         r->deadline_set = 0;
     }
-    if (r->task_running) {
-        mg_task_cancel(&r->task);
+    if (r->task.co) {
+        /* a handler still waiting is cancelled; a finished one gives its coroutine back */
+        if (r->task_running)
+            mg_task_cancel(&r->task);
+        else
+            mg_task_release(&r->task, 1);
         r->task_running = 0;
     }
     if (r->ctx_ref != LUA_NOREF) {
@@ -150,20 +154,59 @@ static void req_finish(mg_req_t *r, int ka)
  * preformatted header block; the caller adds its own headers, then the blank
  * line and the body.
  */
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *put_uint(char *p, size_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/*
+ * Writes the status line and the headers every response carries (no
+ * printf: this runs once per response). The caller adds its own headers,
+ * then the blank line and the body.
+ */
 static void head_start(mg_req_t *r, struct evbuffer *out, int status, int ka, size_t body_len,
-                       int with_length)
+                       int with_length, const char *content_type)
 {
     char buf[512];
-    int n = snprintf(buf, sizeof(buf), "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason(status),
-                     mg_worker_date(r->worker));
-    if (with_length)
-        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Content-Length: %zu\r\n", body_len);
-    n += snprintf(buf + n, sizeof(buf) - (size_t)n, "X-Request-ID: %s\r\n", r->trace_id);
+    char *p = PUT_LIT(buf, "HTTP/1.1 ");
+    p = put_uint(p, (size_t)status);
+    *p++ = ' ';
+    const char *why = reason(status);
+    p = put(p, why, strlen(why));
+    p = PUT_LIT(p, "\r\nDate: ");
+    p = put(p, mg_worker_date(r->worker), 29);
+    if (with_length) {
+        p = PUT_LIT(p, "\r\nContent-Length: ");
+        p = put_uint(p, body_len);
+    }
+    p = PUT_LIT(p, "\r\nX-Request-ID: ");
+    p = put(p, r->trace_id, strlen(r->trace_id));
     if (!ka)
-        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Connection: close\r\n");
+        p = PUT_LIT(p, "\r\nConnection: close");
     else if (r->minor_version == 0)
-        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "Connection: keep-alive\r\n");
-    evbuffer_add(out, buf, (size_t)n);
+        p = PUT_LIT(p, "\r\nConnection: keep-alive");
+    if (content_type) {
+        p = PUT_LIT(p, "\r\nContent-Type: ");
+        p = put(p, content_type, strlen(content_type));
+    }
+    p = PUT_LIT(p, "\r\n");
+    evbuffer_add(out, buf, (size_t)(p - buf));
 }
 
 static int body_allowed(int status) { return status >= 200 && status != 204 && status != 304; }
@@ -181,8 +224,10 @@ void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message
     r->status = status;
     if (kind)
         r->error_kind = kind;
-    head_start(r, out, status, ka, (size_t)n, 1);
-    evbuffer_add_printf(out, "Content-Type: application/json\r\n%s\r\n", extra_headers ? extra_headers : "");
+    head_start(r, out, status, ka, (size_t)n, 1, "application/json");
+    if (extra_headers)
+        evbuffer_add(out, extra_headers, strlen(extra_headers));
+    evbuffer_add(out, "\r\n", 2);
     if (!r->method.p || r->method_bit != MG_M_HEAD)
         evbuffer_add(out, body, (size_t)n);
     r->bytes_out = (size_t)n;
@@ -405,7 +450,10 @@ static int framing_header(const char *s, size_t n)
     return 0;
 }
 
-/* Appends the handler's headers table (at idx on co) to out. Returns an error message or NULL. */
+/*
+ * Validates the handler's headers table (at idx on co) and, when out is not
+ * NULL, appends it. Returns an error message or NULL.
+ */
 static const char *add_lua_headers(lua_State *co, int idx, struct evbuffer *out, int *has_ct)
 {
     lua_pushnil(co);
@@ -439,7 +487,7 @@ static const char *add_lua_headers(lua_State *co, int idx, struct evbuffer *out,
                 lua_pop(co, 3);
                 return "response header value contains CR, LF or another control character";
             }
-            if (!skip) {
+            if (!skip && out) {
                 evbuffer_add(out, name, nl);
                 evbuffer_add(out, ": ", 2);
                 evbuffer_add(out, v, vl);
@@ -528,23 +576,20 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     if (!body_allowed(status))
         blen = 0;
 
-    /* headers are built aside first: a bad header must not leave a half-written response */
-    struct evbuffer *hdrs = evbuffer_new();
+    /* headers are checked first: a bad header must not leave a half-written response */
     int has_ct = 0;
-    const char *bad = lua_istable(co, 3) ? add_lua_headers(co, 3, hdrs, &has_ct) : NULL;
+    const char *bad = lua_istable(co, 3) ? add_lua_headers(co, 3, NULL, &has_ct) : NULL;
     if (bad) {
-        evbuffer_free(hdrs);
         fail_500(r, bad);
         return;
     }
     int ka = keepalive(r);
     struct evbuffer *out = mg_conn_output(r->conn);
     r->status = status;
-    head_start(r, out, status, ka, blen, body_allowed(status));
-    if (!has_ct && ctype && body_allowed(status))
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
-    evbuffer_add_buffer(out, hdrs);
-    evbuffer_free(hdrs);
+    head_start(r, out, status, ka, blen, body_allowed(status),
+               !has_ct && body_allowed(status) ? ctype : NULL);
+    if (lua_istable(co, 3))
+        add_lua_headers(co, 3, out, &has_ct);
     evbuffer_add(out, "\r\n", 2);
     if (r->method_bit != MG_M_HEAD && blen)
         evbuffer_add(out, body, blen);

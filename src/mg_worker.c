@@ -3,7 +3,8 @@
  */
 #include "mg_worker.h"
 
-#include <event2/thread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <sys/random.h>
 #include <time.h>
@@ -39,6 +40,10 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     mg_worker_t *w = arg;
+    uint64_t v;
+    if (read(fd, &v, sizeof(v)) < 0) {
+        /* nothing to do: the eventfd was readable, which is all we need */
+    }
     if (w->draining)
         return;
     w->draining = 1;
@@ -73,7 +78,12 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
 {
     w->id = id;
     w->cfg = cfg;
-    w->base = event_base_new();
+    w->stop_fd = -1;
+    /* single-threaded loop: no locks (the main thread only writes to stop_fd) */
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     if (!w->base) {
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return MG_ERROR;
@@ -90,7 +100,9 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
         evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
         w->nlisteners++;
     }
-    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->stop_ev = event_new(w->base, w->stop_fd, EV_READ, on_stop, w);
+    event_add(w->stop_ev, NULL);
     w->reap_ev = event_new(w->base, -1, 0, on_reap, w);
     if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
         w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
@@ -109,7 +121,9 @@ void *mg_worker_run(void *arg)
 
 void mg_worker_stop(mg_worker_t *w)
 {
-    event_active(w->stop_ev, EV_TIMEOUT, 0);
+    uint64_t one = 1;
+    if (write(w->stop_fd, &one, sizeof(one)) < 0)
+        mg_log_error(NULL, "cannot signal worker %d to stop", w->id);
 }
 
 void mg_worker_free(mg_worker_t *w)
@@ -129,6 +143,8 @@ void mg_worker_free(mg_worker_t *w)
     mg_gen_free(w->gen);
     if (w->stop_ev)
         event_free(w->stop_ev);
+    if (w->stop_fd >= 0)
+        close(w->stop_fd);
     if (w->reap_ev)
         event_free(w->reap_ev);
     if (w->drain_timer)

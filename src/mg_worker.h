@@ -2,7 +2,8 @@
  * mg_worker — one thread, one event loop, its own listeners (SO_REUSEPORT
  * sockets bound by the main thread), its own generation (Lua VM + router).
  * Workers share nothing mutable: the config they read is immutable and the
- * main thread talks to them only through event_active() on their stop event.
+ * main thread talks to them only through an eventfd, so the event loops run
+ * without libevent's locks.
  */
 #ifndef MG_WORKER_H
 #define MG_WORKER_H
@@ -24,7 +25,8 @@ typedef struct mg_worker {
     int fds[MG_MAX_LISTEN];               /* owned until handed to the listeners */
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;
-    struct event *stop_ev;                /* activated by the main thread */
+    int stop_fd;                          /* eventfd: the main thread writes to stop us */
+    struct event *stop_ev;
     struct event *drain_timer;
     int draining;
     mg_conn_t *conns;                     /* all open connections (intrusive list) */

@@ -34,6 +34,11 @@ route { method = "GET", path = "/deadline", timeout = "150ms", handler = functio
   gw.sleep(5)
   return 200, "too late"
 end }
+route { method = "GET", path = "/lua-mem", handler = function(ctx)
+  collectgarbage("collect")
+  collectgarbage("collect")
+  return 200, { kb = collectgarbage("count") }
+end }
 route { method = "GET", path = "/dead-ctx", handler = function(ctx)
   saved_ctx = ctx
   return 200, "saved"
@@ -146,6 +151,27 @@ describe("Lua handlers", function()
     end
     assert.equal("deadline", found.error)
     assert.equal(200, g:request("GET", "/fast").status)
+  end)
+
+  it("does not grow the Lua heap request after request (coroutines are reused)", function()
+    local s = g:connect()
+    local function batch(n)
+      local reqs = {}
+      for i = 1, n do reqs[i] = "GET /fast HTTP/1.1\r\nHost: a\r\n\r\n" end
+      assert(s:send(table.concat(reqs)))
+      for _ = 1, n do assert.equal(200, assert(helpers.read_response(s)).status) end
+    end
+    local function lua_kb()
+      assert(s:send("GET /lua-mem HTTP/1.1\r\nHost: a\r\n\r\n"))
+      return assert(helpers.read_response(s)).json.kb
+    end
+    batch(200)
+    local before = lua_kb()
+    for _ = 1, 10 do batch(200) end
+    local after = lua_kb()
+    -- 2000 requests: a leaked coroutine or ctx per request would add well over 500 KiB
+    assert.is_true(after - before < 100, ("Lua heap grew from %.0f to %.0f KiB"):format(before, after))
+    s:close()
   end)
 
   it("makes a ctx kept beyond its request unusable", function()
