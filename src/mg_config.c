@@ -115,6 +115,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
 
     cfg->access_log = get_str(L, t, "access_log");
     cfg->error_log = get_str(L, t, "error_log");
+    cfg->error_header = get_str(L, t, "error_header");
     return MG_OK;
 }
 
@@ -132,6 +133,89 @@ static unsigned methods_mask(lua_State *L, int idx)
         lua_pop(L, 1);
     }
     return mask;
+}
+
+static int get_int(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    int v = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Builds gen->upstreams from cfg.upstreams (validated by config.lua) at index t. */
+static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "upstreams");
+    int ut = lua_gettop(L);
+    int n = (int)lua_objlen(L, ut);
+    gen->upstreams = mg_calloc((size_t)n + 1, sizeof(mg_upstream_t));
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, ut, i);
+        int u = lua_gettop(L);
+        mg_upstream_t *up = &gen->upstreams[i - 1];
+        gen->nupstreams = i;
+        up->name = get_str(L, u, "name");
+        char *balance = get_str(L, u, "balance");
+        up->balance = strcmp(balance, "least_conn") == 0 ? MG_BALANCE_LEAST_CONN
+                    : strcmp(balance, "hash") == 0 ? MG_BALANCE_HASH : MG_BALANCE_RR;
+        free(balance);
+        char *hk = get_str(L, u, "hash_key");
+        if (hk) {
+            up->hash_kind = hk[0] == 'h' ? 'h' : hk[0] == 'p' ? 'p' : 'i';
+            const char *colon = strchr(hk, ':');
+            up->hash_name = colon ? strdup(colon + 1) : NULL;
+            free(hk);
+        }
+        up->max_idle = get_int(L, u, "max_idle");
+        up->idle_timeout_ms = (uint32_t)get_int(L, u, "idle_timeout");
+        up->max_requests = get_int(L, u, "max_requests");
+        up->connect_ms = (uint32_t)get_int(L, u, "connect_timeout");
+        up->send_ms = (uint32_t)get_int(L, u, "send_timeout");
+        up->read_ms = (uint32_t)get_int(L, u, "read_timeout");
+        up->retries = get_int(L, u, "retries");
+        up->passive_failures = get_int(L, u, "passive_failures");
+        up->eject_ms = (uint32_t)get_int(L, u, "passive_eject");
+        up->active_path = get_str(L, u, "active_path");
+        up->active_interval_ms = (uint32_t)get_int(L, u, "active_interval");
+        up->active_timeout_ms = (uint32_t)get_int(L, u, "active_timeout");
+        char *hh = get_str(L, u, "host_header");
+        up->host_mode = strcmp(hh, "pass") == 0 ? MG_HOST_PASS : strcmp(hh, "target") == 0 ? MG_HOST_TARGET : MG_HOST_FIXED;
+        if (up->host_mode == MG_HOST_FIXED)
+            up->host_value = hh;
+        else
+            free(hh);
+        lua_getfield(L, u, "targets");
+        up->ntargets = (int)lua_objlen(L, -1);
+        up->targets = mg_calloc((size_t)up->ntargets, sizeof(mg_target_t));
+        for (int k = 0; k < up->ntargets; k++) {
+            lua_rawgeti(L, -1, k + 1);
+            mg_target_t *tg = &up->targets[k];
+            tg->up = up;
+            char *host = get_str(L, lua_gettop(L), "host");
+            int port = get_int(L, lua_gettop(L), "port");
+            char buf[300];
+            snprintf(buf, sizeof(buf), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+            free(host);
+            tg->text = strdup(buf);
+            tg->authority = strdup(buf);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        lua_settop(L, ut);
+        if (mg_upstream_resolve(up, err, errlen) != MG_OK)
+            return MG_ERROR;
+    }
+    lua_settop(L, ut - 1);
+    return MG_OK;
+}
+
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name)
+{
+    for (int i = 0; i < gen->nupstreams; i++)
+        if (strcmp(gen->upstreams[i].name, name) == 0)
+            return &gen->upstreams[i];
+    return NULL;
 }
 
 /* Compiles cfg.routes (at index t) into gen's router and route array. */
@@ -168,6 +252,10 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         mg_route_t *route = &gen->routes[i - 1];
         lua_getfield(L, r, "handler");
         route->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_getfield(L, r, "upstream");
+        if (lua_isstring(L, -1))
+            route->upstream = mg_gen_upstream(gen, lua_tostring(L, -1));
+        lua_pop(L, 1);
         lua_getfield(L, r, "timeout");
         route->timeout_ms = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
@@ -224,6 +312,10 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         if (read_settings(L, t, cfg, err, errlen) != MG_OK)
             goto fail;
     }
+    if (compile_upstreams(gen, L, t, err, errlen) != MG_OK)
+        goto fail;
+    for (int i = 0; i < gen->nupstreams; i++)
+        gen->upstreams[i].base = base;
     if (compile_routes(gen, L, t, err, errlen) != MG_OK)
         goto fail;
     lua_settop(L, 0);
@@ -240,6 +332,9 @@ void mg_gen_free(mg_gen_t *gen)
     for (int i = 0; i < gen->nroutes; i++)
         free(gen->routes[i].name);
     free(gen->routes);
+    for (int i = 0; i < gen->nupstreams; i++)
+        mg_upstream_free(&gen->upstreams[i]);
+    free(gen->upstreams);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);
     free(gen);
@@ -252,5 +347,6 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->file);
     free(cfg->access_log);
     free(cfg->error_log);
+    free(cfg->error_header);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -15,6 +15,7 @@
 #include "mg_http1.h"
 #include "mg_lua.h"
 #include "mg_router.h"
+#include "mg_upstream.h"
 
 #define MG_MAX_LISTEN 16
 
@@ -34,6 +35,7 @@ typedef struct mg_config {
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
     char *access_log, *error_log;
+    char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
 } mg_config_t;
 
 typedef struct mg_route {
@@ -41,6 +43,7 @@ typedef struct mg_route {
     int info_ref;                  /* the table exposed as ctx.route */
     char *name;
     uint32_t timeout_ms;           /* 0: the config's request timeout */
+    mg_upstream_t *upstream;       /* a proxy route (no handler), or NULL */
 } mg_route_t;
 
 typedef struct mg_gen {
@@ -48,7 +51,12 @@ typedef struct mg_gen {
     mg_router_t *router;
     mg_route_t *routes;
     int nroutes;
+    mg_upstream_t *upstreams;
+    int nupstreams;
 } mg_gen_t;
+
+/* The generation's upstream with this name, or NULL. */
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name);
 
 /*
  * Loads `file` into a new generation running on `base`. When cfg is not NULL

@@ -130,6 +130,21 @@ static void flush(mg_conn_t *c)
     }
     if (c->state == MG_CONN_CLOSING)
         do_shutdown(c);
+    else if (c->req)
+        mg_req_output_drained(c->req); /* a paused upstream may go on */
+}
+
+void mg_conn_flush(mg_conn_t *c)
+{
+    if (!c->freed)
+        flush(c);
+}
+
+void mg_conn_reset(mg_conn_t *c)
+{
+    struct linger lg = { 1, 0 };
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    conn_free(c);
 }
 
 void mg_conn_response_done(mg_conn_t *c, int keepalive)
@@ -247,9 +262,16 @@ static int read_head(mg_conn_t *c)
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     c->chunked = (parsed.flags & MG_HTTP1_F_CHUNKED) != 0;
     c->body_left = parsed.content_length;
+    c->body_paused = 0;
     mg_chunked_init(&c->chunk);
     c->state = MG_CONN_BODY;
     arm(c, cfg->body_timeout_ms);
+    if (mg_req_streams_body(r)) {
+        /* a proxy route starts now; its body streams to the upstream as it arrives */
+        mg_req_run(r);
+        if (c->req != r)
+            return c->state == MG_CONN_IDLE; /* answered already (e.g. no healthy target) */
+    }
     return 1;
 }
 
@@ -257,8 +279,28 @@ static int body_complete(mg_conn_t *c)
 {
     disarm(c);
     c->state = MG_CONN_HANDLER;
-    mg_req_run(c->req);
+    mg_req_body_end(c->req);
     return c->state == MG_CONN_IDLE;
+}
+
+/* The body's consumer is full: stop reading until mg_conn_resume_body. */
+static int body_pause(mg_conn_t *c)
+{
+    c->body_paused = 1;
+    set_reading(c, 0);
+    disarm(c); /* not the client's fault: no body timeout while we hold it back */
+    return 0;
+}
+
+void mg_conn_resume_body(mg_conn_t *c)
+{
+    if (c->freed || c->state != MG_CONN_BODY || !c->body_paused)
+        return;
+    c->body_paused = 0;
+    set_reading(c, 1);
+    arm(c, c->worker->cfg->body_timeout_ms);
+    if (!c->processing)
+        process_input(c);
 }
 
 static int read_body(mg_conn_t *c)
@@ -268,14 +310,17 @@ static int read_body(mg_conn_t *c)
     size_t len = c->in_len - c->in_off;
     if (len == 0)
         return 0;
+    if (!mg_req_body_ready(r))
+        return body_pause(c);
     arm(c, cfg->body_timeout_ms); /* an idle timeout: a slow upload that progresses is fine */
     const char *p = c->in + c->in_off;
     if (!c->chunked) {
         size_t n = (int64_t)len < c->body_left ? len : (size_t)c->body_left;
-        evbuffer_add(r->body, p, n);
         consume(c, n);
         c->body_left -= (int64_t)n;
-        r->bytes_in += n;
+        mg_req_body_data(r, p, n);
+        if (c->req != r)
+            return 0; /* the request ended meanwhile (upstream error) */
         return c->body_left > 0 ? 0 : body_complete(c);
     }
     size_t left = len;
@@ -287,13 +332,17 @@ static int read_body(mg_conn_t *c)
         p += used;
         left -= used;
         consume(c, used);
-        r->bytes_in += used;
         if (rc == MG_CHUNKED_DATA) {
-            if (evbuffer_get_length(r->body) + dlen > cfg->max_body) {
+            /* max_body bounds what the gateway holds; a streamed (proxied) body is not held */
+            if (!mg_req_streams_body(r) && evbuffer_get_length(r->body) + dlen > cfg->max_body) {
                 reject(c, r, 413, "body_too_large", 1);
                 return 0;
             }
-            evbuffer_add(r->body, data, dlen);
+            mg_req_body_data(r, data, dlen);
+            if (c->req != r)
+                return 0;
+            if (!mg_req_body_ready(r))
+                return body_pause(c);
         } else if (rc == MG_CHUNKED_ERROR) {
             mg_log_info(r->trace_id, "client %s: bad chunked body: %s", c->remote, c->chunk.error);
             reject(c, r, 400, "protocol", 1);

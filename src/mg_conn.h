@@ -45,6 +45,7 @@ struct mg_conn {
     int64_t body_left;            /* Content-Length bytes still to read */
     int chunked;
     mg_chunked_t chunk;
+    int body_paused;              /* the request body's consumer is full */
 };
 
 /* Takes ownership of an accepted socket. */
@@ -59,6 +60,13 @@ struct evbuffer *mg_conn_output(mg_conn_t *c);
  * the connection may carry another request.
  */
 void mg_conn_response_done(mg_conn_t *c, int keepalive);
+
+/* Writes queued output now (responses streamed from an upstream). */
+void mg_conn_flush(mg_conn_t *c);
+/* Resumes reading a request body that was paused for back-pressure. */
+void mg_conn_resume_body(mg_conn_t *c);
+/* Closes with RST (SO_LINGER 0): the response was cut short and must not look complete. */
+void mg_conn_reset(mg_conn_t *c);
 
 /* Worker drain: close idle connections now, the others after their response. */
 void mg_conn_drain(mg_conn_t *c);

@@ -96,6 +96,7 @@ void mg_wait_wake(mg_wait_t *w, int nret);
 /* Registers the gw.* functions implemented in C into the table on top of L. */
 void mg_api_register(lua_State *L, mg_vm_t *vm, int spec);
 void mg_tcp_register(lua_State *L, mg_vm_t *vm);
+void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm); /* specs only */
 void mg_spec_register(lua_State *L, mg_vm_t *vm);
 
 /* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <stdio.h>
 
+#include "mg_forward.h"
 #include "mg_log.h"
 
 static const char *reason(int status)
@@ -58,10 +59,9 @@ mg_req_t *mg_req_new(mg_conn_t *c)
         r = mg_alloc(sizeof(*r));
         body = evbuffer_new();
     }
-    /* everything up to the arena's inline buffer is per-request state */
-    memset(r, 0, offsetof(mg_req_t, pool));
-    memset((char *)r + offsetof(mg_req_t, next_free), 0,
-           sizeof(*r) - offsetof(mg_req_t, next_free));
+    /* per-request state; the large arrays after it are written before they are read */
+    memset(r, 0, offsetof(mg_req_t, segs));
+    r->trace_id[0] = '\0';
     mg_pool_init(&r->pool);
     r->conn = c;
     r->worker = w;
@@ -76,6 +76,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
 
 static void req_release(mg_req_t *r)
 {
+    mg_forward_cancel(r);
     if (r->deadline_set) {
         event_del(&r->deadline);
         r->deadline_set = 0;
@@ -133,15 +134,14 @@ static void access_log(mg_req_t *r)
         mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-static int keepalive(mg_req_t *r)
+int mg_req_keepalive(const mg_req_t *r)
 {
     if (r->conn->close_after || (r->flags & MG_HTTP1_F_CONN_CLOSE))
         return 0;
     return r->minor_version == 1 || (r->flags & MG_HTTP1_F_CONN_KEEPALIVE);
 }
 
-/* Ends the request after its response is queued. */
-static void req_finish(mg_req_t *r, int ka)
+void mg_req_finish(mg_req_t *r, int ka)
 {
     mg_conn_t *c = r->conn;
     access_log(r);
@@ -220,7 +220,7 @@ void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message
     char body[512];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"status\":%d,\"trace_id\":\"%s\"}\n",
                      message, status, r->trace_id);
-    int ka = !close && keepalive(r);
+    int ka = !close && mg_req_keepalive(r);
     r->status = status;
     if (kind)
         r->error_kind = kind;
@@ -231,7 +231,7 @@ void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message
     if (!r->method.p || r->method_bit != MG_M_HEAD)
         evbuffer_add(out, body, (size_t)n);
     r->bytes_out = (size_t)n;
-    req_finish(r, ka);
+    mg_req_finish(r, ka);
 }
 
 /* ---- head ---- */
@@ -349,6 +349,7 @@ int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_htt
     r->minor_version = p->minor_version;
     r->flags = p->flags;
     r->content_length = p->content_length;
+    r->body_complete = !((p->flags & MG_HTTP1_F_CHUNKED) || p->content_length > 0);
     r->method_bit = mg_method_bit(p->method, p->method_len);
     r->nheaders = p->num_headers;
     r->headers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (p->num_headers ? p->num_headers : 1));
@@ -583,7 +584,7 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
         fail_500(r, bad);
         return;
     }
-    int ka = keepalive(r);
+    int ka = mg_req_keepalive(r);
     struct evbuffer *out = mg_conn_output(r->conn);
     r->status = status;
     head_start(r, out, status, ka, blen, body_allowed(status),
@@ -594,7 +595,7 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     if (r->method_bit != MG_M_HEAD && blen)
         evbuffer_add(out, body, blen);
     r->bytes_out = blen;
-    req_finish(r, ka);
+    mg_req_finish(r, ka);
 }
 
 static void on_handler_done(mg_task_t *t, int status)
@@ -620,8 +621,58 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         mg_task_cancel(&r->task);
         r->task_running = 0;
     }
+    mg_forward_cancel(r);
     mg_log_warn(r->trace_id, "route %s: request deadline exceeded", r->route ? r->route->name : "-");
-    mg_req_error(r, 504, "deadline", "deadline exceeded", 0, NULL);
+    r->error_kind = mg_err_deadline;
+    if (r->resp_started) {
+        mg_req_break(r);
+        return;
+    }
+    char extra[128];
+    const char *hdr = r->worker->cfg->error_header;
+    if (hdr)
+        snprintf(extra, sizeof(extra), "%s: deadline\r\n", hdr);
+    /* a proxied body may still be arriving: then the connection cannot be reused */
+    mg_req_error(r, 504, mg_err_deadline, "deadline exceeded", !r->body_complete, hdr ? extra : NULL);
+}
+
+int mg_req_streams_body(const mg_req_t *r) { return r->route && r->route->upstream; }
+
+int mg_req_body_ready(mg_req_t *r)
+{
+    return mg_req_streams_body(r) ? mg_forward_body_ready(r) : 1;
+}
+
+void mg_req_body_data(mg_req_t *r, const char *data, size_t len)
+{
+    r->bytes_in += len;
+    if (mg_req_streams_body(r))
+        mg_forward_body(r, data, len);
+    else
+        evbuffer_add(r->body, data, len);
+}
+
+void mg_req_body_end(mg_req_t *r)
+{
+    r->body_complete = 1;
+    if (mg_req_streams_body(r))
+        mg_forward_body_end(r);
+    else
+        mg_req_run(r);
+}
+
+void mg_req_output_drained(mg_req_t *r)
+{
+    mg_forward_output_drained(r);
+}
+
+void mg_req_break(mg_req_t *r)
+{
+    mg_conn_t *c = r->conn;
+    access_log(r);
+    req_release(r);
+    c->req = NULL;
+    mg_conn_reset(c);
 }
 
 void mg_req_run(mg_req_t *r)
@@ -634,6 +685,11 @@ void mg_req_run(mg_req_t *r)
     evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
     evtimer_add(&r->deadline, &tv);
     r->deadline_set = 1;
+    if (route->upstream) {
+        r->proxy = &r->proxy_store;
+        mg_forward_start(r);
+        return;
+    }
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
     lua_createtable(L, 0, 6);
@@ -663,7 +719,7 @@ void mg_req_run(mg_req_t *r)
 void mg_req_abort(mg_req_t *r)
 {
     r->status = 499;
-    r->error_kind = "client_abort";
+    r->error_kind = mg_err_client_abort;
     access_log(r);
     req_release(r);
 }

@@ -17,6 +17,7 @@
 
 #include "mg_conn.h"
 #include "mg_pool.h"
+#include "mg_proxy.h"
 
 #define MG_REQ_MAX_HEADERS 1000
 
@@ -24,7 +25,6 @@ struct mg_req {
     mg_conn_t *conn;
     mg_worker_t *worker;
     mg_gen_t *gen;
-    mg_pool_t pool;
     struct mg_req *next_free;
 
     /* head (all pointers into the arena) */
@@ -37,9 +37,8 @@ struct mg_req {
     unsigned method_bit;
     size_t bytes_in;
 
-    /* decoded path: segments live in one '/'-separated buffer */
+    /* decoded path: segments (segs, below) live in one '/'-separated buffer */
     char *dpath;
-    mg_str_t segs[MG_ROUTER_MAX_SEGMENTS];
     size_t nsegs;
 
     const mg_route_t *route;
@@ -51,12 +50,29 @@ struct mg_req {
     int ctx_ref;
     struct event deadline;
     int deadline_set;
-    char trace_id[129];
+
+    /* proxy routes (mg_forward) */
+    mg_proxy_t *proxy;            /* &proxy_store while forwarding */
+    int proxy_done;               /* the exchange ended (or was cancelled): no more proxy calls */
+    int proxy_paused;             /* the upstream is paused until the client reads */
+    int resp_started;             /* the response head went out: errors can no longer be reported */
+    int resp_framing;             /* MG_BODY_* towards the client, -1 close-delimited */
+    int resp_keepalive;
+    int body_complete;            /* the client's request body has been read completely */
 
     int status;
     const char *error_kind;       /* "deadline", "lua_error", "client_abort", ... */
     size_t bytes_out;
     uint64_t start_us;
+    /* embedded (not in the arena) so it stays valid memory when a callback
+     * deep inside mg_proxy ends the request: the request object is only
+     * recycled, never freed, while the worker runs */
+    mg_proxy_t proxy_store;
+
+    /* large members last: mg_req_new zeroes only what comes before `segs` */
+    mg_str_t segs[MG_ROUTER_MAX_SEGMENTS];
+    char trace_id[129];
+    mg_pool_t pool;
 };
 
 /* A fresh request for connection c (from the worker's free list). */
@@ -70,8 +86,27 @@ mg_req_t *mg_req_new(mg_conn_t *c);
  */
 int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_http1_request_t *p);
 
-/* Runs the handler (the body, if any, is complete in r->body). */
+/*
+ * Runs the route: a Lua handler (after the body is complete), or a proxy
+ * route (right after the head: see mg_req_streams_body).
+ */
 void mg_req_run(mg_req_t *r);
+
+/* True for proxy routes, whose body streams to the upstream as it arrives. */
+int mg_req_streams_body(const mg_req_t *r);
+/* The body path: may bytes be taken now; take them; the body is complete. */
+int mg_req_body_ready(mg_req_t *r);
+void mg_req_body_data(mg_req_t *r, const char *data, size_t len);
+void mg_req_body_end(mg_req_t *r);
+/* The connection's output buffer drained. */
+void mg_req_output_drained(mg_req_t *r);
+
+/* May the connection carry another request after this one? */
+int mg_req_keepalive(const mg_req_t *r);
+/* Ends the request after its response is queued (access log, release, next request). */
+void mg_req_finish(mg_req_t *r, int keepalive);
+/* Ends a request whose response was cut short: log it, then reset the connection. */
+void mg_req_break(mg_req_t *r);
 
 /*
  * Answers with a JSON error {"error": ..., "status": ..., "trace_id": ...}

@@ -12,6 +12,7 @@
  * loop and a spec drives the loop. Errors are kinds, not messages: "timeout",
  * "closed", "refused", "reset", or "io: <strerror>".
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
@@ -24,6 +25,7 @@
 #include "mg_lua.h"
 
 #define TCP_MT "moongate.tcp"
+#define LISTENER_MT "moongate.tcp_listener"
 
 enum { OP_NONE, OP_CONNECT, OP_SEND, OP_RECV };
 enum { RECV_N, RECV_LINE, RECV_ALL };
@@ -242,18 +244,11 @@ static mg_tcp_t *check(lua_State *L)
     return s;
 }
 
+static mg_tcp_t *push_socket(lua_State *L, mg_vm_t *vm, int fd);
+
 static int l_new(lua_State *L)
 {
-    mg_vm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    mg_tcp_t *s = lua_newuserdata(L, sizeof(*s));
-    memset(s, 0, sizeof(*s));
-    s->fd = -1;
-    s->timeout_ms = 10000;
-    s->send_ref = LUA_NOREF;
-    s->vm = vm;
-    s->in = evbuffer_new();
-    luaL_getmetatable(L, TCP_MT);
-    lua_setmetatable(L, -2);
+    push_socket(L, lua_touserdata(L, lua_upvalueindex(1)), -1);
     return 1;
 }
 
@@ -386,6 +381,21 @@ static int l_close(lua_State *L)
     return 1;
 }
 
+/* sock:reset(): close with an RST instead of a FIN (SO_LINGER 0), for fault tests. */
+static int l_reset(lua_State *L)
+{
+    mg_tcp_t *s = luaL_checkudata(L, 1, TCP_MT);
+    if (s->op != OP_NONE)
+        return luaL_error(L, "cannot reset a socket another coroutine is waiting on");
+    if (s->fd >= 0) {
+        struct linger lg = { 1, 0 };
+        setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(s->fd);
+        s->fd = -1;
+    }
+    return 0;
+}
+
 static int l_gc(lua_State *L)
 {
     mg_tcp_t *s = luaL_checkudata(L, 1, TCP_MT);
@@ -399,11 +409,164 @@ static int l_gc(lua_State *L)
     return 0;
 }
 
+/* ---- listening sockets (specs only: test upstreams are written in Lua) ---- */
+
+typedef struct mg_listener {
+    int fd;
+    mg_vm_t *vm;
+    struct event ev;
+    int ev_set;
+    mg_wait_t wait;
+} mg_listener_t;
+
+static mg_tcp_t *push_socket(lua_State *L, mg_vm_t *vm, int fd)
+{
+    mg_tcp_t *s = lua_newuserdata(L, sizeof(*s));
+    memset(s, 0, sizeof(*s));
+    s->fd = fd;
+    s->timeout_ms = 10000;
+    s->send_ref = LUA_NOREF;
+    s->vm = vm;
+    s->in = evbuffer_new();
+    luaL_getmetatable(L, TCP_MT);
+    lua_setmetatable(L, -2);
+    return s;
+}
+
+static void listener_cancel(mg_wait_t *w)
+{
+    mg_listener_t *l = (mg_listener_t *)((char *)w - offsetof(mg_listener_t, wait));
+    if (l->ev_set)
+        event_del(&l->ev);
+    l->ev_set = 0;
+}
+
+static void on_acceptable(evutil_socket_t fd, short what, void *arg)
+{
+    mg_listener_t *l = arg;
+    l->ev_set = 0;
+    int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0 && (errno == EAGAIN || errno == EINTR)) {
+        event_add(&l->ev, NULL);
+        l->ev_set = 1;
+        return;
+    }
+    if (c < 0) {
+        mg_wait_wake(&l->wait, push_error(l->wait.co, errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    push_socket(l->wait.co, l->vm, c);
+    mg_wait_wake(&l->wait, 1);
+}
+
+/* gw.tcp_listen(ip, port) -> listener; port 0 picks a free port (see :port()) */
+static int l_listen(lua_State *L)
+{
+    mg_vm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *host = luaL_checkstring(L, 1);
+    int port = (int)luaL_checkinteger(L, 2);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+        return luaL_argerror(L, 1, "an IPv4 address");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 512) < 0) {
+        int e = errno;
+        close(fd);
+        return push_error(L, e);
+    }
+    mg_listener_t *l = lua_newuserdata(L, sizeof(*l));
+    memset(l, 0, sizeof(*l));
+    l->fd = fd;
+    l->vm = vm;
+    luaL_getmetatable(L, LISTENER_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int l_accept(lua_State *L)
+{
+    mg_listener_t *l = luaL_checkudata(L, 1, LISTENER_MT);
+    if (l->fd < 0)
+        return luaL_error(L, "listener closed");
+    if (l->ev_set)
+        return luaL_error(L, "another coroutine is already accepting");
+    event_assign(&l->ev, l->vm->base, l->fd, EV_READ, on_acceptable, l);
+    event_add(&l->ev, NULL);
+    l->ev_set = 1;
+    l->wait.cancel = listener_cancel;
+    return mg_wait_yield(L, &l->wait);
+}
+
+static int l_listener_port(lua_State *L)
+{
+    mg_listener_t *l = luaL_checkudata(L, 1, LISTENER_MT);
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    getsockname(l->fd, (struct sockaddr *)&a, &len);
+    lua_pushinteger(L, ntohs(a.sin_port));
+    return 1;
+}
+
+static int l_listener_close(lua_State *L)
+{
+    mg_listener_t *l = luaL_checkudata(L, 1, LISTENER_MT);
+    if (l->ev_set) {
+        /* wake the accepting coroutine with an error rather than leaving it hanging */
+        event_del(&l->ev);
+        l->ev_set = 0;
+        lua_pushnil(l->wait.co);
+        lua_pushliteral(l->wait.co, "closed");
+        close(l->fd);
+        l->fd = -1;
+        mg_wait_wake(&l->wait, 2);
+        return 0;
+    }
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    return 0;
+}
+
+static int l_listener_gc(lua_State *L)
+{
+    mg_listener_t *l = luaL_checkudata(L, 1, LISTENER_MT);
+    if (l->ev_set)
+        event_del(&l->ev);
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    return 0;
+}
+
+void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm)
+{
+    static const luaL_Reg methods[] = {
+        { "accept", l_accept }, { "port", l_listener_port }, { "close", l_listener_close }, { NULL, NULL },
+    };
+    luaL_newmetatable(L, LISTENER_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_listener_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, vm);
+    lua_pushcclosure(L, l_listen, 1);
+    lua_setfield(L, -2, "tcp_listen");
+}
+
 void mg_tcp_register(lua_State *L, mg_vm_t *vm)
 {
     static const luaL_Reg methods[] = {
         { "settimeout", l_settimeout }, { "connect", l_connect }, { "send", l_send },
-        { "receive", l_receive }, { "close", l_close }, { NULL, NULL },
+        { "receive", l_receive }, { "close", l_close }, { "reset", l_reset }, { NULL, NULL },
     };
     luaL_newmetatable(L, TCP_MT);
     lua_newtable(L);

@@ -100,6 +100,8 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
         evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
         w->nlisteners++;
     }
+    for (int i = 0; i < w->gen->nupstreams; i++)
+        mg_upstream_start(&w->gen->upstreams[i], w->base);
     w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->stop_ev = event_new(w->base, w->stop_fd, EV_READ, on_stop, w);
     event_add(w->stop_ev, NULL);

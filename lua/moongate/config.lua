@@ -17,7 +17,14 @@ local METHODS = {
 }
 
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
-                       handler = true, name = true, timeout = true }
+                       handler = true, upstream = true, name = true, timeout = true }
+local UPSTREAM_FIELDS = { targets = true, balance = true, hash_key = true, pool = true,
+                          timeouts = true, retries = true, health = true, host_header = true }
+local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
+local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
+local HEALTH_FIELDS = { passive = true, active = true }
+local PASSIVE_FIELDS = { failures = true, eject = true }
+local ACTIVE_FIELDS = { path = true, interval = true, timeout = true }
 local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true }
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
@@ -120,6 +127,8 @@ local function new_state(path)
       access_log = nil, error_log = nil,
     },
     routes = {},     -- in declaration order
+    upstreams = {},  -- by name
+    upstream_list = {},
     groups = {},     -- open function-style groups (a stack)
   }
 end
@@ -182,14 +191,115 @@ local function make_env(st)
     end
   end
 
+  -- upstream "name" { targets = { "127.0.0.1:9001", ... }, ... }: see docs/proxy.md
+  function env.upstream(name)
+    if type(name) ~= "string" or not name:match("^[%w_.%-]+$") then
+      fail("upstream expects a name made of letters, digits, '_', '.' or '-'")
+    end
+    local file, line = where()
+    return function(t)
+      if type(t) ~= "table" then fail("upstream %s expects a table", name) end
+      if st.upstreams[name] then
+        fail("upstream %s is already defined at %s:%d", name, st.upstreams[name].file, st.upstreams[name].line)
+      end
+      check_fields(t, UPSTREAM_FIELDS, "upstream " .. name)
+      local u = { name = name, file = file, line = line, targets = {} }
+      if type(t.targets) ~= "table" or #t.targets == 0 then
+        fail("upstream %s needs targets = { \"host:port\", ... }", name)
+      end
+      for i, target in ipairs(t.targets) do
+        if type(target) ~= "string" then fail("upstream %s: target %d must be a \"host:port\" string", name, i) end
+        local host, port = target:gsub("^http://", ""):match("^%[?([^%]]+)%]?:(%d+)$")
+        port = tonumber(port)
+        if not host or not port or port < 1 or port > 65535 then
+          fail("upstream %s: target '%s' must be \"host:port\"", name, target)
+        end
+        if target:match("^https://") then fail("upstream %s: TLS to upstreams is not supported yet", name) end
+        u.targets[i] = { host = host, port = port }
+      end
+      u.balance = t.balance or "round_robin"
+      if u.balance ~= "round_robin" and u.balance ~= "least_conn" and u.balance ~= "hash" then
+        fail("upstream %s: balance must be \"round_robin\", \"least_conn\" or \"hash\"", name)
+      end
+      if u.balance == "hash" then
+        local k = t.hash_key
+        if type(k) ~= "string" or not (k == "ip" or k:match("^header:.+") or k:match("^param:.+")) then
+          fail("upstream %s: balance = \"hash\" needs hash_key = \"ip\", \"header:Name\" or \"param:name\"", name)
+        end
+        u.hash_key = k
+      end
+      local function dur(tbl, key, default, what)
+        local v = tbl and tbl[key]
+        if v == nil then return default end
+        local ms = M.duration(v)
+        if not ms or ms < 1 then fail("upstream %s: %s must be a duration like \"500ms\"", name, what) end
+        return ms
+      end
+      local function int(tbl, key, default, min, what)
+        local v = tbl and tbl[key]
+        if v == nil then return default end
+        if type(v) ~= "number" or v % 1 ~= 0 or v < min then
+          fail("upstream %s: %s must be an integer >= %d", name, what, min)
+        end
+        return v
+      end
+      if t.pool ~= nil then check_fields(t.pool, POOL_FIELDS, "upstream " .. name .. " pool") end
+      u.max_idle = int(t.pool, "max_idle", 64, 0, "pool.max_idle")
+      u.idle_timeout = dur(t.pool, "idle_timeout", 60000, "pool.idle_timeout")
+      u.max_requests = int(t.pool, "max_requests", 1000, 1, "pool.max_requests")
+      if t.timeouts ~= nil then check_fields(t.timeouts, UP_TIMEOUT_FIELDS, "upstream " .. name .. " timeouts") end
+      u.connect_timeout = dur(t.timeouts, "connect", 2000, "timeouts.connect")
+      u.send_timeout = dur(t.timeouts, "send", 10000, "timeouts.send")
+      u.read_timeout = dur(t.timeouts, "read", 30000, "timeouts.read")
+      u.retries = int(t, "retries", 1, 0, "retries")
+      local health = t.health or {}
+      check_fields(health, HEALTH_FIELDS, "upstream " .. name .. " health")
+      if health.passive ~= nil then check_fields(health.passive, PASSIVE_FIELDS, "health.passive") end
+      u.passive_failures = int(health.passive, "failures", 3, 0, "health.passive.failures")
+      u.passive_eject = dur(health.passive, "eject", 10000, "health.passive.eject")
+      if health.active ~= nil then
+        check_fields(health.active, ACTIVE_FIELDS, "health.active")
+        local path = health.active.path
+        if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+          fail("upstream %s: health.active.path must be a path like \"/health\"", name)
+        end
+        u.active_path = path
+        u.active_interval = dur(health.active, "interval", 5000, "health.active.interval")
+        u.active_timeout = dur(health.active, "timeout", 1000, "health.active.timeout")
+      end
+      local hh = t.host_header or "pass"
+      if type(hh) ~= "string" or hh == "" then
+        fail("upstream %s: host_header must be \"pass\", \"target\" or a host name", name)
+      end
+      u.host_header = hh
+      st.upstreams[name] = u
+      st.upstream_list[#st.upstream_list + 1] = u
+      return u
+    end
+  end
+
+  -- error_header "X-Gateway-Error": name the error kind in a response header (off by default)
+  function env.error_header(name)
+    if type(name) ~= "string" or not name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+      fail("error_header expects a header name")
+    end
+    s.error_header = name
+  end
+
   function env.route(spec)
     if type(spec) ~= "table" then fail("route expects a table: route { path = ..., handler = ... }") end
     check_fields(spec, ROUTE_FIELDS, "route")
     if type(spec.path) ~= "string" or spec.path:sub(1, 1) ~= "/" then
       fail("route 'path' must be a string starting with '/'")
     end
-    if type(spec.handler) ~= "function" then
-      fail("route %s has no handler function", spec.path)
+    if spec.upstream ~= nil and spec.handler ~= nil then
+      fail("route %s has both a handler and an upstream; give one", spec.path)
+    end
+    if spec.upstream ~= nil and type(spec.upstream) ~= "string" then
+      fail("route 'upstream' must be the name of an upstream")
+    end
+    if spec.upstream == nil and type(spec.handler) ~= "function" then
+      fail("route %s needs a handler function or an upstream", spec.path)
     end
     if spec.host ~= nil and type(spec.host) ~= "string" then fail("route 'host' must be a string") end
     if spec.name ~= nil and type(spec.name) ~= "string" then fail("route 'name' must be a string") end
@@ -201,7 +311,7 @@ local function make_env(st)
     local file, line = where()
     local r = {
       kind = "route", path = spec.path, host = spec.host, name = spec.name,
-      methods = normalize_methods(spec), handler = spec.handler, timeout = timeout,
+      methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
     }
     st.routes[#st.routes + 1] = r
@@ -279,9 +389,12 @@ local function resolve(st)
       g = g.parent
     end
     if #path > 1 and path:sub(-1) == "/" and r.path == "/" then path = path:sub(1, -2) end
+    if r.upstream and not st.upstreams[r.upstream] then
+      fail_at(r.file, r.line, "route %s: no upstream named '%s'", r.path, r.upstream)
+    end
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
-      name = r.name or path, timeout = timeout, file = r.file, line = r.line,
+      upstream = r.upstream, name = r.name or path, timeout = timeout, file = r.file, line = r.line,
     }
   end
   return out
@@ -300,7 +413,13 @@ function M.load(path)
   end
   local cfg = st.settings
   cfg.file = path
-  cfg.routes = resolve(st)
+  local rok, routes = pcall(resolve, st)
+  if not rok then
+    if getmetatable(routes) == Located then return nil, routes.msg end
+    return nil, tostring(routes)
+  end
+  cfg.routes = routes
+  cfg.upstreams = st.upstream_list
   return cfg
 end
 

@@ -1,0 +1,339 @@
+/*
+ * mg_forward — proxy routes: the glue between a client request (mg_req,
+ * mg_conn) and the forwarding engine (mg_proxy). It builds the upstream
+ * request head (hop-by-hop headers removed, X-Forwarded-*, trace context),
+ * streams the request body with back-pressure, turns the upstream response
+ * into the client response (re-framed) and maps errors to statuses.
+ */
+#include "mg_forward.h"
+
+#include <stdio.h>
+#include <strings.h>
+
+#include "mg_log.h"
+
+#define CLIENT_OUT_HIGH (256 * 1024) /* response bytes queued for a slow client before the upstream is paused */
+
+static int hop_by_hop(const mg_header_t *h)
+{
+    static const char *names[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                   "transfer-encoding", "upgrade", "content-length" };
+    for (size_t i = 0; i < mg_countof(names); i++)
+        if (mg_http1_name_is(h, names[i], strlen(names[i])))
+            return 1;
+    return 0;
+}
+
+/* Is h named in one of the Connection fields of hs[0..n)? (RFC 9110 §7.6.1) */
+static int named_by_connection(const mg_header_t *hs, size_t n, const mg_header_t *h)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!mg_http1_name_is(&hs[i], "connection", 10))
+            continue;
+        const char *p = hs[i].value, *end = p + hs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > s && (size_t)(p - s) == h->name_len && strncasecmp(s, h->name, h->name_len) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static void add_header(struct evbuffer *out, const char *name, const char *value, size_t vlen)
+{
+    evbuffer_add(out, name, strlen(name));
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, value, vlen);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static const mg_header_t *find(const mg_req_t *r, const char *lower)
+{
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (mg_http1_name_is(&r->headers[i], lower, strlen(lower)))
+            return &r->headers[i];
+    return NULL;
+}
+
+static size_t client_ip(const mg_req_t *r, const char **ip)
+{
+    const char *remote = r->conn->remote;
+    const char *colon = strrchr(remote, ':');
+    *ip = remote;
+    return colon ? (size_t)(colon - remote) : strlen(remote);
+}
+
+static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
+{
+    mg_req_t *r = p->owner;
+    mg_upstream_t *up = p->up;
+    /* the request line: method and target untouched (origin-form) */
+    evbuffer_add(out, r->method.p, r->method.n);
+    evbuffer_add(out, " ", 1);
+    if (r->target.p[0] == '/') {
+        evbuffer_add(out, r->target.p, r->target.n);
+    } else {
+        evbuffer_add(out, r->path.p, r->path.n);
+        if (r->query.n) {
+            evbuffer_add(out, "?", 1);
+            evbuffer_add(out, r->query.p, r->query.n);
+        }
+    }
+    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+
+    const mg_header_t *host = find(r, "host");
+    if (up->host_mode == MG_HOST_TARGET)
+        add_header(out, "Host", t->authority, strlen(t->authority));
+    else if (up->host_mode == MG_HOST_FIXED)
+        add_header(out, "Host", up->host_value, strlen(up->host_value));
+    else if (host)
+        add_header(out, "Host", host->value, host->value_len);
+    else
+        add_header(out, "Host", t->authority, strlen(t->authority));
+
+    const mg_header_t *xff = NULL, *xfp = NULL, *xfh = NULL;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (hop_by_hop(h) || named_by_connection(r->headers, r->nheaders, h))
+            continue;
+        if (mg_http1_name_is(h, "x-forwarded-for", 15)) {
+            xff = h;
+            continue;
+        }
+        if (mg_http1_name_is(h, "x-forwarded-proto", 17))
+            xfp = h;
+        if (mg_http1_name_is(h, "x-forwarded-host", 16))
+            xfh = h;
+        if (mg_http1_name_is(h, "host", 4) || mg_http1_name_is(h, "expect", 6) ||
+            mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11))
+            continue; /* replaced below; Expect was answered by the gateway */
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    const char *ip;
+    size_t iplen = client_ip(r, &ip);
+    evbuffer_add(out, "X-Forwarded-For: ", 17);
+    if (xff) {
+        evbuffer_add(out, xff->value, xff->value_len);
+        evbuffer_add(out, ", ", 2);
+    }
+    evbuffer_add(out, ip, iplen);
+    evbuffer_add(out, "\r\n", 2);
+    if (!xfp)
+        add_header(out, "X-Forwarded-Proto", "http", 4);
+    if (!xfh && host)
+        add_header(out, "X-Forwarded-Host", host->value, host->value_len);
+    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
+    if (strlen(r->trace_id) == 32) {
+        /* W3C trace context: our trace id, a new span id for this hop */
+        char span[33], tp[64];
+        mg_worker_trace_id(r->worker, span);
+        int n = snprintf(tp, sizeof(tp), "00-%s-%.16s-01", r->trace_id, span);
+        add_header(out, "traceparent", tp, (size_t)n);
+    }
+    if (p->body_mode == MG_BODY_LENGTH) {
+        char cl[32];
+        int n = snprintf(cl, sizeof(cl), "%lld", (long long)p->body_len);
+        add_header(out, "Content-Length", cl, (size_t)n);
+    } else if (p->body_mode == MG_BODY_CHUNKED) {
+        add_header(out, "Transfer-Encoding", "chunked", 7);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
+{
+    mg_req_t *r = p->owner;
+    struct evbuffer *out = mg_conn_output(r->conn);
+    r->status = resp->status;
+    r->resp_started = 1;
+    /* how the body reaches the client */
+    if (p->framing == MG_BODY_CHUNKED && r->minor_version == 1)
+        r->resp_framing = MG_BODY_CHUNKED;
+    else if (p->framing == MG_BODY_CHUNKED || p->framing == -1)
+        r->resp_framing = -1; /* close-delimited */
+    else
+        r->resp_framing = p->framing;
+    int ka = mg_req_keepalive(r) && r->resp_framing != -1;
+    r->resp_keepalive = ka;
+    char line[64];
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", resp->status);
+    evbuffer_add(out, line, (size_t)n);
+    if (resp->reason_len)
+        evbuffer_add(out, resp->reason, resp->reason_len);
+    else
+        evbuffer_add(out, "Status", 6);
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const mg_header_t *h = &resp->headers[i];
+        if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
+            mg_http1_name_is(h, "x-request-id", 12))
+            continue;
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (resp->content_length >= 0 && resp->status != 204 && resp->status >= 200 && r->resp_framing != -1 &&
+        r->resp_framing != MG_BODY_CHUNKED) {
+        n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)resp->content_length);
+        evbuffer_add(out, line, (size_t)n);
+    }
+    if (r->resp_framing == MG_BODY_CHUNKED)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
+    if (!ka)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (r->minor_version == 0)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    mg_conn_flush(r->conn);
+}
+
+static int on_body(mg_proxy_t *p, const char *data, size_t len)
+{
+    mg_req_t *r = p->owner;
+    struct evbuffer *out = mg_conn_output(r->conn);
+    if (r->resp_framing == MG_BODY_CHUNKED) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        evbuffer_add(out, size, (size_t)n);
+        evbuffer_add(out, data, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, data, len);
+    }
+    r->bytes_out += len;
+    mg_conn_flush(r->conn);
+    if (!p->running)
+        return 1; /* the client went away during the flush */
+    if (evbuffer_get_length(out) > CLIENT_OUT_HIGH) {
+        r->proxy_paused = 1; /* mg_forward_output_drained resumes */
+        return 1;
+    }
+    return 0;
+}
+
+static void on_body_wanted(mg_proxy_t *p)
+{
+    mg_req_t *r = p->owner;
+    mg_conn_resume_body(r->conn);
+}
+
+static void on_done(mg_proxy_t *p, const char *err)
+{
+    mg_req_t *r = p->owner;
+    r->proxy_done = 1;
+    if (!err) {
+        if (r->resp_framing == MG_BODY_CHUNKED)
+            evbuffer_add(mg_conn_output(r->conn), "0\r\n\r\n", 5);
+        /* a request body the upstream did not wait for is still on the wire: close */
+        mg_req_finish(r, r->resp_keepalive && r->body_complete);
+        return;
+    }
+    r->error_kind = err;
+    if (err != mg_err_no_target)
+        mg_log_warn(r->trace_id, "route %s: upstream %s: %s%s%s", r->route->name, p->up->name, err,
+                    p->target ? " from " : "", p->target ? p->target->text : "");
+    if (r->resp_started) {
+        /* part of the response is out: it must not look complete, so reset the connection */
+        mg_req_break(r);
+        return;
+    }
+    char extra[128] = "";
+    const char *hdr = r->worker->cfg->error_header;
+    if (hdr)
+        snprintf(extra, sizeof(extra), "%s: %s\r\n", hdr, err);
+    const char *msg = err == mg_err_no_target ? "no healthy upstream target"
+                    : mg_proxy_error_status(err) == 504 ? "upstream timed out" : "bad gateway";
+    mg_req_error(r, mg_proxy_error_status(err), err, msg, !r->body_complete, hdr ? extra : NULL);
+}
+
+static const mg_proxy_ops_t forward_ops = {
+    .write_head = write_head,
+    .on_head = on_head,
+    .on_body = on_body,
+    .on_body_wanted = on_body_wanted,
+    .on_done = on_done,
+};
+
+void mg_forward_start(mg_req_t *r)
+{
+    mg_proxy_t *p = r->proxy;
+    memset(p, 0, offsetof(mg_proxy_t, headers));
+    p->ops = &forward_ops;
+    p->owner = r;
+    p->up = r->route->upstream;
+    p->resp.headers = p->headers;
+    unsigned m = r->method_bit;
+    p->idempotent = (m & (MG_M_GET | MG_M_HEAD | MG_M_PUT | MG_M_DELETE | MG_M_OPTIONS | MG_M_TRACE)) != 0;
+    p->head_request = m == MG_M_HEAD;
+    if (r->flags & MG_HTTP1_F_CHUNKED) {
+        p->body_mode = MG_BODY_CHUNKED;
+    } else if (r->content_length > 0) {
+        p->body_mode = MG_BODY_LENGTH;
+        p->body_len = r->content_length;
+    }
+    mg_upstream_t *up = p->up;
+    if (up->balance == MG_BALANCE_HASH) {
+        if (up->hash_kind == 'i') {
+            p->hash_len = client_ip(r, &p->hash);
+        } else if (up->hash_kind == 'h') {
+            for (size_t i = 0; i < r->nheaders; i++)
+                if (r->headers[i].name_len == strlen(up->hash_name) &&
+                    strncasecmp(r->headers[i].name, up->hash_name, r->headers[i].name_len) == 0) {
+                    p->hash = r->headers[i].value;
+                    p->hash_len = r->headers[i].value_len;
+                }
+        } else {
+            for (int i = 0; i < r->match.nparams; i++)
+                if (strcmp(r->match.names[i], up->hash_name) == 0) {
+                    p->hash = r->match.values[i].p;
+                    p->hash_len = r->match.values[i].n;
+                }
+        }
+    }
+    mg_proxy_start(p);
+}
+
+int mg_forward_body_ready(mg_req_t *r)
+{
+    mg_proxy_t *p = r->proxy;
+    return !r->proxy_done && p->running && p->body_wanted;
+}
+
+void mg_forward_body(mg_req_t *r, const char *data, size_t len)
+{
+    if (!r->proxy_done && r->proxy->running)
+        mg_proxy_write_body(r->proxy, data, len);
+}
+
+void mg_forward_body_end(mg_req_t *r)
+{
+    r->body_complete = 1;
+    if (!r->proxy_done && r->proxy->running)
+        mg_proxy_end_body(r->proxy);
+}
+
+void mg_forward_output_drained(mg_req_t *r)
+{
+    if (r->proxy && r->proxy_paused && !r->proxy_done) {
+        r->proxy_paused = 0;
+        mg_proxy_resume(r->proxy);
+    }
+}
+
+void mg_forward_cancel(mg_req_t *r)
+{
+    if (r->proxy && !r->proxy_done) {
+        r->proxy_done = 1;
+        mg_proxy_cancel(r->proxy);
+    }
+}

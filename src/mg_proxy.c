@@ -1,0 +1,440 @@
+/*
+ * mg_proxy — see mg_proxy.h.
+ *
+ * Phases and their timers: connect (uc->timer, timeouts.connect), send (the
+ * write event's timeout, per write that has to wait: timeouts.send), read
+ * (uc->timer re-armed on every read once the request is out: timeouts.read,
+ * per read, not total). The owner's request deadline bounds all of them and
+ * the retries: it calls mg_proxy_cancel.
+ */
+#include "mg_proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mg_log.h"
+
+const char mg_err_refused[] = "refused";
+const char mg_err_reset[] = "reset";
+const char mg_err_connect_timeout[] = "connect_timeout";
+const char mg_err_send_timeout[] = "send_timeout";
+const char mg_err_read_timeout[] = "read_timeout";
+const char mg_err_protocol[] = "protocol";
+const char mg_err_no_target[] = "no_healthy_target";
+const char mg_err_deadline[] = "deadline";
+const char mg_err_client_abort[] = "client_abort";
+
+#define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
+#define IN_MAX (64 * 1024 + 32768)
+
+static const mg_http1_limits_t RESP_LIMITS = { .max_line = 8192, .max_head = 32768,
+                                               .max_headers = MG_PROXY_MAX_HEADERS };
+
+int mg_proxy_error_status(const char *kind)
+{
+    if (kind == mg_err_connect_timeout || kind == mg_err_send_timeout || kind == mg_err_read_timeout ||
+        kind == mg_err_deadline)
+        return 504;
+    if (kind == mg_err_no_target)
+        return 503;
+    return 502;
+}
+
+static void attempt(mg_proxy_t *p);
+static void on_io(evutil_socket_t fd, short what, void *arg);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static void arm_timer(mg_proxy_t *p, uint32_t ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(&p->uc->timer, &tv);
+}
+
+static void drop_conn(mg_proxy_t *p, int reusable)
+{
+    mg_upconn_t *uc = p->uc;
+    if (!uc)
+        return;
+    p->uc = NULL;
+    p->target->inflight--;
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->timer);
+    if (reusable)
+        mg_upconn_release(uc);
+    else
+        mg_upconn_close(uc);
+}
+
+static const char *errno_kind(int e)
+{
+    return e == ECONNREFUSED ? mg_err_refused : mg_err_reset;
+}
+
+/*
+ * The retry rule: never once any of the response reached the owner; only while
+ * the request can be sent again (no streamed body bytes were consumed, or the
+ * body is a replayable buffer); and only when resending is safe: an idempotent
+ * method, or the request never left (connect failed), or a pooled connection
+ * that the upstream had closed before reading anything (stale: free retry).
+ */
+static void fail(mg_proxy_t *p, const char *kind, int sent_nothing)
+{
+    mg_target_t *t = p->target;
+    int stale = p->uc && p->uc->reused && p->uc->in_len == 0 && kind == mg_err_reset && !p->stale_retried;
+    drop_conn(p, 0);
+    if (!stale)
+        mg_target_report(t, 0);
+    int replayable = p->body != NULL || p->body_mode == MG_BODY_NONE || p->body_sent == 0;
+    int safe = p->idempotent || sent_nothing || stale;
+    if (!p->head_seen && replayable && safe) {
+        if (stale) {
+            p->stale_retried = 1;
+            p->attempts--; /* a dead pooled connection is not a failed attempt */
+            attempt(p);
+            return;
+        }
+        if (p->attempts <= p->up->retries) {
+            mg_log_info(NULL, "upstream %s: %s from %s, retrying", p->up->name, kind, t->text);
+            attempt(p);
+            return;
+        }
+    }
+    p->running = 0;
+    p->ops->on_done(p, kind);
+}
+
+static void succeed(mg_proxy_t *p)
+{
+    mg_target_report(p->target, 1);
+    int reusable = p->resp_keepalive && p->body_done && p->framing != -1;
+    drop_conn(p, reusable);
+    p->running = 0;
+    p->ops->on_done(p, NULL);
+}
+
+/*
+ * Writes what the upstream socket takes. Returns 0, or -1 after fail(). With
+ * notify, a drained output asks the owner for more of a streamed body.
+ */
+static int flush_up(mg_proxy_t *p, int notify)
+{
+    mg_upconn_t *uc = p->uc;
+    while (evbuffer_get_length(uc->out) > 0) {
+        int n = evbuffer_write(uc->out, uc->fd);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct timeval tv = { p->up->send_ms / 1000, (p->up->send_ms % 1000) * 1000 };
+            event_add(&uc->wev, &tv);
+            return 0;
+        }
+        fail(p, errno_kind(errno), 0);
+        return -1;
+    }
+    event_del(&uc->wev);
+    if (notify && !p->body_done && p->body == NULL && p->body_mode != MG_BODY_NONE && p->ops->on_body_wanted) {
+        p->body_wanted = 1;
+        p->ops->on_body_wanted(p);
+        return p->running && p->uc ? 0 : -1;
+    }
+    if (p->body_done && !evtimer_pending(&uc->timer, NULL))
+        arm_timer(p, p->up->read_ms); /* all sent: now the read timeout runs */
+    return 0;
+}
+
+static void send_request(mg_proxy_t *p)
+{
+    mg_upconn_t *uc = p->uc;
+    uc->requests++;
+    p->ops->write_head(p, p->target, uc->out);
+    p->body_sent = 0;
+    p->body_done = p->body_mode == MG_BODY_NONE;
+    p->body_wanted = 0;
+    if (p->body) {
+        /* a replayable body: copy, so a retry can send it again */
+        struct evbuffer_iovec v[16];
+        int n = evbuffer_peek(p->body, -1, NULL, v, 16);
+        for (int i = 0; i < n && i < 16; i++)
+            evbuffer_add(uc->out, v[i].iov_base, v[i].iov_len);
+        p->body_done = 1;
+    }
+    event_assign(&uc->rev, p->up->base, uc->fd, EV_READ | EV_PERSIST, on_io, p);
+    event_add(&uc->rev, NULL);
+    event_assign(&uc->wev, p->up->base, uc->fd, EV_WRITE, on_io, p);
+    evtimer_assign(&uc->timer, p->up->base, on_timer, p);
+    flush_up(p, 1);
+}
+
+static void attempt(mg_proxy_t *p)
+{
+    p->attempts++;
+    mg_target_t *t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
+    if (!t) {
+        p->running = 0;
+        p->ops->on_done(p, mg_err_no_target);
+        return;
+    }
+    p->target = t;
+    t->requests++;
+    mg_upconn_t *uc = mg_upstream_lease(t);
+    if (!uc) {
+        fail(p, errno_kind(errno), 1); /* e.g. refused at once on loopback */
+        return;
+    }
+    t->inflight++;
+    p->uc = uc;
+    p->framing = MG_BODY_NONE;
+    p->head_seen = 0;
+    if (uc->connected) {
+        send_request(p);
+        return;
+    }
+    /* connecting: the write event says when; the timer bounds it */
+    event_assign(&uc->wev, p->up->base, uc->fd, EV_WRITE, on_io, p);
+    event_add(&uc->wev, NULL);
+    evtimer_assign(&uc->timer, p->up->base, on_timer, p);
+    arm_timer(p, p->up->connect_ms);
+}
+
+void mg_proxy_start(mg_proxy_t *p)
+{
+    p->running = 1;
+    p->attempts = 0;
+    p->target = NULL;
+    attempt(p);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    mg_proxy_t *p = arg;
+    if (!p->uc->connected)
+        fail(p, mg_err_connect_timeout, 1);
+    else
+        fail(p, mg_err_read_timeout, 0);
+}
+
+/* Delivers buffered response bytes. Returns 1 if the exchange ended. */
+static int deliver(mg_proxy_t *p)
+{
+    mg_upconn_t *uc = p->uc;
+    while (!p->paused) {
+        size_t avail = uc->in_len - uc->in_off;
+        const char *d = uc->in + uc->in_off;
+        if (!p->head_seen) {
+            if (avail == 0)
+                return 0;
+            int rc = mg_http1_parse_response(d, avail, &p->resp, &RESP_LIMITS);
+            if (rc == MG_HTTP1_AGAIN)
+                return 0;
+            if (rc < 0) {
+                mg_log_warn(NULL, "upstream %s: malformed response from %s: %s", p->up->name,
+                            p->target->text, p->resp.error ? p->resp.error : "?");
+                fail(p, mg_err_protocol, 0);
+                return 1;
+            }
+            uc->in_off += (size_t)rc;
+            int status = p->resp.status;
+            if (status >= 100 && status < 200) {
+                if (status == 101) {
+                    fail(p, mg_err_protocol, 0); /* upgrades are not proxied */
+                    return 1;
+                }
+                continue; /* interim response (100 Continue): the client got ours already */
+            }
+            p->head_seen = 1;
+            int ka = p->resp.minor_version == 1 && !(p->resp.flags & MG_HTTP1_F_CONN_CLOSE);
+            p->resp_keepalive = ka;
+            if (p->head_request || status == 204 || status == 304) {
+                p->framing = MG_BODY_NONE;
+            } else if (p->resp.flags & MG_HTTP1_F_CHUNKED) {
+                p->framing = MG_BODY_CHUNKED;
+                mg_chunked_init(&p->chunk);
+            } else if (p->resp.content_length >= 0) {
+                p->framing = MG_BODY_LENGTH;
+                p->resp_left = p->resp.content_length;
+            } else {
+                p->framing = -1; /* until the upstream closes */
+            }
+            p->ops->on_head(p, &p->resp);
+            if (!p->running)
+                return 1;
+            if (p->framing == MG_BODY_NONE || (p->framing == MG_BODY_LENGTH && p->resp_left == 0)) {
+                succeed(p);
+                return 1;
+            }
+            continue;
+        }
+        if (avail == 0)
+            return 0;
+        if (p->framing == MG_BODY_LENGTH) {
+            size_t n = (int64_t)avail < p->resp_left ? avail : (size_t)p->resp_left;
+            uc->in_off += n;
+            p->resp_left -= (int64_t)n;
+            int pause = p->ops->on_body(p, d, n);
+            if (!p->running)
+                return 1;
+            if (p->resp_left == 0) {
+                /* bytes beyond the declared length would poison the next response on this connection */
+                if (uc->in_off != uc->in_len)
+                    p->resp_keepalive = 0;
+                succeed(p);
+                return 1;
+            }
+            p->paused = pause;
+        } else if (p->framing == MG_BODY_CHUNKED) {
+            size_t used;
+            const char *data;
+            size_t dlen;
+            int rc = mg_chunked_decode(&p->chunk, d, avail, &used, &data, &dlen);
+            uc->in_off += used;
+            if (rc == MG_CHUNKED_ERROR) {
+                mg_log_warn(NULL, "upstream %s: bad chunked body from %s: %s", p->up->name, p->target->text,
+                            p->chunk.error);
+                fail(p, mg_err_protocol, 0);
+                return 1;
+            }
+            if (rc == MG_CHUNKED_DATA) {
+                p->paused = p->ops->on_body(p, data, dlen);
+                if (!p->running)
+                    return 1;
+            }
+            if (rc == MG_CHUNKED_DONE) {
+                if (uc->in_off != uc->in_len)
+                    p->resp_keepalive = 0;
+                succeed(p);
+                return 1;
+            }
+            if (rc == MG_CHUNKED_AGAIN)
+                return 0;
+        } else {
+            uc->in_off += avail;
+            p->paused = p->ops->on_body(p, d, avail);
+            if (!p->running)
+                return 1;
+        }
+    }
+    event_del(&uc->rev); /* paused: the owner's output is full */
+    return 0;
+}
+
+static void on_readable(mg_proxy_t *p)
+{
+    mg_upconn_t *uc = p->uc;
+    if (uc->in_off == uc->in_len)
+        uc->in_off = uc->in_len = 0;
+    if (uc->in_len == uc->in_cap) {
+        if (uc->in_off > 0) {
+            memmove(uc->in, uc->in + uc->in_off, uc->in_len - uc->in_off);
+            uc->in_len -= uc->in_off;
+            uc->in_off = 0;
+        } else if (uc->in_cap < IN_MAX) {
+            uc->in_cap = IN_MAX;
+            uc->in = mg_realloc(uc->in, uc->in_cap);
+        } else {
+            fail(p, mg_err_protocol, 0); /* a response head larger than we accept */
+            return;
+        }
+    }
+    ssize_t n = recv(uc->fd, uc->in + uc->in_len, uc->in_cap - uc->in_len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        if (n == 0 && p->head_seen && p->framing == -1) {
+            succeed(p); /* close-delimited body: EOF is its end */
+            return;
+        }
+        /* EOF or RST before the response was complete */
+        int e = n < 0 ? errno : ECONNRESET;
+        fail(p, errno_kind(e), 0);
+        return;
+    }
+    uc->in_len += (size_t)n;
+    if (p->body_done || p->head_seen)
+        arm_timer(p, p->up->read_ms);
+    deliver(p);
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+    mg_proxy_t *p = arg;
+    mg_upconn_t *uc = p->uc;
+    if (!uc->connected) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        event_del(&uc->timer);
+        if (err) {
+            fail(p, err == ECONNREFUSED ? mg_err_refused : mg_err_reset, 1);
+            return;
+        }
+        uc->connected = 1;
+        send_request(p);
+        return;
+    }
+    if (what & EV_TIMEOUT) {
+        fail(p, mg_err_send_timeout, 0);
+        return;
+    }
+    if (what & EV_READ) {
+        on_readable(p);
+        return;
+    }
+    flush_up(p, 1);
+}
+
+int mg_proxy_write_body(mg_proxy_t *p, const char *data, size_t len)
+{
+    if (!p->uc || !len)
+        return 0;
+    mg_upconn_t *uc = p->uc;
+    if (p->body_mode == MG_BODY_CHUNKED) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        evbuffer_add(uc->out, size, (size_t)n);
+        evbuffer_add(uc->out, data, len);
+        evbuffer_add(uc->out, "\r\n", 2);
+    } else {
+        evbuffer_add(uc->out, data, len);
+    }
+    p->body_sent += (int64_t)len;
+    size_t queued = evbuffer_get_length(uc->out);
+    p->body_wanted = 0;
+    if (flush_up(p, 0) < 0)
+        return 1;
+    if (queued > OUT_HIGH && evbuffer_get_length(p->uc->out) > OUT_HIGH)
+        return 1; /* flush_up calls on_body_wanted once it drains */
+    p->body_wanted = 1;
+    return 0;
+}
+
+void mg_proxy_end_body(mg_proxy_t *p)
+{
+    if (!p->uc || p->body_done)
+        return;
+    if (p->body_mode == MG_BODY_CHUNKED)
+        evbuffer_add(p->uc->out, "0\r\n\r\n", 5);
+    p->body_done = 1;
+    flush_up(p, 0);
+}
+
+void mg_proxy_resume(mg_proxy_t *p)
+{
+    if (!p->paused || !p->uc)
+        return;
+    p->paused = 0;
+    event_add(&p->uc->rev, NULL);
+    deliver(p);
+}
+
+void mg_proxy_cancel(mg_proxy_t *p)
+{
+    if (!p->running)
+        return;
+    p->running = 0;
+    drop_conn(p, 0);
+}

@@ -1,0 +1,98 @@
+/*
+ * mg_proxy — the forwarding engine: one HTTP exchange with an upstream,
+ * including target choice, connection lease, phase timeouts, retries and
+ * response framing. It knows nothing about where the request comes from or
+ * where the response goes: the owner supplies mg_proxy_ops_t (the client
+ * forwarder in mg_forward.c, the Lua sub-request client in mg_http_client.c).
+ *
+ * Errors are kinds, exported constants compared by pointer, decided from
+ * errno values and events, never from message strings.
+ */
+#ifndef MG_PROXY_H
+#define MG_PROXY_H
+
+#include "mg_http1.h"
+#include "mg_upstream.h"
+
+extern const char mg_err_refused[];          /* connect refused: 502 */
+extern const char mg_err_reset[];            /* upstream closed/reset before the response was complete: 502 */
+extern const char mg_err_connect_timeout[];  /* 504 */
+extern const char mg_err_send_timeout[];     /* 504 */
+extern const char mg_err_read_timeout[];     /* no byte from the upstream for timeouts.read: 504 */
+extern const char mg_err_protocol[];         /* malformed upstream response: 502 */
+extern const char mg_err_no_target[];        /* "no_healthy_target": 503 */
+extern const char mg_err_deadline[];         /* the request's deadline: 504 */
+extern const char mg_err_client_abort[];     /* the client went away (logged as 499) */
+
+/* The status a client gets for an error kind. */
+int mg_proxy_error_status(const char *kind);
+
+typedef struct mg_proxy mg_proxy_t;
+
+typedef struct mg_proxy_ops {
+    /* Writes the request head for this attempt into out (the target differs between attempts). */
+    void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
+    /* The final response head (borrowed: valid during the call only). */
+    void (*on_head)(mg_proxy_t *p, const mg_http1_response_t *resp);
+    /* Response body bytes, de-chunked. Return 1 to pause (call mg_proxy_resume later). */
+    int (*on_body)(mg_proxy_t *p, const char *data, size_t len);
+    /* A streaming request body may be written now (again after a pause). May be NULL. */
+    void (*on_body_wanted)(mg_proxy_t *p);
+    /* The exchange ended: err is NULL on success or an error kind. No callback follows. */
+    void (*on_done)(mg_proxy_t *p, const char *err);
+} mg_proxy_ops_t;
+
+enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
+
+#define MG_PROXY_MAX_HEADERS 100
+
+struct mg_proxy {
+    /* set by the owner before mg_proxy_start */
+    const mg_proxy_ops_t *ops;
+    void *owner;
+    mg_upstream_t *up;
+    const char *hash;            /* balance = hash key (borrowed for the exchange) */
+    size_t hash_len;
+    int idempotent;              /* the method may be retried after it was sent */
+    int head_request;            /* HEAD: the response has no body */
+    int body_mode;               /* MG_BODY_* */
+    int64_t body_len;            /* MG_BODY_LENGTH */
+    struct evbuffer *body;       /* a complete, replayable body, or NULL when the owner streams it */
+
+    /* state */
+    mg_target_t *target;
+    mg_upconn_t *uc;
+    int attempts;
+    int stale_retried;           /* a dead pooled connection was replaced once for free */
+    int64_t body_sent;           /* streamed body bytes written */
+    int body_done;
+    int body_wanted;
+    int head_seen;               /* the final response head arrived */
+    int framing;                 /* response: MG_BODY_* or -1 close-delimited */
+    int64_t resp_left;
+    mg_chunked_t chunk;
+    int resp_keepalive;
+    int paused;
+    int running;
+    mg_http1_response_t resp;
+    mg_header_t headers[MG_PROXY_MAX_HEADERS];
+};
+
+/* Starts the exchange; callbacks may run before this returns. */
+void mg_proxy_start(mg_proxy_t *p);
+
+/*
+ * Streams request body bytes (only after on_body_wanted). Returns 1 when the
+ * owner should stop until the next on_body_wanted (the upstream is slower).
+ */
+int mg_proxy_write_body(mg_proxy_t *p, const char *data, size_t len);
+/* The streamed body is complete. */
+void mg_proxy_end_body(mg_proxy_t *p);
+
+/* Resumes reading the response after on_body returned 1. */
+void mg_proxy_resume(mg_proxy_t *p);
+
+/* Stops the exchange without callbacks (client gone, deadline); closes the connection. */
+void mg_proxy_cancel(mg_proxy_t *p);
+
+#endif

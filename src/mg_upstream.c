@@ -1,0 +1,365 @@
+/*
+ * mg_upstream — see mg_upstream.h.
+ */
+#define _GNU_SOURCE
+#include "mg_upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "mg_log.h"
+
+#define UPCONN_IN_INITIAL 16384
+
+int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
+{
+    for (int i = 0; i < up->ntargets; i++) {
+        mg_target_t *t = &up->targets[i];
+        char host[256];
+        const char *colon = strrchr(t->authority, ':');
+        size_t hl = (size_t)(colon - t->authority);
+        if (hl >= sizeof(host))
+            hl = sizeof(host) - 1;
+        memcpy(host, t->authority, hl);
+        host[hl] = '\0';
+        char *h = host;
+        if (h[0] == '[') {
+            h++;
+            h[strlen(h) - 1] = '\0';
+        }
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res;
+        int rc = getaddrinfo(h, colon + 1, &hints, &res);
+        if (rc != 0) {
+            snprintf(err, errlen, "upstream %s: cannot resolve target %s: %s", up->name, t->text, gai_strerror(rc));
+            return MG_ERROR;
+        }
+        memcpy(&t->ss, res->ai_addr, res->ai_addrlen);
+        t->len = res->ai_addrlen;
+        freeaddrinfo(res);
+    }
+    return MG_OK;
+}
+
+static int usable(const mg_target_t *t, uint64_t now)
+{
+    if (t->active_down)
+        return 0;
+    if (t->ejected_until == 0)
+        return 1;
+    /* after the ejection time one trial request may go through */
+    return now >= t->ejected_until && !t->trial;
+}
+
+static uint32_t fnv1a(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid)
+{
+    uint64_t now = mg_now_ms();
+    int n = up->ntargets;
+    mg_target_t *best = NULL;
+    if (up->balance == MG_BALANCE_LEAST_CONN) {
+        for (int i = 0; i < n; i++) {
+            /* rotate the start so ties spread like round robin */
+            mg_target_t *t = &up->targets[(up->rr + (unsigned)i) % (unsigned)n];
+            if (!usable(t, now) || (t == avoid && n > 1))
+                continue;
+            if (!best || t->inflight < best->inflight)
+                best = t;
+        }
+        up->rr++;
+    } else {
+        unsigned start = up->balance == MG_BALANCE_HASH && hash ? fnv1a(hash, hash_len) : up->rr++;
+        for (int i = 0; i < n && !best; i++) {
+            mg_target_t *t = &up->targets[(start + (unsigned)i) % (unsigned)n];
+            if (usable(t, now) && (t != avoid || n == 1))
+                best = t;
+        }
+    }
+    if (!best && avoid && usable(avoid, now))
+        best = avoid;
+    if (best && best->ejected_until)
+        best->trial = 1;
+    return best;
+}
+
+void mg_target_report(mg_target_t *t, int ok)
+{
+    mg_upstream_t *up = t->up;
+    t->trial = 0;
+    if (ok) {
+        if (t->ejected_until)
+            mg_log_info(NULL, "upstream %s: target %s is healthy again", up->name, t->text);
+        t->fails = 0;
+        t->ejected_until = 0;
+        return;
+    }
+    t->failures++;
+    t->fails++;
+    if (up->passive_failures > 0 && t->fails >= up->passive_failures) {
+        if (!t->ejected_until)
+            mg_log_warn(NULL, "upstream %s: target %s ejected for %u ms after %d consecutive failures",
+                        up->name, t->text, up->eject_ms, t->fails);
+        t->ejected_until = mg_now_ms() + up->eject_ms;
+    }
+}
+
+/* ---- connections ---- */
+
+static void conn_destroy(mg_upconn_t *uc)
+{
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->timer);
+    if (uc->fd >= 0)
+        close(uc->fd);
+    evbuffer_free(uc->out);
+    free(uc->in);
+    free(uc);
+}
+
+static void unlink_idle(mg_upconn_t *uc)
+{
+    mg_target_t *t = uc->target;
+    for (mg_upconn_t **pp = &t->idle; *pp; pp = &(*pp)->next_idle) {
+        if (*pp == uc) {
+            *pp = uc->next_idle;
+            t->nidle--;
+            return;
+        }
+    }
+}
+
+/* An idle pooled connection became readable (the upstream closed it, or sent garbage) or timed out. */
+static void on_idle_event(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upconn_t *uc = arg;
+    unlink_idle(uc);
+    conn_destroy(uc);
+}
+
+void mg_upconn_close(mg_upconn_t *uc)
+{
+    conn_destroy(uc);
+}
+
+void mg_upconn_release(mg_upconn_t *uc)
+{
+    mg_target_t *t = uc->target;
+    mg_upstream_t *up = t->up;
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->timer);
+    if (t->nidle >= up->max_idle || uc->requests >= up->max_requests || uc->in_len != uc->in_off ||
+        evbuffer_get_length(uc->out) > 0) {
+        conn_destroy(uc);
+        return;
+    }
+    uc->in_off = uc->in_len = 0;
+    /* watch the idle socket: the upstream closing it removes it from the pool at once */
+    event_assign(&uc->rev, up->base, uc->fd, EV_READ, on_idle_event, uc);
+    event_add(&uc->rev, NULL);
+    struct timeval tv = { up->idle_timeout_ms / 1000, (up->idle_timeout_ms % 1000) * 1000 };
+    evtimer_assign(&uc->timer, up->base, on_idle_event, uc);
+    evtimer_add(&uc->timer, &tv);
+    uc->next_idle = t->idle;
+    t->idle = uc;
+    t->nidle++;
+}
+
+/* True when a pooled socket is still open with nothing unexpected to read. */
+static int still_open(int fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+mg_upconn_t *mg_upstream_lease(mg_target_t *t)
+{
+    while (t->idle) {
+        mg_upconn_t *uc = t->idle;
+        t->idle = uc->next_idle;
+        t->nidle--;
+        event_del(&uc->rev);
+        event_del(&uc->timer);
+        if (still_open(uc->fd)) {
+            uc->reused = 1;
+            uc->next_idle = NULL;
+            return uc;
+        }
+        conn_destroy(uc);
+    }
+    int fd = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    mg_upconn_t *uc = mg_calloc(1, sizeof(*uc));
+    uc->fd = fd;
+    uc->target = t;
+    uc->in_cap = UPCONN_IN_INITIAL;
+    uc->in = mg_alloc(uc->in_cap);
+    uc->out = evbuffer_new();
+    /* events are assigned by the lessee; give them a valid empty state for event_del */
+    event_assign(&uc->rev, t->up->base, -1, 0, on_idle_event, uc);
+    event_assign(&uc->wev, t->up->base, -1, 0, on_idle_event, uc);
+    evtimer_assign(&uc->timer, t->up->base, on_idle_event, uc);
+    if (connect(fd, (struct sockaddr *)&t->ss, t->len) == 0) {
+        uc->connected = 1;
+    } else if (errno != EINPROGRESS) {
+        int e = errno;
+        conn_destroy(uc);
+        errno = e;
+        return NULL;
+    }
+    return uc;
+}
+
+int mg_upstream_idle_count(const mg_upstream_t *up)
+{
+    int n = 0;
+    for (int i = 0; i < up->ntargets; i++)
+        n += up->targets[i].nidle;
+    return n;
+}
+
+/* ---- active health checks ---- */
+
+typedef struct check {
+    mg_target_t *target;
+    int fd;
+    struct event ev, timer;
+    char buf[64];
+    size_t len;
+    int sent;
+} check_t;
+
+static void check_done(check_t *c, int ok)
+{
+    mg_target_t *t = c->target;
+    if (ok && t->active_down)
+        mg_log_info(NULL, "upstream %s: target %s passes its health check again", t->up->name, t->text);
+    if (!ok && !t->active_down)
+        mg_log_warn(NULL, "upstream %s: target %s failed its health check", t->up->name, t->text);
+    t->active_down = !ok;
+    if (ok) {
+        t->fails = 0;
+        t->ejected_until = 0;
+    }
+    event_del(&c->ev);
+    event_del(&c->timer);
+    close(c->fd);
+    free(c);
+}
+
+static void on_check_timeout(evutil_socket_t fd, short what, void *arg) { check_done(arg, 0); }
+
+static void on_check_io(evutil_socket_t fd, short what, void *arg)
+{
+    check_t *c = arg;
+    mg_upstream_t *up = c->target->up;
+    if (!c->sent) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            check_done(c, 0);
+            return;
+        }
+        char req[512];
+        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\n"
+                         "Connection: close\r\n\r\n", up->active_path, c->target->authority);
+        if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+            check_done(c, 0);
+            return;
+        }
+        c->sent = 1;
+        event_del(&c->ev);
+        event_assign(&c->ev, up->base, fd, EV_READ | EV_PERSIST, on_check_io, c);
+        event_add(&c->ev, NULL);
+        return;
+    }
+    ssize_t n = recv(fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0);
+    if (n <= 0 && !(n < 0 && errno == EAGAIN)) {
+        check_done(c, 0);
+        return;
+    }
+    if (n > 0)
+        c->len += (size_t)n;
+    if (c->len >= 12) {
+        /* "HTTP/1.1 200": 2xx and 3xx are healthy */
+        int ok = memcmp(c->buf, "HTTP/1.", 7) == 0 && (c->buf[9] == '2' || c->buf[9] == '3');
+        check_done(c, ok);
+    }
+}
+
+static void on_active_timer(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upstream_t *up = arg;
+    for (int i = 0; i < up->ntargets; i++) {
+        mg_target_t *t = &up->targets[i];
+        int s = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (s < 0)
+            continue;
+        if (connect(s, (struct sockaddr *)&t->ss, t->len) < 0 && errno != EINPROGRESS) {
+            close(s);
+            t->active_down = 1;
+            continue;
+        }
+        check_t *c = mg_calloc(1, sizeof(*c));
+        c->target = t;
+        c->fd = s;
+        event_assign(&c->ev, up->base, s, EV_WRITE, on_check_io, c);
+        event_add(&c->ev, NULL);
+        struct timeval tv = { up->active_timeout_ms / 1000, (up->active_timeout_ms % 1000) * 1000 };
+        evtimer_assign(&c->timer, up->base, on_check_timeout, c);
+        evtimer_add(&c->timer, &tv);
+    }
+}
+
+void mg_upstream_start(mg_upstream_t *up, struct event_base *base)
+{
+    up->base = base;
+    if (up->active_path) {
+        up->active_timer = event_new(base, -1, EV_PERSIST, on_active_timer, up);
+        struct timeval tv = { up->active_interval_ms / 1000, (up->active_interval_ms % 1000) * 1000 };
+        event_add(up->active_timer, &tv);
+        on_active_timer(-1, 0, up); /* first round now, not one interval late */
+    }
+}
+
+void mg_upstream_free(mg_upstream_t *up)
+{
+    if (!up)
+        return;
+    if (up->active_timer)
+        event_free(up->active_timer);
+    for (int i = 0; i < up->ntargets; i++) {
+        mg_target_t *t = &up->targets[i];
+        while (t->idle) {
+            mg_upconn_t *uc = t->idle;
+            t->idle = uc->next_idle;
+            conn_destroy(uc);
+        }
+        free(t->text);
+        free(t->authority);
+    }
+    free(up->targets);
+    free(up->name);
+    free(up->hash_name);
+    free(up->active_path);
+    free(up->host_value);
+}

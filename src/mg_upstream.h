@@ -1,0 +1,116 @@
+/*
+ * mg_upstream — a named upstream: its targets, one keep-alive pool per
+ * target, the balancer, and target health (passive ejection, active checks).
+ *
+ * One mg_upstream_t exists per upstream per worker (it lives in the worker's
+ * generation), so pools, balancer state and health are per worker and need
+ * no locks. One upstream's pool, timeouts and health never touch another's.
+ *
+ * Connections (mg_upconn_t) are leased: mg_upstream_lease hands out an idle
+ * pooled connection or a new, connecting one; the lessee gives it back with
+ * mg_upconn_release (reusable: back to the idle pool) or mg_upconn_close.
+ */
+#ifndef MG_UPSTREAM_H
+#define MG_UPSTREAM_H
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <sys/socket.h>
+
+#include "mg_core.h"
+
+typedef struct mg_upstream mg_upstream_t;
+typedef struct mg_target mg_target_t;
+typedef struct mg_upconn mg_upconn_t;
+
+enum { MG_BALANCE_RR, MG_BALANCE_LEAST_CONN, MG_BALANCE_HASH };
+enum { MG_HOST_PASS, MG_HOST_TARGET, MG_HOST_FIXED };
+
+struct mg_upconn {
+    int fd;
+    mg_target_t *target;
+    struct event rev, wev, timer;     /* owned by the lessee while leased; timer = idle timeout when pooled */
+    char *in;                         /* response bytes [in_off, in_len) */
+    size_t in_off, in_len, in_cap;
+    struct evbuffer *out;
+    int requests;                     /* requests sent on this connection */
+    int reused;                       /* leased from the idle pool (it may have been closed meanwhile) */
+    int connected;
+    mg_upconn_t *next_idle;
+};
+
+struct mg_target {
+    mg_upstream_t *up;
+    char *text;                       /* "127.0.0.1:9001" as configured */
+    char *authority;                  /* "host:port" for host_header = "target" */
+    struct sockaddr_storage ss;
+    socklen_t len;
+    /* health (per worker) */
+    int fails;                        /* consecutive failures */
+    uint64_t ejected_until;           /* monotonic ms; 0 = not ejected */
+    int trial;                        /* a trial request is in flight after an ejection */
+    int active_down;                  /* the last active check failed */
+    /* load */
+    int inflight;
+    uint64_t requests, failures;
+    mg_upconn_t *idle;                /* LIFO: the most recently used connection is the warmest */
+    int nidle;
+};
+
+struct mg_upstream {
+    char *name;
+    mg_target_t *targets;
+    int ntargets;
+    int balance;
+    int hash_kind;                    /* 'i' ip, 'h' header, 'p' param */
+    char *hash_name;
+    int max_idle;
+    uint32_t idle_timeout_ms;
+    int max_requests;
+    uint32_t connect_ms, send_ms, read_ms;
+    int retries;
+    int passive_failures;
+    uint32_t eject_ms;
+    char *active_path;
+    uint32_t active_interval_ms, active_timeout_ms;
+    int host_mode;
+    char *host_value;
+    /* runtime */
+    struct event_base *base;
+    unsigned rr;
+    struct event *active_timer;
+};
+
+/* Resolves targets (numeric or via getaddrinfo at load, never on the request path). */
+int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen);
+/* Starts runtime state on a worker loop (active health checks). */
+void mg_upstream_start(mg_upstream_t *up, struct event_base *base);
+/* Closes pooled connections and frees everything. */
+void mg_upstream_free(mg_upstream_t *up);
+
+/*
+ * Picks a target for a request: healthy ones first by the balancer; `avoid`
+ * (may be NULL) is skipped when another is available (retries go elsewhere).
+ * `hash` is the request's hash key (NULL/0 unless balance = hash). Returns
+ * NULL when no target is usable (all ejected or down).
+ */
+mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid);
+
+/* Records the outcome of a request on t (passive health; success resets). */
+void mg_target_report(mg_target_t *t, int ok);
+
+/*
+ * Leases a connection to t: an idle pooled one that is still open, or a new
+ * non-blocking connect (check `connected`; wait for writability). Returns NULL
+ * with errno set when a socket cannot even be created.
+ */
+mg_upconn_t *mg_upstream_lease(mg_target_t *t);
+/* Returns a connection to its target's idle pool, or closes it when the pool is full. */
+void mg_upconn_release(mg_upconn_t *uc);
+void mg_upconn_close(mg_upconn_t *uc);
+
+/* Counts for status and tests. */
+int mg_upstream_idle_count(const mg_upstream_t *up);
+
+#endif
