@@ -102,6 +102,8 @@ void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
         lua_setfield(L, -2, f->name);
     }
     mg_tcp_register(L, vm);
+    mg_spawn_register(L, vm);
+    mg_http_client_register(L, vm);
     if (spec) {
         mg_spec_register(L, vm);
         mg_tcp_register_listen(L, vm);

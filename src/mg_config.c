@@ -292,6 +292,7 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         return NULL;
     }
     lua_State *L = gen->vm->L;
+    gen->vm->gen = gen;
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.config");
     lua_call(L, 1, 1);

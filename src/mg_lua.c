@@ -10,6 +10,7 @@
 
 #include "mg_embedded_lua.h"
 #include "mg_log.h"
+#include "mg_upstream.h"
 
 static const char VM_KEY = 'v';
 
@@ -135,6 +136,9 @@ void mg_vm_free(mg_vm_t *vm)
     if (!vm)
         return;
     lua_close(vm->L);
+    for (int i = 0; i < vm->nadhoc; i++)
+        mg_upstream_free(&vm->adhoc[i]);
+    free(vm->adhoc);
     free(vm);
 }
 
@@ -191,6 +195,7 @@ void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done
     t->on_done = on_done;
     t->owner = owner;
     t->wait = NULL;
+    t->children = NULL;
     if (vm->pool_n > 0) {
         vm->pool_n--;
         t->co = vm->pool_co[vm->pool_n];
@@ -209,6 +214,8 @@ void mg_task_release(mg_task_t *t, int reusable)
     mg_vm_t *vm = t->vm;
     if (!t->co)
         return;
+    if (t->children)
+        mg_spawn_end_children(t);
     tasks_set(vm, t, 0);
     if (reusable && lua_status(t->co) == 0 && vm->pool_n < (int)mg_countof(vm->pool_co)) {
         lua_settop(t->co, 0);

@@ -48,6 +48,7 @@ struct mg_task {
     const char *trace_id;               /* for logs written by this task; owned by owner */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
+    struct mg_spawn *children;          /* tasks started with gw.spawn; they end with this one */
 };
 
 struct mg_vm {
@@ -57,6 +58,9 @@ struct mg_vm {
     int tasks_ref;                      /* coroutine -> task lightuserdata */
     int json_encode_ref;                /* cjson.encode */
     int ctx_mt_ref;                     /* metatable of ctx tables */
+    void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
+    struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
+    int nadhoc;
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
     int pool_ref[64];
@@ -93,11 +97,16 @@ mg_task_t *mg_task_current(lua_State *L);
 int mg_wait_yield(lua_State *L, mg_wait_t *w);
 void mg_wait_wake(mg_wait_t *w, int nret);
 
+/* Cancels or releases every task t started with gw.spawn (mg_spawn.c). */
+void mg_spawn_end_children(mg_task_t *t);
+
 /* Registers the gw.* functions implemented in C into the table on top of L. */
 void mg_api_register(lua_State *L, mg_vm_t *vm, int spec);
 void mg_tcp_register(lua_State *L, mg_vm_t *vm);
 void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm); /* specs only */
 void mg_spec_register(lua_State *L, mg_vm_t *vm);
+void mg_spawn_register(lua_State *L, mg_vm_t *vm);
+void mg_http_client_register(lua_State *L, mg_vm_t *vm);
 
 /* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */
 int mg_spec_main(int argc, char **argv);

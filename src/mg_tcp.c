@@ -44,6 +44,7 @@ typedef struct mg_tcp {
     mg_vm_t *vm;
     struct event ev;
     int ev_set;
+    int closing;               /* closed while a coroutine waited: it gets nil, "closed" */
     mg_wait_t wait;
 } mg_tcp_t;
 
@@ -183,6 +184,14 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
     mg_tcp_t *s = arg;
     lua_State *co = s->wait.co;
     s->ev_set = 0;
+    if (s->closing) {
+        s->closing = 0;
+        op_cancel(&s->wait);
+        lua_pushnil(co);
+        lua_pushliteral(co, "closed");
+        finish(s, 2);
+        return;
+    }
     if (what & EV_TIMEOUT) {
         int op = s->op;
         op_cancel(&s->wait);
@@ -371,8 +380,19 @@ static int l_receive(lua_State *L)
 static int l_close(lua_State *L)
 {
     mg_tcp_t *s = luaL_checkudata(L, 1, TCP_MT);
-    if (s->op != OP_NONE)
-        return luaL_error(L, "cannot close a socket another coroutine is waiting on");
+    if (s->op != OP_NONE) {
+        /* another coroutine waits on it: it is woken with nil, "closed" from the loop */
+        disarm(s);
+        close(s->fd);
+        s->fd = -1;
+        s->closing = 1;
+        struct timeval zero = { 0, 0 };
+        event_assign(&s->ev, s->vm->base, -1, 0, on_ready, s);
+        event_add(&s->ev, &zero);
+        s->ev_set = 1;
+        lua_pushinteger(L, 1);
+        return 1;
+    }
     if (s->fd >= 0) {
         close(s->fd);
         s->fd = -1;

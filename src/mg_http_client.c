@@ -1,0 +1,373 @@
+/*
+ * mg_http_client — gw.http.request{...}: HTTP requests from Lua to an
+ * upstream, through the same per-upstream pools, balancers, timeouts, retries
+ * and health as proxied traffic (mg_proxy). It yields; the caller's request
+ * deadline bounds it (the deadline cancels the caller's task, which cancels
+ * this), and it carries the caller's trace id.
+ *
+ *   local res, err = gw.http.request {
+ *     upstream = "orders",            -- or url = "http://127.0.0.1:9002/path?x=1"
+ *     method = "GET", path = "/orders/1", query = "x=1",
+ *     headers = { ["Accept"] = "application/json" },
+ *     body = "...", timeout = 0.5,    -- seconds, optional
+ *   }
+ *   -- res = { status = 200, headers = { ["content-type"] = ... }, body = "..." }
+ *   -- err = an error kind: "refused", "reset", "connect_timeout", "read_timeout",
+ *   --       "send_timeout", "protocol", "no_healthy_target", "timeout", "body_too_large"
+ */
+#include <lauxlib.h>
+#include <stdio.h>
+
+#include "mg_config.h"
+#include "mg_lua.h"
+#include "mg_proxy.h"
+
+#define MAX_RESPONSE_BODY (64 * 1024 * 1024)
+
+typedef struct subreq {
+    mg_proxy_t proxy;
+    mg_wait_t wait;
+    char *method, *target, *host;
+    struct evbuffer *head_extra;   /* the caller's header lines */
+    struct evbuffer *body;
+    struct evbuffer *resp_body;
+    struct evbuffer *resp_head;    /* "name\0value\0" pairs */
+    int status;
+    int nheaders;
+    char trace_id[129];
+    struct event timer;
+    int timer_set;
+    int yielded;                   /* the caller waits in mg_wait_yield (else it returns at once) */
+    mg_vm_t *vm;
+} subreq_t;
+
+static const char err_timeout[] = "timeout";
+static const char err_too_large[] = "body_too_large";
+
+static void subreq_free(subreq_t *sr)
+{
+    if (sr->timer_set)
+        event_del(&sr->timer);
+    free(sr->method);
+    free(sr->target);
+    free(sr->host);
+    evbuffer_free(sr->head_extra);
+    if (sr->body)
+        evbuffer_free(sr->body);
+    evbuffer_free(sr->resp_body);
+    evbuffer_free(sr->resp_head);
+    free(sr);
+}
+
+static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
+{
+    subreq_t *sr = p->owner;
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", sr->method, sr->target,
+                        sr->host ? sr->host : t->authority);
+    struct evbuffer_iovec v[8];
+    int n = evbuffer_peek(sr->head_extra, -1, NULL, v, 8);
+    for (int i = 0; i < n && i < 8; i++)
+        evbuffer_add(out, v[i].iov_base, v[i].iov_len);
+    if (sr->trace_id[0]) {
+        evbuffer_add_printf(out, "X-Request-ID: %s\r\n", sr->trace_id);
+        if (strlen(sr->trace_id) == 32)
+            evbuffer_add_printf(out, "traceparent: 00-%s-%016llx-01\r\n", sr->trace_id,
+                                (unsigned long long)(mg_now_us() ^ (uintptr_t)sr));
+    }
+    if (sr->body)
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", evbuffer_get_length(sr->body));
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
+{
+    subreq_t *sr = p->owner;
+    sr->status = resp->status;
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const mg_header_t *h = &resp->headers[i];
+        evbuffer_add(sr->resp_head, h->name, h->name_len);
+        evbuffer_add(sr->resp_head, "", 1);
+        evbuffer_add(sr->resp_head, h->value, h->value_len);
+        evbuffer_add(sr->resp_head, "", 1);
+        sr->nheaders++;
+    }
+}
+
+static void finish(subreq_t *sr, const char *err)
+{
+    lua_State *co = sr->wait.co;
+    int n;
+    if (sr->timer_set) {
+        event_del(&sr->timer);
+        sr->timer_set = 0;
+    }
+    if (err) {
+        lua_pushnil(co);
+        lua_pushstring(co, err);
+        n = 2;
+    } else {
+        lua_createtable(co, 0, 3);
+        lua_pushinteger(co, sr->status);
+        lua_setfield(co, -2, "status");
+        lua_createtable(co, 0, sr->nheaders);
+        size_t len = evbuffer_get_length(sr->resp_head);
+        const char *h = len ? (const char *)evbuffer_pullup(sr->resp_head, -1) : "";
+        for (int i = 0; i < sr->nheaders; i++) {
+            size_t nl = strlen(h);
+            char name[256];
+            size_t k;
+            for (k = 0; k < nl && k < sizeof(name) - 1; k++)
+                name[k] = (char)(h[k] >= 'A' && h[k] <= 'Z' ? h[k] | 0x20 : h[k]);
+            name[k] = '\0';
+            const char *v = h + nl + 1;
+            lua_pushstring(co, v);
+            lua_setfield(co, -2, name); /* repeated fields: the last one wins */
+            h = v + strlen(v) + 1;
+        }
+        lua_setfield(co, -2, "headers");
+        size_t blen = evbuffer_get_length(sr->resp_body);
+        lua_pushlstring(co, blen ? (const char *)evbuffer_pullup(sr->resp_body, -1) : "", blen);
+        lua_setfield(co, -2, "body");
+        n = 1;
+    }
+    if (!sr->yielded) {
+        /* finished inside mg_proxy_start (e.g. refused at once): l_request returns the results */
+        sr->wait.done = 1;
+        sr->wait.nret = n;
+        return;
+    }
+    int task_mode = sr->wait.task != NULL;
+    mg_wait_wake(&sr->wait, n);
+    if (task_mode)
+        subreq_free(sr); /* on the main thread, l_request frees it after its loop */
+}
+
+static int on_body(mg_proxy_t *p, const char *data, size_t len)
+{
+    subreq_t *sr = p->owner;
+    if (evbuffer_get_length(sr->resp_body) + len > MAX_RESPONSE_BODY) {
+        mg_proxy_cancel(p);
+        finish(sr, err_too_large);
+        return 1;
+    }
+    evbuffer_add(sr->resp_body, data, len);
+    return 0;
+}
+
+static void on_done(mg_proxy_t *p, const char *err)
+{
+    finish(p->owner, err);
+}
+
+static const mg_proxy_ops_t subreq_ops = {
+    .write_head = write_head, .on_head = on_head, .on_body = on_body, .on_done = on_done,
+};
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    subreq_t *sr = arg;
+    sr->timer_set = 0;
+    mg_proxy_cancel(&sr->proxy);
+    finish(sr, err_timeout);
+}
+
+/* The caller's task was cancelled (deadline, client gone): stop and free. */
+static void on_cancel(mg_wait_t *w)
+{
+    subreq_t *sr = (subreq_t *)((char *)w - offsetof(subreq_t, wait));
+    mg_proxy_cancel(&sr->proxy);
+    subreq_free(sr);
+}
+
+/* An upstream for a URL's host:port, made once per VM and kept (with its pool). */
+static mg_upstream_t *adhoc_upstream(mg_vm_t *vm, const char *authority, char *err, size_t errlen)
+{
+    for (int i = 0; i < vm->nadhoc; i++)
+        if (strcmp(vm->adhoc[i].targets[0].authority, authority) == 0)
+            return &vm->adhoc[i];
+    if (vm->nadhoc == 64) {
+        snprintf(err, errlen, "too many distinct URL hosts (64); declare an upstream");
+        return NULL;
+    }
+    if (!vm->adhoc)
+        vm->adhoc = mg_calloc(64, sizeof(mg_upstream_t));
+    mg_upstream_t *up = &vm->adhoc[vm->nadhoc];
+    memset(up, 0, sizeof(*up));
+    up->name = strdup(authority);
+    up->ntargets = 1;
+    up->targets = mg_calloc(1, sizeof(mg_target_t));
+    up->targets[0].up = up;
+    up->targets[0].text = strdup(authority);
+    up->targets[0].authority = strdup(authority);
+    up->max_idle = 16;
+    up->idle_timeout_ms = 60000;
+    up->max_requests = 1000;
+    up->connect_ms = 2000;
+    up->send_ms = 10000;
+    up->read_ms = 30000;
+    up->retries = 1;
+    up->host_mode = MG_HOST_TARGET;
+    up->base = vm->base;
+    if (mg_upstream_resolve(up, err, errlen) != MG_OK) {
+        mg_upstream_free(up);
+        return NULL;
+    }
+    vm->nadhoc++;
+    return up;
+}
+
+static char *opt_str(lua_State *L, const char *key, const char *dflt)
+{
+    lua_getfield(L, 1, key);
+    const char *v = lua_isstring(L, -1) ? lua_tostring(L, -1) : dflt;
+    char *r = v ? strdup(v) : NULL;
+    lua_pop(L, 1);
+    return r;
+}
+
+static int l_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    mg_vm_t *vm = mg_vm_of(L);
+    char err[256];
+    mg_upstream_t *up = NULL;
+    char *target = NULL;
+    lua_getfield(L, 1, "upstream");
+    if (lua_isstring(L, -1)) {
+        up = vm->gen ? mg_gen_upstream(vm->gen, lua_tostring(L, -1)) : NULL;
+        if (!up)
+            return luaL_error(L, "gw.http.request: no upstream named '%s'", lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    if (!up) {
+        char *url = opt_str(L, "url", NULL);
+        if (!url)
+            return luaL_error(L, "gw.http.request: give upstream = \"name\" or url = \"http://host:port/path\"");
+        if (strncmp(url, "http://", 7) != 0) {
+            free(url);
+            return luaL_error(L, "gw.http.request: only http:// URLs are supported");
+        }
+        char *auth = url + 7;
+        char *slash = strchr(auth, '/');
+        target = strdup(slash ? slash : "/");
+        if (slash)
+            *slash = '\0';
+        if (!strchr(auth, ':')) {
+            char tmp[300];
+            snprintf(tmp, sizeof(tmp), "%s:80", auth);
+            up = adhoc_upstream(vm, tmp, err, sizeof(err));
+        } else {
+            up = adhoc_upstream(vm, auth, err, sizeof(err));
+        }
+        free(url);
+        if (!up) {
+            free(target);
+            lua_pushnil(L);
+            lua_pushstring(L, err);
+            return 2;
+        }
+    }
+    subreq_t *sr = mg_calloc(1, sizeof(*sr));
+    sr->vm = vm;
+    sr->method = opt_str(L, "method", "GET");
+    if (!target) {
+        char *path = opt_str(L, "path", "/");
+        char *query = opt_str(L, "query", NULL);
+        if (query) {
+            size_t n = strlen(path) + strlen(query) + 2;
+            target = mg_alloc(n);
+            snprintf(target, n, "%s?%s", path, query);
+            free(path);
+            free(query);
+        } else {
+            target = path;
+        }
+    }
+    sr->target = target;
+    sr->host = opt_str(L, "host", NULL);
+    sr->head_extra = evbuffer_new();
+    sr->resp_body = evbuffer_new();
+    sr->resp_head = evbuffer_new();
+    lua_getfield(L, 1, "headers");
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            size_t nl, vl;
+            const char *name = lua_tolstring(L, -2, &nl);
+            const char *value = lua_tolstring(L, -1, &vl);
+            int bad = !name || !value || memchr(value, '\r', vl) || memchr(value, '\n', vl) ||
+                      memchr(name, ':', nl) || memchr(name, '\r', nl) || memchr(name, '\n', nl);
+            if (!bad) {
+                evbuffer_add(sr->head_extra, name, nl);
+                evbuffer_add(sr->head_extra, ": ", 2);
+                evbuffer_add(sr->head_extra, value, vl);
+                evbuffer_add(sr->head_extra, "\r\n", 2);
+            }
+            lua_pop(L, 1);
+            if (bad) {
+                subreq_free(sr);
+                return luaL_error(L, "gw.http.request: header names and values must be strings without CR/LF");
+            }
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "body");
+    if (lua_isstring(L, -1)) {
+        size_t bl;
+        const char *b = lua_tolstring(L, -1, &bl);
+        sr->body = evbuffer_new();
+        evbuffer_add(sr->body, b, bl);
+    }
+    lua_pop(L, 1);
+    mg_task_t *t = mg_task_current(L);
+    if (t && t->trace_id)
+        snprintf(sr->trace_id, sizeof(sr->trace_id), "%s", t->trace_id);
+    lua_getfield(L, 1, "timeout");
+    double timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
+
+    mg_proxy_t *p = &sr->proxy;
+    p->ops = &subreq_ops;
+    p->owner = sr;
+    p->up = up;
+    p->resp.headers = p->headers;
+    p->idempotent = strcmp(sr->method, "POST") != 0 && strcmp(sr->method, "PATCH") != 0;
+    p->head_request = strcmp(sr->method, "HEAD") == 0;
+    p->body_mode = sr->body ? MG_BODY_LENGTH : MG_BODY_NONE;
+    p->body_len = sr->body ? (int64_t)evbuffer_get_length(sr->body) : 0;
+    p->body = sr->body;
+    sr->wait.cancel = on_cancel;
+    if (timeout > 0) {
+        struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };
+        evtimer_assign(&sr->timer, vm->base, on_timeout, sr);
+        evtimer_add(&sr->timer, &tv);
+        sr->timer_set = 1;
+    }
+    /* results of a synchronous finish are pushed on L */
+    sr->wait.co = L;
+    int main_thread = lua_pushthread(L);
+    lua_pop(L, 1);
+    if (!t && !main_thread) {
+        subreq_free(sr);
+        return luaL_error(L, "gw.http.request must run in a handler, a plugin phase or a spec");
+    }
+    mg_proxy_start(p);
+    if (sr->wait.done) {
+        int n = sr->wait.nret;
+        subreq_free(sr);
+        return n;
+    }
+    sr->yielded = 1;
+    int n = mg_wait_yield(L, &sr->wait);
+    if (main_thread)
+        subreq_free(sr);
+    return n;
+}
+
+void mg_http_client_register(lua_State *L, mg_vm_t *vm)
+{
+    lua_newtable(L);
+    lua_pushcfunction(L, l_request);
+    lua_setfield(L, -2, "request");
+    lua_setfield(L, -2, "http");
+}

@@ -1,0 +1,160 @@
+/*
+ * mg_spawn — gw.spawn(fn, ...) / gw.wait(task): run functions concurrently
+ * inside a request, e.g. several gw.http.request calls in parallel.
+ *
+ *   local a = gw.spawn(gw.http.request, { upstream = "users", path = "/u/1" })
+ *   local b = gw.spawn(gw.http.request, { upstream = "orders", path = "/o/1" })
+ *   local ra, rb = gw.wait(a), gw.wait(b)
+ *
+ * A spawned task is a child of the task that spawned it: it inherits its
+ * trace id (so its logs carry it) and it ends when its parent ends: a child
+ * still running then is cancelled, like everything else a request holds.
+ * gw.wait returns what the function returned, or nil and "spawned task failed:
+ * <error>" when it raised.
+ */
+#include <lauxlib.h>
+
+#include "mg_lua.h"
+
+#define SPAWN_MT "moongate.task"
+
+typedef struct mg_spawn {
+    mg_task_t task;
+    mg_task_t *parent;
+    struct mg_spawn *next;        /* parent's children */
+    int self_ref;                 /* keeps this userdata alive while the task holds it */
+    int done, status, consumed;
+    mg_wait_t *waiter;            /* gw.wait waiting for us (&join) */
+    mg_wait_t join;
+} mg_spawn_t;
+
+static void unlink_child(mg_spawn_t *s)
+{
+    if (!s->parent)
+        return;
+    for (mg_spawn_t **pp = &s->parent->children; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    s->parent = NULL;
+}
+
+static void drop(mg_spawn_t *s, int reusable)
+{
+    mg_vm_t *vm = s->task.vm;
+    unlink_child(s);
+    mg_task_release(&s->task, reusable);
+    if (s->self_ref != LUA_NOREF) {
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, s->self_ref);
+        s->self_ref = LUA_NOREF;
+    }
+}
+
+/* Moves a finished child's results onto L; returns their count. */
+static int take_results(mg_spawn_t *s, lua_State *L)
+{
+    lua_State *co = s->task.co;
+    int n;
+    if (s->status != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "spawned task failed: %s", lua_tostring(co, -1));
+        n = 2;
+    } else {
+        n = lua_gettop(co);
+        lua_checkstack(L, n + 1);
+        lua_xmove(co, L, n);
+    }
+    s->consumed = 1;
+    drop(s, s->status == 0);
+    return n;
+}
+
+static void on_child_done(mg_task_t *t, int status)
+{
+    mg_spawn_t *s = (mg_spawn_t *)t;
+    s->done = 1;
+    s->status = status;
+    if (s->waiter) {
+        mg_wait_t *w = s->waiter;
+        s->waiter = NULL;
+        int n = take_results(s, w->co);
+        mg_wait_wake(w, n);
+    }
+}
+
+void mg_spawn_end_children(mg_task_t *t)
+{
+    while (t->children) {
+        mg_spawn_t *s = t->children;
+        s->waiter = NULL;
+        if (s->done)
+            drop(s, s->status == 0);
+        else {
+            unlink_child(s);
+            mg_task_cancel(&s->task);
+            luaL_unref(s->task.vm->L, LUA_REGISTRYINDEX, s->self_ref);
+            s->self_ref = LUA_NOREF;
+        }
+    }
+}
+
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    mg_vm_t *vm = mg_vm_of(L);
+    int nargs = lua_gettop(L) - 1;
+    mg_task_t *parent = mg_task_current(L);
+    mg_spawn_t *s = lua_newuserdata(L, sizeof(*s));
+    memset(s, 0, sizeof(*s));
+    luaL_getmetatable(L, SPAWN_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->parent = parent;
+    if (parent) {
+        s->next = parent->children;
+        parent->children = s;
+        s->task.trace_id = parent->trace_id;
+    }
+    /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
+    lua_insert(L, 1);
+    if (L != vm->L)
+        lua_xmove(L, vm->L, nargs + 1);
+    mg_task_start(&s->task, vm, nargs, on_child_done, s);
+    return 1; /* the handle */
+}
+
+static int l_wait(lua_State *L)
+{
+    mg_spawn_t *s = luaL_checkudata(L, 1, SPAWN_MT);
+    if (s->consumed)
+        return luaL_error(L, "gw.wait: this task's results were already taken");
+    if (s->waiter)
+        return luaL_error(L, "gw.wait: another coroutine is already waiting for this task");
+    if (s->done)
+        return take_results(s, L);
+    memset(&s->join, 0, sizeof(s->join));
+    s->waiter = &s->join;
+    return mg_wait_yield(L, &s->join);
+}
+
+static int l_gc(lua_State *L)
+{
+    mg_spawn_t *s = luaL_checkudata(L, 1, SPAWN_MT);
+    /* only reachable once self_ref is gone: the task was released or cancelled */
+    (void)s;
+    return 0;
+}
+
+void mg_spawn_register(lua_State *L, mg_vm_t *vm)
+{
+    luaL_newmetatable(L, SPAWN_MT);
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_spawn);
+    lua_setfield(L, -2, "spawn");
+    lua_pushcfunction(L, l_wait);
+    lua_setfield(L, -2, "wait");
+}
