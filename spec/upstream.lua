@@ -12,7 +12,7 @@
 -- status, headers, body -- or nil after writing/closing by itself.
 local M = {}
 
-local function read_request(sock)
+local function read_request(sock, raw_body)
   local line, err = sock:receive("*l")
   if not line then return nil, err end
   local method, target = line:match("^(%S+) (%S+) HTTP/1%.[01]$")
@@ -27,7 +27,9 @@ local function read_request(sock)
     k = k:lower()
     req.headers[k] = req.headers[k] and (req.headers[k] .. ", " .. v) or v
   end
-  if req.headers["transfer-encoding"] then
+  if raw_body then
+    req.body = nil -- the handler reads it from res.sock
+  elseif req.headers["transfer-encoding"] then
     local parts = {}
     while true do
       local size = tonumber(assert(sock:receive("*l")):match("^%x+"), 16)
@@ -89,7 +91,7 @@ function M.start(handler, opts)
     function res:close() sock:close(); self.closed = true end
     function res:reset() sock:reset(); self.closed = true end
     while self.running do
-      local req = read_request(sock)
+      local req = read_request(sock, opts.raw_body)
       if not req then break end
       self.requests = self.requests + 1
       self.received[#self.received + 1] = req

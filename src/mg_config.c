@@ -259,6 +259,9 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         lua_getfield(L, r, "timeout");
         route->timeout_ms = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
+        lua_getfield(L, r, "max_body");
+        route->max_body = lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : -1;
+        lua_pop(L, 1);
         lua_getfield(L, r, "name");
         route->name = strdup(lua_tostring(L, -1));
         lua_pop(L, 1);

@@ -44,6 +44,7 @@ typedef struct mg_route {
     char *name;
     uint32_t timeout_ms;           /* 0: the config's request timeout */
     mg_upstream_t *upstream;       /* a proxy route (no handler), or NULL */
+    int64_t max_body;              /* -1: limits.max_body; 0: no limit */
 } mg_route_t;
 
 typedef struct mg_gen {

@@ -254,7 +254,9 @@ static int read_head(mg_conn_t *c)
         mg_req_run(r);
         return c->state == MG_CONN_IDLE;
     }
-    if (parsed.content_length > (int64_t)cfg->max_body) {
+    c->max_body = r->route->max_body >= 0 ? r->route->max_body : (int64_t)cfg->max_body;
+    c->body_total = 0;
+    if (c->max_body && parsed.content_length > c->max_body) {
         reject(c, r, 413, "body_too_large", 1);
         return 0;
     }
@@ -333,9 +335,15 @@ static int read_body(mg_conn_t *c)
         left -= used;
         consume(c, used);
         if (rc == MG_CHUNKED_DATA) {
-            /* max_body bounds what the gateway holds; a streamed (proxied) body is not held */
-            if (!mg_req_streams_body(r) && evbuffer_get_length(r->body) + dlen > cfg->max_body) {
-                reject(c, r, 413, "body_too_large", 1);
+            c->body_total += (int64_t)dlen;
+            if (c->max_body && c->body_total > c->max_body) {
+                if (r->resp_started) {
+                    /* the upstream answered already: no clean answer is possible */
+                    r->error_kind = "body_too_large";
+                    mg_req_break(r);
+                } else {
+                    reject(c, r, 413, "body_too_large", 1); /* also cancels a proxied exchange */
+                }
                 return 0;
             }
             mg_req_body_data(r, data, dlen);

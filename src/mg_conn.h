@@ -46,6 +46,8 @@ struct mg_conn {
     int chunked;
     mg_chunked_t chunk;
     int body_paused;              /* the request body's consumer is full */
+    int64_t max_body;             /* this request's body limit (0: none) */
+    int64_t body_total;           /* decoded chunked body bytes so far */
 };
 
 /* Takes ownership of an accepted socket. */

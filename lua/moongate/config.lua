@@ -17,7 +17,7 @@ local METHODS = {
 }
 
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
-                       handler = true, upstream = true, name = true, timeout = true }
+                       handler = true, upstream = true, name = true, timeout = true, max_body = true }
 local UPSTREAM_FIELDS = { targets = true, balance = true, hash_key = true, pool = true,
                           timeouts = true, retries = true, health = true, host_header = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
@@ -25,7 +25,7 @@ local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
 local HEALTH_FIELDS = { passive = true, active = true }
 local PASSIVE_FIELDS = { failures = true, eject = true }
 local ACTIVE_FIELDS = { path = true, interval = true, timeout = true }
-local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true }
+local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true, max_body = true }
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
@@ -308,9 +308,14 @@ local function make_env(st)
       timeout = M.duration(spec.timeout)
       if not timeout or timeout < 1 then fail("route 'timeout' must be a duration like \"800ms\"") end
     end
+    local max_body
+    if spec.max_body ~= nil then
+      max_body = size_value(spec.max_body)
+      if not max_body then fail("route 'max_body' must be a size like \"10m\" (0: no limit)") end
+    end
     local file, line = where()
     local r = {
-      kind = "route", path = spec.path, host = spec.host, name = spec.name,
+      kind = "route", max_body = max_body, path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
     }
@@ -336,6 +341,10 @@ local function make_env(st)
       elseif type(body) == "table" then
         check_fields(body, GROUP_FIELDS, "group")
         g.host, g.name = body.host, body.name
+        if body.max_body ~= nil then
+          g.max_body = size_value(body.max_body)
+          if not g.max_body then fail("group 'max_body' must be a size like \"10m\" (0: no limit)") end
+        end
         if body.timeout ~= nil then
           g.timeout = M.duration(body.timeout)
           if not g.timeout then fail("group 'timeout' must be a duration") end
@@ -380,12 +389,13 @@ end
 local function resolve(st)
   local out = {}
   for i, r in ipairs(st.routes) do
-    local path, host, timeout = r.path, r.host, r.timeout
+    local path, host, timeout, max_body = r.path, r.host, r.timeout, r.max_body
     local g = r.parent
     while g do
       path = g.prefix .. path
       host = host or g.host
       timeout = timeout or g.timeout
+      if max_body == nil then max_body = g.max_body end
       g = g.parent
     end
     if #path > 1 and path:sub(-1) == "/" and r.path == "/" then path = path:sub(1, -2) end
@@ -394,7 +404,8 @@ local function resolve(st)
     end
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
-      upstream = r.upstream, name = r.name or path, timeout = timeout, file = r.file, line = r.line,
+      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body,
+      file = r.file, line = r.line,
     }
   end
   return out
