@@ -481,12 +481,13 @@ static void on_acceptable(evutil_socket_t fd, short what, void *arg)
     mg_wait_wake(&l->wait, 1);
 }
 
-/* gw.tcp_listen(ip, port) -> listener; port 0 picks a free port (see :port()) */
+/* gw.tcp_listen(ip, port [, backlog]) -> listener; port 0 picks a free port (see :port()) */
 static int l_listen(lua_State *L)
 {
     mg_vm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *host = luaL_checkstring(L, 1);
     int port = (int)luaL_checkinteger(L, 2);
+    int backlog = (int)luaL_optinteger(L, 3, 512);
     struct sockaddr_in a;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
@@ -496,7 +497,7 @@ static int l_listen(lua_State *L)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 512) < 0) {
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, backlog) < 0) {
         int e = errno;
         close(fd);
         return push_error(L, e);

@@ -114,6 +114,27 @@ describe("reverse proxy", function()
     up = upstream.start(function() return 200 end, { port = port })
   end)
 
+  it("maps a connect that never completes to 504 connect_timeout", function()
+    -- a listener whose accept queue is full drops new SYNs: the connect hangs
+    local hole = gw.tcp_listen("127.0.0.1", 0, 0)
+    local filler = gw.tcp()
+    assert(filler:connect("127.0.0.1", hole:port()))
+    local g2 = helpers.start(([[
+      error_header "X-Gateway-Error"
+      upstream "hole" { targets = { "127.0.0.1:%d" }, timeouts = { connect = "150ms" }, retries = 1 }
+      route { path = "/hole", upstream = "hole" }
+    ]]):format(hole:port()))
+    local t0 = gw.monotonic_ms()
+    local res = g2:request("GET", "/hole")
+    local took = gw.monotonic_ms() - t0
+    assert.equal(504, res.status)
+    assert.equal("connect_timeout", res.headers["x-gateway-error"])
+    assert.is_true(took >= 290 and took < 1000, "two attempts of 150 ms took " .. took)
+    g2:stop()
+    filler:close()
+    hole:close()
+  end)
+
   it("maps an upstream that never answers to 504 read_timeout", function()
     up.handler = function() gw.sleep(2); return 200, {}, "late" end
     local t0 = gw.monotonic_ms()
