@@ -194,14 +194,23 @@ static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
     else if (r->minor_version == 0)
         evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     evbuffer_add(out, "\r\n", 2);
-    mg_conn_flush(r->conn);
+    /* not flushed here: the body usually arrived with the head, one writev sends both */
+}
+
+static struct evbuffer *body_sink(mg_proxy_t *p)
+{
+    mg_req_t *r = p->owner;
+    /* unframed bytes can go to the client as they are unless we re-chunk them */
+    return r->resp_framing == MG_BODY_CHUNKED ? NULL : mg_conn_output(r->conn);
 }
 
 static int on_body(mg_proxy_t *p, const char *data, size_t len)
 {
     mg_req_t *r = p->owner;
     struct evbuffer *out = mg_conn_output(r->conn);
-    if (r->resp_framing == MG_BODY_CHUNKED) {
+    if (!data) {
+        /* already read into out by the proxy (body_sink) */
+    } else if (r->resp_framing == MG_BODY_CHUNKED) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
         evbuffer_add(out, size, (size_t)n);
@@ -211,6 +220,8 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
         evbuffer_add(out, data, len);
     }
     r->bytes_out += len;
+    if (evbuffer_get_length(out) <= CLIENT_OUT_HIGH)
+        return 0; /* on_wait flushes once this read is delivered */
     mg_conn_flush(r->conn);
     if (!p->running)
         return 1; /* the client went away during the flush */
@@ -219,6 +230,12 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
         return 1;
     }
     return 0;
+}
+
+static void on_wait(mg_proxy_t *p)
+{
+    mg_req_t *r = p->owner;
+    mg_conn_flush(r->conn);
 }
 
 static void on_body_wanted(mg_proxy_t *p)
@@ -260,6 +277,8 @@ static const mg_proxy_ops_t forward_ops = {
     .write_head = write_head,
     .on_head = on_head,
     .on_body = on_body,
+    .body_sink = body_sink,
+    .on_wait = on_wait,
     .on_body_wanted = on_body_wanted,
     .on_done = on_done,
 };

@@ -43,13 +43,11 @@ int mg_proxy_error_status(const char *kind)
 }
 
 static void attempt(mg_proxy_t *p);
-static void on_io(evutil_socket_t fd, short what, void *arg);
-static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void on_event(mg_upconn_t *uc, int what);
 
 static void arm_timer(mg_proxy_t *p, uint32_t ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(&p->uc->timer, &tv);
+    mg_upconn_timer(p->uc, ms);
 }
 
 static void drop_conn(mg_proxy_t *p, int reusable)
@@ -59,9 +57,7 @@ static void drop_conn(mg_proxy_t *p, int reusable)
         return;
     p->uc = NULL;
     p->target->inflight--;
-    event_del(&uc->rev);
-    event_del(&uc->wev);
-    event_del(&uc->timer);
+    mg_upconn_timer(uc, 0);
     if (reusable)
         mg_upconn_release(uc);
     else
@@ -129,8 +125,7 @@ static int flush_up(mg_proxy_t *p, int notify)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct timeval tv = { p->up->send_ms / 1000, (p->up->send_ms % 1000) * 1000 };
-            event_add(&uc->wev, &tv);
+            mg_upconn_wait_write(uc, p->up->send_ms);
             return 0;
         }
         fail(p, errno_kind(errno), 0);
@@ -163,10 +158,7 @@ static void send_request(mg_proxy_t *p)
             evbuffer_add(uc->out, v[i].iov_base, v[i].iov_len);
         p->body_done = 1;
     }
-    event_assign(&uc->rev, p->up->base, uc->fd, EV_READ | EV_PERSIST, on_io, p);
-    event_add(&uc->rev, NULL);
-    event_assign(&uc->wev, p->up->base, uc->fd, EV_WRITE, on_io, p);
-    evtimer_assign(&uc->timer, p->up->base, on_timer, p);
+    mg_upconn_read(uc, 1); /* already registered when pooled: no syscall */
     flush_up(p, 1);
 }
 
@@ -181,7 +173,7 @@ static void attempt(mg_proxy_t *p)
     }
     p->target = t;
     t->requests++;
-    mg_upconn_t *uc = mg_upstream_lease(t);
+    mg_upconn_t *uc = mg_upstream_lease(t, on_event, p);
     if (!uc) {
         fail(p, errno_kind(errno), 1); /* e.g. refused at once on loopback */
         return;
@@ -195,9 +187,7 @@ static void attempt(mg_proxy_t *p)
         return;
     }
     /* connecting: the write event says when; the timer bounds it */
-    event_assign(&uc->wev, p->up->base, uc->fd, EV_WRITE, on_io, p);
-    event_add(&uc->wev, NULL);
-    evtimer_assign(&uc->timer, p->up->base, on_timer, p);
+    mg_upconn_wait_write(uc, 0);
     arm_timer(p, p->up->connect_ms);
 }
 
@@ -209,14 +199,6 @@ void mg_proxy_start(mg_proxy_t *p)
     attempt(p);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-    mg_proxy_t *p = arg;
-    if (!p->uc->connected)
-        fail(p, mg_err_connect_timeout, 1);
-    else
-        fail(p, mg_err_read_timeout, 0);
-}
 
 /* Delivers buffered response bytes. Returns 1 if the exchange ended. */
 static int deliver(mg_proxy_t *p)
@@ -318,13 +300,64 @@ static int deliver(mg_proxy_t *p)
                 return 1;
         }
     }
-    event_del(&uc->rev); /* paused: the owner's output is full */
+    mg_upconn_read(uc, 0); /* paused: the owner's output is full */
     return 0;
+}
+
+/* deliver() returned waiting for more: let the owner flush what it has (one write per read). */
+static void delivered(mg_proxy_t *p)
+{
+    if (p->running && p->head_seen && !p->paused && p->ops->on_wait)
+        p->ops->on_wait(p);
+}
+
+/*
+ * Unframed body bytes with nothing buffered: read them straight into the
+ * owner's sink (the client's output), one copy less than through uc->in.
+ */
+static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
+{
+    mg_upconn_t *uc = p->uc;
+    size_t want = 256 * 1024;
+    if (p->framing == MG_BODY_LENGTH && (int64_t)want > p->resp_left)
+        want = (size_t)p->resp_left;
+    int n = evbuffer_read(sink, uc->fd, (int)want);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        if (n == 0 && p->framing == -1)
+            succeed(p);
+        else
+            fail(p, errno_kind(n < 0 ? errno : ECONNRESET), 0);
+        return;
+    }
+    arm_timer(p, p->up->read_ms);
+    if (p->framing == MG_BODY_LENGTH)
+        p->resp_left -= n;
+    int pause = p->ops->on_body(p, NULL, (size_t)n);
+    if (!p->running)
+        return;
+    if (p->framing == MG_BODY_LENGTH && p->resp_left == 0) {
+        succeed(p);
+        return;
+    }
+    if (pause) {
+        p->paused = 1;
+        mg_upconn_read(uc, 0);
+        return;
+    }
+    delivered(p);
 }
 
 static void on_readable(mg_proxy_t *p)
 {
     mg_upconn_t *uc = p->uc;
+    struct evbuffer *sink;
+    if (p->head_seen && uc->in_off == uc->in_len && (p->framing == MG_BODY_LENGTH || p->framing == -1) &&
+        p->ops->body_sink && (sink = p->ops->body_sink(p))) {
+        read_direct(p, sink);
+        return;
+    }
     if (uc->in_off == uc->in_len)
         uc->in_off = uc->in_len = 0;
     if (uc->in_len == uc->in_cap) {
@@ -356,18 +389,25 @@ static void on_readable(mg_proxy_t *p)
     uc->in_len += (size_t)n;
     if (p->body_done || p->head_seen)
         arm_timer(p, p->up->read_ms);
-    deliver(p);
+    if (!deliver(p))
+        delivered(p);
 }
 
-static void on_io(evutil_socket_t fd, short what, void *arg)
+static void on_event(mg_upconn_t *uc, int what)
 {
-    mg_proxy_t *p = arg;
-    mg_upconn_t *uc = p->uc;
+    mg_proxy_t *p = uc->owner;
+    if (what == MG_UC_TIMER) {
+        if (!uc->connected)
+            fail(p, mg_err_connect_timeout, 1);
+        else
+            fail(p, mg_err_read_timeout, 0);
+        return;
+    }
     if (!uc->connected) {
         int err = 0;
         socklen_t len = sizeof(err);
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        event_del(&uc->timer);
+        getsockopt(uc->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        mg_upconn_timer(uc, 0);
         if (err) {
             fail(p, err == ECONNREFUSED ? mg_err_refused : mg_err_reset, 1);
             return;
@@ -376,15 +416,12 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         send_request(p);
         return;
     }
-    if (what & EV_TIMEOUT) {
+    if (what == MG_UC_SEND_TIMEOUT)
         fail(p, mg_err_send_timeout, 0);
-        return;
-    }
-    if (what & EV_READ) {
+    else if (what == MG_UC_READ)
         on_readable(p);
-        return;
-    }
-    flush_up(p, 1);
+    else
+        flush_up(p, 1);
 }
 
 int mg_proxy_write_body(mg_proxy_t *p, const char *data, size_t len)
@@ -427,8 +464,9 @@ void mg_proxy_resume(mg_proxy_t *p)
     if (!p->paused || !p->uc)
         return;
     p->paused = 0;
-    event_add(&p->uc->rev, NULL);
-    deliver(p);
+    mg_upconn_read(p->uc, 1);
+    if (!deliver(p))
+        delivered(p);
 }
 
 void mg_proxy_cancel(mg_proxy_t *p)

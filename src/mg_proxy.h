@@ -34,8 +34,18 @@ typedef struct mg_proxy_ops {
     void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
     /* The final response head (borrowed: valid during the call only). */
     void (*on_head)(mg_proxy_t *p, const mg_http1_response_t *resp);
-    /* Response body bytes, de-chunked. Return 1 to pause (call mg_proxy_resume later). */
+    /*
+     * Response body bytes, de-chunked. Return 1 to pause (call mg_proxy_resume
+     * later). data is NULL when len bytes were read straight into body_sink.
+     */
     int (*on_body)(mg_proxy_t *p, const char *data, size_t len);
+    /*
+     * Optional: a buffer that unframed body bytes (Content-Length or
+     * close-delimited) may be read into directly, saving a copy. May be NULL.
+     */
+    struct evbuffer *(*body_sink)(mg_proxy_t *p);
+    /* All response bytes read so far were delivered; more are awaited. May be NULL. */
+    void (*on_wait)(mg_proxy_t *p);
     /* A streaming request body may be written now (again after a pause). May be NULL. */
     void (*on_body_wanted)(mg_proxy_t *p);
     /* The exchange ended: err is NULL on success or an error kind. No callback follows. */

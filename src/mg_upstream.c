@@ -142,12 +142,60 @@ static void unlink_idle(mg_upconn_t *uc)
     }
 }
 
-/* An idle pooled connection became readable (the upstream closed it, or sent garbage) or timed out. */
-static void on_idle_event(evutil_socket_t fd, short what, void *arg)
+/* While pooled, any readability (the upstream closed it, or sent garbage) or the idle timeout ends it. */
+static void idle_end(mg_upconn_t *uc)
 {
-    mg_upconn_t *uc = arg;
     unlink_idle(uc);
     conn_destroy(uc);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upconn_t *uc = arg;
+    if (uc->handler)
+        uc->handler(uc, MG_UC_READ);
+    else
+        idle_end(uc);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upconn_t *uc = arg;
+    if (uc->handler)
+        uc->handler(uc, (what & EV_TIMEOUT) ? MG_UC_SEND_TIMEOUT : MG_UC_WRITE);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upconn_t *uc = arg;
+    if (uc->handler)
+        uc->handler(uc, MG_UC_TIMER);
+    else
+        idle_end(uc);
+}
+
+void mg_upconn_read(mg_upconn_t *uc, int on)
+{
+    if (on)
+        event_add(&uc->rev, NULL);
+    else
+        event_del(&uc->rev);
+}
+
+void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    event_add(&uc->wev, ms ? &tv : NULL);
+}
+
+void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms)
+{
+    if (!ms) {
+        event_del(&uc->timer);
+        return;
+    }
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(&uc->timer, &tv);
 }
 
 void mg_upconn_close(mg_upconn_t *uc)
@@ -159,64 +207,51 @@ void mg_upconn_release(mg_upconn_t *uc)
 {
     mg_target_t *t = uc->target;
     mg_upstream_t *up = t->up;
-    event_del(&uc->rev);
+    uc->handler = NULL;
+    uc->owner = NULL;
     event_del(&uc->wev);
-    event_del(&uc->timer);
     if (t->nidle >= up->max_idle || uc->requests >= up->max_requests || uc->in_len != uc->in_off ||
         evbuffer_get_length(uc->out) > 0) {
         conn_destroy(uc);
         return;
     }
     uc->in_off = uc->in_len = 0;
-    /* watch the idle socket: the upstream closing it removes it from the pool at once */
-    event_assign(&uc->rev, up->base, uc->fd, EV_READ, on_idle_event, uc);
-    event_add(&uc->rev, NULL);
-    struct timeval tv = { up->idle_timeout_ms / 1000, (up->idle_timeout_ms % 1000) * 1000 };
-    evtimer_assign(&uc->timer, up->base, on_idle_event, uc);
-    evtimer_add(&uc->timer, &tv);
+    event_add(&uc->rev, NULL); /* still (or again) registered: a close by the upstream ends it at once */
+    mg_upconn_timer(uc, up->idle_timeout_ms);
     uc->next_idle = t->idle;
     t->idle = uc;
     t->nidle++;
 }
 
-/* True when a pooled socket is still open with nothing unexpected to read. */
-static int still_open(int fd)
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner)
 {
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-mg_upconn_t *mg_upstream_lease(mg_target_t *t)
-{
-    while (t->idle) {
-        mg_upconn_t *uc = t->idle;
+    mg_upconn_t *uc = t->idle;
+    if (uc) {
         t->idle = uc->next_idle;
         t->nidle--;
-        event_del(&uc->rev);
+        uc->next_idle = NULL;
+        uc->reused = 1;
+        uc->handler = handler;
+        uc->owner = owner;
         event_del(&uc->timer);
-        if (still_open(uc->fd)) {
-            uc->reused = 1;
-            uc->next_idle = NULL;
-            return uc;
-        }
-        conn_destroy(uc);
+        return uc;
     }
     int fd = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    mg_upconn_t *uc = mg_calloc(1, sizeof(*uc));
+    uc = mg_calloc(1, sizeof(*uc));
     uc->fd = fd;
     uc->target = t;
+    uc->handler = handler;
+    uc->owner = owner;
     uc->in_cap = UPCONN_IN_INITIAL;
     uc->in = mg_alloc(uc->in_cap);
     uc->out = evbuffer_new();
-    /* events are assigned by the lessee; give them a valid empty state for event_del */
-    event_assign(&uc->rev, t->up->base, -1, 0, on_idle_event, uc);
-    event_assign(&uc->wev, t->up->base, -1, 0, on_idle_event, uc);
-    evtimer_assign(&uc->timer, t->up->base, on_idle_event, uc);
+    event_assign(&uc->rev, t->up->base, fd, EV_READ | EV_PERSIST, on_read, uc);
+    event_assign(&uc->wev, t->up->base, fd, EV_WRITE, on_write, uc);
+    evtimer_assign(&uc->timer, t->up->base, on_timer, uc);
     if (connect(fd, (struct sockaddr *)&t->ss, t->len) == 0) {
         uc->connected = 1;
     } else if (errno != EINPROGRESS) {

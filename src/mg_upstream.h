@@ -27,10 +27,20 @@ typedef struct mg_upconn mg_upconn_t;
 enum { MG_BALANCE_RR, MG_BALANCE_LEAST_CONN, MG_BALANCE_HASH };
 enum { MG_HOST_PASS, MG_HOST_TARGET, MG_HOST_FIXED };
 
+/* What woke a connection's lessee (see mg_upconn_t.handler). */
+enum { MG_UC_READ = 1, MG_UC_WRITE = 2, MG_UC_SEND_TIMEOUT = 3, MG_UC_TIMER = 4 };
+
 struct mg_upconn {
     int fd;
     mg_target_t *target;
-    struct event rev, wev, timer;     /* owned by the lessee while leased; timer = idle timeout when pooled */
+    /*
+     * The events stay registered for the connection's whole life (a pooled
+     * connection keeps its read interest: no epoll_ctl per request); they
+     * dispatch to the lessee's handler, or to the pool while idle.
+     */
+    struct event rev, wev, timer;
+    void (*handler)(mg_upconn_t *uc, int what);
+    void *owner;
     char *in;                         /* response bytes [in_off, in_len) */
     size_t in_off, in_len, in_cap;
     struct evbuffer *out;
@@ -101,11 +111,17 @@ mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_l
 void mg_target_report(mg_target_t *t, int ok);
 
 /*
- * Leases a connection to t: an idle pooled one that is still open, or a new
- * non-blocking connect (check `connected`; wait for writability). Returns NULL
- * with errno set when a socket cannot even be created.
+ * Leases a connection to t for handler/owner: the most recently pooled one,
+ * or a new non-blocking connect (check `connected`; a MG_UC_WRITE tells when
+ * it completes). Returns NULL with errno set when connect fails at once.
+ * A pooled connection may have been closed by the upstream a moment ago: a
+ * lessee must treat EOF before any response byte on a `reused` one as stale.
  */
-mg_upconn_t *mg_upstream_lease(mg_target_t *t);
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner);
+/* Read interest on/off (back-pressure), send wait, and the phase timer. */
+void mg_upconn_read(mg_upconn_t *uc, int on);
+void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t timeout_ms);
+void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms); /* 0: stop */
 /* Returns a connection to its target's idle pool, or closes it when the pool is full. */
 void mg_upconn_release(mg_upconn_t *uc);
 void mg_upconn_close(mg_upconn_t *uc);
