@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "mg_log.h"
@@ -321,7 +322,27 @@ static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
     size_t want = 256 * 1024;
     if (p->framing == MG_BODY_LENGTH && (int64_t)want > p->resp_left)
         want = (size_t)p->resp_left;
-    int n = evbuffer_read(sink, uc->fd, (int)want);
+    /* reserve + readv: evbuffer_read would ask FIONREAD and read at most 4 KiB at a time */
+    struct evbuffer_iovec v[2];
+    int nv = evbuffer_reserve_space(sink, (ev_ssize_t)want, v, 2);
+    struct iovec iov[2];
+    size_t room = 0;
+    for (int i = 0; i < nv; i++) {
+        size_t take = v[i].iov_len < want - room ? v[i].iov_len : want - room;
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = take;
+        v[i].iov_len = take;
+        room += take;
+    }
+    ssize_t n = readv(uc->fd, iov, nv);
+    if (n > 0) {
+        size_t left = (size_t)n;
+        for (int i = 0; i < nv; i++) {
+            v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
+            left -= v[i].iov_len;
+        }
+        evbuffer_commit_space(sink, v, nv);
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
@@ -333,7 +354,7 @@ static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
     }
     arm_timer(p, p->up->read_ms);
     if (p->framing == MG_BODY_LENGTH)
-        p->resp_left -= n;
+        p->resp_left -= (int64_t)n;
     int pause = p->ops->on_body(p, NULL, (size_t)n);
     if (!p->running)
         return;

@@ -14,7 +14,7 @@
 
 #include "mg_log.h"
 
-#define UPCONN_IN_INITIAL 16384
+#define UPCONN_IN_INITIAL 4096
 
 int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
 {
