@@ -274,6 +274,7 @@ int mg_upstream_idle_count(const mg_upstream_t *up)
 /* ---- active health checks ---- */
 
 typedef struct check {
+    struct check *next;             /* the upstream's checks in flight */
     mg_target_t *target;
     int fd;
     struct event ev, timer;
@@ -297,6 +298,11 @@ static void check_done(check_t *c, int ok)
     event_del(&c->ev);
     event_del(&c->timer);
     close(c->fd);
+    for (check_t **pp = (check_t **)&t->up->checks; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
     free(c);
 }
 
@@ -357,6 +363,8 @@ static void on_active_timer(evutil_socket_t fd, short what, void *arg)
         check_t *c = mg_calloc(1, sizeof(*c));
         c->target = t;
         c->fd = s;
+        c->next = up->checks;
+        up->checks = c;
         event_assign(&c->ev, up->base, s, EV_WRITE, on_check_io, c);
         event_add(&c->ev, NULL);
         struct timeval tv = { up->active_timeout_ms / 1000, (up->active_timeout_ms % 1000) * 1000 };
@@ -382,6 +390,14 @@ void mg_upstream_free(mg_upstream_t *up)
         return;
     if (up->active_timer)
         event_free(up->active_timer);
+    while (up->checks) {
+        check_t *c = up->checks;
+        up->checks = c->next;
+        event_del(&c->ev);
+        event_del(&c->timer);
+        close(c->fd);
+        free(c);
+    }
     for (int i = 0; i < up->ntargets; i++) {
         mg_target_t *t = &up->targets[i];
         while (t->idle) {

@@ -90,6 +90,7 @@ struct mg_upstream {
     struct event_base *base;
     unsigned rr;
     struct event *active_timer;
+    void *checks;                     /* active checks in flight (freed with the upstream) */
 };
 
 /* Resolves targets (numeric or via getaddrinfo at load, never on the request path). */

@@ -26,3 +26,17 @@ end }
 
 -- Routes from other files; groups give them a common prefix.
 include "routes/*.lua"
+
+-- Reverse proxy. To stay self-contained, the "backend" is this gateway itself,
+-- answering for the host name backend.local (a route with an exact host wins
+-- over one without). In real life targets are your services.
+route { host = "backend.local", method = "GET", path = "/api/orders/{id}", handler = function(ctx)
+  return 200, { order = ctx.params.id, seen_by = "backend", forwarded_for = ctx.request.headers["x-forwarded-for"] }
+end }
+
+upstream "orders" {
+  targets = { "127.0.0.1:8080" },
+  host_header = "backend.local",
+  timeouts = { connect = "200ms", read = "2s" },
+}
+route { method = "GET", path = "/api/orders/{id}", upstream = "orders", timeout = "3s" }
