@@ -116,6 +116,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->access_log = get_str(L, t, "access_log");
     cfg->error_log = get_str(L, t, "error_log");
     cfg->error_header = get_str(L, t, "error_header");
+    cfg->hosts_file = get_str(L, t, "hosts_file");
     return MG_OK;
 }
 
@@ -352,5 +353,6 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->access_log);
     free(cfg->error_log);
     free(cfg->error_header);
+    free(cfg->hosts_file);
     memset(cfg, 0, sizeof(*cfg));
 }

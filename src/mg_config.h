@@ -36,6 +36,7 @@ typedef struct mg_config {
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
     char *access_log, *error_log;
     char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
+    char *hosts_file;              /* NULL: /etc/hosts */
 } mg_config_t;
 
 typedef struct mg_route {

@@ -208,9 +208,17 @@ static mg_upstream_t *adhoc_upstream(mg_vm_t *vm, const char *authority, char *e
     up->retries = 1;
     up->host_mode = MG_HOST_TARGET;
     up->base = vm->base;
-    if (mg_upstream_resolve(up, err, errlen) != MG_OK) {
-        mg_upstream_free(up);
-        return NULL;
+    if (mg_upstream_resolve(up, err, errlen) != MG_OK || up->targets[0].hostname) {
+        /* resolving a name here would block; names belong in an upstream declaration */
+        if (up->targets[0].hostname && strcmp(up->targets[0].hostname, "localhost") == 0) {
+            mg_upstream_start(up, vm->base, NULL);
+        } else {
+            if (up->targets[0].hostname)
+                snprintf(err, errlen, "gw.http.request: a url host must be an IP address or localhost; "
+                                      "declare an upstream for %s", up->targets[0].hostname);
+            mg_upstream_free(up);
+            return NULL;
+        }
     }
     vm->nadhoc++;
     return up;

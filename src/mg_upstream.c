@@ -23,8 +23,10 @@ int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
         char host[256];
         const char *colon = strrchr(t->authority, ':');
         size_t hl = (size_t)(colon - t->authority);
-        if (hl >= sizeof(host))
-            hl = sizeof(host) - 1;
+        if (!colon || hl >= sizeof(host)) {
+            snprintf(err, errlen, "upstream %s: bad target %s", up->name, t->text);
+            return MG_ERROR;
+        }
         memcpy(host, t->authority, hl);
         host[hl] = '\0';
         char *h = host;
@@ -32,22 +34,116 @@ int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
             h++;
             h[strlen(h) - 1] = '\0';
         }
-        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res;
-        int rc = getaddrinfo(h, colon + 1, &hints, &res);
-        if (rc != 0) {
-            snprintf(err, errlen, "upstream %s: cannot resolve target %s: %s", up->name, t->text, gai_strerror(rc));
-            return MG_ERROR;
+        t->port = atoi(colon + 1);
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                  .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV }, *res;
+        if (getaddrinfo(h, colon + 1, &hints, &res) == 0) {
+            memcpy(&t->ss, res->ai_addr, res->ai_addrlen);
+            t->len = res->ai_addrlen;
+            freeaddrinfo(res);
+            continue;
         }
-        memcpy(&t->ss, res->ai_addr, res->ai_addrlen);
-        t->len = res->ai_addrlen;
-        freeaddrinfo(res);
+        /* a host name: letters, digits, '-' and '.' only; resolved by the worker */
+        for (const char *c = h; *c; c++) {
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                  *c == '-' || *c == '.')) {
+                snprintf(err, errlen, "upstream %s: target %s is neither an IP address nor a host name",
+                         up->name, t->text);
+                return MG_ERROR;
+            }
+        }
+        t->hostname = strdup(h);
     }
     return MG_OK;
 }
 
+/* ---- non-blocking resolution (evdns), refreshed on TTL ---- */
+
+static void resolve(mg_target_t *t);
+
+static void on_dns_timer(evutil_socket_t fd, short what, void *arg) { resolve(arg); }
+
+static void resolve_later(mg_target_t *t, int seconds)
+{
+    struct timeval tv = { seconds, 0 };
+    if (!t->dns_timer)
+        t->dns_timer = evtimer_new(t->up->base, on_dns_timer, t);
+    evtimer_add(t->dns_timer, &tv);
+}
+
+static void resolved(mg_target_t *t, const struct sockaddr *sa, socklen_t len, int ttl)
+{
+    int first = t->len == 0;
+    memcpy(&t->ss, sa, len);
+    t->len = len;
+    if (first)
+        mg_log_info(NULL, "upstream %s: target %s resolved", t->up->name, t->text);
+    /* re-resolve when the record expires: at least every second, at most hourly */
+    resolve_later(t, ttl < 1 ? 1 : ttl > 3600 ? 3600 : ttl);
+}
+
+static void unresolved(mg_target_t *t, const char *why)
+{
+    /* keep the last good address; a target never resolved stays unusable */
+    mg_log_warn(NULL, "upstream %s: cannot resolve %s: %s%s", t->up->name, t->hostname, why,
+                t->len ? " (keeping the previous address)" : "");
+    resolve_later(t, 5);
+}
+
+static void on_gai(int result, struct evutil_addrinfo *res, void *arg)
+{
+    mg_target_t *t = arg;
+    t->gai_req = NULL;
+    if (result == EVUTIL_EAI_CANCEL)
+        return;
+    if (result != 0 || !res) {
+        unresolved(t, evutil_gai_strerror(result));
+        return;
+    }
+    resolved(t, res->ai_addr, (socklen_t)res->ai_addrlen, 60); /* /etc/hosts has no TTL */
+    evutil_freeaddrinfo(res);
+}
+
+static void on_a(int result, char type, int count, int ttl, void *addresses, void *arg)
+{
+    mg_target_t *t = arg;
+    t->dns_req = NULL;
+    if (result == DNS_ERR_CANCEL)
+        return;
+    if (result == DNS_ERR_NONE && type == DNS_IPv4_A && count > 0) {
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t->port) };
+        memcpy(&sin.sin_addr, addresses, 4);
+        resolved(t, (struct sockaddr *)&sin, sizeof(sin), ttl);
+        return;
+    }
+    /* not in DNS (or no A record): evdns_getaddrinfo also reads /etc/hosts and AAAA */
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    char port[8];
+    snprintf(port, sizeof(port), "%d", t->port);
+    t->gai_req = evdns_getaddrinfo(t->up->dns, t->hostname, port, &hints, on_gai, t);
+}
+
+static void resolve(mg_target_t *t)
+{
+    if (t->dns_req || t->gai_req)
+        return;
+    if (strcmp(t->hostname, "localhost") == 0) {
+        /* no resolver needed, and it must work with no network at all */
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t->port) };
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        memcpy(&t->ss, &sin, sizeof(sin));
+        t->len = sizeof(sin);
+        return;
+    }
+    t->dns_req = t->up->dns ? evdns_base_resolve_ipv4(t->up->dns, t->hostname, DNS_QUERY_NO_SEARCH, on_a, t)
+                            : NULL;
+    if (!t->dns_req)
+        unresolved(t, "resolver unavailable");
+}
+
 static int usable(const mg_target_t *t, uint64_t now)
 {
-    if (t->active_down)
+    if (t->active_down || t->len == 0)
         return 0;
     if (t->ejected_until == 0)
         return 1;
@@ -352,6 +448,8 @@ static void on_active_timer(evutil_socket_t fd, short what, void *arg)
     mg_upstream_t *up = arg;
     for (int i = 0; i < up->ntargets; i++) {
         mg_target_t *t = &up->targets[i];
+        if (t->len == 0)
+            continue; /* not resolved yet */
         int s = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (s < 0)
             continue;
@@ -373,9 +471,13 @@ static void on_active_timer(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void mg_upstream_start(mg_upstream_t *up, struct event_base *base)
+void mg_upstream_start(mg_upstream_t *up, struct event_base *base, struct evdns_base *dns)
 {
     up->base = base;
+    up->dns = dns;
+    for (int i = 0; i < up->ntargets; i++)
+        if (up->targets[i].hostname)
+            resolve(&up->targets[i]);
     if (up->active_path) {
         up->active_timer = event_new(base, -1, EV_PERSIST, on_active_timer, up);
         struct timeval tv = { up->active_interval_ms / 1000, (up->active_interval_ms % 1000) * 1000 };
@@ -400,6 +502,10 @@ void mg_upstream_free(mg_upstream_t *up)
     }
     for (int i = 0; i < up->ntargets; i++) {
         mg_target_t *t = &up->targets[i];
+        /* pending lookups died with the worker's evdns base, freed before this */
+        if (t->dns_timer)
+            event_free(t->dns_timer);
+        free(t->hostname);
         while (t->idle) {
             mg_upconn_t *uc = t->idle;
             t->idle = uc->next_idle;

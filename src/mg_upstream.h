@@ -14,6 +14,7 @@
 #define MG_UPSTREAM_H
 
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <sys/socket.h>
@@ -55,7 +56,13 @@ struct mg_target {
     char *text;                       /* "127.0.0.1:9001" as configured */
     char *authority;                  /* "host:port" for host_header = "target" */
     struct sockaddr_storage ss;
-    socklen_t len;
+    socklen_t len;                    /* 0 until a host name is resolved */
+    /* host names: resolved by the worker's evdns, again when the TTL runs out */
+    char *hostname;                   /* NULL for IP literals */
+    int port;
+    struct evdns_request *dns_req;
+    struct evdns_getaddrinfo_request *gai_req;
+    struct event *dns_timer;
     /* health (per worker) */
     int fails;                        /* consecutive failures */
     uint64_t ejected_until;           /* monotonic ms; 0 = not ejected */
@@ -91,12 +98,20 @@ struct mg_upstream {
     unsigned rr;
     struct event *active_timer;
     void *checks;                     /* active checks in flight (freed with the upstream) */
+    struct evdns_base *dns;
 };
 
-/* Resolves targets (numeric or via getaddrinfo at load, never on the request path). */
+/*
+ * Parses the targets: IP literals get their address now; host names are
+ * only checked for syntax (resolution needs the worker's loop). Returns
+ * MG_ERROR with a message for a malformed target.
+ */
 int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen);
-/* Starts runtime state on a worker loop (active health checks). */
-void mg_upstream_start(mg_upstream_t *up, struct event_base *base);
+/*
+ * Starts runtime state on a worker loop: host-name resolution through `dns`
+ * (non-blocking; refreshed when the DNS TTL runs out) and active health checks.
+ */
+void mg_upstream_start(mg_upstream_t *up, struct event_base *base, struct evdns_base *dns);
 /* Closes pooled connections and frees everything. */
 void mg_upstream_free(mg_upstream_t *up);
 

@@ -3,6 +3,7 @@
  */
 #include "mg_worker.h"
 
+#include <event2/dns.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -100,8 +101,20 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
         evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
         w->nlisteners++;
     }
+    int names = 0;
     for (int i = 0; i < w->gen->nupstreams; i++)
-        mg_upstream_start(&w->gen->upstreams[i], w->base);
+        for (int k = 0; k < w->gen->upstreams[i].ntargets; k++)
+            names += w->gen->upstreams[i].targets[k].hostname != NULL;
+    if (names) {
+        /* non-blocking resolution on this worker's loop; /etc/hosts first, like the system */
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!w->dns)
+            w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (evdns_base_load_hosts(w->dns, cfg->hosts_file ? cfg->hosts_file : "/etc/hosts") != 0 && cfg->hosts_file)
+            mg_log_warn(NULL, "cannot read hosts_file %s", cfg->hosts_file);
+    }
+    for (int i = 0; i < w->gen->nupstreams; i++)
+        mg_upstream_start(&w->gen->upstreams[i], w->base, w->dns);
     w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->stop_ev = event_new(w->base, w->stop_fd, EV_READ, on_stop, w);
     event_add(w->stop_ev, NULL);
@@ -137,6 +150,8 @@ void mg_worker_free(mg_worker_t *w)
     for (int i = 0; i < w->nlisteners; i++)
         if (w->listeners[i])
             evconnlistener_free(w->listeners[i]);
+    if (w->dns)
+        evdns_base_free(w->dns, 0);
     while (w->free_reqs) {
         mg_req_t *r = w->free_reqs;
         w->free_reqs = r->next_free;

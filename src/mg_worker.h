@@ -22,6 +22,7 @@ typedef struct mg_worker {
     struct event_base *base;
     const mg_config_t *cfg;
     mg_gen_t *gen;
+    struct evdns_base *dns;               /* only when a target is a host name */
     int fds[MG_MAX_LISTEN];               /* owned until handed to the listeners */
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;

@@ -278,6 +278,13 @@ local function make_env(st)
     end
   end
 
+  -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
+  function env.hosts_file(path)
+    if type(path) ~= "string" then fail("hosts_file expects a path") end
+    if path:sub(1, 1) ~= "/" then path = st.dir .. "/" .. path end
+    s.hosts_file = path
+  end
+
   -- error_header "X-Gateway-Error": name the error kind in a response header (off by default)
   function env.error_header(name)
     if type(name) ~= "string" or not name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then

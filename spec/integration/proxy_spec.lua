@@ -103,6 +103,34 @@ describe("reverse proxy", function()
     end
   end)
 
+  it("resolves target host names on the worker's loop (hosts file, localhost)", function()
+    local dir = helpers.tmpdir()
+    helpers.write_file(dir .. "/hosts", "127.0.0.1 users.moongate.test\n")
+    local g2 = helpers.start(([[
+      hosts_file "%s/hosts"
+      error_header "X-Gateway-Error"
+      upstream "named" { targets = { "users.moongate.test:%d" } }
+      upstream "local" { targets = { "localhost:%d" } }
+      upstream "nowhere" { targets = { "nowhere.moongate.test:%d" }, retries = 0 }
+      route { path = "/named", upstream = "named" }
+      route { path = "/local", upstream = "local" }
+      route { path = "/nowhere", upstream = "nowhere" }
+    ]]):format(dir, up.port, up.port, up.port))
+    local res
+    for _ = 1, 50 do -- resolution is asynchronous: the first requests may precede it
+      res = g2:request("GET", "/named")
+      if res.status == 200 then break end
+      gw.sleep(0.02)
+    end
+    assert.equal(200, res.status)
+    assert.equal(200, g2:request("GET", "/local").status)
+    local bad = g2:request("GET", "/nowhere")
+    assert.equal(503, bad.status)
+    assert.equal("no_healthy_target", bad.headers["x-gateway-error"])
+    assert.truthy(g2:error_log():find("cannot resolve nowhere.moongate.test", 1, true))
+    g2:stop()
+  end)
+
   it("maps a refused connection to 502 refused", function()
     local port = up.port
     up:stop()
