@@ -19,6 +19,7 @@ static mg_upstream_t *make(int n, int balance)
         up->targets[i].up = up;
         up->targets[i].text = strdup("t");
         up->targets[i].authority = strdup("t");
+        up->targets[i].len = 16; /* as if resolved: an address-less target is never picked */
     }
     up->passive_failures = 2;
     up->eject_ms = 50;
@@ -120,7 +121,7 @@ static void nothing_usable(void **state)
 {
     mg_upstream_t *up = make(2, MG_BALANCE_RR);
     up->targets[0].active_down = 1;
-    up->targets[1].active_down = 1;
+    up->targets[1].len = 0; /* a host name not resolved yet */
     assert_null(mg_upstream_pick(up, NULL, 0, NULL));
     drop(up);
 }
