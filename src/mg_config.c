@@ -263,6 +263,18 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         lua_getfield(L, r, "max_body");
         route->max_body = lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : -1;
         lua_pop(L, 1);
+        lua_getfield(L, r, "chain");
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "has_header_filter");
+            route->chain_filters = lua_toboolean(L, -1);
+            lua_getfield(L, -2, "has_log");
+            route->chain_logs = lua_toboolean(L, -1);
+            lua_pop(L, 2);
+            route->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        } else {
+            lua_pop(L, 1);
+            route->chain_ref = LUA_NOREF;
+        }
         lua_getfield(L, r, "name");
         route->name = strdup(lua_tostring(L, -1));
         lua_pop(L, 1);

@@ -46,6 +46,9 @@ typedef struct mg_route {
     uint32_t timeout_ms;           /* 0: the config's request timeout */
     mg_upstream_t *upstream;       /* a proxy route (no handler), or NULL */
     int64_t max_body;              /* -1: limits.max_body; 0: no limit */
+    int chain_ref;                 /* the route's plugin chain (moongate.plugins), or LUA_NOREF */
+    int chain_filters;             /* the chain has header_filter/body_filter plugins */
+    int chain_logs;                /* the chain has log plugins */
 } mg_route_t;
 
 typedef struct mg_gen {

@@ -19,7 +19,7 @@ const char *mg_ffi_req_str(void *rp, int what, size_t *len)
     case MG_FFI_QUERY: s = r->query; break;
     case MG_FFI_TARGET: s = r->target; break;
     case MG_FFI_HOST: s = r->host; break;
-    case MG_FFI_REMOTE: s = (mg_str_t){ r->conn->remote, strlen(r->conn->remote) }; break;
+    case MG_FFI_REMOTE: s = (mg_str_t){ r->remote, strlen(r->remote) }; break;
     case MG_FFI_VERSION: s = r->minor_version ? MG_STR("1.1") : MG_STR("1.0"); break;
     }
     *len = s.n;

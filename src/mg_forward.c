@@ -12,6 +12,8 @@
 
 #include "mg_log.h"
 
+#include <lauxlib.h>
+
 #define CLIENT_OUT_HIGH (256 * 1024) /* response bytes queued for a slow client before the upstream is paused */
 
 static int hop_by_hop(const mg_header_t *h)
@@ -62,7 +64,7 @@ static const mg_header_t *find(const mg_req_t *r, const char *lower)
 
 static size_t client_ip(const mg_req_t *r, const char **ip)
 {
-    const char *remote = r->conn->remote;
+    const char *remote = r->remote;
     const char *colon = strrchr(remote, ':');
     *ip = remote;
     return colon ? (size_t)(colon - remote) : strlen(remote);
@@ -96,11 +98,36 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     else
         add_header(out, "Host", t->authority, strlen(t->authority));
 
+    /* headers plugins set or cleared for the upstream: ctx._proxy_headers (lowercase name -> value|false) */
+    lua_State *L = r->gen->vm->L;
+    int overrides = 0;
+    if (r->ctx_ref != LUA_NOREF) {
+        mg_req_push_ctx(r);
+        lua_pushliteral(L, "_proxy_headers");
+        lua_rawget(L, -2);
+        lua_remove(L, -2);
+        if (lua_istable(L, -1))
+            overrides = lua_gettop(L);
+        else
+            lua_pop(L, 1);
+    }
     const mg_header_t *xff = NULL, *xfp = NULL, *xfh = NULL;
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
         if (hop_by_hop(h) || named_by_connection(r->headers, r->nheaders, h))
             continue;
+        if (overrides) {
+            char name[128];
+            size_t n = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
+            for (size_t k = 0; k < n; k++)
+                name[k] = (char)(h->name[k] >= 'A' && h->name[k] <= 'Z' ? h->name[k] | 0x20 : h->name[k]);
+            lua_pushlstring(L, name, n);
+            lua_rawget(L, overrides);
+            int replaced = !lua_isnil(L, -1);
+            lua_pop(L, 1);
+            if (replaced)
+                continue;
+        }
         if (mg_http1_name_is(h, "x-forwarded-for", 15)) {
             xff = h;
             continue;
@@ -138,6 +165,22 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         int n = snprintf(tp, sizeof(tp), "00-%s-%.16s-01", r->trace_id, span);
         add_header(out, "traceparent", tp, (size_t)n);
     }
+    if (overrides) {
+        int ct;
+        lua_pushnil(L);
+        while (lua_next(L, overrides)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_createtable(L, 0, 1);
+                lua_insert(L, -3);
+                lua_rawset(L, -3); /* { name = value }: reuse the response-header checks */
+                mg_req_lua_headers(L, lua_gettop(L), out, &ct);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
     if (p->body_mode == MG_BODY_LENGTH) {
         char cl[32];
         int n = snprintf(cl, sizeof(cl), "%lld", (long long)p->body_len);
@@ -148,10 +191,130 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     evbuffer_add(out, "\r\n", 2);
 }
 
-static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
+/* The part of the client head after the headers: framing, X-Request-ID, Connection. */
+static void finish_head(mg_req_t *r, struct evbuffer *out)
+{
+    char line[64];
+    if (r->resp_cl >= 0 && r->resp_framing != -1 && r->resp_framing != MG_BODY_CHUNKED) {
+        int n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)r->resp_cl);
+        evbuffer_add(out, line, (size_t)n);
+    }
+    if (r->resp_framing == MG_BODY_CHUNKED)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
+    if (!r->resp_keepalive)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (r->minor_version == 0)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void status_line(struct evbuffer *out, int status, const char *reason, size_t reason_len)
+{
+    char line[64];
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
+    evbuffer_add(out, line, (size_t)n);
+    if (reason_len)
+        evbuffer_add(out, reason, reason_len);
+    else
+        evbuffer_add(out, "Status", 6);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* Headers plugins set on ctx.response before the response existed (e.g. in access). */
+static void add_preset_headers(mg_req_t *r, struct evbuffer *out)
+{
+    lua_State *L = r->gen->vm->L;
+    mg_req_push_ctx(r);
+    lua_pushliteral(L, "response");
+    lua_rawget(L, -2);
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "headers");
+        int ct;
+        if (lua_istable(L, -1) && mg_req_lua_headers(L, lua_gettop(L), NULL, &ct) == NULL)
+            mg_req_lua_headers(L, lua_gettop(L), out, &ct);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
+static void on_filter_done(mg_task_t *t, int status)
+{
+    mg_req_t *r = t->owner;
+    r->task_running = 0;
+    r->head_filtering = 0;
+    lua_State *co = t->co;
+    const char *bad = NULL;
+    int code = 0;
+    if (status != 0) {
+        mg_log_error(r->trace_id, "route %s: header_filter failed: %s", r->route->name, lua_tostring(co, -1));
+        bad = "header_filter failed";
+    } else {
+        code = (int)lua_tointeger(co, 1);
+        int ct;
+        if (code < 200 || code > 999)
+            bad = "header_filter set an invalid status";
+        else if (lua_istable(co, 2))
+            bad = mg_req_lua_headers(co, 2, NULL, &ct);
+        if (bad)
+            mg_log_error(r->trace_id, "route %s: %s", r->route->name, bad);
+    }
+    if (bad) {
+        mg_task_release(t, 0);
+        mg_forward_cancel(r);
+        mg_req_error(r, 500, "lua_error", "internal server error", 1, NULL);
+        return;
+    }
+    struct evbuffer *out = mg_conn_output(r->conn);
+    r->status = code;
+    status_line(out, code, NULL, 0);
+    int ct;
+    if (lua_istable(co, 2))
+        mg_req_lua_headers(co, 2, out, &ct);
+    finish_head(r, out);
+    mg_task_release(t, 1);
+    if (r->filter_paused) {
+        r->filter_paused = 0;
+        mg_proxy_resume(r->proxy);
+    }
+}
+
+/* Runs the header_filter plugins over the upstream's head (they may yield). Returns 1 to pause. */
+static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_filter_ref);
+    mg_req_push_ctx(r);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
+    lua_pushinteger(L, resp->status);
+    lua_createtable(L, 0, (int)resp->num_headers);
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const mg_header_t *h = &resp->headers[i];
+        if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
+            mg_http1_name_is(h, "x-request-id", 12))
+            continue;
+        char name[128];
+        size_t n = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
+        for (size_t k = 0; k < n; k++)
+            name[k] = (char)(h->name[k] >= 'A' && h->name[k] <= 'Z' ? h->name[k] | 0x20 : h->name[k]);
+        lua_pushlstring(L, name, n);
+        lua_pushlstring(L, h->value, h->value_len);
+        lua_rawset(L, -3);
+    }
+    r->head_filtering = 1;
+    r->task.trace_id = r->trace_id;
+    r->task_running = 1;
+    mg_task_start(&r->task, vm, 4, on_filter_done, r);
+    if (!r->head_filtering)
+        return 0; /* finished without yielding: the head is written */
+    r->filter_paused = 1;
+    return 1;
+}
+
+static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
 {
     mg_req_t *r = p->owner;
-    struct evbuffer *out = mg_conn_output(r->conn);
     r->status = resp->status;
     r->resp_started = 1;
     /* how the body reaches the client */
@@ -161,16 +324,12 @@ static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         r->resp_framing = -1; /* close-delimited */
     else
         r->resp_framing = p->framing;
-    int ka = mg_req_keepalive(r) && r->resp_framing != -1;
-    r->resp_keepalive = ka;
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", resp->status);
-    evbuffer_add(out, line, (size_t)n);
-    if (resp->reason_len)
-        evbuffer_add(out, resp->reason, resp->reason_len);
-    else
-        evbuffer_add(out, "Status", 6);
-    evbuffer_add(out, "\r\n", 2);
+    r->resp_keepalive = mg_req_keepalive(r) && r->resp_framing != -1;
+    r->resp_cl = resp->status != 204 && resp->status >= 200 ? resp->content_length : -1;
+    if (r->route->chain_filters && r->ctx_ref != LUA_NOREF)
+        return filter_head(r, resp);
+    struct evbuffer *out = mg_conn_output(r->conn);
+    status_line(out, resp->status, resp->reason, resp->reason_len);
     for (size_t i = 0; i < resp->num_headers; i++) {
         const mg_header_t *h = &resp->headers[i];
         if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
@@ -181,20 +340,11 @@ static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         evbuffer_add(out, h->value, h->value_len);
         evbuffer_add(out, "\r\n", 2);
     }
-    if (resp->content_length >= 0 && resp->status != 204 && resp->status >= 200 && r->resp_framing != -1 &&
-        r->resp_framing != MG_BODY_CHUNKED) {
-        n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)resp->content_length);
-        evbuffer_add(out, line, (size_t)n);
-    }
-    if (r->resp_framing == MG_BODY_CHUNKED)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
-    if (!ka)
-        evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (r->minor_version == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+    if (r->ctx_ref != LUA_NOREF)
+        add_preset_headers(r, out);
+    finish_head(r, out);
     /* not flushed here: the body usually arrived with the head, one writev sends both */
+    return 0;
 }
 
 static struct evbuffer *body_sink(mg_proxy_t *p)

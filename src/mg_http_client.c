@@ -79,7 +79,7 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     evbuffer_add(out, "\r\n", 2);
 }
 
-static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
+static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
 {
     subreq_t *sr = p->owner;
     sr->status = resp->status;
@@ -91,6 +91,7 @@ static void on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         evbuffer_add(sr->resp_head, "", 1);
         sr->nheaders++;
     }
+    return 0;
 }
 
 static void finish(subreq_t *sr, const char *err)

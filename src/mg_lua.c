@@ -119,6 +119,15 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     lua_getfield(L, -1, "mt");
     vm->ctx_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
+    if (require_module(L, "moongate.plugins", err, errlen) < 0)
+        goto fail;
+    lua_getfield(L, -1, "run");
+    vm->plugins_run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "filter_upstream_head");
+    vm->plugins_filter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "log");
+    vm->plugins_log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
     if (require_module(L, "moongate.config", err, errlen) < 0)
         goto fail;
     lua_pushcfunction(L, l_glob);

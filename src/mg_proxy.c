@@ -243,14 +243,18 @@ static int deliver(mg_proxy_t *p)
             } else {
                 p->framing = -1; /* until the upstream closes */
             }
-            p->ops->on_head(p, &p->resp);
+            int pause = p->ops->on_head(p, &p->resp);
             if (!p->running)
                 return 1;
-            if (p->framing == MG_BODY_NONE || (p->framing == MG_BODY_LENGTH && p->resp_left == 0)) {
-                succeed(p);
-                return 1;
+            if (pause) {
+                p->paused = 1; /* e.g. header_filter plugins run first; mg_proxy_resume goes on */
+                break;
             }
             continue;
+        }
+        if (p->framing == MG_BODY_NONE || (p->framing == MG_BODY_LENGTH && p->resp_left == 0)) {
+            succeed(p);
+            return 1;
         }
         if (avail == 0)
             return 0;

@@ -32,8 +32,11 @@ typedef struct mg_proxy mg_proxy_t;
 typedef struct mg_proxy_ops {
     /* Writes the request head for this attempt into out (the target differs between attempts). */
     void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
-    /* The final response head (borrowed: valid during the call only). */
-    void (*on_head)(mg_proxy_t *p, const mg_http1_response_t *resp);
+    /*
+     * The final response head (borrowed: valid during the call only). Return 1
+     * to pause before the body (the owner calls mg_proxy_resume when ready).
+     */
+    int (*on_head)(mg_proxy_t *p, const mg_http1_response_t *resp);
     /*
      * Response body bytes, de-chunked. Return 1 to pause (call mg_proxy_resume
      * later). data is NULL when len bytes were read straight into body_sink.

@@ -64,6 +64,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     r->trace_id[0] = '\0';
     mg_pool_init(&r->pool);
     r->conn = c;
+    memcpy(r->remote, c->remote, sizeof(r->remote));
     r->worker = w;
     r->gen = w->gen;
     r->body = body;
@@ -74,7 +75,10 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     return r;
 }
 
-static void req_release(mg_req_t *r)
+static void access_log(mg_req_t *r);
+
+/* Stops everything the request does: timers, the upstream exchange, the task. */
+static void req_quiesce(mg_req_t *r)
 {
     mg_forward_cancel(r);
     if (r->deadline_set) {
@@ -89,6 +93,11 @@ static void req_release(mg_req_t *r)
             mg_task_release(&r->task, 1);
         r->task_running = 0;
     }
+}
+
+/* Frees what is left (ctx, arena, body) and recycles the object. */
+static void req_recycle(mg_req_t *r)
+{
     if (r->ctx_ref != LUA_NOREF) {
         /* Lua may still hold ctx: mark it dead so it can no longer reach this object */
         lua_State *L = r->gen->vm->L;
@@ -104,6 +113,69 @@ static void req_release(mg_req_t *r)
     mg_worker_t *w = r->worker;
     r->next_free = w->free_reqs;
     w->free_reqs = r;
+}
+
+static void req_release(mg_req_t *r)
+{
+    req_quiesce(r);
+    req_recycle(r);
+}
+
+static void undetach(mg_req_t *r)
+{
+    for (mg_req_t **pp = &r->worker->detached; *pp; pp = &(*pp)->next_detached)
+        if (*pp == r) {
+            *pp = r->next_detached;
+            break;
+        }
+    r->detached = 0;
+}
+
+static void on_log_done(mg_task_t *t, int status)
+{
+    mg_req_t *r = t->owner;
+    if (status != 0)
+        mg_log_error(r->trace_id, "log phase failed: %s", lua_tostring(t->co, -1));
+    mg_task_release(t, status == 0);
+    undetach(r);
+    req_recycle(r);
+}
+
+/*
+ * The end of every request: the access log line, then either the release,
+ * or, when the route has log plugins, the log phase in its own task first.
+ * The log phase runs after the response went out and never delays the client
+ * or the connection's next request; ctx stays usable in it.
+ */
+static void req_end(mg_req_t *r)
+{
+    access_log(r);
+    if (!r->route || !r->route->chain_logs || r->ctx_ref == LUA_NOREF) {
+        req_release(r);
+        return;
+    }
+    req_quiesce(r);
+    r->conn = NULL;
+    r->detached = 1;
+    r->next_detached = r->worker->detached;
+    r->worker->detached = r;
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_log_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
+    r->log_task.trace_id = r->trace_id;
+    mg_task_start(&r->log_task, vm, 2, on_log_done, r);
+}
+
+void mg_req_end_detached(mg_worker_t *w)
+{
+    while (w->detached) {
+        mg_req_t *r = w->detached;
+        mg_task_cancel(&r->log_task);
+        undetach(r);
+        req_recycle(r);
+    }
 }
 
 void mg_req_destroy(mg_req_t *r)
@@ -126,7 +198,7 @@ static void access_log(mg_req_t *r)
                      "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"method\":\"%.*s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
                      "\"duration_ms\":%.3f%s%s%s}\n",
-                     ts, r->trace_id, r->conn ? r->conn->remote : "-", (int)r->method.n,
+                     ts, r->trace_id, r->remote[0] ? r->remote : "-", (int)r->method.n,
                      r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
                      ms, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind : "",
                      r->error_kind ? "\"" : "");
@@ -136,7 +208,8 @@ static void access_log(mg_req_t *r)
 
 int mg_req_keepalive(const mg_req_t *r)
 {
-    if (r->conn->close_after || (r->flags & MG_HTTP1_F_CONN_CLOSE))
+    /* an unread request body is still on the wire: the connection cannot be reused */
+    if (r->conn->close_after || (r->flags & MG_HTTP1_F_CONN_CLOSE) || !r->body_complete)
         return 0;
     return r->minor_version == 1 || (r->flags & MG_HTTP1_F_CONN_KEEPALIVE);
 }
@@ -144,8 +217,7 @@ int mg_req_keepalive(const mg_req_t *r)
 void mg_req_finish(mg_req_t *r, int ka)
 {
     mg_conn_t *c = r->conn;
-    access_log(r);
-    req_release(r);
+    req_end(r);
     mg_conn_response_done(c, ka);
 }
 
@@ -455,7 +527,7 @@ static int framing_header(const char *s, size_t n)
  * Validates the handler's headers table (at idx on co) and, when out is not
  * NULL, appends it. Returns an error message or NULL.
  */
-static const char *add_lua_headers(lua_State *co, int idx, struct evbuffer *out, int *has_ct)
+const char *mg_req_lua_headers(lua_State *co, int idx, struct evbuffer *out, int *has_ct)
 {
     lua_pushnil(co);
     while (lua_next(co, idx)) {
@@ -579,7 +651,7 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
 
     /* headers are checked first: a bad header must not leave a half-written response */
     int has_ct = 0;
-    const char *bad = lua_istable(co, 3) ? add_lua_headers(co, 3, NULL, &has_ct) : NULL;
+    const char *bad = lua_istable(co, 3) ? mg_req_lua_headers(co, 3, NULL, &has_ct) : NULL;
     if (bad) {
         fail_500(r, bad);
         return;
@@ -590,7 +662,7 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     head_start(r, out, status, ka, blen, body_allowed(status),
                !has_ct && body_allowed(status) ? ctype : NULL);
     if (lua_istable(co, 3))
-        add_lua_headers(co, 3, out, &has_ct);
+        mg_req_lua_headers(co, 3, out, &has_ct);
     evbuffer_add(out, "\r\n", 2);
     if (r->method_bit != MG_M_HEAD && blen)
         evbuffer_add(out, body, blen);
@@ -607,6 +679,13 @@ static void on_handler_done(mg_task_t *t, int status)
         mg_log_error(r->trace_id, "route %s: handler failed: %s", r->route->name, tb ? tb : "?");
         mg_task_release(t, 0);
         mg_req_error(r, 500, "lua_error", "internal server error", 0, NULL);
+        return;
+    }
+    if (lua_type(t->co, 1) == LUA_TBOOLEAN && lua_toboolean(t->co, 1) && r->route->upstream) {
+        /* the plugins' access phases passed: forward now */
+        mg_task_release(t, 1);
+        r->proxy = &r->proxy_store;
+        mg_forward_start(r);
         return;
     }
     respond_from_lua(r, t->co);
@@ -640,7 +719,10 @@ int mg_req_streams_body(const mg_req_t *r) { return r->route && r->route->upstre
 
 int mg_req_body_ready(mg_req_t *r)
 {
-    return mg_req_streams_body(r) ? mg_forward_body_ready(r) : 1;
+    if (!mg_req_streams_body(r))
+        return 1;
+    /* while access plugins run, the body waits (mg_conn_resume_body follows) */
+    return r->proxy ? mg_forward_body_ready(r) : 0;
 }
 
 void mg_req_body_data(mg_req_t *r, const char *data, size_t len)
@@ -669,35 +751,25 @@ void mg_req_output_drained(mg_req_t *r)
 void mg_req_break(mg_req_t *r)
 {
     mg_conn_t *c = r->conn;
-    access_log(r);
-    req_release(r);
+    req_end(r);
     c->req = NULL;
     mg_conn_reset(c);
 }
 
-void mg_req_run(mg_req_t *r)
+void mg_req_push_ctx(mg_req_t *r)
 {
     mg_vm_t *vm = r->gen->vm;
     lua_State *L = vm->L;
-    const mg_route_t *route = r->route;
-    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
-    evtimer_add(&r->deadline, &tv);
-    r->deadline_set = 1;
-    if (route->upstream) {
-        r->proxy = &r->proxy_store;
-        mg_forward_start(r);
+    if (r->ctx_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
         return;
     }
-
-    lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
     lua_createtable(L, 0, 6);
     lua_pushstring(L, r->trace_id);
     lua_setfield(L, -2, "trace_id");
     lua_pushlightuserdata(L, r);
     lua_setfield(L, -2, "_r");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, route->info_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->info_ref);
     lua_setfield(L, -2, "route");
     if (r->match.nparams) {
         lua_createtable(L, 0, r->match.nparams);
@@ -711,15 +783,45 @@ void mg_req_run(mg_req_t *r)
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void mg_req_run(mg_req_t *r)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    const mg_route_t *route = r->route;
+    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
+    evtimer_add(&r->deadline, &tv);
+    r->deadline_set = 1;
+    int nargs = 1;
+    if (route->chain_ref != LUA_NOREF) {
+        /* plugins.run(ctx, chain, handler): rewrite, access, handler (or proxy), filters */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_run_ref);
+        mg_req_push_ctx(r);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, route->chain_ref);
+        if (route->upstream)
+            lua_pushnil(L);
+        else
+            lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
+        nargs = 3;
+    } else if (route->upstream) {
+        r->proxy = &r->proxy_store;
+        mg_forward_start(r);
+        return;
+    } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
+        mg_req_push_ctx(r);
+    }
     r->task.trace_id = r->trace_id;
     r->task_running = 1;
-    mg_task_start(&r->task, vm, 1, on_handler_done, r);
+    mg_task_start(&r->task, vm, nargs, on_handler_done, r);
 }
 
 void mg_req_abort(mg_req_t *r)
 {
     r->status = 499;
     r->error_kind = mg_err_client_abort;
-    access_log(r);
-    req_release(r);
+    req_end(r);
 }

@@ -18,6 +18,7 @@
 #include "mg_conn.h"
 #include "mg_pool.h"
 #include "mg_proxy.h"
+#include <lua.h>
 
 #define MG_REQ_MAX_HEADERS 1000
 
@@ -47,6 +48,7 @@ struct mg_req {
 
     mg_task_t task;
     int task_running;
+    mg_task_t log_task;           /* the log phase, after the response */
     int ctx_ref;
     struct event deadline;
     int deadline_set;
@@ -58,7 +60,13 @@ struct mg_req {
     int resp_started;             /* the response head went out: errors can no longer be reported */
     int resp_framing;             /* MG_BODY_* towards the client, -1 close-delimited */
     int resp_keepalive;
+    int64_t resp_cl;              /* the upstream's Content-Length, -1 when none */
+    int head_filtering;           /* header_filter plugins run over the upstream's head */
+    int filter_paused;            /* the upstream waits for them */
     int body_complete;            /* the client's request body has been read completely */
+    int detached;                 /* the response is done; the log phase still runs */
+    struct mg_req *next_detached;
+    char remote[64];              /* the client's "ip:port" (outlives the connection) */
 
     int status;
     const char *error_kind;       /* "deadline", "lua_error", "client_abort", ... */
@@ -107,6 +115,19 @@ int mg_req_keepalive(const mg_req_t *r);
 void mg_req_finish(mg_req_t *r, int keepalive);
 /* Ends a request whose response was cut short: log it, then reset the connection. */
 void mg_req_break(mg_req_t *r);
+
+/*
+ * Validates a Lua headers table (at idx on L: name -> string/number or array)
+ * and appends it to out when out is not NULL, skipping the framing headers the
+ * gateway owns. Returns an error message or NULL; *has_ct reports Content-Type.
+ */
+const char *mg_req_lua_headers(lua_State *L, int idx, struct evbuffer *out, int *has_ct);
+
+/* Pushes the request's ctx (creating it on first use) on the VM's main stack. */
+void mg_req_push_ctx(mg_req_t *r);
+
+/* Cancels log phases still running (worker shutdown). */
+void mg_req_end_detached(mg_worker_t *w);
 
 /*
  * Answers with a JSON error {"error": ..., "status": ..., "trace_id": ...}

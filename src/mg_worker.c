@@ -146,6 +146,7 @@ void mg_worker_free(mg_worker_t *w)
     /* whatever outlived the drain is closed now; requests first, they hold Lua references */
     while (w->conns)
         mg_conn_close(w->conns);
+    mg_req_end_detached(w);
     mg_conn_reap(w);
     for (int i = 0; i < w->nlisteners; i++)
         if (w->listeners[i])

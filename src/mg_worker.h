@@ -35,6 +35,7 @@ typedef struct mg_worker {
     mg_conn_t *reap;                      /* connections to free at the end of this loop pass */
     struct event *reap_ev;
     mg_req_t *free_reqs;                  /* request objects ready for reuse */
+    mg_req_t *detached;                   /* requests whose log phase still runs */
     uint64_t rng[2];                      /* trace-id generator state */
     time_t date_sec;                      /* cached Date header */
     char date[32];

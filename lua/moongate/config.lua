@@ -17,7 +17,8 @@ local METHODS = {
 }
 
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
-                       handler = true, upstream = true, name = true, timeout = true, max_body = true }
+                       handler = true, upstream = true, name = true, timeout = true, max_body = true,
+                       plugins = true }
 local UPSTREAM_FIELDS = { targets = true, balance = true, hash_key = true, pool = true,
                           timeouts = true, retries = true, health = true, host_header = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
@@ -25,7 +26,8 @@ local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
 local HEALTH_FIELDS = { passive = true, active = true }
 local PASSIVE_FIELDS = { failures = true, eject = true }
 local ACTIVE_FIELDS = { path = true, interval = true, timeout = true }
-local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true, max_body = true }
+local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true, max_body = true,
+                       plugins = true }
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
@@ -87,6 +89,18 @@ local function size_value(v)
   return num * scale
 end
 
+local function check_plugins_field(p, what)
+  if p == nil then return nil end
+  if type(p) ~= "table" then fail("%s 'plugins' must be a table { [\"name\"] = conf, ... }", what) end
+  for k, v in pairs(p) do
+    if type(k) ~= "string" then fail("%s 'plugins' must be keyed by plugin name", what) end
+    if v ~= false and v ~= true and type(v) ~= "table" then
+      fail("%s plugin %s: the value must be a table (its conf), true, or false (disable)", what, k)
+    end
+  end
+  return p
+end
+
 local function check_fields(t, allowed, what)
   for k in pairs(t) do
     if type(k) ~= "number" and not allowed[k] then
@@ -129,6 +143,7 @@ local function new_state(path)
     routes = {},     -- in declaration order
     upstreams = {},  -- by name
     upstream_list = {},
+    global_plugins = {},
     groups = {},     -- open function-style groups (a stack)
   }
 end
@@ -278,6 +293,13 @@ local function make_env(st)
     end
   end
 
+  -- plugins { ["key-auth"] = { ... }, ... }: plugins for every route (routes and groups override)
+  function env.plugins(t)
+    check_plugins_field(t, "global")
+    local file, line = where()
+    for k, v in pairs(t) do st.global_plugins[k] = { conf = v, file = file, line = line } end
+  end
+
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end
@@ -322,7 +344,7 @@ local function make_env(st)
     end
     local file, line = where()
     local r = {
-      kind = "route", max_body = max_body, path = spec.path, host = spec.host, name = spec.name,
+      kind = "route", max_body = max_body, plugins = check_plugins_field(spec.plugins, "route " .. spec.path), path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
     }
@@ -348,6 +370,7 @@ local function make_env(st)
       elseif type(body) == "table" then
         check_fields(body, GROUP_FIELDS, "group")
         g.host, g.name = body.host, body.name
+        g.plugins = check_plugins_field(body.plugins, "group " .. prefix)
         if body.max_body ~= nil then
           g.max_body = size_value(body.max_body)
           if not g.max_body then fail("group 'max_body' must be a size like \"10m\" (0: no limit)") end
@@ -392,9 +415,58 @@ local function make_env(st)
   return setmetatable(env, { __index = _G })
 end
 
+-- The effective plugins of route r: global, then groups outer to inner, then
+-- the route; a later level replaces a plugin's conf, false removes it.
+local function effective_plugins(st, r)
+  local levels, g = {}, r.parent
+  while g do
+    if g.plugins then table.insert(levels, 1, g.plugins) end
+    g = g.parent
+  end
+  local merged = {}
+  for name, e in pairs(st.global_plugins) do merged[name] = e.conf end
+  for _, lv in ipairs(levels) do for name, conf in pairs(lv) do merged[name] = conf end end
+  for name, conf in pairs(r.plugins or {}) do merged[name] = conf end
+  return merged
+end
+
+-- Builds (and shares) the plugin chain of route r; errors name the route's file:line.
+local function route_chain(st, r, path)
+  local plugins = require "moongate.plugins"
+  local merged = effective_plugins(st, r)
+  local entries, key = {}, {}
+  local names = {}
+  for name, conf in pairs(merged) do if conf ~= false then names[#names + 1] = name end end
+  if #names == 0 then return nil end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local plugin, err = plugins.load(name, st.settings.plugins_dirs)
+    if not plugin then fail_at(r.file, r.line, "route %s: %s", path, err) end
+    local raw = merged[name]
+    st.conf_cache[plugin] = st.conf_cache[plugin] or setmetatable({}, { __mode = "k" })
+    local conf = type(raw) == "table" and st.conf_cache[plugin][raw]
+    if not conf then
+      local cerr
+      conf, cerr = plugins.configure(plugin, raw)
+      if not conf then fail_at(r.file, r.line, "route %s: plugin %s: %s", path, name, cerr) end
+      if type(raw) == "table" then st.conf_cache[plugin][raw] = conf end
+    end
+    entries[#entries + 1] = { plugin = plugin, conf = conf }
+    key[#key + 1] = name .. "=" .. tostring(conf)
+  end
+  key = table.concat(key, ";")
+  if st.chains[key] then return st.chains[key] end
+  local ordered, oerr = plugins.order(entries)
+  if not ordered then fail_at(r.file, r.line, "route %s: %s", path, oerr) end
+  local chain = plugins.chain(ordered)
+  st.chains[key] = chain
+  return chain
+end
+
 -- Flattens groups into full paths, hosts and timeouts.
 local function resolve(st)
   local out = {}
+  st.conf_cache, st.chains = {}, {}
   for i, r in ipairs(st.routes) do
     local path, host, timeout, max_body = r.path, r.host, r.timeout, r.max_body
     local g = r.parent
@@ -411,6 +483,7 @@ local function resolve(st)
     end
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
+      chain = route_chain(st, r, path),
       upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body,
       file = r.file, line = r.line,
     }

@@ -89,6 +89,24 @@ function REQ_METHODS.header(req, name)
   return ffi_string(p, len_a[0])
 end
 
+--- ctx.request:set_header(name, value) / :clear_header(name): change what a
+-- proxy route sends upstream (the client's header of that name is replaced
+-- or removed). Does not change what ctx.request.headers shows.
+function REQ_METHODS.set_header(req, name, value)
+  local ctx = rawget(req, "_ctx")
+  local t = rawget(ctx, "_proxy_headers")
+  if not t then t = {}; rawset(ctx, "_proxy_headers", t) end
+  if value == nil then
+    t[lower(name)] = false
+  else
+    t[lower(name)] = tostring(value)
+  end
+end
+
+function REQ_METHODS.clear_header(req, name)
+  REQ_METHODS.set_header(req, name, nil)
+end
+
 --- ctx.request:body() -> the request body as a string ("" when none).
 -- The body was read, within limits.max_body, before the handler started.
 function REQ_METHODS.body(req)

@@ -1,0 +1,278 @@
+-- moongate.plugins: finding, checking, ordering and running plugins.
+--
+-- A plugin is a table { name, version = "x.y.z", priority = <int>, schema,
+-- before = {...}, after = {...} } with any of the phase functions below, each
+-- taking (ctx, conf). It lives in plugins/<name>/handler.lua (+ schema.lua),
+-- or plugins/<name>.lua, in a configured plugins_dir or bundled with gatewayd.
+-- See docs/plugins.md.
+local schema_mod = require "moongate.schema"
+
+local type, pairs, ipairs, tostring, pcall, error, setmetatable =
+      type, pairs, ipairs, tostring, pcall, error, setmetatable
+local fmt, sort, concat = string.format, table.sort, table.concat
+
+local M = {}
+
+M.PHASES = { "rewrite", "access", "header_filter", "body_filter", "log" }
+local PHASE_SET = { init_worker = true, balancer = true }
+for _, p in ipairs(M.PHASES) do PHASE_SET[p] = true end
+
+local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true,
+                     before = true, after = true, description = true, uses = true }
+
+local loaded = {}     -- name -> plugin (per VM)
+
+local function read_chunk(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  f:close()
+  local chunk, err = loadfile(path)
+  if not chunk then error(err, 0) end
+  return chunk
+end
+
+local function try_embedded(modname)
+  local ok, mod = pcall(require, modname)
+  if ok then return mod end
+  if type(mod) == "string" and mod:find("module '" .. modname .. "' not found", 1, true) then return nil end
+  error(mod, 0)
+end
+
+--- Finds plugin `name`: plugins dirs first (in order), then the bundled ones.
+local function find(name, dirs)
+  for _, dir in ipairs(dirs or {}) do
+    local handler = read_chunk(dir .. "/" .. name .. "/handler.lua")
+    if handler then
+      local plugin = handler()
+      local schema = read_chunk(dir .. "/" .. name .. "/schema.lua")
+      if schema and type(plugin) == "table" and plugin.schema == nil then plugin.schema = schema() end
+      return plugin, dir .. "/" .. name .. "/handler.lua"
+    end
+    local single = read_chunk(dir .. "/" .. name .. ".lua")
+    if single then return single(), dir .. "/" .. name .. ".lua" end
+  end
+  local plugin = try_embedded("plugins." .. name .. ".handler")
+  if plugin then
+    if type(plugin) == "table" and plugin.schema == nil then
+      plugin.schema = try_embedded("plugins." .. name .. ".schema")
+    end
+    return plugin, "plugins/" .. name .. "/handler.lua"
+  end
+  plugin = try_embedded("plugins." .. name)
+  if plugin then return plugin, "plugins/" .. name .. ".lua" end
+  return nil
+end
+
+local function check_plugin(name, p, where)
+  if type(p) ~= "table" then return nil, fmt("plugin %s (%s) must return a table", name, where) end
+  if p.name ~= name then
+    return nil, fmt("plugin %s (%s): its name field is '%s'", name, where, tostring(p.name))
+  end
+  if type(p.version) ~= "string" or not p.version:match("^%d+%.%d+%.%d+") then
+    return nil, fmt("plugin %s (%s): version must look like \"1.0.0\"", name, where)
+  end
+  if type(p.priority) ~= "number" or p.priority % 1 ~= 0 then
+    return nil, fmt("plugin %s (%s): priority must be an integer", name, where)
+  end
+  for k, v in pairs(p) do
+    if PHASE_SET[k] then
+      if type(v) ~= "function" then return nil, fmt("plugin %s: phase %s must be a function", name, k) end
+    elseif not KNOWN_KEYS[k] and type(v) == "function" then
+      return nil, fmt("plugin %s (%s): unknown phase '%s' (phases: %s)", name, where, k, concat(M.PHASES, ", "))
+    end
+  end
+  for _, rel in ipairs({ "before", "after" }) do
+    if p[rel] ~= nil then
+      if type(p[rel]) ~= "table" then return nil, fmt("plugin %s: %s must be a list of plugin names", name, rel) end
+      for _, other in ipairs(p[rel]) do
+        if type(other) ~= "string" then return nil, fmt("plugin %s: %s must be a list of plugin names", name, rel) end
+      end
+    end
+  end
+  if p.schema ~= nil and type(p.schema) ~= "table" then
+    return nil, fmt("plugin %s: schema must be a table", name)
+  end
+  return p
+end
+
+--- Loads (once per VM) and checks a plugin. Returns it or nil, message.
+function M.load(name, dirs)
+  if loaded[name] then return loaded[name] end
+  if type(name) ~= "string" or not name:match("^[%w_%-]+$") then
+    return nil, fmt("bad plugin name '%s'", tostring(name))
+  end
+  local ok, p, where = pcall(find, name, dirs)
+  if not ok then return nil, fmt("plugin %s: %s", name, tostring(p)) end
+  if not p then return nil, fmt("no plugin named '%s' (searched: %s, bundled)", name, concat(dirs or {}, ", ")) end
+  local checked, err = check_plugin(name, p, where)
+  if not checked then return nil, err end
+  loaded[name] = checked
+  return checked
+end
+
+--- Validates a plugin's conf against its schema (defaults filled in).
+function M.configure(plugin, conf)
+  return schema_mod.validate(plugin.schema, conf)
+end
+
+--- Orders entries { plugin, conf } : priority high to low, ties by name, then
+-- the before/after constraints (a cycle is an error naming the plugins).
+function M.order(entries)
+  local list = {}
+  for i, e in ipairs(entries) do list[i] = e end
+  sort(list, function(a, b)
+    if a.plugin.priority ~= b.plugin.priority then return a.plugin.priority > b.plugin.priority end
+    return a.plugin.name < b.plugin.name
+  end)
+  local index = {}
+  for i, e in ipairs(list) do index[e.plugin.name] = i end
+  local edges, indeg = {}, {}
+  for i = 1, #list do edges[i], indeg[i] = {}, 0 end
+  local function edge(from, to)
+    if from and to and not edges[from][to] then
+      edges[from][to] = true
+      indeg[to] = indeg[to] + 1
+    end
+  end
+  for i, e in ipairs(list) do
+    for _, other in ipairs(e.plugin.before or {}) do edge(i, index[other]) end
+    for _, other in ipairs(e.plugin.after or {}) do edge(index[other], i) end
+  end
+  -- Kahn's algorithm, always taking the earliest ready plugin in priority order
+  local out, done = {}, {}
+  while #out < #list do
+    local pick
+    for i = 1, #list do
+      if not done[i] and indeg[i] == 0 then pick = i; break end
+    end
+    if not pick then
+      local names = {}
+      for i = 1, #list do if not done[i] then names[#names + 1] = list[i].plugin.name end end
+      return nil, "plugin ordering has a cycle among: " .. concat(names, ", ")
+    end
+    done[pick] = true
+    out[#out + 1] = list[pick]
+    for to in pairs(edges[pick]) do indeg[to] = indeg[to] - 1 end
+  end
+  return out
+end
+
+--- Builds a chain from ordered entries: per phase, the plugins that have it.
+-- A plugin may say that, with a given conf, it does not need a phase
+-- (uses(phase, conf) -> false): a chain without header_filter steps keeps
+-- proxied responses on the fast path.
+function M.chain(ordered)
+  local c = { names = {} }
+  for _, phase in ipairs(M.PHASES) do c[phase] = {} end
+  for i, e in ipairs(ordered) do
+    c.names[i] = e.plugin.name
+    for _, phase in ipairs(M.PHASES) do
+      local fn = e.plugin[phase]
+      if fn and e.plugin.uses and not e.plugin.uses(phase, e.conf) then fn = nil end
+      if fn then
+        local list = c[phase]
+        list[#list + 1] = { fn = fn, conf = e.conf, name = e.plugin.name }
+      end
+    end
+  end
+  c.has_header_filter = #c.header_filter > 0 or #c.body_filter > 0
+  c.has_log = #c.log > 0
+  return c
+end
+
+-- ---- running ----
+
+local function run_phase(list, ctx)
+  for i = 1, #list do
+    local step = list[i]
+    local status, body, headers = step.fn(ctx, step.conf)
+    if status ~= nil then
+      if type(status) ~= "number" then
+        error(fmt("plugin %s returned a status that is not a number", step.name), 0)
+      end
+      ctx.exit_plugin = step.name
+      return status, body, headers
+    end
+  end
+end
+
+-- Response-filter phases over a response the gateway produced (handler or exit).
+local function filter_response(ctx, chain, status, body, headers)
+  if not chain.has_header_filter then return status, body, headers end
+  local resp = ctx.response
+  resp.status, resp.body = status, body
+  if headers then
+    for k, v in pairs(headers) do
+      if resp.headers[k] == nil then resp.headers[k] = v end
+    end
+  end
+  for i = 1, #chain.header_filter do
+    local step = chain.header_filter[i]
+    step.fn(ctx, step.conf)
+  end
+  for i = 1, #chain.body_filter do
+    local step = chain.body_filter[i]
+    -- the whole body is one chunk here: eof = true
+    local b = step.fn(ctx, step.conf, resp.body, true)
+    if b ~= nil then resp.body = b end
+  end
+  return resp.status, resp.body, resp.headers
+end
+
+local function merge_preset(ctx, headers)
+  -- headers a plugin set on ctx.response before the response existed
+  local preset = rawget(ctx, "response")
+  if not preset then return headers end
+  headers = headers or {}
+  for k, v in pairs(preset.headers) do
+    if headers[k] == nil then headers[k] = v end
+  end
+  return headers
+end
+
+--- The request task of a route with plugins: rewrite, access, then the
+-- handler (or `true`: proxy now), then the response filters.
+function M.run(ctx, chain, handler)
+  local status, body, headers = run_phase(chain.rewrite, ctx)
+  if status == nil then status, body, headers = run_phase(chain.access, ctx) end
+  if status == nil then
+    if not handler then return true end
+    status, body, headers = handler(ctx)
+    if status == nil then
+      local r = rawget(ctx, "response")
+      if r then status, body, headers = r.status or 200, r.body, r.headers end
+    end
+    if status == nil then return nil end
+  end
+  if chain.has_header_filter then return filter_response(ctx, chain, status, body, headers) end
+  return status, body, merge_preset(ctx, headers)
+end
+
+--- header_filter over a proxied response: status and headers (lowercase
+-- names) in ctx.response; returns the status and headers to send.
+function M.filter_upstream_head(ctx, chain, status, headers)
+  local resp = ctx.response
+  resp.status = status
+  for k, v in pairs(headers) do
+    if resp.headers[k] == nil then resp.headers[k] = v end
+  end
+  for i = 1, #chain.header_filter do
+    local step = chain.header_filter[i]
+    step.fn(ctx, step.conf)
+  end
+  return resp.status, resp.headers
+end
+
+--- The log phase: after the response went out, in its own task; one
+-- plugin's error does not stop the others.
+function M.log(ctx, chain)
+  for i = 1, #chain.log do
+    local step = chain.log[i]
+    local ok, err = pcall(step.fn, ctx, step.conf)
+    if not ok then
+      gw.log("error", "plugin " .. step.name .. " failed in the log phase: " .. tostring(err))
+    end
+  end
+end
+
+return M
