@@ -3,8 +3,10 @@
 # see its README) into a Moongate config on stdout: one upstream per row,
 # proxied with keep-alive, one worker, access log off.
 #   bench/anchors-config.sh routes.tsv > gw.lua
-# The plugin column (key-auth, request-id, add-header for W2) is not applied:
-# plugins arrive with issue #4, so W2 here measures routing + proxying only.
+# The plugin column maps to Moongate's bundled plugins: key-auth (keys from
+# $BENCH_KEYS), request-id (the core's X-Request-ID handling: kept when
+# incoming, else generated, sent upstream, echoed), add-header ->
+# response-transformer adding "X-Gateway: $BENCH_GATEWAY".
 set -euo pipefail
 routes=${1:?routes.tsv}
 listen=${BENCH_LISTEN:-127.0.0.1:18096}
@@ -14,7 +16,9 @@ listen "$listen"
 workers(1)
 access_log "off"
 LUA
-awk -F'\t' '
+keys=${BENCH_KEYS:-}
+name=${BENCH_GATEWAY:-moongate}
+awk -F'\t' -v keys="$keys" -v gwname="$name" '
   NF >= 3 && $1 !~ /^#/ {
     pattern = $1; name = $2; addr = $3
     if (!(name in seen)) {
@@ -22,5 +26,15 @@ awk -F'\t' '
       seen[name] = 1
     }
     sub(/\/\*$/, "/{rest*}", pattern)
-    printf "route { method = \"GET\", path = \"%s\", upstream = \"%s\" }\n", pattern, name
+    plugins = ""
+    n = split($4, list, ",")
+    for (i = 1; i <= n; i++) {
+      if (list[i] == "key-auth") plugins = plugins sprintf("[\"key-auth\"] = { keys_file = \"%s\" }, ", keys)
+      if (list[i] == "request-id") plugins = plugins "[\"request-id\"] = {}, "
+      if (list[i] == "add-header") plugins = plugins sprintf("[\"response-transformer\"] = { add = { [\"X-Gateway\"] = \"%s\" } }, ", gwname)
+    }
+    if (plugins != "")
+      printf "route { method = \"GET\", path = \"%s\", upstream = \"%s\", plugins = { %s} }\n", pattern, name, plugins
+    else
+      printf "route { method = \"GET\", path = \"%s\", upstream = \"%s\" }\n", pattern, name
   }' "$routes"

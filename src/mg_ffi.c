@@ -9,9 +9,9 @@
 
 #include "mg_req.h"
 
-const char *mg_ffi_req_str(void *rp, int what, size_t *len)
+const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
 {
-    mg_req_t *r = rp;
+    mg_req_t *r = (mg_req_t *)rp;
     mg_str_t s = { NULL, 0 };
     switch (what) {
     case MG_FFI_METHOD: s = r->method; break;
@@ -26,9 +26,9 @@ const char *mg_ffi_req_str(void *rp, int what, size_t *len)
     return s.p;
 }
 
-const char *mg_ffi_req_header(void *rp, const char *name, size_t name_len, size_t *len)
+const char *mg_ffi_req_header(uintptr_t rp, const char *name, size_t name_len, size_t *len)
 {
-    mg_req_t *r = rp;
+    mg_req_t *r = (mg_req_t *)rp;
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
         if (h->name_len == name_len && strncasecmp(h->name, name, name_len) == 0) {
@@ -39,14 +39,14 @@ const char *mg_ffi_req_header(void *rp, const char *name, size_t name_len, size_
     return NULL;
 }
 
-int mg_ffi_req_header_count(void *rp)
+int mg_ffi_req_header_count(uintptr_t rp)
 {
     return (int)((mg_req_t *)rp)->nheaders;
 }
 
-const char *mg_ffi_req_header_at(void *rp, int i, size_t *name_len, const char **value, size_t *value_len)
+const char *mg_ffi_req_header_at(uintptr_t rp, int i, size_t *name_len, const char **value, size_t *value_len)
 {
-    mg_req_t *r = rp;
+    mg_req_t *r = (mg_req_t *)rp;
     if (i < 0 || (size_t)i >= r->nheaders)
         return NULL;
     const mg_header_t *h = &r->headers[i];
@@ -56,9 +56,9 @@ const char *mg_ffi_req_header_at(void *rp, int i, size_t *name_len, const char *
     return h->name;
 }
 
-const char *mg_ffi_req_body(void *rp, size_t *len)
+const char *mg_ffi_req_body(uintptr_t rp, size_t *len)
 {
-    mg_req_t *r = rp;
+    mg_req_t *r = (mg_req_t *)rp;
     *len = evbuffer_get_length(r->body);
     return *len ? (const char *)evbuffer_pullup(r->body, -1) : "";
 }

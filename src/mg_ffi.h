@@ -1,14 +1,17 @@
 /*
  * mg_ffi — the only C functions Lua calls through LuaJIT's FFI (declared
  * again in lua/moongate/ctx.lua; keep the two in sync). Plain C types only.
- * `r` is the request's lightuserdata from ctx._r; Lua checks that the
- * request is still alive (ctx._r is false after it ended) before calling.
+ * `r` is the request handle from ctx._r: the request's address as a number
+ * (a lightuserdata argument is NYI for LuaJIT's trace compiler and would keep
+ * every plugin in the interpreter). Lua checks that the request is still
+ * alive (ctx._r is false after it ended) before calling.
  * Returned pointers are borrowed: valid until the request ends.
  */
 #ifndef MG_FFI_H
 #define MG_FFI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum {
     MG_FFI_METHOD = 0, MG_FFI_PATH = 1, MG_FFI_QUERY = 2, MG_FFI_TARGET = 3,
@@ -16,13 +19,13 @@ enum {
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */
-const char *mg_ffi_req_str(void *r, int what, size_t *len);
+const char *mg_ffi_req_str(uintptr_t r, int what, size_t *len);
 /* The first header with this name (case-insensitive), NULL when absent. */
-const char *mg_ffi_req_header(void *r, const char *name, size_t name_len, size_t *len);
+const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, size_t *len);
 /* Number of header fields, and field i (0-based). */
-int mg_ffi_req_header_count(void *r);
-const char *mg_ffi_req_header_at(void *r, int i, size_t *name_len, const char **value, size_t *value_len);
+int mg_ffi_req_header_count(uintptr_t r);
+const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 /* The whole request body (read before the handler runs). */
-const char *mg_ffi_req_body(void *r, size_t *len);
+const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 
 #endif

@@ -108,6 +108,16 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     mg_api_register(L, vm, spec);
     lua_setglobal(L, "gw");
 
+    /* MOONGATE_JIT_V=file: LuaJIT's trace log (jit.v), to see what compiles and what aborts */
+    if (getenv("MOONGATE_JIT_V")) {
+        static const char jitv[] = "local ok, v = pcall(require, 'jit.v') "
+                                   "if ok then v.start(os.getenv('MOONGATE_JIT_V')) end";
+        if (luaL_loadbuffer(L, jitv, sizeof(jitv) - 1, "=jit.v") == 0)
+            lua_pcall(L, 0, 0, 0);
+        else
+            lua_pop(L, 1);
+    }
+
     if (require_module(L, "moongate.gw", err, errlen) < 0)
         goto fail;
     lua_getfield(L, -1, "json");

@@ -767,7 +767,7 @@ void mg_req_push_ctx(mg_req_t *r)
     lua_createtable(L, 0, 6);
     lua_pushstring(L, r->trace_id);
     lua_setfield(L, -2, "trace_id");
-    lua_pushlightuserdata(L, r);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)r); /* see mg_ffi.h: a number keeps FFI calls compiled */
     lua_setfield(L, -2, "_r");
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->info_ref);
     lua_setfield(L, -2, "route");

@@ -13,11 +13,11 @@ local rawget, rawset, setmetatable, error, type = rawget, rawset, setmetatable, 
 local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
 
 ffi.cdef [[
-const char *mg_ffi_req_str(void *r, int what, size_t *len);
-const char *mg_ffi_req_header(void *r, const char *name, size_t name_len, size_t *len);
-int mg_ffi_req_header_count(void *r);
-const char *mg_ffi_req_header_at(void *r, int i, size_t *name_len, const char **value, size_t *value_len);
-const char *mg_ffi_req_body(void *r, size_t *len);
+const char *mg_ffi_req_str(uintptr_t r, int what, size_t *len);
+const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, size_t *len);
+int mg_ffi_req_header_count(uintptr_t r);
+const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
+const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 ]]
 
 local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6 }
