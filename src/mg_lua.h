@@ -109,6 +109,9 @@ void mg_tcp_register(lua_State *L, mg_vm_t *vm);
 void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm); /* specs only */
 void mg_spec_register(lua_State *L, mg_vm_t *vm);
 void mg_spawn_register(lua_State *L, mg_vm_t *vm);
+void mg_shared_register(lua_State *L, mg_vm_t *vm);
+/* Declares (or resizes, unless if_absent) the process-wide shared dict `name`. */
+int mg_shared_define(const char *name, size_t capacity, int if_absent);
 void mg_http_client_register(lua_State *L, mg_vm_t *vm);
 
 /* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */

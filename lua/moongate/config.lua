@@ -300,6 +300,16 @@ local function make_env(st)
     for k, v in pairs(t) do st.global_plugins[k] = { conf = v, file = file, line = line } end
   end
 
+  -- shared_dict("name", "10m"): a dict shared by all workers (gw.shared.name)
+  function env.shared_dict(name, size)
+    if type(name) ~= "string" or not name:match("^[%w_]+$") then
+      fail("shared_dict expects a name made of letters, digits and '_'")
+    end
+    local bytes = size_value(size or "1m")
+    if not bytes or bytes < 1024 then fail("shared_dict %s: size must be at least 1k (e.g. \"10m\")", name) end
+    gw._define_shared(name, bytes)
+  end
+
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end
