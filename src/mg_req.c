@@ -154,6 +154,17 @@ static void req_end(mg_req_t *r)
         req_release(r);
         return;
     }
+    /* what the log phase should know: the final status and the error kind */
+    lua_State *Ls = r->gen->vm->L;
+    mg_req_push_ctx(r);
+    if (r->error_kind) {
+        lua_pushstring(Ls, r->error_kind);
+        lua_setfield(Ls, -2, "error");
+    }
+    lua_getfield(Ls, -1, "response"); /* created on first use by the ctx metatable */
+    lua_pushinteger(Ls, r->status);
+    lua_setfield(Ls, -2, "status");
+    lua_pop(Ls, 2);
     req_quiesce(r);
     r->conn = NULL;
     r->detached = 1;

@@ -36,6 +36,8 @@ describe("plugins", function()
               handler = function(ctx) return 200, ctx.vars.trail end }
       route { method = "GET", path = "/boom", plugins = { boom = true }, handler = function() return 200 end }
       route { method = "GET", path = "/proxied", upstream = "up", plugins = { ["upstream-header"] = true } }
+      upstream "dead" { targets = { "127.0.0.1:1" }, retries = 0 }
+      route { method = "GET", path = "/dead", upstream = "dead", plugins = { trace = { tag = "dead" } } }
     ]]):format(FIXTURES, up.port))
   end)
   teardown(function()
@@ -83,6 +85,17 @@ describe("plugins", function()
     local entry = gw.json.decode(line)
     assert.equal(200, entry.status)
     assert.equal("GET", entry.method)
+  end)
+
+  it("gives the log phase the final status and the error kind in ctx", function()
+    local res = g:request("GET", "/dead", { headers = { ["X-Request-ID"] = "dead-upstream-1" } })
+    assert.equal(502, res.status)
+    gw.sleep(0.5)
+    local line = g:error_log():match('[^\n]*"trace_id":"dead%-upstream%-1"[^\n]*trace log phase[^\n]*')
+    assert.truthy(line, g:error_log())
+    local entry = gw.json.decode(line)
+    assert.equal(502, entry.status)
+    assert.equal("refused", entry.error)
   end)
 
   it("turns a plugin error into a 500 with the trace id and keeps serving", function()
