@@ -11,7 +11,7 @@ FUZZ_LONG_SECONDS ?= 600
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 DEBIAN_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
-                  libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl
+                  libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl openssl
 
 .PHONY: all deps build run test test-c test-asan test-spec test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
 
