@@ -5,6 +5,7 @@
  * file:line), binds one SO_REUSEPORT socket per worker and address, starts
  * the workers, then only waits for signals.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mg_config.h"
@@ -193,10 +195,14 @@ int main(int argc, char **argv)
     mg_log_info(NULL, "gatewayd %s started: %d workers, %d routes, listening on %s", MG_VERSION, nworkers,
                 nroutes, addrs);
 
+    struct timespec tick = { 1, 0 };
     for (;;) {
-        int sig;
-        if (sigwait(&sigs, &sig) != 0)
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0) {
+            for (int i = 0; i < nworkers; i++)
+                mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
             continue;
+        }
         if (sig == SIGHUP) {
             mg_log_warn(NULL, "SIGHUP: live reload is not available yet; restart to apply a new config");
             continue;
@@ -206,8 +212,19 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < nworkers; i++)
         mg_worker_stop(&workers[i]);
-    for (int i = 0; i < nworkers; i++)
-        pthread_join(workers[i].thread, NULL);
+    /* a worker stuck in Lua code that never yields cannot drain: do not wait for it forever */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(cfg.drain_timeout_ms / 1000) + 3;
+    int stuck = 0;
+    for (int i = 0; i < nworkers; i++) {
+        if (pthread_timedjoin_np(workers[i].thread, NULL, &until) != 0) {
+            mg_log_error(NULL, "worker %d did not stop (stuck in code that does not yield); exiting anyway", i);
+            stuck = 1;
+        }
+    }
+    if (stuck)
+        _exit(1);
     for (int i = 0; i < nworkers; i++)
         mg_worker_free(&workers[i]);
     free(workers);

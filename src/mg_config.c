@@ -111,6 +111,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->send_timeout_ms = get_ms(L, tt, "send", 30000);
     cfg->request_timeout_ms = get_ms(L, tt, "request", 60000);
     cfg->drain_timeout_ms = get_ms(L, tt, "drain", 10000);
+    cfg->watchdog_ms = get_ms(L, tt, "watchdog", 5000);
     lua_pop(L, 1);
 
     cfg->access_log = get_str(L, t, "access_log");

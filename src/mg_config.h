@@ -34,6 +34,7 @@ typedef struct mg_config {
     size_t max_body;
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
+    uint32_t watchdog_ms;          /* a worker away from its loop this long is reported and fenced off */
     char *access_log, *error_log;
     char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
     char *hosts_file;              /* NULL: /etc/hosts */

@@ -26,6 +26,35 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     mg_log_error(NULL, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    __atomic_store_n(&w->beat, mg_now_ms(), __ATOMIC_RELAXED);
+}
+
+void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms)
+{
+    uint64_t beat = __atomic_load_n(&w->beat, __ATOMIC_RELAXED);
+    uint64_t late = mg_now_ms() - beat;
+    if (late <= limit_ms) {
+        if (w->stuck_reported) {
+            mg_log_warn(NULL, "worker %d is responsive again", w->id);
+            w->stuck_reported = 0;
+        }
+        return;
+    }
+    if (w->stuck_reported)
+        return;
+    w->stuck_reported = 1;
+    mg_log_error(NULL, "worker %d has not returned to its event loop for %llu ms: a handler or plugin is "
+                       "running code that does not yield (a loop, or blocking I/O); its listening sockets are "
+                       "shut so new connections go to the other workers",
+                 w->id, (unsigned long long)late);
+    /* leaves the SO_REUSEPORT group: the kernel stops handing this worker connections */
+    for (int i = 0; i < w->nfds; i++)
+        shutdown(w->fds[i], SHUT_RD);
+}
+
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_reap(arg);
@@ -93,6 +122,8 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     if (!w->gen)
         return MG_ERROR;
     for (int i = 0; i < nfds; i++) {
+        w->fds[i] = fds[i];
+        w->nfds = i + 1;
         w->listeners[i] = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fds[i]);
         if (!w->listeners[i]) {
             snprintf(w->error, sizeof(w->error), "cannot watch listening socket");
@@ -115,6 +146,10 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     }
     for (int i = 0; i < w->gen->nupstreams; i++)
         mg_upstream_start(&w->gen->upstreams[i], w->base, w->dns);
+    w->beat = mg_now_ms();
+    w->heartbeat = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+    struct timeval hb = { 0, 200 * 1000 };
+    event_add(w->heartbeat, &hb);
     w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->stop_ev = event_new(w->base, w->stop_fd, EV_READ, on_stop, w);
     event_add(w->stop_ev, NULL);
@@ -167,6 +202,8 @@ void mg_worker_free(mg_worker_t *w)
         event_free(w->reap_ev);
     if (w->drain_timer)
         event_free(w->drain_timer);
+    if (w->heartbeat)
+        event_free(w->heartbeat);
     if (w->base)
         event_base_free(w->base);
 }

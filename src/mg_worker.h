@@ -23,7 +23,11 @@ typedef struct mg_worker {
     const mg_config_t *cfg;
     mg_gen_t *gen;
     struct evdns_base *dns;               /* only when a target is a host name */
-    int fds[MG_MAX_LISTEN];               /* owned until handed to the listeners */
+    int fds[MG_MAX_LISTEN];               /* the listening sockets (owned by the listeners) */
+    int nfds;
+    struct event *heartbeat;
+    uint64_t beat;                        /* loop liveness, written by the worker, read by main (atomic) */
+    int stuck_reported;
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;
     int stop_fd;                          /* eventfd: the main thread writes to stop us */
@@ -52,6 +56,13 @@ typedef struct mg_worker {
 int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fds, int nfds);
 /* Thread body: runs the loop until stopped and drained. */
 void *mg_worker_run(void *arg);
+/*
+ * Main thread: checks the worker's heartbeat. A worker that has not returned
+ * to its loop for longer than limit_ms is running Lua that does not yield:
+ * the watchdog logs it once and stops routing new connections to it.
+ */
+void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
+
 /* Thread-safe: begin graceful shutdown (stop accepting, drain, exit). */
 void mg_worker_stop(mg_worker_t *w);
 void mg_worker_free(mg_worker_t *w);
