@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lua.h>
+
 #include "mg_config.h"
 #include "mg_log.h"
 #include "mg_worker.h"
@@ -30,6 +32,7 @@ static void usage(FILE *f)
             "options:\n"
             "  -c, --config FILE     the Lua config file\n"
             "  -t, --test            validate the config (syntax, routes, settings) and exit\n"
+            "      --routes          print the compiled routes (with their plugin order) and exit\n"
             "  -l, --listen ADDR     listen here instead of the config's listen addresses\n"
             "  -w, --workers N       worker threads (default: the config's, else one per core)\n"
             "      --log-level LVL   debug, info, warn or error (default info)\n"
@@ -84,14 +87,15 @@ int main(int argc, char **argv)
         { "config", required_argument, NULL, 'c' }, { "test", no_argument, NULL, 't' },
         { "listen", required_argument, NULL, 'l' }, { "workers", required_argument, NULL, 'w' },
         { "log-level", required_argument, NULL, 'L' }, { "version", no_argument, NULL, 'v' },
-        { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+        { "help", no_argument, NULL, 'h' }, { "routes", no_argument, NULL, 'R' }, { NULL, 0, NULL, 0 },
     };
     const char *file = NULL, *listen_override = NULL;
-    int test = 0, workers_override = 0, opt;
+    int test = 0, workers_override = 0, routes = 0, opt;
     while ((opt = getopt_long(argc, argv, "c:tl:w:vh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c': file = optarg; break;
         case 't': test = 1; break;
+        case 'R': routes = 1; break;
         case 'l': listen_override = optarg; break;
         case 'w': workers_override = atoi(optarg); break;
         case 'L':
@@ -126,6 +130,23 @@ int main(int argc, char **argv)
         goto fail;
     }
     int nroutes = gen->nroutes;
+    if (routes) {
+        lua_State *L = gen->vm->L;
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "moongate.config");
+        lua_call(L, 1, 1);
+        lua_getfield(L, -1, "describe");
+        lua_getfield(L, -2, "load");
+        lua_pushstring(L, file);
+        lua_call(L, 1, 1);
+        lua_call(L, 1, 1);
+        printf("%-4s %-12s %-20s %-40s %-24s %s\n%s\n", "id", "methods", "host", "path", "target",
+               "plugins (in order)", lua_tostring(L, -1));
+        mg_gen_free(gen);
+        event_base_free(check_base);
+        mg_config_free(&cfg);
+        return 0;
+    }
     mg_gen_free(gen);
     event_base_free(check_base);
     if (listen_override) {

@@ -150,10 +150,31 @@ fail:
     return NULL;
 }
 
+static void init_worker_done(mg_task_t *t, int status)
+{
+    if (status != 0)
+        mg_log_error(NULL, "init_worker failed: %s", lua_tostring(t->co, -1));
+    mg_task_release(t, status == 0);
+    free(t);
+}
+
+void mg_plugins_init_worker(mg_vm_t *vm)
+{
+    lua_State *L = vm->L;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.plugins");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "init_worker");
+    lua_remove(L, -2);
+    mg_task_t *t = mg_calloc(1, sizeof(*t));
+    mg_task_start(t, vm, 0, init_worker_done, NULL);
+}
+
 void mg_vm_free(mg_vm_t *vm)
 {
     if (!vm)
         return;
+    mg_timer_free_all(vm);
     lua_close(vm->L);
     for (int i = 0; i < vm->nadhoc; i++)
         mg_upstream_free(&vm->adhoc[i]);

@@ -63,6 +63,7 @@ struct mg_vm {
     int plugins_log_ref;
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
+    void *timers;                       /* gw.timer timers (mg_timer.c) */
     int nadhoc;
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
@@ -110,6 +111,11 @@ void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm); /* specs only */
 void mg_spec_register(lua_State *L, mg_vm_t *vm);
 void mg_spawn_register(lua_State *L, mg_vm_t *vm);
 void mg_shared_register(lua_State *L, mg_vm_t *vm);
+void mg_timer_register(lua_State *L, mg_vm_t *vm);
+/* Stops every gw.timer of the VM (before it is closed). */
+void mg_timer_free_all(mg_vm_t *vm);
+/* Runs init_worker of every plugin loaded in the VM, in a task (it may yield). */
+void mg_plugins_init_worker(mg_vm_t *vm);
 /* Declares (or resizes, unless if_absent) the process-wide shared dict `name`. */
 int mg_shared_define(const char *name, size_t capacity, int if_absent);
 void mg_http_client_register(lua_State *L, mg_vm_t *vm);

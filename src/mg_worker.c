@@ -146,6 +146,7 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     }
     for (int i = 0; i < w->gen->nupstreams; i++)
         mg_upstream_start(&w->gen->upstreams[i], w->base, w->dns);
+    mg_plugins_init_worker(w->gen->vm);
     w->beat = mg_now_ms();
     w->heartbeat = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
     struct timeval hb = { 0, 200 * 1000 };

@@ -24,6 +24,14 @@ route { method = "POST", path = "/echo", handler = function(ctx)
   return 200, ctx.request:body(), { ["Content-Type"] = ctx.request.headers["content-type"] or "text/plain" }
 end }
 
+-- Plugins: an API key, and a rate limit per consumer shared by all workers.
+route { method = "GET", path = "/private", plugins = {
+  ["key-auth"] = { keys = { ["demo-key"] = "demo-user" } },
+  ["rate-limit"] = { rate = 1, burst = 3, key = "consumer" },
+}, handler = function(ctx)
+  return 200, { hello = ctx.consumer }
+end }
+
 -- Routes from other files; groups give them a common prefix.
 include "routes/*.lua"
 

@@ -524,6 +524,20 @@ function M.load(path)
   return cfg
 end
 
+--- A readable table of the compiled routes, in priority order per path
+-- (used by `gatewayd --routes`): method, host, path, target, plugins in order.
+function M.describe(cfg)
+  local lines = {}
+  for _, r in ipairs(cfg.routes) do
+    local methods = r.methods == "*" and "*" or table.concat(r.methods, ",")
+    local target = r.upstream and ("upstream " .. r.upstream) or "handler"
+    local plugins = r.chain and table.concat(r.chain.names, " > ") or "-"
+    lines[#lines + 1] = fmt("%-4d %-12s %-20s %-40s %-24s %s  (%s:%d)", r.id, methods, r.host or "*", r.path,
+                            target, plugins, r.file, r.line)
+  end
+  return table.concat(lines, "\n")
+end
+
 -- Set by the C side (glob(3)); kept overridable for tests.
 M.glob = function() return {} end
 

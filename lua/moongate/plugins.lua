@@ -263,6 +263,21 @@ function M.filter_upstream_head(ctx, chain, status, headers)
   return resp.status, resp.headers
 end
 
+--- init_worker of every plugin this VM loaded, once per worker at start
+-- (in a task: it may yield; one failure does not stop the others).
+function M.init_worker()
+  local names = {}
+  for name in pairs(loaded) do names[#names + 1] = name end
+  sort(names)
+  for _, name in ipairs(names) do
+    local fn = loaded[name].init_worker
+    if fn then
+      local ok, err = pcall(fn)
+      if not ok then gw.log("error", "plugin " .. name .. " failed in init_worker: " .. tostring(err)) end
+    end
+  end
+end
+
 --- The log phase: after the response went out, in its own task; one
 -- plugin's error does not stop the others.
 function M.log(ctx, chain)
