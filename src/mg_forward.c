@@ -433,10 +433,11 @@ static const mg_proxy_ops_t forward_ops = {
     .on_done = on_done,
 };
 
-void mg_forward_start(mg_req_t *r)
+void mg_forward_start(mg_req_t *r, mg_target_t *target)
 {
     mg_proxy_t *p = r->proxy;
     memset(p, 0, offsetof(mg_proxy_t, headers));
+    p->preferred = target;
     p->ops = &forward_ops;
     p->owner = r;
     p->up = r->route->upstream;

@@ -7,8 +7,11 @@
 
 #include "mg_req.h"
 
-/* Starts forwarding right after the head: the body (if any) streams in later. */
-void mg_forward_start(mg_req_t *r);
+/*
+ * Starts forwarding right after the head: the body (if any) streams in later.
+ * `target` (from balancer plugins) is tried first when usable, else NULL.
+ */
+void mg_forward_start(mg_req_t *r, mg_target_t *target);
 /* May the client's body bytes be passed on now? (0: stop reading; mg_conn_resume_body follows) */
 int mg_forward_body_ready(mg_req_t *r);
 void mg_forward_body(mg_req_t *r, const char *data, size_t len);

@@ -166,7 +166,11 @@ static void send_request(mg_proxy_t *p)
 static void attempt(mg_proxy_t *p)
 {
     p->attempts++;
-    mg_target_t *t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
+    mg_target_t *t = NULL;
+    if (p->preferred && p->attempts == 1 && mg_target_usable(p->preferred))
+        t = p->preferred; /* a balancer plugin's choice; retries go back to the balancer */
+    else
+        t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
     if (!t) {
         p->running = 0;
         p->ops->on_done(p, mg_err_no_target);

@@ -71,6 +71,7 @@ struct mg_proxy {
     int body_mode;               /* MG_BODY_* */
     int64_t body_len;            /* MG_BODY_LENGTH */
     struct evbuffer *body;       /* a complete, replayable body, or NULL when the owner streams it */
+    mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
 
     /* state */
     mg_target_t *target;

@@ -693,10 +693,25 @@ static void on_handler_done(mg_task_t *t, int status)
         return;
     }
     if (lua_type(t->co, 1) == LUA_TBOOLEAN && lua_toboolean(t->co, 1) && r->route->upstream) {
-        /* the plugins' access phases passed: forward now */
+        /* the plugins' access phases passed: forward now, to the balancer plugins' target if any */
+        mg_target_t *chosen = NULL;
+        if (lua_type(t->co, 2) == LUA_TSTRING) {
+            const char *want = lua_tostring(t->co, 2);
+            mg_upstream_t *up = r->route->upstream;
+            for (int i = 0; i < up->ntargets && !chosen; i++)
+                if (strcmp(up->targets[i].text, want) == 0 || strcmp(up->targets[i].authority, want) == 0)
+                    chosen = &up->targets[i];
+            if (!chosen) {
+                mg_log_error(r->trace_id, "route %s: the balancer phase chose '%s', not a target of upstream %s",
+                             r->route->name, want, up->name);
+                mg_task_release(t, 1);
+                mg_req_error(r, 500, "lua_error", "internal server error", !r->body_complete, NULL);
+                return;
+            }
+        }
         mg_task_release(t, 1);
         r->proxy = &r->proxy_store;
-        mg_forward_start(r);
+        mg_forward_start(r, chosen);
         return;
     }
     respond_from_lua(r, t->co);
@@ -819,7 +834,7 @@ void mg_req_run(mg_req_t *r)
         nargs = 3;
     } else if (route->upstream) {
         r->proxy = &r->proxy_store;
-        mg_forward_start(r);
+        mg_forward_start(r, NULL);
         return;
     } else {
         lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);

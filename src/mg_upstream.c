@@ -151,6 +151,8 @@ static int usable(const mg_target_t *t, uint64_t now)
     return now >= t->ejected_until && !t->trial;
 }
 
+int mg_target_usable(const mg_target_t *t) { return usable(t, mg_now_ms()); }
+
 static uint32_t fnv1a(const char *s, size_t n)
 {
     uint32_t h = 2166136261u;

@@ -123,6 +123,9 @@ void mg_upstream_free(mg_upstream_t *up);
  */
 mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid);
 
+/* May t take a request now (resolved, not ejected or down)? */
+int mg_target_usable(const mg_target_t *t);
+
 /* Records the outcome of a request on t (passive health; success resets). */
 void mg_target_report(mg_target_t *t, int ok);
 

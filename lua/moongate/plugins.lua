@@ -161,12 +161,14 @@ end
 -- A plugin may say that, with a given conf, it does not need a phase
 -- (uses(phase, conf) -> false): a chain without header_filter steps keeps
 -- proxied responses on the fast path.
+local CHAIN_PHASES = { "rewrite", "access", "balancer", "header_filter", "body_filter", "log" }
+
 function M.chain(ordered)
   local c = { names = {} }
-  for _, phase in ipairs(M.PHASES) do c[phase] = {} end
+  for _, phase in ipairs(CHAIN_PHASES) do c[phase] = {} end
   for i, e in ipairs(ordered) do
     c.names[i] = e.plugin.name
-    for _, phase in ipairs(M.PHASES) do
+    for _, phase in ipairs(CHAIN_PHASES) do
       local fn = e.plugin[phase]
       if fn and e.plugin.uses and not e.plugin.uses(phase, e.conf) then fn = nil end
       if fn then
@@ -230,13 +232,29 @@ local function merge_preset(ctx, headers)
   return headers
 end
 
+-- The balancer phase of a proxy route: the first plugin that returns a
+-- target ("host:port" as written in the upstream's targets) chooses it.
+local function run_balancer(ctx, chain)
+  for i = 1, #chain.balancer do
+    local step = chain.balancer[i]
+    local target = step.fn(ctx, step.conf)
+    if target ~= nil then
+      if type(target) ~= "string" then
+        error(fmt("plugin %s: the balancer phase must return a \"host:port\" target or nil", step.name), 0)
+      end
+      return target
+    end
+  end
+end
+
 --- The request task of a route with plugins: rewrite, access, then the
--- handler (or `true`: proxy now), then the response filters.
+-- handler, or for a proxy route the balancer phase and `true[, target]`
+-- (proxy now), then the response filters.
 function M.run(ctx, chain, handler)
   local status, body, headers = run_phase(chain.rewrite, ctx)
   if status == nil then status, body, headers = run_phase(chain.access, ctx) end
   if status == nil then
-    if not handler then return true end
+    if not handler then return true, run_balancer(ctx, chain) end
     status, body, headers = handler(ctx)
     if status == nil then
       local r = rawget(ctx, "response")

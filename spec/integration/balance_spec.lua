@@ -97,6 +97,25 @@ describe("load balancing and health", function()
     assert.truthy(g:error_log():find("ejected", 1, true))
   end)
 
+  it("lets a balancer plugin choose the target (the phase may yield)", function()
+    a = upstream.start(function() return 200, {}, "a" end)
+    b = upstream.start(function() return 200, {}, "b" end)
+    g = helpers.start(([[
+      plugins_dir "%s/spec/fixtures/plugins"
+      upstream "pair" { targets = { "127.0.0.1:%d", "127.0.0.1:%d" } }
+      route { path = "/p/{id}", upstream = "pair", plugins = { ["pick-target"] = true } }
+    ]]):format(os.getenv("PWD"), a.port, b.port))
+    for i = 1, 4 do
+      assert.equal("b", g:request("GET", "/p/" .. i, { headers = { ["X-Target"] = "127.0.0.1:" .. b.port } }).body)
+    end
+    assert.equal(0, a.requests)
+    assert.equal(500, g:request("GET", "/p/x", { headers = { ["X-Target"] = "10.9.9.9:1" } }).status)
+    -- no choice: the upstream's own balancer
+    g:request("GET", "/p/1")
+    g:request("GET", "/p/2")
+    assert.equal(1, a.requests)
+  end)
+
   it("answers 503 no_healthy_target when every target is ejected", function()
     start('retries = 0, health = { passive = { failures = 1, eject = "10s" } },')
     a.handler = function(req, res) res:reset() end
