@@ -270,7 +270,9 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
             route->chain_filters = lua_toboolean(L, -1);
             lua_getfield(L, -2, "has_log");
             route->chain_logs = lua_toboolean(L, -1);
-            lua_pop(L, 2);
+            lua_getfield(L, -3, "has_body_filter");
+            route->chain_body_filters = lua_toboolean(L, -1);
+            lua_pop(L, 3);
             route->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         } else {
             lua_pop(L, 1);

@@ -49,6 +49,7 @@ typedef struct mg_route {
     int64_t max_body;              /* -1: limits.max_body; 0: no limit */
     int chain_ref;                 /* the route's plugin chain (moongate.plugins), or LUA_NOREF */
     int chain_filters;             /* the chain has header_filter/body_filter plugins */
+    int chain_body_filters;        /* ... body_filter ones: proxied bodies go through Lua chunk by chunk */
     int chain_logs;                /* the chain has log plugins */
 } mg_route_t;
 

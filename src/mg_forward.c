@@ -324,8 +324,14 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         r->resp_framing = -1; /* close-delimited */
     else
         r->resp_framing = p->framing;
-    r->resp_keepalive = mg_req_keepalive(r) && r->resp_framing != -1;
     r->resp_cl = resp->status != 204 && resp->status >= 200 ? resp->content_length : -1;
+    if (r->route->chain_body_filters && r->ctx_ref != LUA_NOREF && p->framing != MG_BODY_NONE) {
+        /* body_filter may change the length: re-frame as chunked (close-delimited for HTTP/1.0) */
+        r->body_filtering = 1;
+        r->resp_framing = r->minor_version == 1 ? MG_BODY_CHUNKED : -1;
+        r->resp_cl = -1;
+    }
+    r->resp_keepalive = mg_req_keepalive(r) && r->resp_framing != -1;
     if (r->route->chain_filters && r->ctx_ref != LUA_NOREF)
         return filter_head(r, resp);
     struct evbuffer *out = mg_conn_output(r->conn);
@@ -350,17 +356,16 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
 static struct evbuffer *body_sink(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
-    /* unframed bytes can go to the client as they are unless we re-chunk them */
-    return r->resp_framing == MG_BODY_CHUNKED ? NULL : mg_conn_output(r->conn);
+    /* unframed bytes can go to the client as they are unless we re-chunk or filter them */
+    return r->resp_framing == MG_BODY_CHUNKED || r->body_filtering ? NULL : mg_conn_output(r->conn);
 }
 
-static int on_body(mg_proxy_t *p, const char *data, size_t len)
+static void write_chunk(mg_req_t *r, const char *data, size_t len)
 {
-    mg_req_t *r = p->owner;
     struct evbuffer *out = mg_conn_output(r->conn);
-    if (!data) {
-        /* already read into out by the proxy (body_sink) */
-    } else if (r->resp_framing == MG_BODY_CHUNKED) {
+    if (len == 0)
+        return; /* an empty chunk would end a chunked body */
+    if (r->resp_framing == MG_BODY_CHUNKED) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
         evbuffer_add(out, size, (size_t)n);
@@ -370,6 +375,92 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
         evbuffer_add(out, data, len);
     }
     r->bytes_out += len;
+}
+
+static void finish_response(mg_req_t *r)
+{
+    if (r->resp_framing == MG_BODY_CHUNKED)
+        evbuffer_add(mg_conn_output(r->conn), "0\r\n\r\n", 5);
+    /* a request body the upstream did not wait for is still on the wire: close */
+    mg_req_finish(r, r->resp_keepalive && r->body_complete);
+}
+
+static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof);
+
+static void on_chunk_done(mg_task_t *t, int status)
+{
+    mg_req_t *r = t->owner;
+    r->task_running = 0;
+    r->chunk_filtering = 0;
+    if (status != 0) {
+        mg_log_error(r->trace_id, "route %s: body_filter failed: %s", r->route->name, lua_tostring(t->co, -1));
+        mg_task_release(t, 0);
+        r->error_kind = "lua_error";
+        mg_forward_cancel(r);
+        mg_req_break(r); /* the head went out: the body must not look complete */
+        return;
+    }
+    size_t n;
+    const char *out = lua_tolstring(t->co, 1, &n);
+    write_chunk(r, out ? out : "", out ? n : 0);
+    mg_task_release(t, 1);
+    if (r->chunk_eof) {
+        finish_response(r);
+        return;
+    }
+    if (r->finish_pending) {
+        r->finish_pending = 0;
+        run_chunk_filter(r, "", 0, 1);
+        return;
+    }
+    if (r->filter_paused) {
+        r->filter_paused = 0;
+        struct evbuffer *queued = mg_conn_output(r->conn);
+        if (evbuffer_get_length(queued) > CLIENT_OUT_HIGH) {
+            mg_conn_flush(r->conn);
+            if (r->proxy_done)
+                return; /* the client went away */
+            if (evbuffer_get_length(queued) > CLIENT_OUT_HIGH) {
+                r->proxy_paused = 1; /* a slow client: mg_forward_output_drained resumes */
+                return;
+            }
+        }
+        mg_proxy_resume(r->proxy);
+    }
+}
+
+/* Runs the body_filter plugins over one chunk, in a task (they may yield). */
+static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_chunk_ref);
+    mg_req_push_ctx(r);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
+    lua_pushlstring(L, data, len); /* a copy: data is borrowed from the upstream buffer */
+    lua_pushboolean(L, eof);
+    r->chunk_filtering = 1;
+    r->chunk_eof = eof;
+    r->task.trace_id = r->trace_id;
+    r->task_running = 1;
+    mg_task_start(&r->task, vm, 4, on_chunk_done, r);
+}
+
+static int on_body(mg_proxy_t *p, const char *data, size_t len)
+{
+    mg_req_t *r = p->owner;
+    struct evbuffer *out = mg_conn_output(r->conn);
+    if (r->body_filtering) {
+        run_chunk_filter(r, data, len, 0);
+        if (r->chunk_filtering) {
+            r->filter_paused = 1; /* the filter yielded: the upstream waits, on_chunk_done resumes it */
+            return 1;
+        }
+    } else if (data) {
+        write_chunk(r, data, len);
+    } else {
+        r->bytes_out += len; /* already read into out by the proxy (body_sink) */
+    }
     if (evbuffer_get_length(out) <= CLIENT_OUT_HIGH)
         return 0; /* on_wait flushes once this read is delivered */
     mg_conn_flush(r->conn);
@@ -399,11 +490,22 @@ static void on_done(mg_proxy_t *p, const char *err)
     mg_req_t *r = p->owner;
     r->proxy_done = 1;
     if (!err) {
-        if (r->resp_framing == MG_BODY_CHUNKED)
-            evbuffer_add(mg_conn_output(r->conn), "0\r\n\r\n", 5);
-        /* a request body the upstream did not wait for is still on the wire: close */
-        mg_req_finish(r, r->resp_keepalive && r->body_complete);
+        if (r->body_filtering) {
+            /* the filters get a last call (eof) to flush or append */
+            if (r->chunk_filtering)
+                r->finish_pending = 1;
+            else
+                run_chunk_filter(r, "", 0, 1);
+            return;
+        }
+        finish_response(r);
         return;
+    }
+    if (r->chunk_filtering) {
+        /* the upstream failed while a chunk was being filtered: the filter task goes too */
+        mg_task_cancel(&r->task);
+        r->task_running = 0;
+        r->chunk_filtering = 0;
     }
     r->error_kind = err;
     if (err != mg_err_no_target)

@@ -60,6 +60,7 @@ struct mg_vm {
     int ctx_mt_ref;                     /* metatable of ctx tables */
     int plugins_run_ref;                /* moongate.plugins.run / filter_upstream_head / log */
     int plugins_filter_ref;
+    int plugins_chunk_ref;
     int plugins_log_ref;
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */

@@ -63,6 +63,10 @@ struct mg_req {
     int64_t resp_cl;              /* the upstream's Content-Length, -1 when none */
     int head_filtering;           /* header_filter plugins run over the upstream's head */
     int filter_paused;            /* the upstream waits for them */
+    int body_filtering;           /* proxied body chunks go through body_filter plugins */
+    int chunk_filtering;          /* a body_filter task runs */
+    int chunk_eof;                /* ... over the end of the body */
+    int finish_pending;           /* the upstream finished while a chunk was being filtered */
     int body_complete;            /* the client's request body has been read completely */
     int detached;                 /* the response is done; the log phase still runs */
     struct mg_req *next_detached;

@@ -178,6 +178,7 @@ function M.chain(ordered)
     end
   end
   c.has_header_filter = #c.header_filter > 0 or #c.body_filter > 0
+  c.has_body_filter = #c.body_filter > 0
   c.has_log = #c.log > 0
   return c
 end
@@ -279,6 +280,22 @@ function M.filter_upstream_head(ctx, chain, status, headers)
     step.fn(ctx, step.conf)
   end
   return resp.status, resp.headers
+end
+
+--- body_filter over one chunk of a proxied body (eof: the last call, with
+-- whatever the filters still want to add). Returns the chunk to send.
+function M.filter_upstream_chunk(ctx, chain, chunk, eof)
+  for i = 1, #chain.body_filter do
+    local step = chain.body_filter[i]
+    local out = step.fn(ctx, step.conf, chunk, eof)
+    if out ~= nil then
+      if type(out) ~= "string" then
+        error(fmt("plugin %s: body_filter must return a string or nil", step.name), 0)
+      end
+      chunk = out
+    end
+  end
+  return chunk
 end
 
 --- init_worker of every plugin this VM loaded, once per worker at start

@@ -12,7 +12,12 @@ describe("plugins", function()
   local up, g
 
   setup(function()
-    up = upstream.start(function(req)
+    up = upstream.start(function(req, res)
+      if req.path == "/stream" then
+        res.sock:send("HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
+        for _ = 1, 30 do res.sock:send(("abcdefghij"):rep(1000)); gw.sleep(0.002) end
+        return
+      end
       return 200, { ["X-Upstream-Private"] = "hide me", ["X-Up"] = "1" },
         gw.json.encode({ from_plugin = req.headers["x-from-plugin"], secret = req.headers["x-secret"] })
     end)
@@ -37,6 +42,8 @@ describe("plugins", function()
       route { method = "GET", path = "/boom", plugins = { boom = true }, handler = function() return 200 end }
       route { method = "GET", path = "/proxied", upstream = "up", plugins = { ["upstream-header"] = true } }
       upstream "dead" { targets = { "127.0.0.1:1" }, retries = 0 }
+      route { method = "GET", path = "/stream", upstream = "up", plugins = { upper = true } }
+      route { method = "GET", path = "/small", plugins = { upper = true }, handler = function() return 200, "tiny" end }
       route { method = "GET", path = "/dead", upstream = "dead", plugins = { trace = { tag = "dead" } } }
     ]]):format(FIXTURES, up.port))
   end)
@@ -96,6 +103,18 @@ describe("plugins", function()
     local entry = gw.json.decode(line)
     assert.equal(502, entry.status)
     assert.equal("refused", entry.error)
+  end)
+
+  it("streams a proxied body through body_filter chunk by chunk (it may yield)", function()
+    local res = g:request("GET", "/stream")
+    assert.equal(200, res.status)
+    assert.equal("chunked", res.headers["transfer-encoding"])   -- the length may change: re-framed
+    assert.is_nil(res.headers["content-length"])
+    local body, tail = res.body:match("^(.-)\n%-%- (%d+) calls$")
+    assert.equal(("ABCDEFGHIJ"):rep(30000), body)
+    assert.is_true(tonumber(tail) > 2, "the body came in one piece: " .. tail)
+    -- a handler's body is one chunk with eof
+    assert.equal("TINY\n-- 1 calls", g:request("GET", "/small").body)
   end)
 
   it("turns a plugin error into a 500 with the trace id and keeps serving", function()
