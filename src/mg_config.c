@@ -272,7 +272,9 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
             route->chain_logs = lua_toboolean(L, -1);
             lua_getfield(L, -3, "has_body_filter");
             route->chain_body_filters = lua_toboolean(L, -1);
-            lua_pop(L, 3);
+            lua_getfield(L, -4, "whole_body");
+            route->chain_whole_body = (int64_t)lua_tonumber(L, -1);
+            lua_pop(L, 4);
             route->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         } else {
             lua_pop(L, 1);

@@ -50,6 +50,7 @@ typedef struct mg_route {
     int chain_ref;                 /* the route's plugin chain (moongate.plugins), or LUA_NOREF */
     int chain_filters;             /* the chain has header_filter/body_filter plugins */
     int chain_body_filters;        /* ... body_filter ones: proxied bodies go through Lua chunk by chunk */
+    int64_t chain_whole_body;      /* a body_filter wants the whole body: buffer up to this much first */
     int chain_logs;                /* the chain has log plugins */
 } mg_route_t;
 

@@ -267,6 +267,7 @@ static void on_filter_done(mg_task_t *t, int status)
     }
     struct evbuffer *out = mg_conn_output(r->conn);
     r->status = code;
+    r->resp_started = 1;
     status_line(out, code, NULL, 0);
     int ct;
     if (lua_istable(co, 2))
@@ -279,15 +280,9 @@ static void on_filter_done(mg_task_t *t, int status)
     }
 }
 
-/* Runs the header_filter plugins over the upstream's head (they may yield). Returns 1 to pause. */
-static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
+/* Pushes the upstream's end-to-end headers as a Lua table with lowercase names. */
+static void push_headers(lua_State *L, const mg_http1_response_t *resp)
 {
-    mg_vm_t *vm = r->gen->vm;
-    lua_State *L = vm->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_filter_ref);
-    mg_req_push_ctx(r);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
-    lua_pushinteger(L, resp->status);
     lua_createtable(L, 0, (int)resp->num_headers);
     for (size_t i = 0; i < resp->num_headers; i++) {
         const mg_header_t *h = &resp->headers[i];
@@ -302,6 +297,45 @@ static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
         lua_pushlstring(L, h->value, h->value_len);
         lua_rawset(L, -3);
     }
+}
+
+/* whole_body: ctx.response gets the upstream's status and headers; the head is written later. */
+static void keep_head(mg_req_t *r, const mg_http1_response_t *resp)
+{
+    lua_State *L = r->gen->vm->L;
+    mg_req_push_ctx(r);
+    lua_getfield(L, -1, "response");
+    lua_pushinteger(L, resp->status);
+    lua_setfield(L, -2, "status");
+    lua_getfield(L, -1, "headers");
+    int preset = lua_gettop(L);
+    push_headers(L, resp);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* the upstream's headers, unless a plugin preset one */
+        lua_pushvalue(L, -2);
+        lua_rawget(L, preset);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, preset);
+        } else {
+            lua_pop(L, 2);
+        }
+    }
+    lua_pop(L, 4);
+}
+
+/* Runs the header_filter plugins over the upstream's head (they may yield). Returns 1 to pause. */
+static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_filter_ref);
+    mg_req_push_ctx(r);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
+    lua_pushinteger(L, resp->status);
+    push_headers(L, resp);
     r->head_filtering = 1;
     r->task.trace_id = r->trace_id;
     r->task_running = 1;
@@ -316,7 +350,6 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
 {
     mg_req_t *r = p->owner;
     r->status = resp->status;
-    r->resp_started = 1;
     /* how the body reaches the client */
     if (p->framing == MG_BODY_CHUNKED && r->minor_version == 1)
         r->resp_framing = MG_BODY_CHUNKED;
@@ -332,8 +365,17 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         r->resp_cl = -1;
     }
     r->resp_keepalive = mg_req_keepalive(r) && r->resp_framing != -1;
+    if (r->route->chain_whole_body && r->ctx_ref != LUA_NOREF && p->framing != MG_BODY_NONE) {
+        /* keep the head (in ctx.response) until the whole body is here */
+        r->whole_body = 1;
+        r->body_filtering = 0;
+        r->resp_keepalive = mg_req_keepalive(r);
+        keep_head(r, resp);
+        return 0;
+    }
     if (r->route->chain_filters && r->ctx_ref != LUA_NOREF)
         return filter_head(r, resp);
+    r->resp_started = 1;
     struct evbuffer *out = mg_conn_output(r->conn);
     status_line(out, resp->status, resp->reason, resp->reason_len);
     for (size_t i = 0; i < resp->num_headers; i++) {
@@ -357,7 +399,8 @@ static struct evbuffer *body_sink(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
     /* unframed bytes can go to the client as they are unless we re-chunk or filter them */
-    return r->resp_framing == MG_BODY_CHUNKED || r->body_filtering ? NULL : mg_conn_output(r->conn);
+    return r->resp_framing == MG_BODY_CHUNKED || r->body_filtering || r->whole_body ? NULL
+                                                                                    : mg_conn_output(r->conn);
 }
 
 static void write_chunk(mg_req_t *r, const char *data, size_t len)
@@ -386,6 +429,9 @@ static void finish_response(mg_req_t *r)
 }
 
 static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof);
+static void run_whole_filter(mg_req_t *r);
+
+static int body_allowed_status(int status) { return status >= 200 && status != 204 && status != 304; }
 
 static void on_chunk_done(mg_task_t *t, int status)
 {
@@ -429,6 +475,56 @@ static void on_chunk_done(mg_task_t *t, int status)
     }
 }
 
+static void on_whole_done(mg_task_t *t, int status)
+{
+    mg_req_t *r = t->owner;
+    r->task_running = 0;
+    lua_State *co = t->co;
+    int code = status == 0 ? (int)lua_tointeger(co, 1) : 0;
+    int ct;
+    const char *bad = status != 0 ? lua_tostring(co, -1)
+                    : code < 200 || code > 999 ? "a filter set an invalid status"
+                    : lua_istable(co, 2) ? mg_req_lua_headers(co, 2, NULL, &ct) : NULL;
+    if (bad) {
+        mg_log_error(r->trace_id, "route %s: response filters failed: %s", r->route->name, bad);
+        mg_task_release(t, 0);
+        mg_req_error(r, 500, "lua_error", "internal server error", !r->body_complete, NULL);
+        return;
+    }
+    size_t n;
+    const char *body = lua_tolstring(co, 3, &n);
+    struct evbuffer *out = mg_conn_output(r->conn);
+    r->status = code;
+    r->resp_started = 1;
+    r->resp_framing = MG_BODY_LENGTH;
+    r->resp_cl = body_allowed_status(code) ? (int64_t)n : -1;
+    status_line(out, code, NULL, 0);
+    if (lua_istable(co, 2))
+        mg_req_lua_headers(co, 2, out, &ct);
+    finish_head(r, out);
+    if (body && n && body_allowed_status(code) && !r->proxy->head_request)
+        evbuffer_add(out, body, n);
+    r->bytes_out = n;
+    mg_task_release(t, 1);
+    mg_req_finish(r, r->resp_keepalive && r->body_complete);
+}
+
+/* whole_body: header_filter and body_filter over the buffered response, in a task. */
+static void run_whole_filter(mg_req_t *r)
+{
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_whole_ref);
+    mg_req_push_ctx(r);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
+    size_t n = evbuffer_get_length(r->body);
+    lua_pushlstring(L, n ? (const char *)evbuffer_pullup(r->body, -1) : "", n);
+    evbuffer_drain(r->body, n);
+    r->task.trace_id = r->trace_id;
+    r->task_running = 1;
+    mg_task_start(&r->task, vm, 3, on_whole_done, r);
+}
+
 /* Runs the body_filter plugins over one chunk, in a task (they may yield). */
 static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof)
 {
@@ -450,6 +546,18 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
 {
     mg_req_t *r = p->owner;
     struct evbuffer *out = mg_conn_output(r->conn);
+    if (r->whole_body) {
+        size_t have = evbuffer_get_length(r->body);
+        if ((int64_t)(have + len) > r->route->chain_whole_body) {
+            mg_log_warn(r->trace_id, "route %s: upstream body over the %lld bytes a whole_body plugin may buffer",
+                        r->route->name, (long long)r->route->chain_whole_body);
+            mg_forward_cancel(r);
+            mg_req_error(r, 502, "body_too_large", "upstream response too large", !r->body_complete, NULL);
+            return 1;
+        }
+        evbuffer_add(r->body, data ? data : "", data ? len : 0);
+        return 0;
+    }
     if (r->body_filtering) {
         run_chunk_filter(r, data, len, 0);
         if (r->chunk_filtering) {
@@ -490,6 +598,10 @@ static void on_done(mg_proxy_t *p, const char *err)
     mg_req_t *r = p->owner;
     r->proxy_done = 1;
     if (!err) {
+        if (r->whole_body) {
+            run_whole_filter(r);
+            return;
+        }
         if (r->body_filtering) {
             /* the filters get a last call (eof) to flush or append */
             if (r->chunk_filtering)

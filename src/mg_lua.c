@@ -137,6 +137,8 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     vm->plugins_filter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "filter_upstream_chunk");
     vm->plugins_chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "filter_whole");
+    vm->plugins_whole_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "log");
     vm->plugins_log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);

@@ -61,6 +61,7 @@ struct mg_vm {
     int plugins_run_ref;                /* moongate.plugins.run / filter_upstream_head / log */
     int plugins_filter_ref;
     int plugins_chunk_ref;
+    int plugins_whole_ref;
     int plugins_log_ref;
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */

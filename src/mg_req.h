@@ -67,6 +67,7 @@ struct mg_req {
     int chunk_filtering;          /* a body_filter task runs */
     int chunk_eof;                /* ... over the end of the body */
     int finish_pending;           /* the upstream finished while a chunk was being filtered */
+    int whole_body;               /* the proxied body is buffered (in body) for whole_body plugins */
     int body_complete;            /* the client's request body has been read completely */
     int detached;                 /* the response is done; the log phase still runs */
     struct mg_req *next_detached;

@@ -18,7 +18,7 @@ local PHASE_SET = { init_worker = true, balancer = true }
 for _, p in ipairs(M.PHASES) do PHASE_SET[p] = true end
 
 local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true,
-                     before = true, after = true, description = true, uses = true }
+                     before = true, after = true, description = true, uses = true, whole_body = true }
 
 local loaded = {}     -- name -> plugin (per VM)
 
@@ -91,6 +91,18 @@ local function check_plugin(name, p, where)
   end
   if p.schema ~= nil and type(p.schema) ~= "table" then
     return nil, fmt("plugin %s: schema must be a table", name)
+  end
+  if p.whole_body ~= nil then
+    local n = type(p.whole_body) == "number" and p.whole_body
+    if type(p.whole_body) == "string" then
+      local num, unit = p.whole_body:lower():match("^(%d+)%s*(%a*)$")
+      local scale = ({ [""] = 1, k = 1024, kb = 1024, m = 1048576, mb = 1048576 })[unit or ""]
+      n = num and scale and tonumber(num) * scale
+    end
+    if not n or n < 1 or not p.body_filter then
+      return nil, fmt("plugin %s: whole_body must be a size like \"1m\", on a plugin with body_filter", name)
+    end
+    p.whole_body = n
   end
   return p
 end
@@ -179,6 +191,12 @@ function M.chain(ordered)
   end
   c.has_header_filter = #c.header_filter > 0 or #c.body_filter > 0
   c.has_body_filter = #c.body_filter > 0
+  -- a plugin that needs the whole body makes the gateway buffer it (bounded) first
+  c.whole_body = 0
+  for _, step in ipairs(c.body_filter) do
+    local p = loaded[step.name]
+    if p and p.whole_body and p.whole_body > c.whole_body then c.whole_body = p.whole_body end
+  end
   c.has_log = #c.log > 0
   return c
 end
@@ -296,6 +314,18 @@ function M.filter_upstream_chunk(ctx, chain, chunk, eof)
     end
   end
   return chunk
+end
+
+--- A buffered proxied response (whole_body plugins): header_filter, then
+-- body_filter once with the whole body. Returns status, headers, body.
+function M.filter_whole(ctx, chain, body)
+  local resp = ctx.response
+  for i = 1, #chain.header_filter do
+    local step = chain.header_filter[i]
+    step.fn(ctx, step.conf)
+  end
+  resp.body = M.filter_upstream_chunk(ctx, chain, body, true)
+  return resp.status, resp.headers, resp.body
 end
 
 --- init_worker of every plugin this VM loaded, once per worker at start

@@ -13,6 +13,8 @@ describe("plugins", function()
 
   setup(function()
     up = upstream.start(function(req, res)
+      if req.path == "/whole" then return 200, { ["Content-Length"] = "5" }, "hello" end
+      if req.path == "/whole-big" then return 200, {}, ("x"):rep(20000) end
       if req.path == "/stream" then
         res.sock:send("HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
         for _ = 1, 30 do res.sock:send(("abcdefghij"):rep(1000)); gw.sleep(0.002) end
@@ -43,6 +45,8 @@ describe("plugins", function()
       route { method = "GET", path = "/proxied", upstream = "up", plugins = { ["upstream-header"] = true } }
       upstream "dead" { targets = { "127.0.0.1:1" }, retries = 0 }
       route { method = "GET", path = "/stream", upstream = "up", plugins = { upper = true } }
+      route { method = "GET", path = "/whole", upstream = "up", plugins = { wrap = true } }
+      route { method = "GET", path = "/whole-big", upstream = "up", plugins = { wrap = true } }
       route { method = "GET", path = "/small", plugins = { upper = true }, handler = function() return 200, "tiny" end }
       route { method = "GET", path = "/dead", upstream = "dead", plugins = { trace = { tag = "dead" } } }
     ]]):format(FIXTURES, up.port))
@@ -115,6 +119,19 @@ describe("plugins", function()
     assert.is_true(tonumber(tail) > 2, "the body came in one piece: " .. tail)
     -- a handler's body is one chunk with eof
     assert.equal("TINY\n-- 1 calls", g:request("GET", "/small").body)
+  end)
+
+  it("buffers the whole body for a whole_body plugin, bounded", function()
+    local res = g:request("GET", "/whole")
+    assert.equal(201, res.status)
+    assert.equal("[hello]", res.body)
+    assert.equal("7", res.headers["content-length"])
+    assert.equal("yes", res.headers["x-wrapped"])
+    local big = g:request("GET", "/whole-big")
+    assert.equal(502, big.status)
+    gw.sleep(0.05)
+    local e = g:access_entries()
+    assert.equal("body_too_large", e[#e].error)
   end)
 
   it("turns a plugin error into a 500 with the trace id and keeps serving", function()
