@@ -105,6 +105,7 @@ void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
     mg_spawn_register(L, vm);
     mg_shared_register(L, vm);
     mg_timer_register(L, vm);
+    mg_sema_register(L, vm);
     mg_http_client_register(L, vm);
     if (spec) {
         mg_spec_register(L, vm);

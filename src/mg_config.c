@@ -181,6 +181,15 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size
         up->active_path = get_str(L, u, "active_path");
         up->active_interval_ms = (uint32_t)get_int(L, u, "active_interval");
         up->active_timeout_ms = (uint32_t)get_int(L, u, "active_timeout");
+        int maxc = get_int(L, u, "max_concurrency");
+        if (maxc > 0) {
+            char sname[300];
+            snprintf(sname, sizeof(sname), "upstream:%s", up->name);
+            up->sema = mg_sema_get(sname, maxc);
+            up->queue_max = get_int(L, u, "queue");
+            up->queue_timeout_ms = (uint32_t)get_int(L, u, "queue_timeout");
+            up->busy_status = get_int(L, u, "busy_status");
+        }
         char *hh = get_str(L, u, "host_header");
         up->host_mode = strcmp(hh, "pass") == 0 ? MG_HOST_PASS : strcmp(hh, "target") == 0 ? MG_HOST_TARGET : MG_HOST_FIXED;
         if (up->host_mode == MG_HOST_FIXED)

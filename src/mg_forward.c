@@ -338,6 +338,7 @@ static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
     push_headers(L, resp);
     r->head_filtering = 1;
     r->task.trace_id = r->trace_id;
+    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 4, on_filter_done, r);
     if (!r->head_filtering)
@@ -521,6 +522,7 @@ static void run_whole_filter(mg_req_t *r)
     lua_pushlstring(L, n ? (const char *)evbuffer_pullup(r->body, -1) : "", n);
     evbuffer_drain(r->body, n);
     r->task.trace_id = r->trace_id;
+    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 3, on_whole_done, r);
 }
@@ -538,6 +540,7 @@ static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof)
     r->chunk_filtering = 1;
     r->chunk_eof = eof;
     r->task.trace_id = r->trace_id;
+    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 4, on_chunk_done, r);
 }
@@ -620,7 +623,7 @@ static void on_done(mg_proxy_t *p, const char *err)
         r->chunk_filtering = 0;
     }
     r->error_kind = err;
-    if (err != mg_err_no_target)
+    if (err != mg_err_no_target && err != mg_err_busy)
         mg_log_warn(r->trace_id, "route %s: upstream %s: %s%s%s", r->route->name, p->up->name, err,
                     p->target ? " from " : "", p->target ? p->target->text : "");
     if (r->resp_started) {
@@ -628,13 +631,17 @@ static void on_done(mg_proxy_t *p, const char *err)
         mg_req_break(r);
         return;
     }
-    char extra[128] = "";
+    char extra[192] = "";
     const char *hdr = r->worker->cfg->error_header;
     if (hdr)
         snprintf(extra, sizeof(extra), "%s: %s\r\n", hdr, err);
+    int status = err == mg_err_busy ? p->busy_status : mg_proxy_error_status(err);
+    if (err == mg_err_busy)
+        snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), "Retry-After: 1\r\n");
     const char *msg = err == mg_err_no_target ? "no healthy upstream target"
-                    : mg_proxy_error_status(err) == 504 ? "upstream timed out" : "bad gateway";
-    mg_req_error(r, mg_proxy_error_status(err), err, msg, !r->body_complete, hdr ? extra : NULL);
+                    : err == mg_err_busy ? "upstream busy"
+                    : status == 504 ? "upstream timed out" : "bad gateway";
+    mg_req_error(r, status, err, msg, !r->body_complete, extra[0] ? extra : NULL);
 }
 
 static const mg_proxy_ops_t forward_ops = {

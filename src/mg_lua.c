@@ -240,6 +240,8 @@ void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done
     t->owner = owner;
     t->wait = NULL;
     t->children = NULL;
+    if (!owner)
+        t->holds = NULL;
     if (vm->pool_n > 0) {
         vm->pool_n--;
         t->co = vm->pool_co[vm->pool_n];

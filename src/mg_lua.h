@@ -18,6 +18,7 @@
 #include <lua.h>
 
 #include "mg_core.h"
+#include "mg_sema.h"
 
 typedef struct mg_task mg_task_t;
 typedef struct mg_wait mg_wait_t;
@@ -49,6 +50,10 @@ struct mg_task {
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
     struct mg_spawn *children;          /* tasks started with gw.spawn; they end with this one */
+    mg_holds_t *holds;                  /* where permits taken with gw.semaphore are recorded (the request's) */
+    mg_sema_waiter_t sema_waiter;       /* gw.semaphore:acquire */
+    struct event sema_timer;
+    mg_wait_t sema_wait;
 };
 
 struct mg_vm {
@@ -66,6 +71,7 @@ struct mg_vm {
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
     void *timers;                       /* gw.timer timers (mg_timer.c) */
+    mg_mailbox_t *mailbox;              /* the worker's, for gw.semaphore waits (NULL in specs) */
     int nadhoc;
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
@@ -114,6 +120,7 @@ void mg_spec_register(lua_State *L, mg_vm_t *vm);
 void mg_spawn_register(lua_State *L, mg_vm_t *vm);
 void mg_shared_register(lua_State *L, mg_vm_t *vm);
 void mg_timer_register(lua_State *L, mg_vm_t *vm);
+void mg_sema_register(lua_State *L, mg_vm_t *vm);
 /* Stops every gw.timer of the VM (before it is closed). */
 void mg_timer_free_all(mg_vm_t *vm);
 /* Runs init_worker of every plugin loaded in the VM, in a task (it may yield). */

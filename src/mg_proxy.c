@@ -26,6 +26,7 @@ const char mg_err_protocol[] = "protocol";
 const char mg_err_no_target[] = "no_healthy_target";
 const char mg_err_deadline[] = "deadline";
 const char mg_err_client_abort[] = "client_abort";
+const char mg_err_busy[] = "busy";
 
 #define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
 #define IN_MAX (64 * 1024 + 32768)
@@ -35,6 +36,8 @@ static const mg_http1_limits_t RESP_LIMITS = { .max_line = 8192, .max_head = 327
 
 int mg_proxy_error_status(const char *kind)
 {
+    if (kind == mg_err_busy)
+        return 429;
     if (kind == mg_err_connect_timeout || kind == mg_err_send_timeout || kind == mg_err_read_timeout ||
         kind == mg_err_deadline)
         return 504;
@@ -45,6 +48,27 @@ int mg_proxy_error_status(const char *kind)
 
 static void attempt(mg_proxy_t *p);
 static void on_event(mg_upconn_t *uc, int what);
+
+/* The permit and the queue place are the exchange's; every end gives them back. */
+static void drop_permit(mg_proxy_t *p)
+{
+    if (p->queued) {
+        event_del(&p->queue_timer);
+        mg_sema_cancel(&p->waiter, 0);
+        p->queued = 0;
+    }
+    if (p->permit) {
+        mg_sema_release(p->up->sema, 1);
+        p->permit = 0;
+    }
+}
+
+static void end(mg_proxy_t *p, const char *err)
+{
+    drop_permit(p);
+    p->running = 0;
+    p->ops->on_done(p, err);
+}
 
 static void arm_timer(mg_proxy_t *p, uint32_t ms)
 {
@@ -99,8 +123,7 @@ static void fail(mg_proxy_t *p, const char *kind, int sent_nothing)
             return;
         }
     }
-    p->running = 0;
-    p->ops->on_done(p, kind);
+    end(p, kind);
 }
 
 static void succeed(mg_proxy_t *p)
@@ -108,8 +131,7 @@ static void succeed(mg_proxy_t *p)
     mg_target_report(p->target, 1);
     int reusable = p->resp_keepalive && p->body_done && p->framing != -1;
     drop_conn(p, reusable);
-    p->running = 0;
-    p->ops->on_done(p, NULL);
+    end(p, NULL);
 }
 
 /*
@@ -172,8 +194,7 @@ static void attempt(mg_proxy_t *p)
     else
         t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
     if (!t) {
-        p->running = 0;
-        p->ops->on_done(p, mg_err_no_target);
+        end(p, mg_err_no_target);
         return;
     }
     p->target = t;
@@ -196,12 +217,62 @@ static void attempt(mg_proxy_t *p)
     arm_timer(p, p->up->connect_ms);
 }
 
+static void on_permit(mg_sema_waiter_t *w)
+{
+    mg_proxy_t *p = w->data;
+    event_del(&p->queue_timer);
+    p->queued = 0;
+    p->permit = 1;
+    attempt(p);
+}
+
+static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    mg_proxy_t *p = arg;
+    mg_sema_cancel(&p->waiter, 1);
+    p->queued = 0;
+    p->busy_status = p->up->busy_status;
+    end(p, mg_err_busy);
+}
+
 void mg_proxy_start(mg_proxy_t *p)
 {
     p->running = 1;
     p->attempts = 0;
     p->target = NULL;
-    attempt(p);
+    mg_upstream_t *up = p->up;
+    if (!up->sema) {
+        attempt(p);
+        return;
+    }
+    /* max_concurrency: the permit covers the exchange with all its retries */
+    p->busy_status = 429;
+    if (up->queue_max == 0 || !up->mailbox) {
+        if (!mg_sema_try(up->sema, 1)) {
+            mg_sema_count_rejected(up->sema);
+            end(p, mg_err_busy);
+            return;
+        }
+        p->permit = 1;
+        attempt(p);
+        return;
+    }
+    memset(&p->waiter, 0, sizeof(p->waiter));
+    p->waiter.mailbox = up->mailbox;
+    p->waiter.on_grant = on_permit;
+    p->waiter.data = p;
+    int rc = mg_sema_acquire(up->sema, 1, &p->waiter, up->queue_max);
+    if (rc == MG_OK) {
+        p->permit = 1;
+        attempt(p);
+    } else if (rc == MG_DECLINED) {
+        end(p, mg_err_busy); /* the queue is full: at once, like reject */
+    } else {
+        p->queued = 1;
+        struct timeval tv = { up->queue_timeout_ms / 1000, (up->queue_timeout_ms % 1000) * 1000 };
+        evtimer_assign(&p->queue_timer, up->base, on_queue_timeout, p);
+        evtimer_add(&p->queue_timer, &tv); /* the request deadline bounds it too: it cancels us */
+    }
 }
 
 
@@ -504,4 +575,5 @@ void mg_proxy_cancel(mg_proxy_t *p)
         return;
     p->running = 0;
     drop_conn(p, 0);
+    drop_permit(p);
 }

@@ -23,6 +23,7 @@ extern const char mg_err_protocol[];         /* malformed upstream response: 502
 extern const char mg_err_no_target[];        /* "no_healthy_target": 503 */
 extern const char mg_err_deadline[];         /* the request's deadline: 504 */
 extern const char mg_err_client_abort[];     /* the client went away (logged as 499) */
+extern const char mg_err_busy[];             /* the upstream's max_concurrency: 429, or on_busy.status after queueing */
 
 /* The status a client gets for an error kind. */
 int mg_proxy_error_status(const char *kind);
@@ -88,6 +89,11 @@ struct mg_proxy {
     int resp_keepalive;
     int paused;
     int running;
+    int permit;                  /* holds one of the upstream's permits */
+    int queued;                  /* waits in the upstream's queue */
+    int busy_status;             /* the status of an mg_err_busy */
+    mg_sema_waiter_t waiter;
+    struct event queue_timer;
     mg_http1_response_t resp;
     mg_header_t headers[MG_PROXY_MAX_HEADERS];
 };

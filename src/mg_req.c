@@ -93,6 +93,8 @@ static void req_quiesce(mg_req_t *r)
             mg_task_release(&r->task, 1);
         r->task_running = 0;
     }
+    /* permits a plugin took (and did not release) go back here, on every path */
+    mg_holds_release_all(&r->holds);
 }
 
 /* Frees what is left (ctx, arena, body) and recycles the object. */
@@ -176,6 +178,7 @@ static void req_end(mg_req_t *r)
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
     r->log_task.trace_id = r->trace_id;
+    r->log_task.holds = NULL; /* permits were released before the log phase */
     mg_task_start(&r->log_task, vm, 2, on_log_done, r);
 }
 
@@ -841,6 +844,7 @@ void mg_req_run(mg_req_t *r)
         mg_req_push_ctx(r);
     }
     r->task.trace_id = r->trace_id;
+    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, nargs, on_handler_done, r);
 }

@@ -116,6 +116,7 @@ static int l_spawn(lua_State *L)
         s->next = parent->children;
         parent->children = s;
         s->task.trace_id = parent->trace_id;
+        s->task.holds = parent->holds; /* permits a child takes belong to the request */
     }
     /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
     lua_insert(L, 1);

@@ -517,6 +517,8 @@ void mg_upstream_free(mg_upstream_t *up)
         free(t->authority);
     }
     free(up->targets);
+    if (up->sema)
+        mg_sema_put(up->sema);
     free(up->name);
     free(up->hash_name);
     free(up->active_path);

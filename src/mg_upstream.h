@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 
 #include "mg_core.h"
+#include "mg_sema.h"
 
 typedef struct mg_upstream mg_upstream_t;
 typedef struct mg_target mg_target_t;
@@ -93,6 +94,12 @@ struct mg_upstream {
     uint32_t active_interval_ms, active_timeout_ms;
     int host_mode;
     char *host_value;
+    /* concurrency limit (shared by all workers): max_concurrency, on_busy */
+    mg_sema_t *sema;                  /* NULL: unlimited */
+    int64_t queue_max;                /* 0: reject when full */
+    uint32_t queue_timeout_ms;
+    int busy_status;                  /* when the queue wait times out (reject: 429) */
+    mg_mailbox_t *mailbox;            /* the worker's, for permit grants */
     /* runtime */
     struct event_base *base;
     unsigned rr;

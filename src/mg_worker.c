@@ -144,8 +144,12 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
         if (evdns_base_load_hosts(w->dns, cfg->hosts_file ? cfg->hosts_file : "/etc/hosts") != 0 && cfg->hosts_file)
             mg_log_warn(NULL, "cannot read hosts_file %s", cfg->hosts_file);
     }
-    for (int i = 0; i < w->gen->nupstreams; i++)
+    mg_mailbox_init(&w->mailbox, w->base);
+    w->gen->vm->mailbox = &w->mailbox;
+    for (int i = 0; i < w->gen->nupstreams; i++) {
+        w->gen->upstreams[i].mailbox = &w->mailbox;
         mg_upstream_start(&w->gen->upstreams[i], w->base, w->dns);
+    }
     mg_plugins_init_worker(w->gen->vm);
     w->beat = mg_now_ms();
     w->heartbeat = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
@@ -195,6 +199,8 @@ void mg_worker_free(mg_worker_t *w)
         mg_req_destroy(r);
     }
     mg_gen_free(w->gen);
+    if (w->mailbox.fd > 0)
+        mg_mailbox_free(&w->mailbox);
     if (w->stop_ev)
         event_free(w->stop_ev);
     if (w->stop_fd >= 0)

@@ -12,6 +12,7 @@
 #include <event2/listener.h>
 
 #include "mg_config.h"
+#include "mg_sema.h"
 
 typedef struct mg_conn mg_conn_t;
 typedef struct mg_req mg_req_t;
@@ -23,6 +24,7 @@ typedef struct mg_worker {
     const mg_config_t *cfg;
     mg_gen_t *gen;
     struct evdns_base *dns;               /* only when a target is a host name */
+    mg_mailbox_t mailbox;                 /* semaphore permits granted to this worker's waiters */
     int fds[MG_MAX_LISTEN];               /* the listening sockets (owned by the listeners) */
     int nfds;
     struct event *heartbeat;

@@ -20,7 +20,8 @@ local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
                        handler = true, upstream = true, name = true, timeout = true, max_body = true,
                        plugins = true }
 local UPSTREAM_FIELDS = { targets = true, balance = true, hash_key = true, pool = true,
-                          timeouts = true, retries = true, health = true, host_header = true }
+                          timeouts = true, retries = true, health = true, host_header = true,
+                          max_concurrency = true, on_busy = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
 local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
 local HEALTH_FIELDS = { passive = true, active = true }
@@ -281,6 +282,26 @@ local function make_env(st)
         u.active_path = path
         u.active_interval = dur(health.active, "interval", 5000, "health.active.interval")
         u.active_timeout = dur(health.active, "timeout", 1000, "health.active.timeout")
+      end
+      if t.max_concurrency ~= nil then
+        u.max_concurrency = int(t, "max_concurrency", nil, 1, "max_concurrency")
+        local ob = t.on_busy or "reject"
+        if ob == "reject" then
+          u.queue, u.queue_timeout, u.busy_status = 0, 0, 429
+        elseif type(ob) == "table" then
+          for k in pairs(ob) do
+            if k ~= "queue" and k ~= "queue_timeout" and k ~= "status" then
+              fail("upstream %s: unknown field '%s' in on_busy (queue, queue_timeout, status)", name, tostring(k))
+            end
+          end
+          u.queue = int(ob, "queue", 100, 1, "on_busy.queue")
+          u.queue_timeout = dur(ob, "queue_timeout", 1000, "on_busy.queue_timeout")
+          u.busy_status = int(ob, "status", 503, 400, "on_busy.status")
+        else
+          fail("upstream %s: on_busy must be \"reject\" or { queue = 100, queue_timeout = \"200ms\" }", name)
+        end
+      elseif t.on_busy ~= nil then
+        fail("upstream %s: on_busy needs max_concurrency", name)
       end
       local hh = t.host_header or "pass"
       if type(hh) ~= "string" or hh == "" then

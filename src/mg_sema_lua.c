@@ -1,0 +1,221 @@
+/*
+ * gw.semaphore — the C semaphores (mg_sema) from Lua, for plugins.
+ *
+ *   local sem = gw.semaphore("reports", 5)      -- name, capacity (a new capacity applies from now)
+ *   local ok, err = sem:acquire(weight, timeout [, max_queue])  -- yields; err: "timeout" | "busy"
+ *   local ok = sem:try_acquire(weight)
+ *   sem:release(weight)
+ *   sem:stats() -> { capacity, in_use, queued, acquired, rejected, timed_out, longest_wait_ms }
+ *   gw.semaphores() -> { [name] = stats, ... }
+ *
+ * Permits taken inside a request belong to the request: whatever is not
+ * released explicitly is released by the request's teardown, on every path.
+ */
+#include <lauxlib.h>
+#include <math.h>
+
+#include "mg_lua.h"
+
+#define SEMA_MT "moongate.semaphore"
+
+static mg_sema_t *check(lua_State *L)
+{
+    mg_sema_t **sp = luaL_checkudata(L, 1, SEMA_MT);
+    return *sp;
+}
+
+static int64_t weight_arg(lua_State *L, int idx)
+{
+    lua_Number w = luaL_optnumber(L, idx, 1);
+    if (!(w >= 1) || floor(w) != w)
+        luaL_argerror(L, idx, "weight must be a positive integer");
+    return (int64_t)w;
+}
+
+static void record(lua_State *L, mg_sema_t *s, int64_t w)
+{
+    mg_task_t *t = mg_task_current(L);
+    if (t && t->holds && mg_holds_add(t->holds, s, w) != MG_OK) {
+        mg_sema_release(s, w);
+        luaL_error(L, "gw.semaphore: a request may hold at most %d different semaphores", MG_HOLDS_MAX);
+    }
+}
+
+static int l_try(lua_State *L)
+{
+    mg_sema_t *s = check(L);
+    int64_t w = weight_arg(L, 2);
+    int ok = mg_sema_try(s, w);
+    if (ok)
+        record(L, s, w);
+    else
+        mg_sema_count_rejected(s);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static void on_granted(mg_sema_waiter_t *sw)
+{
+    mg_task_t *t = sw->data;
+    event_del(&t->sema_timer);
+    lua_State *co = t->sema_wait.co;
+    if (t->holds && mg_holds_add(t->holds, sw->sema, sw->weight) != MG_OK) {
+        mg_sema_release(sw->sema, sw->weight);
+        lua_pushnil(co);
+        lua_pushliteral(co, "too many semaphores held");
+        mg_wait_wake(&t->sema_wait, 2);
+        return;
+    }
+    lua_pushboolean(co, 1);
+    mg_wait_wake(&t->sema_wait, 1);
+}
+
+static void on_sema_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    mg_task_t *t = arg;
+    mg_sema_cancel(&t->sema_waiter, 1);
+    lua_pushnil(t->sema_wait.co);
+    lua_pushliteral(t->sema_wait.co, "timeout");
+    mg_wait_wake(&t->sema_wait, 2);
+}
+
+/* The task was cancelled (deadline, client gone) while queued. */
+static void on_cancel(mg_wait_t *w)
+{
+    mg_task_t *t = w->task;
+    event_del(&t->sema_timer);
+    mg_sema_cancel(&t->sema_waiter, 0);
+}
+
+static int l_acquire(lua_State *L)
+{
+    mg_sema_t *s = check(L);
+    int64_t w = weight_arg(L, 2);
+    double timeout = luaL_optnumber(L, 3, 0);
+    lua_Number max_queue = luaL_optnumber(L, 4, 1e9);
+    mg_vm_t *vm = mg_vm_of(L);
+    mg_task_t *t = mg_task_current(L);
+    if (mg_sema_try(s, w)) {
+        record(L, s, w);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (timeout <= 0 || !t || !vm->mailbox) {
+        mg_sema_count_rejected(s);
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
+    memset(&t->sema_waiter, 0, sizeof(t->sema_waiter));
+    t->sema_waiter.mailbox = vm->mailbox;
+    t->sema_waiter.on_grant = on_granted;
+    t->sema_waiter.data = t;
+    int rc = mg_sema_acquire(s, w, &t->sema_waiter, (int64_t)max_queue);
+    if (rc == MG_OK) {
+        record(L, s, w);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (rc == MG_DECLINED) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
+    /* queued: on_granted records the permit for the request */
+    struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - floor(timeout)) * 1e6) };
+    evtimer_assign(&t->sema_timer, vm->base, on_sema_timeout, t);
+    evtimer_add(&t->sema_timer, &tv);
+    t->sema_wait.cancel = on_cancel;
+    return mg_wait_yield(L, &t->sema_wait);
+}
+
+static int l_release(lua_State *L)
+{
+    mg_sema_t *s = check(L);
+    int64_t w = weight_arg(L, 2);
+    mg_task_t *t = mg_task_current(L);
+    if (t && t->holds && !mg_holds_remove(t->holds, s, w))
+        return luaL_error(L, "gw.semaphore %s: releasing %d permits this request does not hold",
+                          mg_sema_name(s), (int)w);
+    mg_sema_release(s, w);
+    return 0;
+}
+
+static void push_stats(lua_State *L, mg_sema_t *s)
+{
+    mg_sema_stats_t st;
+    mg_sema_stats(s, &st);
+    lua_createtable(L, 0, 7);
+    lua_pushnumber(L, (double)st.capacity);
+    lua_setfield(L, -2, "capacity");
+    lua_pushnumber(L, (double)st.in_use);
+    lua_setfield(L, -2, "in_use");
+    lua_pushnumber(L, (double)st.queued);
+    lua_setfield(L, -2, "queued");
+    lua_pushnumber(L, (double)st.acquired);
+    lua_setfield(L, -2, "acquired");
+    lua_pushnumber(L, (double)st.rejected);
+    lua_setfield(L, -2, "rejected");
+    lua_pushnumber(L, (double)st.timed_out);
+    lua_setfield(L, -2, "timed_out");
+    lua_pushnumber(L, (double)st.longest_wait_ms);
+    lua_setfield(L, -2, "longest_wait_ms");
+}
+
+static int l_stats(lua_State *L)
+{
+    push_stats(L, check(L));
+    return 1;
+}
+
+static int l_gc(lua_State *L)
+{
+    mg_sema_put(check(L));
+    return 0;
+}
+
+static int l_new(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_Number cap = luaL_checknumber(L, 2);
+    if (!(cap >= 1))
+        return luaL_argerror(L, 2, "capacity must be >= 1");
+    mg_sema_t **sp = lua_newuserdata(L, sizeof(*sp));
+    *sp = mg_sema_get(name, (int64_t)cap);
+    luaL_getmetatable(L, SEMA_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static void add_stats(mg_sema_t *s, void *arg)
+{
+    lua_State *L = arg;
+    push_stats(L, s);
+    lua_setfield(L, -2, mg_sema_name(s));
+}
+
+static int l_all(lua_State *L)
+{
+    lua_newtable(L);
+    mg_sema_each(add_stats, L);
+    return 1;
+}
+
+void mg_sema_register(lua_State *L, mg_vm_t *vm)
+{
+    static const luaL_Reg methods[] = {
+        { "acquire", l_acquire }, { "try_acquire", l_try }, { "release", l_release },
+        { "stats", l_stats }, { NULL, NULL },
+    };
+    luaL_newmetatable(L, SEMA_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "semaphore");
+    lua_pushcfunction(L, l_all);
+    lua_setfield(L, -2, "semaphores");
+}
