@@ -114,10 +114,13 @@ static void grant_waiters(mg_sema_t *s)
         w->state = MG_SEMA_W_GRANTED;
         mg_mailbox_t *m = w->mailbox;
         pthread_mutex_lock(&m->lock);
-        w->next = m->granted;
-        if (m->granted)
-            m->granted->prev = w;
-        m->granted = w;
+        w->next = NULL;
+        w->prev = m->granted_tail; /* appended: woken in the order granted */
+        if (m->granted_tail)
+            m->granted_tail->next = w;
+        else
+            m->granted = w;
+        m->granted_tail = w;
         pthread_mutex_unlock(&m->lock);
         uint64_t one = 1;
         if (write(m->fd, &one, sizeof(one)) < 0) {
@@ -195,7 +198,7 @@ void mg_sema_cancel(mg_sema_waiter_t *w, int timed_out)
         mg_mailbox_t *m = w->mailbox;
         pthread_mutex_lock(&m->lock);
         if (w->prev) w->prev->next = w->next; else m->granted = w->next;
-        if (w->next) w->next->prev = w->prev;
+        if (w->next) w->next->prev = w->prev; else m->granted_tail = w->prev;
         pthread_mutex_unlock(&m->lock);
         s->in_use -= w->weight;
         grant_waiters(s);
@@ -239,6 +242,8 @@ static void on_mail(evutil_socket_t fd, short what, void *arg)
             m->granted = w->next;
             if (m->granted)
                 m->granted->prev = NULL;
+            else
+                m->granted_tail = NULL;
             w->next = w->prev = NULL;
         }
         pthread_mutex_unlock(&m->lock);
@@ -258,7 +263,7 @@ static void on_mail(evutil_socket_t fd, short what, void *arg)
 int mg_mailbox_init(mg_mailbox_t *m, struct event_base *base)
 {
     pthread_mutex_init(&m->lock, NULL);
-    m->granted = NULL;
+    m->granted = m->granted_tail = NULL;
     m->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (m->fd < 0)
         return MG_ERROR;

@@ -39,7 +39,8 @@ struct mg_sema_waiter {
 /* One per event loop that waits for permits. */
 struct mg_mailbox {
     pthread_mutex_t lock;
-    mg_sema_waiter_t *granted;          /* waiters granted a permit, to be woken here */
+    mg_sema_waiter_t *granted;          /* waiters granted a permit, to be woken here, in grant order */
+    mg_sema_waiter_t *granted_tail;
     int fd;                             /* eventfd */
     struct event ev;
 };

@@ -1,0 +1,152 @@
+/* mg_sema: FIFO grants, weights, cancel in every state, capacity changes, threads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+#include <cmocka.h>
+#include <pthread.h>
+
+#include "mg_sema.h"
+
+static int order[16], norder;
+
+static void on_grant(mg_sema_waiter_t *w) { order[norder++] = (int)(intptr_t)w->data; }
+
+static void run_loop(struct event_base *base) { event_base_loop(base, EVLOOP_NONBLOCK); }
+
+static void fifo_and_weights(void **state)
+{
+    struct event_base *base = event_base_new();
+    mg_mailbox_t mb;
+    mg_mailbox_init(&mb, base);
+    mg_sema_t *s = mg_sema_get("t-fifo", 3);
+    assert_true(mg_sema_try(s, 2));
+    mg_sema_waiter_t w[3];
+    memset(w, 0, sizeof(w));
+    int64_t weights[3] = { 2, 1, 1 };
+    for (int i = 0; i < 3; i++) {
+        w[i].mailbox = &mb;
+        w[i].on_grant = on_grant;
+        w[i].data = (void *)(intptr_t)i;
+        assert_int_equal(mg_sema_acquire(s, weights[i], &w[i], 10), MG_AGAIN);
+    }
+    /* 1 permit is free, but the head wants 2: nobody overtakes it */
+    assert_false(mg_sema_try(s, 1));
+    norder = 0;
+    mg_sema_release(s, 2); /* 3 free: waiter 0 (2) and waiter 1 (1) fit, in order */
+    run_loop(base);
+    assert_int_equal(norder, 2);
+    assert_int_equal(order[0], 0);
+    assert_int_equal(order[1], 1);
+    mg_sema_stats_t st;
+    mg_sema_stats(s, &st);
+    assert_int_equal(st.in_use, 3);
+    assert_int_equal(st.queued, 1);
+    mg_sema_release(s, 1);
+    run_loop(base);
+    assert_int_equal(norder, 3);
+    assert_int_equal(order[2], 2);
+    mg_sema_release(s, 2);
+    mg_sema_release(s, 1);
+    mg_sema_stats(s, &st);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.acquired, 4);
+    mg_sema_put(s);
+    mg_mailbox_free(&mb);
+    event_base_free(base);
+}
+
+static void cancel_in_every_state(void **state)
+{
+    struct event_base *base = event_base_new();
+    mg_mailbox_t mb;
+    mg_mailbox_init(&mb, base);
+    mg_sema_t *s = mg_sema_get("t-cancel", 1);
+    assert_true(mg_sema_try(s, 1));
+    mg_sema_waiter_t a = { .mailbox = &mb, .on_grant = on_grant }, b = a;
+    assert_int_equal(mg_sema_acquire(s, 1, &a, 10), MG_AGAIN);
+    assert_int_equal(mg_sema_acquire(s, 1, &b, 10), MG_AGAIN);
+    mg_sema_cancel(&a, 1); /* queued: leaves the queue, counted as timed out */
+    mg_sema_release(s, 1); /* granted to b, not yet woken */
+    mg_sema_cancel(&b, 0); /* granted but never woken: the permit goes back */
+    norder = 0;
+    run_loop(base);
+    assert_int_equal(norder, 0); /* nobody is woken for a cancelled grant */
+    mg_sema_stats_t st;
+    mg_sema_stats(s, &st);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.timed_out, 1);
+    /* the queue bound */
+    assert_true(mg_sema_try(s, 1));
+    mg_sema_waiter_t c = a, d = a;
+    assert_int_equal(mg_sema_acquire(s, 1, &c, 1), MG_AGAIN);
+    assert_int_equal(mg_sema_acquire(s, 1, &d, 1), MG_DECLINED);
+    mg_sema_cancel(&c, 0);
+    mg_sema_release(s, 1);
+    mg_sema_put(s);
+    mg_mailbox_free(&mb);
+    event_base_free(base);
+}
+
+static void capacity_change_and_holds(void **state)
+{
+    mg_sema_t *s = mg_sema_get("t-cap", 2);
+    mg_holds_t h = { 0 };
+    assert_true(mg_sema_try(s, 2));
+    assert_int_equal(mg_holds_add(&h, s, 2), MG_OK);
+    mg_sema_t *again = mg_sema_get("t-cap", 1); /* lowered: the 2 in use drain naturally */
+    assert_ptr_equal(again, s);
+    assert_false(mg_sema_try(s, 1));
+    mg_holds_release_all(&h);
+    assert_true(mg_sema_try(s, 1));
+    assert_false(mg_sema_try(s, 1));
+    mg_sema_release(s, 1);
+    mg_sema_put(again);
+    mg_sema_put(s);
+}
+
+static mg_sema_t *shared;
+static int in_use_now, max_seen;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *hammer(void *arg)
+{
+    for (int i = 0; i < 20000; i++) {
+        if (!mg_sema_try(shared, 1))
+            continue;
+        pthread_mutex_lock(&count_lock);
+        if (++in_use_now > max_seen)
+            max_seen = in_use_now;
+        pthread_mutex_unlock(&count_lock);
+        pthread_mutex_lock(&count_lock);
+        in_use_now--;
+        pthread_mutex_unlock(&count_lock);
+        mg_sema_release(shared, 1);
+    }
+    return NULL;
+}
+
+static void threads_never_exceed_capacity(void **state)
+{
+    shared = mg_sema_get("t-threads", 3);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, hammer, NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_true(max_seen <= 3);
+    mg_sema_stats_t st;
+    mg_sema_stats(shared, &st);
+    assert_int_equal(st.in_use, 0);
+    mg_sema_put(shared);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fifo_and_weights), cmocka_unit_test(cancel_in_every_state),
+        cmocka_unit_test(capacity_change_and_holds), cmocka_unit_test(threads_never_exceed_capacity),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
