@@ -39,6 +39,17 @@ typedef struct mg_str {
 
 #define MG_STR(lit) ((mg_str_t){ (lit), sizeof(lit) - 1 })
 
+/* FNV-1a: a small, good-enough hash for keys (balancer, shared dicts). */
+static inline uint32_t mg_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
 /* Monotonic clock in milliseconds and microseconds. */
 uint64_t mg_now_ms(void);
 uint64_t mg_now_us(void);

@@ -119,7 +119,7 @@ void mg_log_time(char *buf, size_t size, double t)
     time_t sec = (time_t)t;
     struct tm tm;
     gmtime_r(&sec, &tm);
-    int ms = (int)((t - (double)sec) * 1000);
+    int ms = (int)((t - (double)sec) * 1000) % 1000;
     snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
 }

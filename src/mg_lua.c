@@ -14,6 +14,20 @@
 
 static const char VM_KEY = 'v';
 
+void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    if (methods)
+        luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    if (gc) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+}
+
 mg_vm_t *mg_vm_of(lua_State *L)
 {
     lua_pushlightuserdata(L, (void *)&VM_KEY);

@@ -15,6 +15,7 @@
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <lauxlib.h>
 #include <lua.h>
 
 #include "mg_core.h"
@@ -85,6 +86,9 @@ struct mg_vm {
  */
 mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, size_t errlen);
 void mg_vm_free(mg_vm_t *vm);
+
+/* Registers metatable `name` with __index = methods and an optional __gc. */
+void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
 
 /* The mg_vm_t a lua_State belongs to (stored in the registry). */
 mg_vm_t *mg_vm_of(lua_State *L);

@@ -202,7 +202,7 @@ static void access_log(mg_req_t *r)
 {
     if (!mg_log_access_enabled())
         return;
-    char ts[40], path[1024], route[512], line[4096];
+    char ts[64], path[1024], route[512], line[4096];
     mg_log_time(ts, sizeof(ts), mg_wall_time());
     mg_json_escape(path, sizeof(path), r->target.p ? r->target.p : "", r->target.n);
     const char *rname = r->route ? r->route->name : "";

@@ -145,21 +145,17 @@ static void push_stats(lua_State *L, mg_sema_t *s)
 {
     mg_sema_stats_t st;
     mg_sema_stats(s, &st);
-    lua_createtable(L, 0, 7);
-    lua_pushnumber(L, (double)st.capacity);
-    lua_setfield(L, -2, "capacity");
-    lua_pushnumber(L, (double)st.in_use);
-    lua_setfield(L, -2, "in_use");
-    lua_pushnumber(L, (double)st.queued);
-    lua_setfield(L, -2, "queued");
-    lua_pushnumber(L, (double)st.acquired);
-    lua_setfield(L, -2, "acquired");
-    lua_pushnumber(L, (double)st.rejected);
-    lua_setfield(L, -2, "rejected");
-    lua_pushnumber(L, (double)st.timed_out);
-    lua_setfield(L, -2, "timed_out");
-    lua_pushnumber(L, (double)st.longest_wait_ms);
-    lua_setfield(L, -2, "longest_wait_ms");
+    const struct { const char *name; double v; } fields[] = {
+        { "capacity", (double)st.capacity }, { "in_use", (double)st.in_use },
+        { "queued", (double)st.queued }, { "acquired", (double)st.acquired },
+        { "rejected", (double)st.rejected }, { "timed_out", (double)st.timed_out },
+        { "longest_wait_ms", (double)st.longest_wait_ms },
+    };
+    lua_createtable(L, 0, (int)mg_countof(fields));
+    for (size_t i = 0; i < mg_countof(fields); i++) {
+        lua_pushnumber(L, fields[i].v);
+        lua_setfield(L, -2, fields[i].name);
+    }
 }
 
 static int l_stats(lua_State *L)
@@ -207,13 +203,7 @@ void mg_sema_register(lua_State *L, mg_vm_t *vm)
         { "acquire", l_acquire }, { "try_acquire", l_try }, { "release", l_release },
         { "stats", l_stats }, { NULL, NULL },
     };
-    luaL_newmetatable(L, SEMA_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    mg_lua_class(L, SEMA_MT, methods, l_gc);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "semaphore");
     lua_pushcfunction(L, l_all);

@@ -49,16 +49,6 @@ typedef struct dict {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static dict_t *registry;
 
-static uint32_t hash_key(const char *k, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)k[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 static size_t cost(const entry_t *e) { return ENTRY_OVERHEAD + e->klen + e->vlen; }
 
 static void lru_unlink(dict_t *d, entry_t *e)
@@ -271,7 +261,7 @@ static int do_store(lua_State *L, int op)
     read_value(L, 3, &v);
     uint64_t now = mg_now_ms();
     uint64_t exp = expiry(L, 4, now);
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     const char *err = NULL;
     pthread_mutex_lock(&d->lock);
     entry_t *cur = find(d, k, n, h, now);
@@ -300,7 +290,7 @@ static int l_get(lua_State *L)
     dict_t *d = check_dict(L);
     size_t n;
     const char *k = luaL_checklstring(L, 2, &n);
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     pthread_mutex_lock(&d->lock);
     entry_t *e = find(d, k, n, h, mg_now_ms());
     if (e) {
@@ -324,7 +314,7 @@ static int l_incr(lua_State *L)
     double init = luaL_optnumber(L, 4, 0);
     uint64_t now = mg_now_ms();
     uint64_t exp = expiry(L, 5, now);
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     const char *err = NULL;
     double result = 0;
     pthread_mutex_lock(&d->lock);
@@ -359,7 +349,7 @@ static int l_delete(lua_State *L)
     dict_t *d = check_dict(L);
     size_t n;
     const char *k = luaL_checklstring(L, 2, &n);
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     pthread_mutex_lock(&d->lock);
     entry_t *e = find(d, k, n, h, mg_now_ms());
     if (e)
@@ -374,7 +364,7 @@ static int l_ttl(lua_State *L)
     dict_t *d = check_dict(L);
     size_t n;
     const char *k = luaL_checklstring(L, 2, &n);
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     uint64_t now = mg_now_ms();
     pthread_mutex_lock(&d->lock);
     entry_t *e = find(d, k, n, h, now);
@@ -435,7 +425,7 @@ static int l_token_bucket(lua_State *L)
     if (!(rate > 0) || !(burst >= want) || !(want > 0))
         return luaL_error(L, "token_bucket: need rate > 0 and burst >= cost > 0");
     uint64_t now = mg_now_ms();
-    uint32_t h = hash_key(k, n);
+    uint32_t h = mg_hash(k, n);
     int allowed = 0;
     double tokens, retry = 0;
     pthread_mutex_lock(&d->lock);
@@ -507,11 +497,7 @@ void mg_shared_register(lua_State *L, mg_vm_t *vm)
         { "incr", l_incr }, { "delete", l_delete }, { "ttl", l_ttl }, { "flush_all", l_flush_all },
         { "stats", l_stats }, { "token_bucket", l_token_bucket }, { NULL, NULL },
     };
-    luaL_newmetatable(L, DICT_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    mg_lua_class(L, DICT_MT, methods, NULL);
     lua_newtable(L);              /* gw.shared */
     lua_newtable(L);              /* its metatable */
     lua_pushcfunction(L, l_index);

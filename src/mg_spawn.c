@@ -150,10 +150,7 @@ static int l_gc(lua_State *L)
 
 void mg_spawn_register(lua_State *L, mg_vm_t *vm)
 {
-    luaL_newmetatable(L, SPAWN_MT);
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    mg_lua_class(L, SPAWN_MT, NULL, l_gc);
     lua_pushcfunction(L, l_spawn);
     lua_setfield(L, -2, "spawn");
     lua_pushcfunction(L, l_wait);

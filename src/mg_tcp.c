@@ -571,13 +571,7 @@ void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm)
     static const luaL_Reg methods[] = {
         { "accept", l_accept }, { "port", l_listener_port }, { "close", l_listener_close }, { NULL, NULL },
     };
-    luaL_newmetatable(L, LISTENER_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_listener_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    mg_lua_class(L, LISTENER_MT, methods, l_listener_gc);
     lua_pushlightuserdata(L, vm);
     lua_pushcclosure(L, l_listen, 1);
     lua_setfield(L, -2, "tcp_listen");
@@ -589,13 +583,7 @@ void mg_tcp_register(lua_State *L, mg_vm_t *vm)
         { "settimeout", l_settimeout }, { "connect", l_connect }, { "send", l_send },
         { "receive", l_receive }, { "close", l_close }, { "reset", l_reset }, { NULL, NULL },
     };
-    luaL_newmetatable(L, TCP_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    mg_lua_class(L, TCP_MT, methods, l_gc);
     lua_pushlightuserdata(L, vm);
     lua_pushcclosure(L, l_new, 1);
     lua_setfield(L, -2, "tcp");

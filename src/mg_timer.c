@@ -137,12 +137,8 @@ void mg_timer_free_all(mg_vm_t *vm)
 
 void mg_timer_register(lua_State *L, mg_vm_t *vm)
 {
-    luaL_newmetatable(L, TIMER_MT);
-    lua_newtable(L);
-    lua_pushcfunction(L, l_cancel);
-    lua_setfield(L, -2, "cancel");
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    static const luaL_Reg methods[] = { { "cancel", l_cancel }, { NULL, NULL } };
+    mg_lua_class(L, TIMER_MT, methods, NULL);
     lua_newtable(L);
     lua_pushcfunction(L, l_at);
     lua_setfield(L, -2, "at");

@@ -153,16 +153,6 @@ static int usable(const mg_target_t *t, uint64_t now)
 
 int mg_target_usable(const mg_target_t *t) { return usable(t, mg_now_ms()); }
 
-static uint32_t fnv1a(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid)
 {
     uint64_t now = mg_now_ms();
@@ -179,7 +169,7 @@ mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_l
         }
         up->rr++;
     } else {
-        unsigned start = up->balance == MG_BALANCE_HASH && hash ? fnv1a(hash, hash_len) : up->rr++;
+        unsigned start = up->balance == MG_BALANCE_HASH && hash ? mg_hash(hash, hash_len) : up->rr++;
         for (int i = 0; i < n && !best; i++) {
             mg_target_t *t = &up->targets[(start + (unsigned)i) % (unsigned)n];
             if (usable(t, now) && (t != avoid || n == 1))
