@@ -128,7 +128,7 @@ void mg_log_write(int level, const char *trace_id, const char *fields_json, cons
 {
     if (level < min_level)
         return;
-    char msg[4096], emsg[8192], ts[40], line[12288];
+    char msg[4096], emsg[8192], ts[64], line[12288];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof(msg), fmt, ap);
