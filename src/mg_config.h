@@ -61,6 +61,8 @@ typedef struct mg_gen {
     int nroutes;
     mg_upstream_t *upstreams;
     int nupstreams;
+    int refs;                      /* requests using it (worker thread only) */
+    struct mg_gen *next_retired;   /* replaced by a reload, freed when refs drop to 0 */
 } mg_gen_t;
 
 /* The generation's upstream with this name, or NULL. */

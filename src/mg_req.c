@@ -67,6 +67,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     memcpy(r->remote, c->remote, sizeof(r->remote));
     r->worker = w;
     r->gen = w->gen;
+    r->gen->refs++;
     r->body = body;
     r->ctx_ref = LUA_NOREF;
     r->task.co_ref = LUA_NOREF;
@@ -113,6 +114,7 @@ static void req_recycle(mg_req_t *r)
     evbuffer_drain(r->body, evbuffer_get_length(r->body));
     mg_pool_reset(&r->pool);
     mg_worker_t *w = r->worker;
+    mg_worker_gen_unref(w, r->gen);
     r->next_free = w->free_reqs;
     w->free_reqs = r;
 }

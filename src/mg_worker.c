@@ -97,6 +97,89 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     evtimer_add(w->drain_timer, &tv);
 }
 
+/* Starts what a generation runs on this loop: resolution, pools, health checks, init_worker. */
+static void gen_activate(mg_worker_t *w, mg_gen_t *gen)
+{
+    const mg_config_t *cfg = w->cfg;
+    int names = 0;
+    for (int i = 0; i < gen->nupstreams; i++)
+        for (int k = 0; k < gen->upstreams[i].ntargets; k++)
+            names += gen->upstreams[i].targets[k].hostname != NULL;
+    if (names && !w->dns) {
+        /* non-blocking resolution on this worker's loop; /etc/hosts first, like the system */
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!w->dns)
+            w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (evdns_base_load_hosts(w->dns, cfg->hosts_file ? cfg->hosts_file : "/etc/hosts") != 0 && cfg->hosts_file)
+            mg_log_warn(NULL, "cannot read hosts_file %s", cfg->hosts_file);
+    }
+    gen->vm->mailbox = &w->mailbox;
+    for (int i = 0; i < gen->nupstreams; i++) {
+        gen->upstreams[i].mailbox = &w->mailbox;
+        mg_upstream_start(&gen->upstreams[i], w->base, w->dns);
+    }
+    gen->refs++; /* the worker's own reference while it is current */
+    mg_plugins_init_worker(gen->vm);
+}
+
+static void on_retire(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    for (mg_gen_t **pp = &w->retired; *pp;) {
+        mg_gen_t *g = *pp;
+        if (g->refs == 0) {
+            *pp = g->next_retired;
+            mg_gen_free(g);
+        } else {
+            pp = &g->next_retired;
+        }
+    }
+}
+
+void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen)
+{
+    /* freed from the loop, not here: the caller may still be inside that VM's callbacks */
+    if (--gen->refs == 0 && gen != w->gen)
+        event_active(w->retire_ev, EV_TIMEOUT, 0);
+}
+
+static void on_reload(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    uint64_t v;
+    if (read(fd, &v, sizeof(v)) < 0) {
+        /* the eventfd was readable: the pending generation is what matters */
+    }
+    pthread_mutex_lock(&w->reload_lock);
+    mg_gen_t *gen = w->pending_gen;
+    w->pending_gen = NULL;
+    pthread_mutex_unlock(&w->reload_lock);
+    if (!gen)
+        return;
+    mg_gen_t *old = w->gen;
+    w->gen = gen;
+    gen_activate(w, gen);
+    old->next_retired = w->retired;
+    w->retired = old;
+    mg_worker_gen_unref(w, old); /* drop the worker's reference: freed when its last request ends */
+    __atomic_add_fetch(&w->generation, 1, __ATOMIC_RELEASE);
+}
+
+void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen)
+{
+    pthread_mutex_lock(&w->reload_lock);
+    mg_gen_t *stale = w->pending_gen;
+    w->pending_gen = gen;
+    pthread_mutex_unlock(&w->reload_lock);
+    if (stale)
+        mg_gen_free(stale); /* never installed: no request uses it */
+    uint64_t one = 1;
+    if (write(w->reload_fd, &one, sizeof(one)) < 0)
+        mg_log_error(NULL, "cannot signal worker %d to reload", w->id);
+}
+
+uint64_t mg_worker_generation(mg_worker_t *w) { return __atomic_load_n(&w->generation, __ATOMIC_ACQUIRE); }
+
 void mg_worker_conn_closed(mg_worker_t *w)
 {
     w->nconns--;
@@ -109,6 +192,7 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     w->id = id;
     w->cfg = cfg;
     w->stop_fd = -1;
+    w->reload_fd = -1;
     /* single-threaded loop: no locks (the main thread only writes to stop_fd) */
     struct event_config *ec = event_config_new();
     event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
@@ -132,25 +216,8 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
         evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
         w->nlisteners++;
     }
-    int names = 0;
-    for (int i = 0; i < w->gen->nupstreams; i++)
-        for (int k = 0; k < w->gen->upstreams[i].ntargets; k++)
-            names += w->gen->upstreams[i].targets[k].hostname != NULL;
-    if (names) {
-        /* non-blocking resolution on this worker's loop; /etc/hosts first, like the system */
-        w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (!w->dns)
-            w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (evdns_base_load_hosts(w->dns, cfg->hosts_file ? cfg->hosts_file : "/etc/hosts") != 0 && cfg->hosts_file)
-            mg_log_warn(NULL, "cannot read hosts_file %s", cfg->hosts_file);
-    }
     mg_mailbox_init(&w->mailbox, w->base);
-    w->gen->vm->mailbox = &w->mailbox;
-    for (int i = 0; i < w->gen->nupstreams; i++) {
-        w->gen->upstreams[i].mailbox = &w->mailbox;
-        mg_upstream_start(&w->gen->upstreams[i], w->base, w->dns);
-    }
-    mg_plugins_init_worker(w->gen->vm);
+    gen_activate(w, w->gen);
     w->beat = mg_now_ms();
     w->heartbeat = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
     struct timeval hb = { 0, 200 * 1000 };
@@ -158,6 +225,11 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->stop_ev = event_new(w->base, w->stop_fd, EV_READ, on_stop, w);
     event_add(w->stop_ev, NULL);
+    pthread_mutex_init(&w->reload_lock, NULL);
+    w->reload_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->reload_ev = event_new(w->base, w->reload_fd, EV_READ | EV_PERSIST, on_reload, w);
+    event_add(w->reload_ev, NULL);
+    w->retire_ev = event_new(w->base, -1, 0, on_retire, w);
     w->reap_ev = event_new(w->base, -1, 0, on_reap, w);
     if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
         w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
@@ -199,6 +271,19 @@ void mg_worker_free(mg_worker_t *w)
         mg_req_destroy(r);
     }
     mg_gen_free(w->gen);
+    while (w->retired) {
+        mg_gen_t *g = w->retired;
+        w->retired = g->next_retired;
+        mg_gen_free(g);
+    }
+    if (w->pending_gen)
+        mg_gen_free(w->pending_gen);
+    if (w->reload_ev)
+        event_free(w->reload_ev);
+    if (w->retire_ev)
+        event_free(w->retire_ev);
+    if (w->reload_fd >= 0)
+        close(w->reload_fd);
     if (w->mailbox.fd > 0)
         mg_mailbox_free(&w->mailbox);
     if (w->stop_ev)

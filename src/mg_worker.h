@@ -34,6 +34,14 @@ typedef struct mg_worker {
     int nlisteners;
     int stop_fd;                          /* eventfd: the main thread writes to stop us */
     struct event *stop_ev;
+    /* reload: the main thread builds our next generation and posts it here */
+    pthread_mutex_t reload_lock;
+    mg_gen_t *pending_gen;
+    int reload_fd;
+    struct event *reload_ev;
+    uint64_t generation;                  /* generations installed so far (atomic: main reads it) */
+    mg_gen_t *retired;                    /* old generations still used by requests */
+    struct event *retire_ev;
     struct event *drain_timer;
     int draining;
     mg_conn_t *conns;                     /* all open connections (intrusive list) */
@@ -64,6 +72,17 @@ void *mg_worker_run(void *arg);
  * the watchdog logs it once and stops routing new connections to it.
  */
 void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
+
+/*
+ * Main thread: hands the worker its next generation (built for its loop).
+ * The worker switches new requests to it; requests in flight finish on
+ * theirs; an old generation is freed when its last request ends.
+ */
+void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen);
+uint64_t mg_worker_generation(mg_worker_t *w);
+
+/* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
+void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);
 
 /* Thread-safe: begin graceful shutdown (stop accepting, drain, exit). */
 void mg_worker_stop(mg_worker_t *w);
