@@ -69,6 +69,9 @@ function M.start(config, opts)
     if not body:find("listen", 1, true) then
       body = ('listen "127.0.0.1:%d"\n'):format(port) .. body
     end
+    if not body:find("admin_socket", 1, true) then
+      body = ('admin_socket "%s/admin.sock"\n'):format(dir) .. body
+    end
     local file = dir .. "/gateway.lua"
     write_file(file, body)
     local argv = { M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }
@@ -76,7 +79,7 @@ function M.start(config, opts)
     local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log" }))
     local ok = wait_port(port, pid, 10)
     if ok then
-      return setmetatable({ pid = pid, port = port, dir = dir, file = file }, Gateway)
+      return setmetatable({ pid = pid, port = port, dir = dir, file = file, socket = dir .. "/admin.sock" }, Gateway)
     end
     gw.process.kill(pid, gw.process.SIGKILL)
     M.wait_exit(pid, 5)
@@ -119,6 +122,16 @@ function Gateway:stop(seconds)
 end
 
 function Gateway:error_log() return read_file(self.dir .. "/error.log") end
+
+--- Runs gatewayctl against this gateway; returns exit code and output (stdout then stderr).
+function Gateway:ctl(...)
+  local ctl = M.gatewayd:gsub("gatewayd$", "gatewayctl")
+  local argv = { ctl, "-s", self.socket, ... }
+  local out = self.dir .. "/ctl.out"
+  local pid = assert(gw.process.spawn(argv, { stdout = out, stderr = out .. ".err" }))
+  local _, code = M.wait_exit(pid, 20)
+  return code, read_file(out) .. read_file(out .. ".err")
+end
 function Gateway:access_log() return read_file(self.dir .. "/access.log") end
 
 --- Access-log entries as tables, in order.

@@ -12,13 +12,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <lua.h>
-
+#include "mg_admin.h"
 #include "mg_config.h"
 #include "mg_log.h"
 #include "mg_worker.h"
@@ -131,21 +132,16 @@ int main(int argc, char **argv)
     }
     int nroutes = gen->nroutes;
     if (routes) {
-        lua_State *L = gen->vm->L;
-        lua_getglobal(L, "require");
-        lua_pushliteral(L, "moongate.config");
-        lua_call(L, 1, 1);
-        lua_getfield(L, -1, "describe");
-        lua_getfield(L, -2, "load");
-        lua_pushstring(L, file);
-        lua_call(L, 1, 1);
-        lua_call(L, 1, 1);
-        printf("%-4s %-12s %-20s %-40s %-24s %s\n%s\n", "id", "methods", "host", "path", "target",
-               "plugins (in order)", lua_tostring(L, -1));
         mg_gen_free(gen);
         event_base_free(check_base);
+        char *text = mg_admin_routes_text(file, err, sizeof(err));
+        if (text)
+            fputs(text, stdout);
+        else
+            fprintf(stderr, "gatewayd: %s\n", err);
+        free(text);
         mg_config_free(&cfg);
-        return 0;
+        return text ? 0 : 1;
     }
     mg_gen_free(gen);
     event_base_free(check_base);
@@ -185,6 +181,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     sigaddset(&sigs, SIGQUIT);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
     for (int k = 0; k < cfg.nlisten; k++) {
@@ -216,27 +213,53 @@ int main(int argc, char **argv)
     mg_log_info(NULL, "gatewayd %s started: %d workers, %d routes, listening on %s", MG_VERSION, nworkers,
                 nroutes, addrs);
 
-    struct timespec tick = { 1, 0 };
+    mg_admin_t admin = { .file = file, .cfg = &cfg, .workers = workers, .nworkers = nworkers,
+                         .started = mg_wall_time(), .listen_fd = -1 };
+    const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
+    if (strcmp(sock, "off") != 0 && mg_admin_open(&admin, sock, err, sizeof(err)) != MG_OK)
+        mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
+    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    uint32_t drain_ms = cfg.drain_timeout_ms;
+    /* the main thread's loop: signals, the admin socket, the watchdog once a second */
     for (;;) {
-        int sig = sigtimedwait(&sigs, NULL, &tick);
-        if (sig < 0) {
-            for (int i = 0; i < nworkers; i++)
-                mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
-            continue;
+        struct pollfd pf[2] = { { sfd, POLLIN, 0 }, { admin.listen_fd, POLLIN, 0 } };
+        int n = poll(pf, admin.listen_fd >= 0 ? 2 : 1, 1000);
+        for (int i = 0; i < nworkers; i++)
+            mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
+        if (n > 0 && (pf[1].revents & POLLIN))
+            mg_admin_serve(&admin);
+        if (admin.stop_requested) {
+            drain_ms = admin.stop_drain_ms;
+            mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
+            break;
         }
+        if (n <= 0 || !(pf[0].revents & POLLIN))
+            continue;
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof(si)) != sizeof(si))
+            continue;
+        int sig = (int)si.ssi_signo;
         if (sig == SIGHUP) {
-            mg_log_warn(NULL, "SIGHUP: live reload is not available yet; restart to apply a new config");
+            if (mg_admin_reload(&admin, err, sizeof(err)) != MG_OK)
+                mg_log_error(NULL, "SIGHUP: reload refused, the running configuration is unchanged: %s", err);
             continue;
         }
-        mg_log_info(NULL, "signal %d: draining (up to %u ms) and stopping", sig, cfg.drain_timeout_ms);
+        if (sig == SIGUSR1) {
+            if (mg_log_reopen(err, sizeof(err)) != MG_OK)
+                mg_log_error(NULL, "SIGUSR1: %s", err);
+            continue;
+        }
+        mg_log_info(NULL, "signal %d: draining (up to %u ms) and stopping", sig, drain_ms);
         break;
     }
+    mg_admin_close(&admin);
+    close(sfd);
     for (int i = 0; i < nworkers; i++)
-        mg_worker_stop(&workers[i]);
+        mg_worker_stop(&workers[i], drain_ms);
     /* a worker stuck in Lua code that never yields cannot drain: do not wait for it forever */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)(cfg.drain_timeout_ms / 1000) + 3;
+    until.tv_sec += (time_t)(drain_ms / 1000) + 3;
     int stuck = 0;
     for (int i = 0; i < nworkers; i++) {
         if (pthread_timedjoin_np(workers[i].thread, NULL, &until) != 0) {

@@ -118,6 +118,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->error_log = get_str(L, t, "error_log");
     cfg->error_header = get_str(L, t, "error_header");
     cfg->hosts_file = get_str(L, t, "hosts_file");
+    cfg->admin_socket = get_str(L, t, "admin_socket");
     return MG_OK;
 }
 
@@ -380,5 +381,6 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->error_log);
     free(cfg->error_header);
     free(cfg->hosts_file);
+    free(cfg->admin_socket);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -38,6 +38,7 @@ typedef struct mg_config {
     char *access_log, *error_log;
     char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
     char *hosts_file;              /* NULL: /etc/hosts */
+    char *admin_socket;            /* NULL: /tmp/moongate-gatewayd.sock; "off": none */
 } mg_config_t;
 
 typedef struct mg_route {

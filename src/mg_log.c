@@ -45,8 +45,36 @@ static int open_target(const char *spec, int *fd, char *err, size_t errlen)
     return 0;
 }
 
+static char *error_path, *access_path;
+
+/* dup2 swaps the file under the same descriptor: writers in other threads never see a gap */
+static int reopen_one(const char *path, int fd, char *err, size_t errlen)
+{
+    if (!path || fd < 0 || strcmp(path, "stdout") == 0 || strcmp(path, "stderr") == 0 || strcmp(path, "off") == 0)
+        return MG_OK;
+    int f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (f < 0) {
+        snprintf(err, errlen, "cannot reopen log file %s: %s", path, strerror(errno));
+        return MG_ERROR;
+    }
+    dup2(f, fd);
+    close(f);
+    return MG_OK;
+}
+
+int mg_log_reopen(char *err, size_t errlen)
+{
+    if (reopen_one(error_path, error_fd, err, errlen) != MG_OK)
+        return MG_ERROR;
+    return reopen_one(access_path, access_fd, err, errlen);
+}
+
 int mg_log_open(const char *error_log, const char *access_log, char *err, size_t errlen)
 {
+    free(error_path);
+    free(access_path);
+    error_path = error_log ? strdup(error_log) : NULL;
+    access_path = access_log ? strdup(access_log) : NULL;
     if (open_target(error_log, &error_fd, err, errlen) < 0)
         return MG_ERROR;
     if (error_fd < 0)

@@ -20,6 +20,8 @@ void mg_log_set_level(int level);
 int mg_log_level_parse(const char *name); /* -1 when unknown */
 const char *mg_log_level_name(int level);
 int mg_log_access_enabled(void);
+/* Opens the log files again (after rotation) and swaps them in atomically. */
+int mg_log_reopen(char *err, size_t errlen);
 
 /* Writes one error-log line; trace_id and fields_json (a JSON object body, "k":v,...) may be NULL. */
 void mg_log_write(int level, const char *trace_id, const char *fields_json, const char *fmt, ...)

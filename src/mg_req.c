@@ -154,6 +154,7 @@ static void on_log_done(mg_task_t *t, int status)
 static void req_end(mg_req_t *r)
 {
     access_log(r);
+    __atomic_add_fetch(&r->worker->requests, 1, __ATOMIC_RELAXED);
     if (!r->route || !r->route->chain_logs || r->ctx_ref == LUA_NOREF) {
         req_release(r);
         return;

@@ -92,7 +92,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(w->base);
         return;
     }
-    struct timeval tv = { w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000 };
+    uint32_t ms = __atomic_load_n(&w->drain_ms, __ATOMIC_ACQUIRE);
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
     evtimer_add(w->drain_timer, &tv);
 }
@@ -246,8 +247,9 @@ void *mg_worker_run(void *arg)
     return NULL;
 }
 
-void mg_worker_stop(mg_worker_t *w)
+void mg_worker_stop(mg_worker_t *w, uint32_t drain_ms)
 {
+    __atomic_store_n(&w->drain_ms, drain_ms, __ATOMIC_RELEASE);
     uint64_t one = 1;
     if (write(w->stop_fd, &one, sizeof(one)) < 0)
         mg_log_error(NULL, "cannot signal worker %d to stop", w->id);

@@ -30,6 +30,8 @@ typedef struct mg_worker {
     struct event *heartbeat;
     uint64_t beat;                        /* loop liveness, written by the worker, read by main (atomic) */
     int stuck_reported;
+    uint64_t requests;                    /* requests ended (atomic: main reads it) */
+    uint32_t drain_ms;                    /* set by mg_worker_stop */
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;
     int stop_fd;                          /* eventfd: the main thread writes to stop us */
@@ -84,8 +86,8 @@ uint64_t mg_worker_generation(mg_worker_t *w);
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);
 
-/* Thread-safe: begin graceful shutdown (stop accepting, drain, exit). */
-void mg_worker_stop(mg_worker_t *w);
+/* Thread-safe: begin graceful shutdown (stop accepting, drain up to drain_ms, exit). */
+void mg_worker_stop(mg_worker_t *w, uint32_t drain_ms);
 void mg_worker_free(mg_worker_t *w);
 
 /* The cached "Date:" value for this second. */

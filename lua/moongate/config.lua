@@ -331,6 +331,13 @@ local function make_env(st)
     gw._define_shared(name, bytes)
   end
 
+  -- admin_socket "/run/moongate.sock": where gatewayctl finds this gateway ("off": none)
+  function env.admin_socket(path)
+    if type(path) ~= "string" then fail("admin_socket expects a path or \"off\"") end
+    if path ~= "off" and path:sub(1, 1) ~= "/" then path = st.dir .. "/" .. path end
+    s.admin_socket = path
+  end
+
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end

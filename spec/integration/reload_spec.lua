@@ -1,0 +1,162 @@
+-- Operations: gatewayctl against a running gateway, and live reload: new
+-- routes right after gatewayctl returns, nothing dropped under load, a broken
+-- config changes nothing, in-flight requests finish on their generation.
+local helpers = require "spec.helpers"
+
+local function routes(version)
+  return ([[
+    workers(2)
+    route { method = "GET", path = "/version", handler = function() return 200, "v%d" end }
+    route { method = "GET", path = "/only-v%d", handler = function() return 200, "only" end }
+    route { method = "GET", path = "/slow", handler = function() gw.sleep(0.5); return 200, "slow-v%d" end }
+  ]]):format(version, version, version)
+end
+
+describe("gatewayctl and live reload", function()
+  local g
+
+  local function write_config(body)
+    helpers.write_file(g.file, ('listen "127.0.0.1:%d"\nadmin_socket "%s"\n'):format(g.port, g.socket) .. body)
+  end
+
+  setup(function() g = helpers.start(routes(1), { workers = 2 }) end)
+  teardown(function() g:stop() end)
+
+  it("reports status and routes", function()
+    local code, out = g:ctl("status")
+    assert.equal(0, code)
+    assert.truthy(out:find("worker 0: generation", 1, true), out)
+    code, out = g:ctl("status", "--json")
+    local st = gw.json.decode(out)
+    assert.equal(2, #st.workers)
+    code, out = g:ctl("routes")
+    assert.equal(0, code)
+    assert.truthy(out:find("/only-v1", 1, true), out)
+  end)
+
+  it("applies new routes as soon as reload returns", function()
+    write_config(routes(2))
+    local code, out = g:ctl("reload")
+    assert.equal(0, code, out)
+    assert.equal("v2", g:request("GET", "/version").body)
+    assert.equal(200, g:request("GET", "/only-v2").status)
+    assert.equal(404, g:request("GET", "/only-v1").status)
+  end)
+
+  it("lets in-flight requests finish on the generation they started on", function()
+    local results = helpers.parallel({
+      function() return g:request("GET", "/slow").body end,
+      function()
+        gw.sleep(0.1)
+        write_config(routes(3))
+        return (g:ctl("reload"))
+      end,
+    })
+    assert.equal("slow-v2", results[1])
+    assert.equal(0, results[2])
+    assert.equal("slow-v3", g:request("GET", "/slow").body)
+  end)
+
+  for _, case in ipairs({
+    { "a Lua syntax error", "route { path = ", ":%d+: " },
+    { "a plugin conf error", 'route { path = "/x", plugins = { ["key-auth"] = {} }, handler = print }', "give keys or keys_file" },
+    { "a missing plugin", 'route { path = "/x", plugins = { nope = true }, handler = print }', "no plugin named 'nope'" },
+  }) do
+    it("refuses " .. case[1] .. " with file:line and changes nothing", function()
+      write_config(routes(4) .. "\n" .. case[2] .. "\n")
+      local code, out = g:ctl("reload")
+      assert.equal(1, code)
+      assert.truthy(out:find(case[3]), out)
+      assert.truthy(out:find(g.file, 1, true), out)
+      assert.equal("v3", g:request("GET", "/version").body)
+      write_config(routes(3))
+    end)
+  end
+
+  it("reloads 20 times under continuous load without a failed request", function()
+    local stop, failures, served = false, 0, 0
+    local function client()
+      while not stop do
+        local ok, res = pcall(g.request, g, "GET", "/version")
+        if ok and res and res.status == 200 and (res.body == "v5" or res.body == "v6" or res.body == "v3") then
+          served = served + 1
+        else
+          failures = failures + 1
+        end
+      end
+      return true
+    end
+    helpers.parallel({
+      client, client, client,
+      function()
+        for i = 1, 20 do
+          write_config(routes(i % 2 == 0 and 5 or 6))
+          local code = g:ctl("reload")
+          if code ~= 0 then failures = failures + 1000 end
+        end
+        gw.sleep(0.1)
+        stop = true
+        return true
+      end,
+    })
+    assert.equal(0, failures)
+    assert.is_true(served > 50, "only " .. served .. " requests were served")
+  end)
+
+  it("reloads on SIGHUP too", function()
+    write_config(routes(7))
+    gw.process.kill(g.pid, 1) -- SIGHUP
+    local body
+    for _ = 1, 50 do
+      body = g:request("GET", "/version").body
+      if body == "v7" then break end
+      gw.sleep(0.02)
+    end
+    assert.equal("v7", body)
+  end)
+
+  it("keeps memory bounded over many reloads", function()
+    local function rss()
+      return tonumber(helpers.read_file("/proc/" .. g.pid .. "/status"):match("VmRSS:%s+(%d+)"))
+    end
+    for _ = 1, 20 do g:ctl("reload") end
+    local before = rss()
+    for _ = 1, 150 do g:ctl("reload") end
+    local after = rss()
+    assert.is_true(after - before < 20 * 1024, ("RSS %d KiB -> %d KiB over 150 reloads"):format(before, after))
+  end)
+
+  it("checks a config without applying it", function()
+    local bad = g.dir .. "/bad.lua"
+    helpers.write_file(bad, 'listen "127.0.0.1:1"\nroute { path = "/x" }\n')
+    local code, out = g:ctl("check", bad)
+    assert.equal(1, code)
+    assert.truthy(out:find(bad .. ":2:", 1, true), out)
+    code = g:ctl("check", g.file)
+    assert.equal(0, code)
+  end)
+end)
+
+describe("gatewayctl without a gateway", function()
+  it("says clearly that nothing answers", function()
+    local ctl = helpers.gatewayd:gsub("gatewayd$", "gatewayctl")
+    local dir = helpers.tmpdir()
+    local pid = gw.process.spawn({ ctl, "-s", dir .. "/none.sock", "status" }, { stderr = dir .. "/err" })
+    local _, code = helpers.wait_exit(pid, 5)
+    assert.equal(3, code)
+    assert.truthy(helpers.read_file(dir .. "/err"):find("no gateway answers on", 1, true))
+  end)
+
+  it("stops a gateway with a drain", function()
+    local g = helpers.start('route { path = "/slow", handler = function() gw.sleep(0.3); return 200, "done" end }')
+    local s = g:connect()
+    s:send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    gw.sleep(0.05)
+    local code = g:ctl("stop", "--drain", "2")
+    assert.equal(0, code)
+    assert.equal("done", assert(helpers.read_response(s)).body)
+    local how, status = helpers.wait_exit(g.pid, 5)
+    assert.same({ "exit", 0 }, { how, status })
+    g.stopped = true
+  end)
+end)

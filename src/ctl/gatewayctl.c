@@ -1,0 +1,137 @@
+/*
+ * gatewayctl — controls a running gatewayd through its admin socket.
+ *
+ *   gatewayctl [-s SOCKET] status [--json] | routes | reload | check [FILE]
+ *              | reopen-logs | stop [--drain SECONDS]
+ *
+ * Exit status: 0 done, 1 the gateway refused (the message says why, e.g. a
+ * config error with file:line), 2 usage, 3 no gateway answers on the socket.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define DEFAULT_SOCKET "/tmp/moongate-gatewayd.sock"
+
+typedef struct subcommand {
+    const char *name;
+    const char *usage;
+} subcommand_t;
+
+static const subcommand_t subcommands[] = {
+    { "status", "status [--json]        workers, generations, connections, requests, semaphores" },
+    { "routes", "routes                 the compiled route table with plugins in order" },
+    { "reload", "reload                 load the config again; on error nothing changes" },
+    { "check", "check [FILE]           validate a config without applying it" },
+    { "reopen-logs", "reopen-logs            reopen the log files (after rotation)" },
+    { "stop", "stop [--drain SECONDS] stop accepting, drain, exit" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gatewayctl [-s SOCKET] COMMAND\n  -s SOCKET   the admin socket (default $MOONGATE_SOCKET, else %s)\ncommands:\n",
+            DEFAULT_SOCKET);
+    for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
+        fprintf(f, "  %s\n", subcommands[i].usage);
+}
+
+/* Sends one command line; prints the answer. Returns the exit status. */
+static int exchange(const char *path, const char *line)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        fprintf(stderr, "gatewayctl: socket path too long: %s\n", path);
+        return 2;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        fprintf(stderr, "gatewayctl: no gateway answers on %s (%s). Is gatewayd running? "
+                        "Use -s or MOONGATE_SOCKET for another admin_socket.\n", path, strerror(errno));
+        close(fd);
+        return 3;
+    }
+    if (write(fd, line, strlen(line)) < 0) {
+        fprintf(stderr, "gatewayctl: %s\n", strerror(errno));
+        close(fd);
+        return 3;
+    }
+    char buf[65536];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (len == sizeof(buf) - 1) {
+            fwrite(buf, 1, len, stdout);
+            len = 0;
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    int ok = strncmp(buf, "OK\n", 3) == 0;
+    const char *text = strchr(buf, '\n') ? strchr(buf, '\n') + 1 : buf;
+    fputs(text, ok ? stdout : stderr);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *sock = getenv("MOONGATE_SOCKET");
+    if (!sock)
+        sock = DEFAULT_SOCKET;
+    int i = 1;
+    if (i + 1 < argc && strcmp(argv[i], "-s") == 0) {
+        sock = argv[i + 1];
+        i += 2;
+    }
+    if (i >= argc || strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+        usage(i >= argc ? stderr : stdout);
+        return i >= argc ? 2 : 0;
+    }
+    const char *cmd = argv[i++];
+    char line[4200];
+    if (strcmp(cmd, "status") == 0) {
+        int json = i < argc && strcmp(argv[i], "--json") == 0;
+        snprintf(line, sizeof(line), "status%s\n", json ? " json" : "");
+    } else if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "reload") == 0 || strcmp(cmd, "reopen-logs") == 0) {
+        snprintf(line, sizeof(line), "%s\n", cmd);
+    } else if (strcmp(cmd, "check") == 0) {
+        char abs[4096] = "";
+        if (i < argc && !realpath(argv[i], abs)) {
+            fprintf(stderr, "gatewayctl: %s: %s\n", argv[i], strerror(errno));
+            return 1;
+        }
+        if (i < argc && access(sock, F_OK) != 0) {
+            /* no gateway running: validate with the gatewayd next to us */
+            char self[4096];
+            ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+            if (n > 0) {
+                self[n] = '\0';
+                char gd[4200];
+                snprintf(gd, sizeof(gd), "%s/gatewayd", dirname(self));
+                execl(gd, "gatewayd", "-t", "-c", abs, (char *)NULL);
+            }
+            execlp("gatewayd", "gatewayd", "-t", "-c", abs, (char *)NULL);
+            fprintf(stderr, "gatewayctl: cannot run gatewayd -t: %s\n", strerror(errno));
+            return 3;
+        }
+        snprintf(line, sizeof(line), "check%s%s\n", abs[0] ? " " : "", abs);
+    } else if (strcmp(cmd, "stop") == 0) {
+        if (i + 1 < argc && strcmp(argv[i], "--drain") == 0)
+            snprintf(line, sizeof(line), "stop %s\n", argv[i + 1]);
+        else
+            snprintf(line, sizeof(line), "stop\n");
+    } else {
+        fprintf(stderr, "gatewayctl: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    return exchange(sock, line);
+}
