@@ -188,6 +188,7 @@ static void send_request(mg_proxy_t *p)
 static void attempt(mg_proxy_t *p)
 {
     p->attempts++;
+    p->t_attempt = mg_now_us();
     mg_target_t *t = NULL;
     if (p->preferred && p->attempts == 1 && mg_target_usable(p->preferred))
         t = p->preferred; /* a balancer plugin's choice; retries go back to the balancer */
@@ -220,6 +221,7 @@ static void attempt(mg_proxy_t *p)
 static void on_permit(mg_sema_waiter_t *w)
 {
     mg_proxy_t *p = w->data;
+    p->queue_us = (uint32_t)(mg_now_us() - p->t_start);
     event_del(&p->queue_timer);
     p->queued = 0;
     p->permit = 1;
@@ -237,6 +239,8 @@ static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
 
 void mg_proxy_start(mg_proxy_t *p)
 {
+    p->t_start = mg_now_us();
+    p->queue_us = p->connect_us = p->ttfb_us = 0;
     p->running = 1;
     p->attempts = 0;
     p->target = NULL;
@@ -487,6 +491,8 @@ static void on_readable(mg_proxy_t *p)
         return;
     }
     uc->in_len += (size_t)n;
+    if (!p->ttfb_us)
+        p->ttfb_us = (uint32_t)(mg_now_us() - p->t_start);
     if (p->body_done || p->head_seen)
         arm_timer(p, p->up->read_ms);
     if (!deliver(p))
@@ -513,6 +519,7 @@ static void on_event(mg_upconn_t *uc, int what)
             return;
         }
         uc->connected = 1;
+        p->connect_us = (uint32_t)(mg_now_us() - p->t_attempt);
         send_request(p);
         return;
     }

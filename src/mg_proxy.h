@@ -94,6 +94,9 @@ struct mg_proxy {
     int busy_status;             /* the status of an mg_err_busy */
     mg_sema_waiter_t waiter;
     struct event queue_timer;
+    /* timings for the access log and metrics (µs since mg_proxy_start) */
+    uint64_t t_start, t_attempt;
+    uint32_t queue_us, connect_us, ttfb_us;
     mg_http1_response_t resp;
     mg_header_t headers[MG_PROXY_MAX_HEADERS];
 };

@@ -205,19 +205,28 @@ static void access_log(mg_req_t *r)
 {
     if (!mg_log_access_enabled())
         return;
-    char ts[64], path[1024], route[512], line[4096];
+    char ts[64], path[1024], route[512], up[768] = "", line[4096];
     mg_log_time(ts, sizeof(ts), mg_wall_time());
     mg_json_escape(path, sizeof(path), r->target.p ? r->target.p : "", r->target.n);
     const char *rname = r->route ? r->route->name : "";
     mg_json_escape(route, sizeof(route), rname, strlen(rname));
     double ms = (double)(mg_now_us() - r->start_us) / 1000.0;
+    if (r->proxy) {
+        /* where it went and where the time went: queue wait, connect, first byte */
+        const mg_proxy_t *p = r->proxy;
+        snprintf(up, sizeof(up),
+                 ",\"upstream\":\"%s\",\"target\":\"%s\",\"attempts\":%d,\"queue_ms\":%.3f,"
+                 "\"connect_ms\":%.3f,\"ttfb_ms\":%.3f",
+                 p->up->name, p->target ? p->target->text : "", p->attempts, p->queue_us / 1000.0,
+                 p->connect_us / 1000.0, p->ttfb_us / 1000.0);
+    }
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"method\":\"%.*s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
-                     "\"duration_ms\":%.3f%s%s%s}\n",
+                     "\"duration_ms\":%.3f%s%s%s%s}\n",
                      ts, r->trace_id, r->remote[0] ? r->remote : "-", (int)r->method.n,
                      r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
-                     ms, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind : "",
+                     ms, up, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind : "",
                      r->error_kind ? "\"" : "");
     if (n > 0)
         mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);

@@ -52,6 +52,18 @@ describe("reverse proxy", function()
     assert.equal("localhost", got.headers["x-forwarded-host"])
   end)
 
+  it("logs upstream, target, attempts and timings", function()
+    up.handler = function() gw.sleep(0.05); return 200, {}, "x" end
+    g:request("GET", "/a/timed", { headers = { ["X-Request-ID"] = "timed-1" } })
+    local e = entry_for(g, "timed-1")
+    assert.equal("a", e.upstream)
+    assert.equal("127.0.0.1:" .. up.port, e.target)
+    assert.equal(1, e.attempts)
+    assert.is_true(e.ttfb_ms >= 45, "ttfb " .. e.ttfb_ms)
+    assert.is_number(e.connect_ms)
+    assert.equal(0, e.queue_ms)
+  end)
+
   it("propagates the trace id upstream (X-Request-ID and traceparent) and back", function()
     local res = g:request("GET", "/a/t", { headers = {
       traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
