@@ -66,7 +66,7 @@ function M.start(config, opts)
   for _ = 1, 5 do
     local port = 20000 + math.random(0, 20000)
     local body = config:gsub("{{PORT}}", tostring(port))
-    if not body:find("listen", 1, true) then
+    if not (body:find("^%s*listen[%s(\"]") or body:find("\n%s*listen[%s(\"]")) then
       body = ('listen "127.0.0.1:%d"\n'):format(port) .. body
     end
     if not body:find("admin_socket", 1, true) then

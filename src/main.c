@@ -214,7 +214,9 @@ int main(int argc, char **argv)
                 nroutes, addrs);
 
     mg_admin_t admin = { .file = file, .cfg = &cfg, .workers = workers, .nworkers = nworkers,
-                         .started = mg_wall_time(), .listen_fd = -1 };
+                         .started = mg_wall_time(), .listen_fd = -1, .http_fd = -1 };
+    if (cfg.admin_listen && mg_admin_open_http(&admin, cfg.admin_listen, err, sizeof(err)) != MG_OK)
+        mg_log_error(NULL, "%s", err);
     const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
     if (strcmp(sock, "off") != 0 && mg_admin_open(&admin, sock, err, sizeof(err)) != MG_OK)
         mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
@@ -222,12 +224,15 @@ int main(int argc, char **argv)
     uint32_t drain_ms = cfg.drain_timeout_ms;
     /* the main thread's loop: signals, the admin socket, the watchdog once a second */
     for (;;) {
-        struct pollfd pf[2] = { { sfd, POLLIN, 0 }, { admin.listen_fd, POLLIN, 0 } };
-        int n = poll(pf, admin.listen_fd >= 0 ? 2 : 1, 1000);
+        /* a negative fd is ignored by poll: the admin socket and listener are optional */
+        struct pollfd pf[3] = { { sfd, POLLIN, 0 }, { admin.listen_fd, POLLIN, 0 }, { admin.http_fd, POLLIN, 0 } };
+        int n = poll(pf, 3, 1000);
         for (int i = 0; i < nworkers; i++)
             mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
         if (n > 0 && (pf[1].revents & POLLIN))
             mg_admin_serve(&admin);
+        if (n > 0 && (pf[2].revents & POLLIN))
+            mg_admin_serve_http(&admin);
         if (admin.stop_requested) {
             drain_ms = admin.stop_drain_ms;
             mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);

@@ -50,8 +50,30 @@ int mg_admin_open(mg_admin_t *a, const char *path, char *err, size_t errlen)
     return MG_OK;
 }
 
+int mg_admin_open_http(mg_admin_t *a, const char *addr, char *err, size_t errlen)
+{
+    mg_listen_addr_t la;
+    if (mg_parse_listen(addr, &la, err, errlen) != MG_OK)
+        return MG_ERROR;
+    int fd = socket(la.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&la.ss, la.len) < 0 || listen(fd, 16) < 0) {
+        snprintf(err, errlen, "cannot listen on admin_listen %s: %s", addr, strerror(errno));
+        close(fd);
+        free(la.text);
+        return MG_ERROR;
+    }
+    free(la.text);
+    a->http_fd = fd;
+    return MG_OK;
+}
+
 void mg_admin_close(mg_admin_t *a)
 {
+    if (a->http_fd >= 0)
+        close(a->http_fd);
+    a->http_fd = -1;
     if (a->listen_fd >= 0) {
         close(a->listen_fd);
         unlink(a->socket_path);
@@ -231,19 +253,15 @@ static void answer(int fd, int ok, const char *text, size_t len)
     }
 }
 
-void mg_admin_serve(mg_admin_t *a)
+/* Reads the first line a client sends (2 s at most: the main thread must not hang on it). */
+static void read_line(int fd, char *line, size_t size)
 {
-    int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    char line[4096];
     size_t len = 0;
-    /* a client that sends nothing for 2 s is dropped: the main thread must not hang on it */
-    while (len < sizeof(line) - 1) {
+    while (len < size - 1) {
         struct pollfd p = { fd, POLLIN, 0 };
         if (poll(&p, 1, 2000) <= 0)
             break;
-        ssize_t n = read(fd, line + len, sizeof(line) - 1 - len);
+        ssize_t n = read(fd, line + len, size - 1 - len);
         if (n <= 0)
             break;
         len += (size_t)n;
@@ -251,6 +269,76 @@ void mg_admin_serve(mg_admin_t *a)
             break;
     }
     line[len] = '\0';
+}
+
+static void prom_sema(mg_sema_t *s, void *arg)
+{
+    mg_text_t *t = arg;
+    mg_sema_stats_t st;
+    mg_sema_stats(s, &st);
+    const char *n = mg_sema_name(s);
+    mg_text_add(t, "moongate_semaphore_capacity{name=\"%s\"} %lld\nmoongate_semaphore_in_use{name=\"%s\"} %lld\n"
+                   "moongate_semaphore_queued{name=\"%s\"} %lld\nmoongate_semaphore_acquired_total{name=\"%s\"} %llu\n"
+                   "moongate_semaphore_rejected_total{name=\"%s\"} %llu\n"
+                   "moongate_semaphore_timed_out_total{name=\"%s\"} %llu\n"
+                   "moongate_semaphore_longest_wait_seconds{name=\"%s\"} %.3f\n",
+                n, (long long)st.capacity, n, (long long)st.in_use, n, (long long)st.queued, n,
+                (unsigned long long)st.acquired, n, (unsigned long long)st.rejected, n,
+                (unsigned long long)st.timed_out, n, st.longest_wait_ms / 1000.0);
+}
+
+static void metrics(mg_admin_t *a, mg_text_t *t)
+{
+    mg_text_add(t, "# moongate %s\nmoongate_uptime_seconds %.0f\nmoongate_reloads_total{result=\"ok\"} %llu\n"
+                   "moongate_reloads_total{result=\"refused\"} %llu\n",
+                MG_VERSION, mg_wall_time() - a->started, (unsigned long long)a->reloads,
+                (unsigned long long)a->reload_failures);
+    mg_sema_each(prom_sema, t);
+    for (int i = 0; i < a->nworkers; i++)
+        if (mg_worker_metrics(&a->workers[i], t) != MG_OK)
+            mg_text_add(t, "# worker %d did not answer (stuck?)\n", i);
+}
+
+void mg_admin_serve_http(mg_admin_t *a)
+{
+    int fd = accept4(a->http_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    char line[2048];
+    read_line(fd, line, sizeof(line));
+    mg_text_t body = { 0 };
+    const char *ctype = "text/plain; version=0.0.4";
+    int code = 200;
+    if (strncmp(line, "GET /metrics ", 13) == 0 || strncmp(line, "GET /metrics?", 13) == 0) {
+        metrics(a, &body);
+    } else if (strncmp(line, "GET /status ", 12) == 0) {
+        out_t *o = mg_calloc(1, sizeof(*o));
+        status(a, o, 1);
+        mg_text_add(&body, "%s", o->buf);
+        free(o);
+        ctype = "application/json";
+    } else {
+        code = 404;
+        mg_text_add(&body, "try /metrics or /status\n");
+    }
+    char head[256];
+    int n = snprintf(head, sizeof(head), "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                                          "Connection: close\r\n\r\n",
+                     code, code == 200 ? "OK" : "Not Found", ctype, body.len);
+    if (write(fd, head, (size_t)n) < 0 || (body.len && write(fd, body.p, body.len) < 0)) {
+        /* the scraper went away */
+    }
+    free(body.p);
+    close(fd);
+}
+
+void mg_admin_serve(mg_admin_t *a)
+{
+    int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    char line[4096];
+    read_line(fd, line, sizeof(line));
     char *nl = strchr(line, '\n');
     if (nl)
         *nl = '\0';

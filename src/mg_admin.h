@@ -20,6 +20,7 @@ typedef struct mg_admin {
     double started;               /* wall time */
     uint64_t reloads, reload_failures;
     int listen_fd;                /* the admin socket, -1 when none */
+    int http_fd;                  /* the admin HTTP listener (metrics, status), -1 when none */
     char *socket_path;
     int stop_requested;
     uint32_t stop_drain_ms;
@@ -29,6 +30,10 @@ typedef struct mg_admin {
 int mg_admin_open(mg_admin_t *a, const char *path, char *err, size_t errlen);
 /* Serves one waiting client on the admin socket. */
 void mg_admin_serve(mg_admin_t *a);
+
+/* The admin HTTP listener: GET /metrics (Prometheus text), GET /status (JSON). */
+int mg_admin_open_http(mg_admin_t *a, const char *addr, char *err, size_t errlen);
+void mg_admin_serve_http(mg_admin_t *a);
 /*
  * Loads `a->file` again: validated completely, then built for every worker
  * and published. On error nothing changes; the message (file:line) is in err.

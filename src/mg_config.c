@@ -119,6 +119,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->error_header = get_str(L, t, "error_header");
     cfg->hosts_file = get_str(L, t, "hosts_file");
     cfg->admin_socket = get_str(L, t, "admin_socket");
+    cfg->admin_listen = get_str(L, t, "admin_listen");
     return MG_OK;
 }
 
@@ -382,5 +383,6 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->error_header);
     free(cfg->hosts_file);
     free(cfg->admin_socket);
+    free(cfg->admin_listen);
     memset(cfg, 0, sizeof(*cfg));
 }

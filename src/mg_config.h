@@ -39,6 +39,7 @@ typedef struct mg_config {
     char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
     char *hosts_file;              /* NULL: /etc/hosts */
     char *admin_socket;            /* NULL: /tmp/moongate-gatewayd.sock; "off": none */
+    char *admin_listen;            /* "127.0.0.1:9901": metrics and status over HTTP; NULL: none */
 } mg_config_t;
 
 typedef struct mg_route {

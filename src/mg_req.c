@@ -155,6 +155,10 @@ static void req_end(mg_req_t *r)
 {
     access_log(r);
     __atomic_add_fetch(&r->worker->requests, 1, __ATOMIC_RELAXED);
+    const mg_proxy_t *p = r->proxy;
+    mg_metrics_record(&r->worker->metrics, r->route ? r->route->name : NULL, r->status,
+                      (double)(mg_now_us() - r->start_us) / 1e6, p ? p->up->name : NULL,
+                      p ? p->ttfb_us / 1e6 : 0, r->error_kind);
     if (!r->route || !r->route->chain_logs || r->ctx_ref == LUA_NOREF) {
         req_release(r);
         return;

@@ -181,6 +181,64 @@ void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen)
 
 uint64_t mg_worker_generation(mg_worker_t *w) { return __atomic_load_n(&w->generation, __ATOMIC_ACQUIRE); }
 
+/* Pools and target health of the current generation, seen from this worker. */
+static void render_upstreams(mg_worker_t *w, mg_text_t *o)
+{
+    uint64_t now = mg_now_ms();
+    for (int i = 0; i < w->gen->nupstreams; i++) {
+        mg_upstream_t *up = &w->gen->upstreams[i];
+        for (int k = 0; k < up->ntargets; k++) {
+            mg_target_t *t = &up->targets[k];
+            int healthy = t->len && !t->active_down && (!t->ejected_until || now >= t->ejected_until);
+            mg_text_add(o, "moongate_upstream_pool_idle{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
+                           "moongate_upstream_inflight{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
+                           "moongate_upstream_target_healthy{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n",
+                        w->id, up->name, t->text, t->nidle, w->id, up->name, t->text, t->inflight,
+                        w->id, up->name, t->text, healthy);
+        }
+    }
+}
+
+static void on_metrics(evutil_socket_t fd, short what, void *arg)
+{
+    mg_worker_t *w = arg;
+    uint64_t v;
+    if (read(fd, &v, sizeof(v)) < 0) {
+        /* readable was enough */
+    }
+    pthread_mutex_lock(&w->metrics_lock);
+    if (w->metrics_out) {
+        mg_text_add(w->metrics_out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
+        mg_metrics_render(&w->metrics, w->id, w->metrics_out);
+        render_upstreams(w, w->metrics_out);
+        w->metrics_out = NULL;
+        pthread_cond_signal(&w->metrics_cond);
+    }
+    pthread_mutex_unlock(&w->metrics_lock);
+}
+
+int mg_worker_metrics(mg_worker_t *w, mg_text_t *out)
+{
+    pthread_mutex_lock(&w->metrics_lock);
+    w->metrics_out = out;
+    uint64_t one = 1;
+    if (write(w->metrics_fd, &one, sizeof(one)) < 0) {
+        w->metrics_out = NULL;
+        pthread_mutex_unlock(&w->metrics_lock);
+        return MG_ERROR;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    int rc = 0;
+    while (w->metrics_out && rc == 0)
+        rc = pthread_cond_timedwait(&w->metrics_cond, &w->metrics_lock, &until);
+    int ok = w->metrics_out == NULL;
+    w->metrics_out = NULL; /* a stuck worker: give up on its figures */
+    pthread_mutex_unlock(&w->metrics_lock);
+    return ok ? MG_OK : MG_ERROR;
+}
+
 void mg_worker_conn_closed(mg_worker_t *w)
 {
     w->nconns--;
@@ -231,6 +289,11 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     w->reload_ev = event_new(w->base, w->reload_fd, EV_READ | EV_PERSIST, on_reload, w);
     event_add(w->reload_ev, NULL);
     w->retire_ev = event_new(w->base, -1, 0, on_retire, w);
+    pthread_mutex_init(&w->metrics_lock, NULL);
+    pthread_cond_init(&w->metrics_cond, NULL);
+    w->metrics_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->metrics_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, on_metrics, w);
+    event_add(w->metrics_ev, NULL);
     w->reap_ev = event_new(w->base, -1, 0, on_reap, w);
     if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
         w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
@@ -282,6 +345,11 @@ void mg_worker_free(mg_worker_t *w)
         mg_gen_free(w->pending_gen);
     if (w->reload_ev)
         event_free(w->reload_ev);
+    if (w->metrics_ev)
+        event_free(w->metrics_ev);
+    if (w->metrics_fd > 0)
+        close(w->metrics_fd);
+    mg_metrics_free(&w->metrics);
     if (w->retire_ev)
         event_free(w->retire_ev);
     if (w->reload_fd >= 0)

@@ -12,6 +12,7 @@
 #include <event2/listener.h>
 
 #include "mg_config.h"
+#include "mg_metrics.h"
 #include "mg_sema.h"
 
 typedef struct mg_conn mg_conn_t;
@@ -31,6 +32,12 @@ typedef struct mg_worker {
     uint64_t beat;                        /* loop liveness, written by the worker, read by main (atomic) */
     int stuck_reported;
     uint64_t requests;                    /* requests ended (atomic: main reads it) */
+    mg_metrics_t metrics;                 /* written and rendered by this worker only */
+    int metrics_fd;                       /* eventfd: the main thread asks for a rendering */
+    struct event *metrics_ev;
+    pthread_mutex_t metrics_lock;
+    pthread_cond_t metrics_cond;
+    mg_text_t *metrics_out;               /* where to render; NULL when done */
     uint32_t drain_ms;                    /* set by mg_worker_stop */
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;
@@ -82,6 +89,9 @@ void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
  */
 void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen);
 uint64_t mg_worker_generation(mg_worker_t *w);
+
+/* Main thread: the worker renders its metrics into out (waits at most 1 s). */
+int mg_worker_metrics(mg_worker_t *w, mg_text_t *out);
 
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);

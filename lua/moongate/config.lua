@@ -338,6 +338,12 @@ local function make_env(st)
     s.admin_socket = path
   end
 
+  -- admin_listen "127.0.0.1:9901": GET /metrics (Prometheus) and /status over HTTP
+  function env.admin_listen(addr)
+    if type(addr) ~= "string" or not addr:match(":%d+$") then fail("admin_listen expects \"host:port\"") end
+    s.admin_listen = addr
+  end
+
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end

@@ -160,3 +160,40 @@ describe("gatewayctl without a gateway", function()
     g.stopped = true
   end)
 end)
+
+describe("metrics", function()
+  it("serves Prometheus text: requests by route and class, latency, upstream errors, pools, semaphores", function()
+    local upstream = require "spec.upstream"
+    local up = upstream.start(function(req, res)
+      if req.path == "/up/bad" then res:reset(); return end
+      return 200, {}, "ok"
+    end)
+    local port = 30000 + math.random(0, 20000)
+    local g = helpers.start(([[
+      admin_listen "127.0.0.1:%d"
+      upstream "svc" { targets = { "127.0.0.1:%d" }, max_concurrency = 5, retries = 0 }
+      route { path = "/ok", handler = function() return 200, "ok" end }
+      route { path = "/up/{x*}", upstream = "svc" }
+    ]]):format(port, up.port))
+    for _ = 1, 3 do g:request("GET", "/ok") end
+    g:request("GET", "/up/fine")
+    g:request("POST", "/up/bad", { body = "x" })
+    g:request("GET", "/up/fine") -- leaves one pooled connection
+    g:request("GET", "/missing")
+    local s = gw.tcp()
+    assert(s:connect("127.0.0.1", port))
+    s:send("GET /metrics HTTP/1.0\r\n\r\n")
+    local res = assert(helpers.read_response(s))
+    assert.equal(200, res.status)
+    local m = res.body
+    assert.truthy(m:find('moongate_requests_total{worker="0",route="/ok",status="2xx"} 3', 1, true), m)
+    assert.truthy(m:find('moongate_requests_total{worker="0",route="(none)",status="4xx"} 1', 1, true), m)
+    assert.truthy(m:find('moongate_request_duration_seconds_bucket{worker="0",route="/ok",le="+Inf"} 3', 1, true), m)
+    assert.truthy(m:find('moongate_upstream_errors_total{worker="0",upstream="svc",kind="reset"} 1', 1, true), m)
+    assert.truthy(m:find('moongate_upstream_pool_idle{worker="0",upstream="svc",target="127.0.0.1:' .. up.port .. '"} 1', 1, true), m)
+    assert.truthy(m:find('moongate_semaphore_capacity{name="upstream:svc"} 5', 1, true), m)
+    assert.truthy(m:find('moongate_reloads_total{result="ok"} 0', 1, true), m)
+    g:stop()
+    up:stop()
+  end)
+end)

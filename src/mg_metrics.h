@@ -1,0 +1,43 @@
+/*
+ * mg_metrics — per-worker request figures (by route and by upstream), written
+ * only by the worker's own thread and rendered by it as Prometheus text when
+ * the main thread asks (so no locks on the request path and no torn reads).
+ * Series are keyed by name, so they survive reloads.
+ */
+#ifndef MG_METRICS_H
+#define MG_METRICS_H
+
+#include "mg_core.h"
+
+#define MG_METRICS_BUCKETS 10
+
+typedef struct mg_series {
+    char *name;
+    int is_upstream;
+    uint64_t by_class[6];                 /* 1xx..5xx, then other */
+    uint64_t hist[MG_METRICS_BUCKETS + 1]; /* latency buckets, +Inf last */
+    double sum_s;
+    uint64_t errors[16];                  /* by error kind (mg_metrics_kinds) */
+    struct mg_series *next;
+} mg_series_t;
+
+typedef struct mg_metrics {
+    mg_series_t *buckets[256];
+} mg_metrics_t;
+
+/* Records one ended request. upstream, ttfb_s and error may be NULL/0. */
+void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds,
+                       const char *upstream, double ttfb_s, const char *error);
+
+typedef struct mg_text {
+    char *p;
+    size_t len, cap;
+} mg_text_t;
+
+void mg_text_add(mg_text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Appends the worker's series with a worker="id" label. */
+void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *out);
+void mg_metrics_free(mg_metrics_t *m);
+
+#endif
