@@ -183,6 +183,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGQUIT);
     sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    mg_log_start(); /* after the mask: signals must not land on the log writer */
 
     for (int k = 0; k < cfg.nlisten; k++) {
         if (!address_free(&cfg.listen[k], err, sizeof(err))) {
@@ -272,16 +273,20 @@ int main(int argc, char **argv)
             stuck = 1;
         }
     }
-    if (stuck)
+    if (stuck) {
+        mg_log_stop();
         _exit(1);
+    }
     for (int i = 0; i < nworkers; i++)
         mg_worker_free(&workers[i]);
     free(workers);
     mg_log_info(NULL, "stopped");
+    mg_log_stop();
     mg_config_free(&cfg);
     return 0;
 fail:
     /* start-up failed: nothing runs yet; sockets and workers die with the process */
+    mg_log_stop();
     mg_config_free(&cfg);
     return 1;
 }

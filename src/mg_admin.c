@@ -290,9 +290,9 @@ static void prom_sema(mg_sema_t *s, void *arg)
 static void metrics(mg_admin_t *a, mg_text_t *t)
 {
     mg_text_add(t, "# moongate %s\nmoongate_uptime_seconds %.0f\nmoongate_reloads_total{result=\"ok\"} %llu\n"
-                   "moongate_reloads_total{result=\"refused\"} %llu\n",
+                   "moongate_reloads_total{result=\"refused\"} %llu\nmoongate_log_lines_dropped_total %llu\n",
                 MG_VERSION, mg_wall_time() - a->started, (unsigned long long)a->reloads,
-                (unsigned long long)a->reload_failures);
+                (unsigned long long)a->reload_failures, (unsigned long long)mg_log_dropped());
     mg_sema_each(prom_sema, t);
     for (int i = 0; i < a->nworkers; i++)
         if (mg_worker_metrics(&a->workers[i], t) != MG_OK)

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,10 +101,120 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
+/*
+ * Log lines do not touch the disk on the event loop: once mg_log_start ran,
+ * they are copied into a ring (one per log) under a short lock, and one
+ * writer thread writes them out. A full ring drops the line and counts it
+ * (a stalled disk must not stall the gateway). Before the writer exists
+ * (start-up), lines are written directly.
+ */
+typedef struct ring {
+    char *buf;
+    size_t size, head, len;       /* bytes [head, head + len) mod size are queued */
+    int *fd;
+} ring_t;
+
+#define RING_SIZE (1024 * 1024)
+
+static ring_t rings[2] = { { .fd = &error_fd }, { .fd = &access_fd } };
+static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ring_cond = PTHREAD_COND_INITIALIZER;
+static pthread_t writer;
+static int writer_running, writer_stop;
+static uint64_t dropped;
+
+static void emit(ring_t *r, const char *line, size_t len)
+{
+    if (!writer_running) {
+        write_all(*r->fd, line, len);
+        return;
+    }
+    pthread_mutex_lock(&ring_lock);
+    if (r->size - r->len < len) {
+        dropped++;
+    } else {
+        size_t tail = (r->head + r->len) % r->size;
+        size_t first = len < r->size - tail ? len : r->size - tail;
+        memcpy(r->buf + tail, line, first);
+        memcpy(r->buf, line + first, len - first);
+        r->len += len;
+        pthread_cond_signal(&ring_cond);
+    }
+    pthread_mutex_unlock(&ring_lock);
+}
+
+static void *write_loop(void *arg)
+{
+    static char chunk[65536];
+    pthread_mutex_lock(&ring_lock);
+    for (;;) {
+        int any = 0;
+        for (int i = 0; i < 2; i++) {
+            ring_t *r = &rings[i];
+            if (!r->len)
+                continue;
+            size_t n = r->len < r->size - r->head ? r->len : r->size - r->head;
+            if (n > sizeof(chunk))
+                n = sizeof(chunk);
+            memcpy(chunk, r->buf + r->head, n);
+            r->head = (r->head + n) % r->size;
+            r->len -= n;
+            int fd = *r->fd;
+            pthread_mutex_unlock(&ring_lock);
+            if (fd >= 0)
+                write_all(fd, chunk, n); /* the only place that may block on the disk */
+            pthread_mutex_lock(&ring_lock);
+            any = 1;
+        }
+        if (any)
+            continue;
+        if (writer_stop)
+            break;
+        pthread_cond_wait(&ring_cond, &ring_lock);
+    }
+    pthread_mutex_unlock(&ring_lock);
+    return NULL;
+}
+
+void mg_log_start(void)
+{
+    for (int i = 0; i < 2; i++) {
+        rings[i].buf = mg_alloc(RING_SIZE);
+        rings[i].size = RING_SIZE;
+    }
+    writer_stop = 0;
+    pthread_create(&writer, NULL, write_loop, NULL);
+    writer_running = 1;
+}
+
+void mg_log_stop(void)
+{
+    if (!writer_running)
+        return;
+    pthread_mutex_lock(&ring_lock);
+    writer_stop = 1;
+    pthread_cond_signal(&ring_cond);
+    pthread_mutex_unlock(&ring_lock);
+    pthread_join(writer, NULL); /* it writes what is queued first */
+    writer_running = 0;
+    for (int i = 0; i < 2; i++) {
+        free(rings[i].buf);
+        rings[i].buf = NULL;
+    }
+}
+
+uint64_t mg_log_dropped(void)
+{
+    pthread_mutex_lock(&ring_lock);
+    uint64_t d = dropped;
+    pthread_mutex_unlock(&ring_lock);
+    return d;
+}
+
 void mg_log_access_line(const char *line, size_t len)
 {
     if (access_fd >= 0)
-        write_all(access_fd, line, len);
+        emit(&rings[1], line, len);
 }
 
 size_t mg_json_escape(char *out, size_t size, const char *s, size_t n)
@@ -175,5 +286,5 @@ void mg_log_write(int level, const char *trace_id, const char *fields_json, cons
         len = sizeof(line) - 1;
         line[len - 1] = '\n';
     }
-    write_all(error_fd, line, (size_t)len);
+    emit(&rings[0], line, (size_t)len);
 }

@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum { MG_LOG_DEBUG = 0, MG_LOG_INFO, MG_LOG_WARN, MG_LOG_ERROR };
 
@@ -20,6 +21,15 @@ void mg_log_set_level(int level);
 int mg_log_level_parse(const char *name); /* -1 when unknown */
 const char *mg_log_level_name(int level);
 int mg_log_access_enabled(void);
+/*
+ * Starts the writer thread: from then on no log line is written on the
+ * caller's thread (lines queue in a 1 MiB ring per log; a full ring drops
+ * and counts). mg_log_stop writes what is queued and joins the thread.
+ */
+void mg_log_start(void);
+void mg_log_stop(void);
+uint64_t mg_log_dropped(void);
+
 /* Opens the log files again (after rotation) and swaps them in atomically. */
 int mg_log_reopen(char *err, size_t errlen);
 
