@@ -230,6 +230,7 @@ int main(int argc, char **argv)
         int n = poll(pf, 3, 1000);
         for (int i = 0; i < nworkers; i++)
             mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
+        mg_gen_graveyard_empty();
         if (n > 0 && (pf[1].revents & POLLIN))
             mg_admin_serve(&admin);
         if (n > 0 && (pf[2].revents & POLLIN))
@@ -279,6 +280,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < nworkers; i++)
         mg_worker_free(&workers[i]);
+    mg_gen_graveyard_empty();
     free(workers);
     mg_log_info(NULL, "stopped");
     mg_log_stop();

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <lauxlib.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 
 int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen)
@@ -358,15 +359,50 @@ fail:
     return NULL;
 }
 
+void mg_gen_stop(mg_gen_t *gen)
+{
+    if (gen->loop_stopped)
+        return;
+    gen->loop_stopped = 1;
+    for (int i = 0; i < gen->nupstreams; i++)
+        mg_upstream_free(&gen->upstreams[i]);
+    if (gen->vm)
+        mg_vm_stop(gen->vm);
+}
+
+static pthread_mutex_t graveyard_lock = PTHREAD_MUTEX_INITIALIZER;
+static mg_gen_t *graveyard;
+
+void mg_gen_bury(mg_gen_t *gen)
+{
+    mg_gen_stop(gen);
+    pthread_mutex_lock(&graveyard_lock);
+    gen->next_retired = graveyard;
+    graveyard = gen;
+    pthread_mutex_unlock(&graveyard_lock);
+}
+
+void mg_gen_graveyard_empty(void)
+{
+    pthread_mutex_lock(&graveyard_lock);
+    mg_gen_t *g = graveyard;
+    graveyard = NULL;
+    pthread_mutex_unlock(&graveyard_lock);
+    while (g) {
+        mg_gen_t *next = g->next_retired;
+        mg_gen_free(g);
+        g = next;
+    }
+}
+
 void mg_gen_free(mg_gen_t *gen)
 {
     if (!gen)
         return;
+    mg_gen_stop(gen);
     for (int i = 0; i < gen->nroutes; i++)
         free(gen->routes[i].name);
     free(gen->routes);
-    for (int i = 0; i < gen->nupstreams; i++)
-        mg_upstream_free(&gen->upstreams[i]);
     free(gen->upstreams);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);

@@ -64,6 +64,7 @@ typedef struct mg_gen {
     mg_upstream_t *upstreams;
     int nupstreams;
     int refs;                      /* requests using it (worker thread only) */
+    int loop_stopped;              /* its timers, pools and checks are gone (mg_gen_stop) */
     struct mg_gen *next_retired;   /* replaced by a reload, freed when refs drop to 0 */
 } mg_gen_t;
 
@@ -78,6 +79,17 @@ mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name);
 mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
                       char *err, size_t errlen);
 void mg_gen_free(mg_gen_t *gen);
+
+/*
+ * On the generation's loop thread: stops what it runs on the loop (timers,
+ * pools, health checks). What is left (the VM, the router) is plain memory
+ * that any thread may free: a retired generation goes to the graveyard, and
+ * the main thread frees it, so a worker never stalls on a large VM's close.
+ */
+void mg_gen_stop(mg_gen_t *gen);
+void mg_gen_bury(mg_gen_t *gen);
+/* Main thread: frees buried generations. */
+void mg_gen_graveyard_empty(void);
 
 /* Parses "host:port", "[v6]:port" or ":port" into addr. */
 int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen);

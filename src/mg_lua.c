@@ -188,14 +188,22 @@ void mg_plugins_init_worker(mg_vm_t *vm)
     mg_task_start(t, vm, 0, init_worker_done, NULL);
 }
 
+void mg_vm_stop(mg_vm_t *vm)
+{
+    if (vm->stopped)
+        return;
+    vm->stopped = 1;
+    mg_timer_free_all(vm);
+    for (int i = 0; i < vm->nadhoc; i++)
+        mg_upstream_free(&vm->adhoc[i]);
+}
+
 void mg_vm_free(mg_vm_t *vm)
 {
     if (!vm)
         return;
-    mg_timer_free_all(vm);
+    mg_vm_stop(vm);
     lua_close(vm->L);
-    for (int i = 0; i < vm->nadhoc; i++)
-        mg_upstream_free(&vm->adhoc[i]);
     free(vm->adhoc);
     free(vm);
 }

@@ -73,6 +73,7 @@ struct mg_vm {
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
     void *timers;                       /* gw.timer timers (mg_timer.c) */
     mg_mailbox_t *mailbox;              /* the worker's, for gw.semaphore waits (NULL in specs) */
+    int stopped;
     int nadhoc;
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
@@ -86,6 +87,8 @@ struct mg_vm {
  */
 mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, size_t errlen);
 void mg_vm_free(mg_vm_t *vm);
+/* Stops the VM's loop work (timers, URL upstream pools); it stays usable as memory. */
+void mg_vm_stop(mg_vm_t *vm);
 
 /* Registers metatable `name` with __index = methods and an optional __gc. */
 void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);

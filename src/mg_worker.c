@@ -130,7 +130,7 @@ static void on_retire(evutil_socket_t fd, short what, void *arg)
         mg_gen_t *g = *pp;
         if (g->refs == 0) {
             *pp = g->next_retired;
-            mg_gen_free(g);
+            mg_gen_bury(g); /* the main thread frees it: closing a large VM must not stall this loop */
         } else {
             pp = &g->next_retired;
         }
