@@ -374,6 +374,13 @@ void mg_admin_serve(mg_admin_t *a)
         }
         event_base_free(base);
         mg_config_free(&cfg);
+    } else if (strcmp(cmd, "upstreams") == 0) {
+        mg_text_t t = { 0 };
+        for (int i = 0; i < a->nworkers; i++)
+            if (mg_worker_upstreams(&a->workers[i], &t) != MG_OK)
+                mg_text_add(&t, "worker %d did not answer (stuck?)\n", i);
+        put(o, "%s", t.p ? t.p : "");
+        free(t.p);
     } else if (strcmp(cmd, "routes") == 0) {
         if (routes(a->file, o, err, sizeof(err)) != MG_OK) {
             ok = 0;
@@ -392,7 +399,7 @@ void mg_admin_serve(mg_admin_t *a)
         put(o, "stopping (draining up to %u ms)\n", a->stop_drain_ms);
     } else {
         ok = 0;
-        put(o, "unknown command '%s' (status, routes, reload, check, reopen-logs, stop)\n", cmd);
+        put(o, "unknown command '%s' (status, routes, upstreams, reload, check, reopen-logs, stop)\n", cmd);
     }
     answer(fd, ok, o->buf, o->len);
     free(o);

@@ -199,6 +199,29 @@ static void render_upstreams(mg_worker_t *w, mg_text_t *o)
     }
 }
 
+static void upstream_table(mg_worker_t *w, mg_text_t *o)
+{
+    uint64_t now = mg_now_ms();
+    mg_text_add(o, "worker %d:\n", w->id);
+    for (int i = 0; i < w->gen->nupstreams; i++) {
+        mg_upstream_t *up = &w->gen->upstreams[i];
+        mg_text_add(o, "  upstream %s (%s)\n", up->name,
+                    up->balance == MG_BALANCE_LEAST_CONN ? "least_conn" : up->balance == MG_BALANCE_HASH ? "hash"
+                                                                                                    : "round_robin");
+        for (int k = 0; k < up->ntargets; k++) {
+            mg_target_t *t = &up->targets[k];
+            const char *health = !t->len ? "unresolved" : t->active_down ? "down (health check)"
+                               : t->ejected_until && now < t->ejected_until ? "ejected" : "healthy";
+            mg_text_add(o, "    %-28s %-20s in flight %d, idle %d, requests %llu, failures %llu\n", t->text, health,
+                        t->inflight, t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
+        }
+    }
+}
+
+static int render(mg_worker_t *w, mg_text_t *out, int upstreams);
+
+int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out) { return render(w, out, 1); }
+
 static void on_metrics(evutil_socket_t fd, short what, void *arg)
 {
     mg_worker_t *w = arg;
@@ -207,7 +230,11 @@ static void on_metrics(evutil_socket_t fd, short what, void *arg)
         /* readable was enough */
     }
     pthread_mutex_lock(&w->metrics_lock);
-    if (w->metrics_out) {
+    if (w->metrics_out && w->render_upstreams_text) {
+        upstream_table(w, w->metrics_out);
+        w->metrics_out = NULL;
+        pthread_cond_signal(&w->metrics_cond);
+    } else if (w->metrics_out) {
         mg_text_add(w->metrics_out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
         mg_metrics_render(&w->metrics, w->id, w->metrics_out);
         render_upstreams(w, w->metrics_out);
@@ -217,9 +244,12 @@ static void on_metrics(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&w->metrics_lock);
 }
 
-int mg_worker_metrics(mg_worker_t *w, mg_text_t *out)
+int mg_worker_metrics(mg_worker_t *w, mg_text_t *out) { return render(w, out, 0); }
+
+static int render(mg_worker_t *w, mg_text_t *out, int upstreams)
 {
     pthread_mutex_lock(&w->metrics_lock);
+    w->render_upstreams_text = upstreams;
     w->metrics_out = out;
     uint64_t one = 1;
     if (write(w->metrics_fd, &one, sizeof(one)) < 0) {

@@ -38,6 +38,7 @@ typedef struct mg_worker {
     pthread_mutex_t metrics_lock;
     pthread_cond_t metrics_cond;
     mg_text_t *metrics_out;               /* where to render; NULL when done */
+    int render_upstreams_text;            /* render the human upstream table instead */
     uint32_t drain_ms;                    /* set by mg_worker_stop */
     struct evconnlistener *listeners[MG_MAX_LISTEN];
     int nlisteners;
@@ -92,6 +93,8 @@ uint64_t mg_worker_generation(mg_worker_t *w);
 
 /* Main thread: the worker renders its metrics into out (waits at most 1 s). */
 int mg_worker_metrics(mg_worker_t *w, mg_text_t *out);
+/* Main thread: the worker describes its upstreams (targets, health, pools) into out. */
+int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out);
 
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);
