@@ -206,6 +206,14 @@ int main(int argc, char **argv)
             goto fail;
         }
     }
+    /* the control side first: gatewayctl works as soon as requests are served */
+    mg_admin_t admin = { .file = file, .cfg = &cfg, .workers = workers, .nworkers = nworkers,
+                         .started = mg_wall_time(), .listen_fd = -1, .http_fd = -1 };
+    if (cfg.admin_listen && mg_admin_open_http(&admin, cfg.admin_listen, err, sizeof(err)) != MG_OK)
+        mg_log_error(NULL, "%s", err);
+    const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
+    if (strcmp(sock, "off") != 0 && mg_admin_open(&admin, sock, err, sizeof(err)) != MG_OK)
+        mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
     for (int i = 0; i < nworkers; i++)
         pthread_create(&workers[i].thread, NULL, mg_worker_run, &workers[i]);
     char addrs[512] = "";
@@ -214,13 +222,6 @@ int main(int argc, char **argv)
     mg_log_info(NULL, "gatewayd %s started: %d workers, %d routes, listening on %s", MG_VERSION, nworkers,
                 nroutes, addrs);
 
-    mg_admin_t admin = { .file = file, .cfg = &cfg, .workers = workers, .nworkers = nworkers,
-                         .started = mg_wall_time(), .listen_fd = -1, .http_fd = -1 };
-    if (cfg.admin_listen && mg_admin_open_http(&admin, cfg.admin_listen, err, sizeof(err)) != MG_OK)
-        mg_log_error(NULL, "%s", err);
-    const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
-    if (strcmp(sock, "off") != 0 && mg_admin_open(&admin, sock, err, sizeof(err)) != MG_OK)
-        mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
     int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
     uint32_t drain_ms = cfg.drain_timeout_ms;
     /* the main thread's loop: signals, the admin socket, the watchdog once a second */

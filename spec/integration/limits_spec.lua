@@ -149,7 +149,8 @@ describe("concurrency limits", function()
       assert.equal(0, st.in_use, name .. " in_use")
       assert.equal(0, st.queued, name .. " queued")
     end
-    assert.is_true(up.max_inflight <= 5) -- 2 + 2 + 1 across the three limited upstreams
+    -- (no bound on the upstream's own in-flight count here: an aborted request frees its permit at
+    -- once, while the upstream may still be busy with it until it sees the connection closed)
   end)
 
   it("limits per key with limit-conn and releases a permit a failing request held", function()
