@@ -50,6 +50,19 @@ local function wait_port(port, pid, seconds)
 end
 M.wait_port = wait_port
 
+--- A port that is probably free: below the ephemeral range, and checked by binding it.
+function M.free_port()
+  for _ = 1, 50 do
+    local port = 20000 + math.random(0, 12000)
+    local l = gw.tcp_listen("127.0.0.1", port)
+    if l then
+      l:close()
+      return port
+    end
+  end
+  error("no free port found")
+end
+
 local Gateway = {}
 Gateway.__index = Gateway
 
@@ -64,7 +77,8 @@ function M.start(config, opts)
     write_file(dir .. "/" .. name, body)
   end
   for _ = 1, 5 do
-    local port = 20000 + math.random(0, 20000)
+    -- below Linux's ephemeral range (32768-60999), where client sockets would collide
+    local port = M.free_port()
     local body = config:gsub("{{PORT}}", tostring(port))
     if not (body:find("^%s*listen[%s(\"]") or body:find("\n%s*listen[%s(\"]")) then
       body = ('listen "127.0.0.1:%d"\n'):format(port) .. body

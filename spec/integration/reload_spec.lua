@@ -168,7 +168,7 @@ describe("metrics", function()
       if req.path == "/up/bad" then res:reset(); return end
       return 200, {}, "ok"
     end)
-    local port = 30000 + math.random(0, 20000)
+    local port = helpers.free_port()
     local g = helpers.start(([[
       admin_listen "127.0.0.1:%d"
       upstream "svc" { targets = { "127.0.0.1:%d" }, max_concurrency = 5, retries = 0 }
