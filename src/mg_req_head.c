@@ -1,0 +1,188 @@
+/*
+ * mg_req_head — the request head, once parsed: copied into the request's
+ * arena, the target split and its path decoded and checked, the host
+ * normalised, the trace id chosen, and the route found. (Part of mg_req.)
+ */
+#include <stdio.h>
+#include <strings.h>
+
+#include "mg_req.h"
+
+static int hexv(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/*
+ * Splits the raw path on '/', then percent-decodes each segment into one
+ * buffer (segments separated by '/'). Decoding happens once, after splitting,
+ * so "%2F" stays inside its segment. Dot segments are refused: a gateway that
+ * routes "/public/../admin" differently from its upstream is a bypass.
+ */
+static int decode_path(mg_req_t *r)
+{
+    const char *p = r->path.p, *end = p + r->path.n;
+    char *d = mg_pool_alloc(&r->pool, r->path.n + 1);
+    r->dpath = d;
+    r->nsegs = 0;
+    if (r->path.n == 1)
+        return 0; /* "/" */
+    p++;
+    for (;;) {
+        if (r->nsegs == MG_ROUTER_MAX_SEGMENTS)
+            return 414;
+        char *seg = d;
+        while (p < end && *p != '/') {
+            if (*p == '%') {
+                int h, l;
+                if (end - p < 3 || (h = hexv(p[1])) < 0 || (l = hexv(p[2])) < 0)
+                    return 400;
+                char c = (char)(h * 16 + l);
+                if (c == '\0')
+                    return 400;
+                *d++ = c;
+                p += 3;
+            } else {
+                *d++ = *p++;
+            }
+        }
+        size_t n = (size_t)(d - seg);
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+            return 400;
+        r->segs[r->nsegs].p = seg;
+        r->segs[r->nsegs].n = n;
+        r->nsegs++;
+        if (p == end)
+            break;
+        *d++ = '/';
+        p++;
+    }
+    *d = '\0';
+    return 0;
+}
+
+static int is_hex_str(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hexv(s[i]) < 0 || (s[i] >= 'A' && s[i] <= 'F'))
+            return 0;
+    return 1;
+}
+
+/* W3C traceparent "00-<32 hex>-<16 hex>-<2 hex>", X-Request-ID, or a new id. */
+static void pick_trace_id(mg_req_t *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (mg_http1_name_is(h, "traceparent", 11) && h->value_len == 55 && h->value[2] == '-' &&
+            h->value[35] == '-' && h->value[52] == '-' && is_hex_str(h->value + 3, 32) &&
+            memcmp(h->value + 3, "00000000000000000000000000000000", 32) != 0) {
+            memcpy(r->trace_id, h->value + 3, 32);
+            r->trace_id[32] = '\0';
+            return;
+        }
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (!mg_http1_name_is(h, "x-request-id", 12) || h->value_len == 0 || h->value_len > 128)
+            continue;
+        size_t k;
+        for (k = 0; k < h->value_len; k++) {
+            char c = h->value[k];
+            /* a conservative charset: the id is echoed in headers and JSON logs */
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                  c == '-' || c == '_' || c == '.' || c == ':'))
+                break;
+        }
+        if (k == h->value_len) {
+            memcpy(r->trace_id, h->value, k);
+            r->trace_id[k] = '\0';
+            return;
+        }
+    }
+    mg_worker_trace_id(r->worker, r->trace_id);
+}
+
+static const char *rebase(const char *p, const char *from, char *to)
+{
+    return p ? to + (p - from) : NULL;
+}
+
+int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_http1_request_t *p)
+{
+    char *copy = mg_pool_alloc(&r->pool, head_len);
+    memcpy(copy, head, head_len);
+    r->bytes_in = head_len;
+    r->method = (mg_str_t){ rebase(p->method, head, copy), p->method_len };
+    r->target = (mg_str_t){ rebase(p->target, head, copy), p->target_len };
+    r->minor_version = p->minor_version;
+    r->flags = p->flags;
+    r->content_length = p->content_length;
+    r->body_complete = !((p->flags & MG_HTTP1_F_CHUNKED) || p->content_length > 0);
+    r->method_bit = mg_method_bit(p->method, p->method_len);
+    r->nheaders = p->num_headers;
+    r->headers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (p->num_headers ? p->num_headers : 1));
+    for (size_t i = 0; i < p->num_headers; i++) {
+        r->headers[i] = p->headers[i];
+        r->headers[i].name = rebase(p->headers[i].name, head, copy);
+        r->headers[i].value = rebase(p->headers[i].value, head, copy);
+    }
+    pick_trace_id(r);
+
+    /* request-target: origin-form, or absolute-form whose authority replaces Host */
+    const char *t = r->target.p, *tend = t + r->target.n;
+    const char *host = p->host ? rebase(p->host, head, copy) : NULL;
+    size_t host_len = p->host_len;
+    if (r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
+        const char *a = t + (t[4] == ':' ? 7 : 8);
+        const char *s = a;
+        while (s < tend && *s != '/' && *s != '?')
+            s++;
+        host = a;
+        host_len = (size_t)(s - a);
+        t = s;
+    }
+    if (memchr(r->target.p, '#', r->target.n))
+        return 400;
+    const char *q = memchr(t, '?', (size_t)(tend - t));
+    const char *pend = q ? q : tend;
+    if (t == pend && t != r->target.p)
+        r->path = MG_STR("/"); /* "http://host" or "http://host?x" */
+    else if (t < pend && *t == '/')
+        r->path = (mg_str_t){ t, (size_t)(pend - t) };
+    else
+        return 400; /* "*" (OPTIONS) and authority-form (CONNECT) have no path to route */
+    r->query = q ? (mg_str_t){ q + 1, (size_t)(tend - q - 1) } : (mg_str_t){ "", 0 };
+
+    /* host: lowercase, without the port */
+    if (host) {
+        char *h = mg_pool_alloc(&r->pool, host_len + 1);
+        size_t n = 0;
+        if (host_len && host[0] == '[') {
+            const char *rb = memchr(host, ']', host_len);
+            n = rb ? (size_t)(rb - host) + 1 : host_len;
+        } else {
+            const char *colon = memchr(host, ':', host_len);
+            n = colon ? (size_t)(colon - host) : host_len;
+        }
+        for (size_t i = 0; i < n; i++)
+            h[i] = (char)(host[i] >= 'A' && host[i] <= 'Z' ? host[i] | 0x20 : host[i]);
+        h[n] = '\0';
+        r->host = (mg_str_t){ h, n };
+    }
+
+    int rc = decode_path(r);
+    if (rc)
+        return rc;
+    rc = mg_router_match(r->gen->router, r->method_bit, r->host.p, r->host.n, r->segs, r->nsegs, &r->match);
+    if (rc == MG_ROUTER_NOT_FOUND)
+        return 404;
+    if (rc == MG_ROUTER_NO_METHOD)
+        return 405;
+    r->route = &r->gen->routes[r->match.id];
+    return 0;
+}
+
