@@ -157,6 +157,16 @@ function Gateway:access_entries()
   return out
 end
 
+--- The access-log entry of the request with this trace id (waits briefly for the line).
+function Gateway:entry(trace_id)
+  for _ = 1, 20 do
+    for _, e in ipairs(self:access_entries()) do
+      if e.trace_id == trace_id then return e end
+    end
+    gw.sleep(0.025)
+  end
+end
+
 --- A connected client socket.
 function Gateway:connect(timeout_ms)
   local s = gw.tcp()

@@ -223,10 +223,7 @@ describe("HTTP/1.1 server", function()
   it("writes one JSON access-log line per request", function()
     gw_:request("GET", "/info?x=1", { headers = { ["X-Request-ID"] = "spec-req-1" } })
     gw.sleep(0.05)
-    local found
-    for _, e in ipairs(gw_:access_entries()) do
-      if e.trace_id == "spec-req-1" then found = e end
-    end
+    local found = gw_:entry("spec-req-1")
     assert.is_table(found)
     assert.equal("GET", found.method)
     assert.equal("/info?x=1", found.path)

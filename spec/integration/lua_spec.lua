@@ -145,10 +145,7 @@ describe("Lua handlers", function()
     assert.equal(504, res.status)
     assert.is_true(took >= 140 and took < 1000, "took " .. took)
     gw.sleep(0.05)
-    local found
-    for _, e in ipairs(g:access_entries()) do
-      if e.trace_id == res.json.trace_id then found = e end
-    end
+    local found = g:entry(res.json.trace_id)
     assert.equal("deadline", found.error)
     assert.equal(200, g:request("GET", "/fast").status)
   end)
@@ -187,10 +184,7 @@ describe("Lua handlers", function()
     gw.sleep(0.05)
     s:close()
     gw.sleep(0.4)
-    local found
-    for _, e in ipairs(g:access_entries()) do
-      if e.trace_id == "gone-client" then found = e end
-    end
+    local found = g:entry("gone-client")
     assert.is_table(found)
     assert.equal(499, found.status)
     assert.equal("client_abort", found.error)

@@ -17,12 +17,7 @@ route { path = "/deadline/{rest*}", upstream = "a", timeout = "200ms" }
 ]]):format(ports[1]) .. (extra or "")
 end
 
-local function entry_for(g, trace_id)
-  gw.sleep(0.05)
-  for _, e in ipairs(g:access_entries()) do
-    if e.trace_id == trace_id then return e end
-  end
-end
+local function entry_for(g, trace_id) return g:entry(trace_id) end
 
 describe("reverse proxy", function()
   local up, g
