@@ -126,6 +126,26 @@ describe("concurrency limits", function()
     assert.equal(200, g:request("GET", "/short/x?ms=1").status)
   end)
 
+  it("releases the permit when the client goes away while the response streams", function()
+    up.handler = function(req, res)
+      if not req.path:find("/trickle", 1, true) then return 200, {}, "ok" end
+      res.sock:send("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+      for _ = 1, 50 do
+        if not res.sock:send(("x"):rep(1000)) then return end
+        gw.sleep(0.01)
+      end
+    end
+    local s = g:connect()
+    s:send("GET /short/trickle HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert(s:receive("*l")) -- the status line: the response is streaming
+    gw.sleep(0.05)
+    assert.equal(1, stats("upstream:short1").in_use)
+    s:close()
+    gw.sleep(0.2)
+    assert.equal(0, stats("upstream:short1").in_use)
+    up.handler = function(req) gw.sleep((tonumber(req.target:match("ms=(%d+)")) or 200) / 1000); return 200, {}, "ok" end
+  end)
+
   it("ends a chaos run (aborts, a slow and flaky upstream) with every permit back", function()
     local fns = {}
     for i = 1, 40 do

@@ -103,6 +103,39 @@ describe("gatewayctl and live reload", function()
     assert.is_true(served > 50, "only " .. served .. " requests were served")
   end)
 
+  it("keeps semaphores across a reload: held permits come back, a new capacity applies", function()
+    write_config(routes(3) .. [[
+      route { method = "GET", path = "/held", plugins = { ["limit-conn"] = { max = 2 } },
+              handler = function() gw.sleep(0.3); return 200, "held" end }
+      route { method = "GET", path = "/sems", handler = function() return 200, gw.semaphores() end }
+    ]])
+    assert.equal(0, (g:ctl("reload")))
+    local sem_of = function(list) for name, st in pairs(list) do if name:find("limit-conn", 1, true) then return st end end end
+    local results = helpers.parallel({
+      function() return g:request("GET", "/held").status end,
+      function()
+        gw.sleep(0.1)
+        local during = sem_of(g:request("GET", "/sems").json)
+        write_config(routes(3) .. [[
+          route { method = "GET", path = "/held", plugins = { ["limit-conn"] = { max = 5 } },
+                  handler = function() gw.sleep(0.3); return 200, "held" end }
+          route { method = "GET", path = "/sems", handler = function() return 200, gw.semaphores() end }
+        ]])
+        g:ctl("reload")
+        return during
+      end,
+    })
+    assert.equal(200, results[1])
+    assert.equal(1, results[2].in_use)   -- held by the request that started before the reload
+    gw.sleep(0.1)
+    g:request("GET", "/held")
+    local after = sem_of(g:request("GET", "/sems").json)
+    assert.equal(0, after.in_use)        -- given back by the request that ended on the old generation
+    assert.equal(5, after.capacity)      -- the new capacity
+    write_config(routes(3))
+    g:ctl("reload")
+  end)
+
   it("reloads on SIGHUP too", function()
     write_config(routes(7))
     gw.process.kill(g.pid, 1) -- SIGHUP
