@@ -208,8 +208,8 @@ static void status(mg_admin_t *a, out_t *o, int json)
         put(o, "  (none)\n");
 }
 
-/* The compiled routes of a config file, as `gatewayd --routes` prints them. */
-static int routes(const char *file, out_t *o, char *err, size_t errlen)
+/* The compiled routes of a config file, as `gatewayd --routes` prints them (or JSON). */
+static int routes(const char *file, out_t *o, int json, char *err, size_t errlen)
 {
     mg_config_t cfg;
     memset(&cfg, 0, sizeof(cfg));
@@ -224,13 +224,16 @@ static int routes(const char *file, out_t *o, char *err, size_t errlen)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.config");
     lua_call(L, 1, 1);
-    lua_getfield(L, -1, "describe");
+    lua_getfield(L, -1, json ? "describe_json" : "describe");
     lua_getfield(L, -2, "load");
     lua_pushstring(L, file);
     lua_call(L, 1, 1);
     lua_call(L, 1, 1);
-    put(o, "%-4s %-12s %-20s %-40s %-24s %s\n%s\n", "id", "methods", "host", "path", "target",
-        "plugins (in order)", lua_tostring(L, -1));
+    if (json)
+        put(o, "%s\n", lua_tostring(L, -1));
+    else
+        put(o, "%-4s %-12s %-20s %-40s %-24s %s\n%s\n", "id", "methods", "host", "path", "target",
+            "plugins (in order)", lua_tostring(L, -1));
     mg_gen_free(gen);
     event_base_free(base);
     mg_config_free(&cfg);
@@ -240,7 +243,7 @@ static int routes(const char *file, out_t *o, char *err, size_t errlen)
 char *mg_admin_routes_text(const char *file, char *err, size_t errlen)
 {
     out_t *o = mg_calloc(1, sizeof(*o));
-    char *text = routes(file, o, err, errlen) == MG_OK ? strdup(o->buf) : NULL;
+    char *text = routes(file, o, 0, err, errlen) == MG_OK ? strdup(o->buf) : NULL;
     free(o);
     return text;
 }
@@ -375,14 +378,22 @@ void mg_admin_serve(mg_admin_t *a)
         event_base_free(base);
         mg_config_free(&cfg);
     } else if (strcmp(cmd, "upstreams") == 0) {
+        int json = arg && strcmp(arg, "json") == 0;
         mg_text_t t = { 0 };
-        for (int i = 0; i < a->nworkers; i++)
-            if (mg_worker_upstreams(&a->workers[i], &t) != MG_OK)
-                mg_text_add(&t, "worker %d did not answer (stuck?)\n", i);
+        if (json)
+            mg_text_add(&t, "[");
+        for (int i = 0; i < a->nworkers; i++) {
+            if (json && i)
+                mg_text_add(&t, ",");
+            if (mg_worker_upstreams(&a->workers[i], &t, json) != MG_OK)
+                mg_text_add(&t, json ? "{\"worker\":%d,\"stuck\":true}" : "worker %d did not answer (stuck?)\n", i);
+        }
+        if (json)
+            mg_text_add(&t, "]\n");
         put(o, "%s", t.p ? t.p : "");
         free(t.p);
     } else if (strcmp(cmd, "routes") == 0) {
-        if (routes(a->file, o, err, sizeof(err)) != MG_OK) {
+        if (routes(a->file, o, arg && strcmp(arg, "json") == 0, err, sizeof(err)) != MG_OK) {
             ok = 0;
             put(o, "%s\n", err);
         }

@@ -199,9 +199,39 @@ static void render_upstreams(mg_worker_t *w, mg_text_t *o)
     }
 }
 
+static const char *target_health(const mg_target_t *t, uint64_t now)
+{
+    return !t->len ? "unresolved" : t->active_down ? "down (health check)"
+         : t->ejected_until && now < t->ejected_until ? "ejected" : "healthy";
+}
+
+static void upstream_json(mg_worker_t *w, mg_text_t *o)
+{
+    uint64_t now = mg_now_ms();
+    mg_text_add(o, "{\"worker\":%d,\"generation\":%llu,\"upstreams\":[", w->id,
+                (unsigned long long)mg_worker_generation(w));
+    for (int i = 0; i < w->gen->nupstreams; i++) {
+        mg_upstream_t *up = &w->gen->upstreams[i];
+        mg_text_add(o, "%s{\"name\":\"%s\",\"targets\":[", i ? "," : "", up->name);
+        for (int k = 0; k < up->ntargets; k++) {
+            mg_target_t *t = &up->targets[k];
+            mg_text_add(o, "%s{\"target\":\"%s\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,"
+                           "\"requests\":%llu,\"failures\":%llu}",
+                        k ? "," : "", t->text, target_health(t, now), t->inflight, t->nidle,
+                        (unsigned long long)t->requests, (unsigned long long)t->failures);
+        }
+        mg_text_add(o, "]}");
+    }
+    mg_text_add(o, "]}");
+}
+
 static void upstream_table(mg_worker_t *w, mg_text_t *o)
 {
     uint64_t now = mg_now_ms();
+    if (w->render_upstreams_text == 2) {
+        upstream_json(w, o);
+        return;
+    }
     mg_text_add(o, "worker %d:\n", w->id);
     for (int i = 0; i < w->gen->nupstreams; i++) {
         mg_upstream_t *up = &w->gen->upstreams[i];
@@ -210,9 +240,8 @@ static void upstream_table(mg_worker_t *w, mg_text_t *o)
                                                                                                     : "round_robin");
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
-            const char *health = !t->len ? "unresolved" : t->active_down ? "down (health check)"
-                               : t->ejected_until && now < t->ejected_until ? "ejected" : "healthy";
-            mg_text_add(o, "    %-28s %-20s in flight %d, idle %d, requests %llu, failures %llu\n", t->text, health,
+            mg_text_add(o, "    %-28s %-20s in flight %d, idle %d, requests %llu, failures %llu\n", t->text,
+                        target_health(t, now),
                         t->inflight, t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
         }
     }
@@ -220,7 +249,7 @@ static void upstream_table(mg_worker_t *w, mg_text_t *o)
 
 static int render(mg_worker_t *w, mg_text_t *out, int upstreams);
 
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out) { return render(w, out, 1); }
+int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json) { return render(w, out, json ? 2 : 1); }
 
 static void on_metrics(evutil_socket_t fd, short what, void *arg)
 {

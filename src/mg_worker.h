@@ -93,8 +93,8 @@ uint64_t mg_worker_generation(mg_worker_t *w);
 
 /* Main thread: the worker renders its metrics into out (waits at most 1 s). */
 int mg_worker_metrics(mg_worker_t *w, mg_text_t *out);
-/* Main thread: the worker describes its upstreams (targets, health, pools) into out. */
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out);
+/* Main thread: the worker describes its upstreams (targets, health, pools) into out, as text or JSON. */
+int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json);
 
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);

@@ -572,6 +572,17 @@ function M.describe(cfg)
   return table.concat(lines, "\n")
 end
 
+--- The same as JSON, for `gatewayctl routes --json`.
+function M.describe_json(cfg)
+  local out = {}
+  for i, r in ipairs(cfg.routes) do
+    out[i] = { id = r.id, methods = r.methods, host = r.host, path = r.path,
+               upstream = r.upstream, plugins = r.chain and r.chain.names or {},
+               declared_at = r.file .. ":" .. r.line }
+  end
+  return gw.json.encode(out)
+end
+
 -- Set by the C side (glob(3)); kept overridable for tests.
 M.glob = function() return {} end
 

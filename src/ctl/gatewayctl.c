@@ -25,8 +25,8 @@ typedef struct subcommand {
 
 static const subcommand_t subcommands[] = {
     { "status", "status [--json]        workers, generations, connections, requests, semaphores" },
-    { "routes", "routes                 the compiled route table with plugins in order" },
-    { "upstreams", "upstreams              targets per worker: health, in flight, idle pool, failures" },
+    { "routes", "routes [--json]        the compiled route table with plugins in order" },
+    { "upstreams", "upstreams [--json]     targets per worker: health, in flight, idle pool, failures" },
     { "reload", "reload                 load the config again; on error nothing changes" },
     { "check", "check [FILE]           validate a config without applying it" },
     { "reopen-logs", "reopen-logs            reopen the log files (after rotation)" },
@@ -98,11 +98,10 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[i++];
     char line[4200];
-    if (strcmp(cmd, "status") == 0) {
-        int json = i < argc && strcmp(argv[i], "--json") == 0;
-        snprintf(line, sizeof(line), "status%s\n", json ? " json" : "");
-    } else if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "reload") == 0 || strcmp(cmd, "reopen-logs") == 0 ||
-               strcmp(cmd, "upstreams") == 0) {
+    int json = i < argc && strcmp(argv[i], "--json") == 0;
+    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "routes") == 0 || strcmp(cmd, "upstreams") == 0) {
+        snprintf(line, sizeof(line), "%s%s\n", cmd, json ? " json" : "");
+    } else if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "reopen-logs") == 0) {
         snprintf(line, sizeof(line), "%s\n", cmd);
     } else if (strcmp(cmd, "check") == 0) {
         char abs[4096] = "";
