@@ -147,7 +147,7 @@ int main(int argc, char **argv)
     event_base_free(check_base);
     if (listen_override) {
         for (int i = 0; i < cfg.nlisten; i++)
-            free(cfg.listen[i].text);
+            mg_listen_addr_free(&cfg.listen[i]);
         cfg.nlisten = 0;
         if (mg_parse_listen(listen_override, &cfg.listen[0], err, sizeof(err)) != MG_OK) {
             fprintf(stderr, "gatewayd: --listen: %s\n", err);

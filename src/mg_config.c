@@ -10,6 +10,13 @@
 #include <pthread.h>
 #include <stdio.h>
 
+void mg_listen_addr_free(mg_listen_addr_t *addr)
+{
+    free(addr->text);
+    mg_tls_server_free(addr->tls);
+    memset(addr, 0, sizeof(*addr));
+}
+
 int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen)
 {
     char host[256];
@@ -72,6 +79,53 @@ static char *get_str(lua_State *L, int t, const char *key)
 }
 
 /* Reads the settings table at index t into cfg. */
+/* The listener's TLS context from { certificates = { {cert, key}, ... }, where = "file:line" }. */
+static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size_t errlen)
+{
+    mg_tls_cert_conf_t certs[MG_MAX_TLS_CERTS];
+    lua_getfield(L, t, "certificates");
+    int n = (int)lua_objlen(L, -1);
+    if (n > MG_MAX_TLS_CERTS)
+        n = MG_MAX_TLS_CERTS;
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        lua_getfield(L, -1, "cert");
+        certs[i].cert = lua_tostring(L, -1);
+        lua_getfield(L, -2, "key");
+        certs[i].key = lua_tostring(L, -1);
+        lua_pop(L, 2); /* the strings stay alive in the table on the stack */
+        lua_pop(L, 1);
+    }
+    char why[512];
+    addr->tls = mg_tls_server_new(certs, n, why, sizeof(why));
+    lua_pop(L, 1);
+    if (!addr->tls) {
+        lua_getfield(L, t, "where");
+        snprintf(err, errlen, "%s: %s", lua_tostring(L, -1), why);
+        lua_pop(L, 1);
+        return MG_ERROR;
+    }
+    return MG_OK;
+}
+
+/* A listen entry: "host:port", or { addr = "host:port", tls = {...} }. */
+static int read_listen(lua_State *L, mg_listen_addr_t *addr, char *err, size_t errlen)
+{
+    if (!lua_istable(L, -1))
+        return mg_parse_listen(lua_tostring(L, -1), addr, err, errlen);
+    lua_getfield(L, -1, "addr");
+    int rc = mg_parse_listen(lua_tostring(L, -1), addr, err, errlen);
+    lua_pop(L, 1);
+    if (rc != MG_OK)
+        return rc;
+    lua_getfield(L, -1, "tls");
+    rc = read_tls(L, lua_gettop(L), addr, err, errlen);
+    lua_pop(L, 1);
+    if (rc != MG_OK)
+        mg_listen_addr_free(addr);
+    return rc;
+}
+
 static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_t errlen)
 {
     lua_getfield(L, t, "workers");
@@ -82,7 +136,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     int n = (int)lua_objlen(L, -1);
     for (int i = 1; i <= n && cfg->nlisten < MG_MAX_LISTEN; i++) {
         lua_rawgeti(L, -1, i);
-        int rc = mg_parse_listen(lua_tostring(L, -1), &cfg->listen[cfg->nlisten], err, errlen);
+        int rc = read_listen(L, &cfg->listen[cfg->nlisten], err, errlen);
         lua_pop(L, 1);
         if (rc != MG_OK) {
             lua_pop(L, 1);
@@ -412,7 +466,7 @@ void mg_gen_free(mg_gen_t *gen)
 void mg_config_free(mg_config_t *cfg)
 {
     for (int i = 0; i < cfg->nlisten; i++)
-        free(cfg->listen[i].text);
+        mg_listen_addr_free(&cfg->listen[i]);
     free(cfg->file);
     free(cfg->access_log);
     free(cfg->error_log);

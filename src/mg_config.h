@@ -15,14 +15,17 @@
 #include "mg_http1.h"
 #include "mg_lua.h"
 #include "mg_router.h"
+#include "mg_tls.h"
 #include "mg_upstream.h"
 
 #define MG_MAX_LISTEN 16
+#define MG_MAX_TLS_CERTS 16          /* per listener */
 
 typedef struct mg_listen_addr {
     char *text;                    /* as written, "0.0.0.0:8080" */
     struct sockaddr_storage ss;
     socklen_t len;
+    SSL_CTX *tls;                  /* a TLS listener's context (mg_tls), or NULL */
 } mg_listen_addr_t;
 
 typedef struct mg_config {
@@ -93,6 +96,7 @@ void mg_gen_graveyard_empty(void);
 
 /* Parses "host:port", "[v6]:port" or ":port" into addr. */
 int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen);
+void mg_listen_addr_free(mg_listen_addr_t *addr);
 
 void mg_config_free(mg_config_t *cfg);
 

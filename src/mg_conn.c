@@ -13,12 +13,16 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "mg_log.h"
 #include "mg_req.h"
@@ -40,11 +44,86 @@ static void disarm(mg_conn_t *c) { evtimer_del(&c->timer); }
 
 static void set_reading(mg_conn_t *c, int on)
 {
-    if (on && !c->reading)
+    if (on && !c->reading) {
         event_add(&c->rev, NULL);
-    else if (!on && c->reading)
+        if (c->ssl && SSL_pending(c->ssl) > 0)
+            event_active(&c->rev, EV_READ, 1); /* decrypted bytes wait in OpenSSL, not the kernel */
+    } else if (!on && c->reading) {
         event_del(&c->rev);
+    }
     c->reading = on ? 1 : 0;
+}
+
+static void want_write(mg_conn_t *c)
+{
+    if (!c->writing) {
+        struct timeval tv = { c->worker->cfg->send_timeout_ms / 1000,
+                              (c->worker->cfg->send_timeout_ms % 1000) * 1000 };
+        event_add(&c->wev, &tv);
+        c->writing = 1;
+    }
+}
+
+/* Maps an OpenSSL result onto recv/send conventions: -1 with EAGAIN to wait. */
+static ssize_t tls_result(mg_conn_t *c, int n)
+{
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(c->ssl, n)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        want_write(c);
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0; /* close_notify */
+    default:
+        ERR_clear_error(); /* a protocol error or a reset: the connection is gone */
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+static ssize_t conn_recv(mg_conn_t *c, void *buf, size_t len)
+{
+    if (!c->ssl)
+        return recv(c->fd, buf, len, 0);
+    ssize_t n = tls_result(c, SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len));
+    if (n > 0 && SSL_pending(c->ssl) > 0 && c->reading)
+        event_active(&c->rev, EV_READ, 1);
+    return n;
+}
+
+/* Writes some of the output: bytes written, or -1 with errno. */
+static int conn_send(mg_conn_t *c)
+{
+    if (!c->ssl)
+        return evbuffer_write(c->out, c->fd);
+    /* one TLS record per 16 KiB: small pieces of a response are coalesced first */
+    size_t len = evbuffer_get_length(c->out);
+    if (len > 16384)
+        len = 16384;
+    unsigned char *p = evbuffer_pullup(c->out, (ssize_t)len);
+    ssize_t n = tls_result(c, SSL_write(c->ssl, p, (int)len));
+    if (n > 0)
+        evbuffer_drain(c->out, (size_t)n);
+    return (int)n;
+}
+
+/* 1: done, 0: waiting for the peer, -1: failed (the caller closes). */
+static int tls_handshake(mg_conn_t *c)
+{
+    ssize_t n = tls_result(c, SSL_do_handshake(c->ssl));
+    if (n > 0) {
+        c->handshaking = 0;
+        return 1;
+    }
+    if (n < 0 && errno == EAGAIN)
+        return 0;
+    mg_log_info(NULL, "client %s: TLS handshake failed", c->remote);
+    return -1;
 }
 
 struct evbuffer *mg_conn_output(mg_conn_t *c) { return c->out; }
@@ -62,6 +141,8 @@ static void conn_free(mg_conn_t *c)
     disarm(c);
     event_del(&c->rev);
     event_del(&c->wev);
+    if (c->ssl)
+        SSL_free(c->ssl);
     close(c->fd);
     evbuffer_free(c->out);
     free(c->in);
@@ -94,6 +175,8 @@ void mg_conn_reap(mg_worker_t *w)
  * the response before the client reads it. */
 static void do_shutdown(mg_conn_t *c)
 {
+    if (c->ssl && !c->handshaking)
+        SSL_shutdown(c->ssl); /* close_notify: the client can tell the end from a truncation */
     shutdown(c->fd, SHUT_WR);
     set_reading(c, 1);
     arm(c, LINGER_MS);
@@ -111,16 +194,11 @@ static void begin_close(mg_conn_t *c)
 static void flush(mg_conn_t *c)
 {
     while (evbuffer_get_length(c->out) > 0) {
-        int n = evbuffer_write(c->out, c->fd);
+        int n = conn_send(c);
         if (n > 0)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->writing) {
-                struct timeval tv = { c->worker->cfg->send_timeout_ms / 1000,
-                                      (c->worker->cfg->send_timeout_ms % 1000) * 1000 };
-                event_add(&c->wev, &tv);
-                c->writing = 1;
-            }
+            want_write(c);
             return;
         }
         if (n < 0 && errno == EINTR)
@@ -403,9 +481,16 @@ static void on_eof(mg_conn_t *c)
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_t *c = arg;
+    if (c->handshaking) {
+        int rc = tls_handshake(c);
+        if (rc < 0)
+            conn_free(c);
+        if (rc <= 0)
+            return;
+    }
     if (c->state == MG_CONN_CLOSING) {
         char sink[4096];
-        ssize_t n = recv(fd, sink, sizeof(sink), 0);
+        ssize_t n = conn_recv(c, sink, sizeof(sink));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
             conn_free(c);
         return;
@@ -424,7 +509,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         c->in_cap = c->in_cap * 2 < max ? c->in_cap * 2 : max;
         c->in = mg_realloc(c->in, c->in_cap);
     }
-    ssize_t n = recv(fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    ssize_t n = conn_recv(c, c->in + c->in_len, c->in_cap - c->in_len);
     if (n > 0) {
         c->in_len += (size_t)n;
         if (!c->processing)
@@ -444,6 +529,11 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         mg_log_info(NULL, "client %s: send timeout", c->remote);
         conn_free(c);
         return;
+    }
+    if (c->handshaking) {
+        if (tls_handshake(c) < 0)
+            conn_free(c);
+        return; /* a finished handshake goes on when the request arrives */
     }
     flush(c);
     if (c->freed || c->writing)
@@ -474,8 +564,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen)
+void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen, SSL_CTX *tls)
 {
+    SSL *ssl = NULL;
+    if (tls && (!(ssl = SSL_new(tls)) || SSL_set_fd(ssl, fd) != 1)) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        close(fd);
+        mg_log_error(NULL, "cannot start TLS on an accepted connection (out of memory?)");
+        return;
+    }
     mg_conn_t *c = mg_calloc(1, sizeof(*c));
     c->worker = w;
     c->fd = fd;
@@ -500,9 +598,14 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, on_readable, c);
     event_assign(&c->wev, w->base, fd, EV_WRITE, on_writable, c);
     evtimer_assign(&c->timer, w->base, on_timer, c);
+    if (ssl) {
+        SSL_set_accept_state(ssl);
+        c->ssl = ssl;
+        c->handshaking = 1;
+    }
     set_reading(c, 1);
     c->state = MG_CONN_IDLE;
-    arm(c, w->cfg->header_timeout_ms);
+    arm(c, w->cfg->header_timeout_ms); /* also bounds the TLS handshake */
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;

@@ -4,12 +4,15 @@
  * header / body / keep-alive timeouts, runs one request at a time (pipelined
  * requests wait in the input buffer, so responses go out in order), and
  * closes gracefully (lingering close so a final error response is not lost).
+ * On a TLS listener the same bytes go through OpenSSL (SSL_read/SSL_write on
+ * the non-blocking socket); everything above the byte level is unchanged.
  */
 #ifndef MG_CONN_H
 #define MG_CONN_H
 
 #include <event2/buffer.h>
 
+#include "mg_tls.h"
 #include "mg_worker.h"
 
 enum mg_conn_state {
@@ -38,6 +41,8 @@ struct mg_conn {
     unsigned reading:1;           /* rev is armed */
     unsigned writing:1;           /* wev is armed */
     unsigned freed:1;
+    unsigned handshaking:1;       /* TLS handshake not finished */
+    SSL *ssl;                     /* a TLS listener's connection, or NULL */
     char remote[64];              /* "ip:port" */
     struct mg_conn *next, *prev;  /* worker's list */
     struct mg_conn *reap_next;
@@ -50,8 +55,8 @@ struct mg_conn {
     int64_t body_total;           /* decoded chunked body bytes so far */
 };
 
-/* Takes ownership of an accepted socket. */
-void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen);
+/* Takes ownership of an accepted socket; tls: the listener's TLS context or NULL. */
+void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen, SSL_CTX *tls);
 
 /* The output buffer a response is written to. */
 struct evbuffer *mg_conn_output(mg_conn_t *c);

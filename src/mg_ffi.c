@@ -7,7 +7,10 @@
 #include <event2/buffer.h>
 #include <strings.h>
 
+#include "mg_conn.h"
 #include "mg_req.h"
+
+static mg_str_t cstr(const char *p) { return (mg_str_t){ p, p ? strlen(p) : 0 }; }
 
 const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
 {
@@ -21,6 +24,10 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_HOST: s = r->host; break;
     case MG_FFI_REMOTE: s = (mg_str_t){ r->remote, strlen(r->remote) }; break;
     case MG_FFI_VERSION: s = r->minor_version ? MG_STR("1.1") : MG_STR("1.0"); break;
+    case MG_FFI_SCHEME: s = r->tls ? MG_STR("https") : MG_STR("http"); break;
+    case MG_FFI_TLS_VERSION: s = cstr(r->conn ? mg_tls_version(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_CIPHER: s = cstr(r->conn ? mg_tls_cipher(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_SNI: s = cstr(r->conn ? mg_tls_sni(r->conn->ssl) : NULL); break;
     }
     *len = s.n;
     return s.p;

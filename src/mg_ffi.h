@@ -15,7 +15,9 @@
 
 enum {
     MG_FFI_METHOD = 0, MG_FFI_PATH = 1, MG_FFI_QUERY = 2, MG_FFI_TARGET = 3,
-    MG_FFI_HOST = 4, MG_FFI_REMOTE = 5, MG_FFI_VERSION = 6,
+    MG_FFI_HOST = 4, MG_FFI_REMOTE = 5, MG_FFI_VERSION = 6, MG_FFI_SCHEME = 7,
+    /* TLS connections only (NULL otherwise, or once the client has gone) */
+    MG_FFI_TLS_VERSION = 8, MG_FFI_TLS_CIPHER = 9, MG_FFI_TLS_SNI = 10,
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */

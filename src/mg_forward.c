@@ -154,7 +154,7 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     evbuffer_add(out, ip, iplen);
     evbuffer_add(out, "\r\n", 2);
     if (!xfp)
-        add_header(out, "X-Forwarded-Proto", "http", 4);
+        add_header(out, "X-Forwarded-Proto", r->tls ? "https" : "http", r->tls ? 5 : 4);
     if (!xfh && host)
         add_header(out, "X-Forwarded-Host", host->value, host->value_len);
     add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));

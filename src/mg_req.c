@@ -65,6 +65,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     mg_pool_init(&r->pool);
     r->conn = c;
     memcpy(r->remote, c->remote, sizeof(r->remote));
+    r->tls = c->ssl != NULL;
     r->worker = w;
     r->gen = w->gen;
     r->gen->refs++;

@@ -73,6 +73,7 @@ struct mg_req {
     int detached;                 /* the response is done; the log phase still runs */
     struct mg_req *next_detached;
     char remote[64];              /* the client's "ip:port" (outlives the connection) */
+    int tls;                      /* the client came over TLS */
 
     int status;
     const char *error_kind;       /* "deadline", "lua_error", "client_abort", ... */

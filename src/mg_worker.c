@@ -17,7 +17,12 @@
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
-    mg_conn_accept(arg, fd, sa, salen);
+    mg_worker_t *w = arg;
+    SSL_CTX *tls = NULL;
+    for (int i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i] == l)
+            tls = w->cfg->listen[i].tls;
+    mg_conn_accept(w, fd, sa, salen, tls);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)

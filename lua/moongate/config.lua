@@ -153,9 +153,40 @@ local function make_env(st)
   local env = {}
   local s = st.settings
 
+  local function path_of(p, what)
+    if type(p) ~= "string" or p == "" then fail("listen tls: '%s' expects a file path", what) end
+    return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
+  end
+
+  -- tls = { cert = "a.pem", key = "a.key" }, or for several certificates
+  -- chosen by SNI: tls = { certificates = { { cert = ..., key = ... }, ... } }
+  local function tls_conf(tls)
+    if type(tls) ~= "table" then fail("listen tls expects a table { cert = ..., key = ... }") end
+    for k in pairs(tls) do
+      if k ~= "cert" and k ~= "key" and k ~= "certificates" then fail("listen tls: unknown field '%s'", tostring(k)) end
+    end
+    local list = tls.certificates or { { cert = tls.cert, key = tls.key } }
+    if tls.certificates and (tls.cert or tls.key) then
+      fail("listen tls: give either cert/key or certificates, not both")
+    end
+    if type(list) ~= "table" or #list == 0 then fail("listen tls: certificates expects a list of { cert = ..., key = ... }") end
+    local certs = {}
+    for i, c in ipairs(list) do
+      if type(c) ~= "table" then fail("listen tls: certificates[%d] expects { cert = ..., key = ... }", i) end
+      certs[i] = { cert = path_of(c.cert, "cert"), key = path_of(c.key, "key") }
+    end
+    local file, line = where()
+    return { certificates = certs, where = file .. ":" .. line }
+  end
+
   function env.listen(addr)
     if type(addr) == "table" then
-      for _, a in ipairs(addr) do env.listen(a) end
+      local tls = addr.tls ~= nil and tls_conf(addr.tls) or nil
+      if #addr == 0 then fail("listen expects at least one \"host:port\"") end
+      for _, a in ipairs(addr) do
+        env.listen(a)
+        if tls then s.listen[#s.listen] = { addr = a, tls = tls } end
+      end
       return
     end
     if type(addr) ~= "string" or not addr:match(":%d+$") then

@@ -9,7 +9,7 @@ local gw = gw
 
 local C = ffi.C
 local ffi_string = ffi.string
-local rawget, rawset, setmetatable, error, type = rawget, rawset, setmetatable, error, type
+local rawget, rawset, setmetatable, error, type, pairs = rawget, rawset, setmetatable, error, type, pairs
 local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
 
 ffi.cdef [[
@@ -20,11 +20,26 @@ const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const cha
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 ]]
 
-local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6 }
+local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6, scheme = 7 }
+local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
+
 
 local len_a = ffi.new("size_t[1]")
 local len_b = ffi.new("size_t[1]")
 local val_p = ffi.new("const char *[1]")
+
+local function field(r, f)
+  local p = C.mg_ffi_req_str(r, f, len_a)
+  return p ~= nil and ffi_string(p, len_a[0]) or nil
+end
+
+-- ctx.request.tls: { version, cipher, sni } on a TLS listener, nil otherwise
+local function load_tls(r)
+  if field(r, FIELD.scheme) ~= "https" then return nil end
+  local t = {}
+  for k, f in pairs(TLS_FIELD) do t[k] = field(r, f) end
+  return t
+end
 
 local M = {}
 
@@ -123,8 +138,9 @@ local REQ_MT = {
     local v
     local f = FIELD[k]
     if f then
-      local p = C.mg_ffi_req_str(r, f, len_a)
-      v = p ~= nil and ffi_string(p, len_a[0]) or nil
+      v = field(r, f)
+    elseif k == "tls" then
+      v = load_tls(r)
     elseif k == "headers" then
       v = load_headers(r)
     elseif k == "args" then

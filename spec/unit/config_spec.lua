@@ -79,4 +79,28 @@ describe("config DSL", function()
     _, err = load('include "missing.lua"')
     assert.matches("no such file", err, 1, true)
   end)
+
+  it("reads TLS listeners, with paths relative to the config file", function()
+    local cfg, err, dir = load('listen { "127.0.0.1:1", "127.0.0.1:2", tls = { cert = "a.pem", key = "/k/a.key" } }\n' ..
+      'listen "127.0.0.1:3"\n')
+    assert.is_nil(err)
+    assert.equal(3, #cfg.listen)
+    assert.equal("127.0.0.1:2", cfg.listen[2].addr)
+    assert.same({ { cert = dir .. "/a.pem", key = "/k/a.key" } }, cfg.listen[1].tls.certificates)
+    assert.equal(dir .. "/gateway.lua:1", cfg.listen[1].tls.where)
+    assert.equal("127.0.0.1:3", cfg.listen[3])
+  end)
+
+  it("rejects a malformed tls table with the line", function()
+    local cases = {
+      { 'tls = { cert = "a.pem" }', "listen tls: 'key' expects a file path" },
+      { 'tls = { crt = "a.pem", key = "a.key" }', "listen tls: unknown field 'crt'" },
+      { 'tls = { cert = "a", key = "b", certificates = { { cert = "c", key = "d" } } }', "listen tls: give either cert/key or certificates" },
+      { 'tls = { certificates = {} }', "listen tls: certificates expects a list" },
+    }
+    for _, case in ipairs(cases) do
+      local _, err = load('\nlisten { "127.0.0.1:1", ' .. case[1] .. ' }\n')
+      assert.matches(":2: " .. case[2], err, 1, true)
+    end
+  end)
 end)

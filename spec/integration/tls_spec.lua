@@ -1,0 +1,184 @@
+-- TLS termination: certificates made at test time with openssl, real TLS
+-- clients (curl, openssl s_client) against a real gatewayd.
+local helpers = require "spec.helpers"
+local upstream = require "spec.upstream"
+local cjson = require "cjson"
+
+-- Runs a shell command without blocking the spec's loop (an upstream in this
+-- process may have to answer meanwhile); returns exit code, stdout..stderr.
+local function sh(dir, cmd)
+  local pid = assert(gw.process.spawn({ "/bin/sh", "-c", "{ " .. cmd .. "; } < /dev/null" },
+    { stdout = dir .. "/sh.out", stderr = dir .. "/sh.err" }))
+  local _, code = helpers.wait_exit(pid, 20)
+  return code, helpers.read_file(dir .. "/sh.out") .. helpers.read_file(dir .. "/sh.err")
+end
+
+-- A test CA and leaf certificates (ECDSA P-256 and RSA), including an expired one.
+local function make_pki(dir)
+  local script = [[
+set -e
+cd "$1"
+ec="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+openssl req -x509 $ec -days 2 -subj "/CN=Moongate Test CA" -keyout ca.key -out ca.pem
+leaf() { # name SAN keyopts
+  openssl req $3 -subj "/CN=$1" -keyout $1.key -out $1.csr
+  printf "subjectAltName=%s\n" "$2" > $1.ext
+  openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $1.ext -out $1.pem
+}
+leaf localhost "DNS:localhost,IP:127.0.0.1" "$ec"
+leaf api "DNS:api.example.test" "-newkey rsa:2048 -nodes"
+leaf wild "DNS:*.apps.example.test" "$ec"
+mkdir -p ca.d && : > ca.d/index.txt && echo 01 > ca.d/serial
+printf "[ca]\ndefault_ca=d\n[d]\ndir=ca.d\ndatabase=ca.d/index.txt\nnew_certs_dir=ca.d\nserial=ca.d/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n" > ca.cnf
+openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in localhost.csr \
+  -startdate 20200101000000Z -enddate 20200102000000Z -out expired.pem
+]]
+  helpers.write_file(dir .. "/pki.sh", script)
+  local code, out = sh(dir, "sh " .. dir .. "/pki.sh " .. dir)
+  assert(code == 0, "making test certificates failed: " .. out)
+end
+
+local pki = helpers.tmpdir()
+make_pki(pki)
+
+local function tls_config(port_line, extra)
+  return ([[
+listen "127.0.0.1:{{PORT}}"
+listen { "127.0.0.1:%d", tls = { certificates = {
+  { cert = "%s/localhost.pem", key = "%s/localhost.key" },
+  { cert = "%s/api.pem", key = "%s/api.key" },
+  { cert = "%s/wild.pem", key = "%s/wild.key" },
+} } }
+limits { max_body = "16m" }
+route { path = "/info", handler = function(ctx)
+  return 200, { scheme = ctx.request.scheme, tls = ctx.request.tls or false }
+end }
+route { method = "POST", path = "/echo", handler = function(ctx) return 200, ctx.request:body() end }
+route { path = "/big/{n}", handler = function(ctx) return 200, ("0123456789abcdef"):rep(tonumber(ctx.params.n) / 16) end }
+%s
+]]):format(port_line, pki, pki, pki, pki, pki, pki, extra or "")
+end
+
+describe("TLS listener", function()
+  local g, tport, up
+  setup(function()
+    up = upstream.start(function(req) return 200, {}, req.headers["x-forwarded-proto"] end)
+    tport = helpers.free_port()
+    g = helpers.start(tls_config(tport, ([[
+upstream "app" { targets = { "127.0.0.1:%d" } }
+route { path = "/proxy", upstream = "app" }
+]]):format(up.port)))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  local function curl(args)
+    return sh(pki, ("curl -sS --max-time 10 --cacert %s/ca.pem %s"):format(pki, args))
+  end
+
+  it("serves HTTPS next to plain HTTP, and tells the handler about the connection", function()
+    local code, out = curl(("https://localhost:%d/info"):format(tport))
+    assert.equal(0, code, out)
+    local info = cjson.decode(out)
+    assert.equal("https", info.scheme)
+    assert.equal("TLSv1.3", info.tls.version)
+    assert.equal("localhost", info.tls.sni)
+    assert.truthy(info.tls.cipher:find("^TLS_"), info.tls.cipher)
+    local res = g:request("GET", "/info")
+    assert.equal("http", cjson.decode(res.body).scheme)
+    assert.equal(false, cjson.decode(res.body).tls)
+  end)
+
+  it("picks the certificate by SNI: exact, wildcard, and the first one by default", function()
+    for _, host in ipairs({ "api.example.test", "x.apps.example.test" }) do
+      local code, out = curl(("--resolve %s:%d:127.0.0.1 https://%s:%d/info"):format(host, tport, host, tport))
+      assert.equal(0, code, out)
+      assert.equal(host, cjson.decode(out).tls.sni)
+    end
+    local code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -servername other.test"):format(tport))
+    assert.equal(0, code, out)
+    assert.truthy(out:find("subject=CN = localhost", 1, true), out)
+    -- a name no certificate covers fails verification in a real client
+    code = curl(("--resolve other.test:%d:127.0.0.1 https://other.test:%d/info"):format(tport, tport))
+    assert.equal(60, code)
+  end)
+
+  it("speaks TLS 1.2 and 1.3 only, and advertises http/1.1 by ALPN", function()
+    local code, out = curl(("--tls-max 1.2 https://localhost:%d/info"):format(tport))
+    assert.equal(0, code, out)
+    assert.equal("TLSv1.2", cjson.decode(out).tls.version)
+    code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -tls1_1"):format(tport))
+    assert.is_not.equal(0, code)
+    code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -alpn h2,http/1.1"):format(tport))
+    assert.truthy(out:find("ALPN protocol: http/1.1", 1, true), out)
+  end)
+
+  it("resumes a session on reconnect", function()
+    -- s_client waits a moment for the TLS 1.3 session ticket, which follows the handshake
+    local s = ("sleep 0.5 | openssl s_client -connect 127.0.0.1:%d -servername localhost -CAfile %s/ca.pem"):format(tport, pki)
+    local code, out = sh(pki, s .. " -sess_out " .. pki .. "/session.pem")
+    assert.equal(0, code, out)
+    assert.truthy(out:find("New, TLSv1.3", 1, true), out)
+    code, out = sh(pki, s .. " -sess_in " .. pki .. "/session.pem")
+    assert.equal(0, code, out)
+    assert.truthy(out:find("Reused, TLSv1.3", 1, true), out)
+  end)
+
+  it("keeps the connection alive and carries large bodies both ways intact", function()
+    helpers.write_file(pki .. "/upload.bin", ("moongate-tls-"):rep(800000)) -- 10.4 MB
+    local code, out = curl(("-o %s/echo.bin --data-binary @%s/upload.bin -w '%%{http_code} %%{num_connects}' " ..
+      "https://localhost:%d/echo -o %s/big.bin https://localhost:%d/big/8388608"):format(pki, pki, tport, pki, tport))
+    assert.equal(0, code, out)
+    assert.equal("200 1200 0", out) -- the second request reused the connection
+    assert.equal(helpers.read_file(pki .. "/upload.bin"), helpers.read_file(pki .. "/echo.bin"))
+    assert.equal(8388608, #helpers.read_file(pki .. "/big.bin"))
+  end)
+
+  it("tells the upstream the client came over https", function()
+    local code, out = curl(("https://localhost:%d/proxy"):format(tport))
+    assert.equal(0, code, out)
+    assert.equal("https", out)
+  end)
+
+  it("drops a client that speaks plain HTTP to the TLS port and goes on serving", function()
+    local s = gw.tcp()
+    s:settimeout(5000)
+    assert(s:connect("127.0.0.1", tport))
+    s:send("GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.truthy(helpers.closed(s))
+    local code = curl(("https://localhost:%d/info"):format(tport))
+    assert.equal(0, code)
+  end)
+end)
+
+describe("TLS certificates at config load", function()
+  local function check(cert, key)
+    local dir = helpers.tmpdir()
+    local file = dir .. "/gateway.lua"
+    helpers.write_file(file, ('listen "127.0.0.1:1"\n\nlisten { "127.0.0.1:2", tls = { cert = "%s", key = "%s" } }\n' ..
+      'route { path = "/", handler = print }\n'):format(cert, key))
+    local code, out = sh(dir, ("%s -t -c %s"):format(helpers.gatewayd, file))
+    return code, out, file
+  end
+
+  local cases = {
+    { "a missing certificate", "missing.pem", "localhost.key", "cannot read certificate '" .. pki .. "/missing.pem'" },
+    { "a key that does not match", "localhost.pem", "api.key", "key '" .. pki .. "/api.key' does not match certificate" },
+    { "an expired certificate", "expired.pem", "localhost.key", "certificate '" .. pki .. "/expired.pem' has expired" },
+  }
+  for _, case in ipairs(cases) do
+    it("refuses " .. case[1] .. ", naming the file and the config line", function()
+      local code, out, file = check(pki .. "/" .. case[2], pki .. "/" .. case[3])
+      assert.equal(1, code)
+      assert.truthy(out:find(file .. ":3: tls: ", 1, true), out)
+      assert.truthy(out:find(case[4], 1, true), out)
+    end)
+  end
+
+  it("accepts good certificates", function()
+    local code, out = check(pki .. "/localhost.pem", pki .. "/localhost.key")
+    assert.equal(0, code, out)
+  end)
+end)

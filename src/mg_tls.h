@@ -1,0 +1,37 @@
+/*
+ * mg_tls — TLS termination for listeners (OpenSSL 3).
+ *
+ * A listener's TLS context is built once, on the main thread, when the
+ * config is loaded; every certificate is checked then (readable, key matches,
+ * not expired), so a bad file is refused with its name before anything
+ * serves. Workers share the context read-only and make one SSL per
+ * connection (SSL_new on a shared SSL_CTX is thread-safe).
+ *
+ * Several certificates on one listener are chosen by SNI: the first whose
+ * names (subjectAltName DNS entries, else the CN) match the requested host,
+ * exactly or by a "*.example.com" wildcard; the first certificate is the
+ * default for clients that send no SNI or an unknown name.
+ */
+#ifndef MG_TLS_H
+#define MG_TLS_H
+
+#include <stddef.h>
+
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_st SSL;
+
+typedef struct mg_tls_cert_conf {
+    const char *cert;  /* PEM chain, leaf first */
+    const char *key;   /* PEM private key */
+} mg_tls_cert_conf_t;
+
+/* NULL with a message naming the offending file in err. */
+SSL_CTX *mg_tls_server_new(const mg_tls_cert_conf_t *certs, int n, char *err, size_t errlen);
+void mg_tls_server_free(SSL_CTX *ctx);
+
+/* Per-connection facts for ctx.request.tls (NULL when not known yet). */
+const char *mg_tls_version(SSL *ssl);
+const char *mg_tls_cipher(SSL *ssl);
+const char *mg_tls_sni(SSL *ssl);
+
+#endif
