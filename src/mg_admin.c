@@ -99,9 +99,12 @@ int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen)
     int nroutes = check->nroutes;
     mg_gen_free(check);
     event_base_free(check_base);
-    if (next.nlisten != a->cfg->nlisten || (next.workers && next.workers != a->nworkers))
+    /* the new certificates serve new connections when the addresses are the same */
+    int same_listen = next.nlisten == a->cfg->nlisten;
+    for (int i = 0; same_listen && i < next.nlisten; i++)
+        same_listen = strcmp(next.listen[i].text, a->cfg->listen[i].text) == 0;
+    if (!same_listen || (next.workers && next.workers != a->nworkers))
         mg_log_warn(NULL, "reload: listen addresses and workers take effect on restart only");
-    mg_config_free(&next);
 
     /* 2. a generation for each worker, built here for its loop */
     mg_gen_t **gens = mg_calloc((size_t)a->nworkers, sizeof(*gens));
@@ -111,10 +114,13 @@ int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen)
             for (int k = 0; k < i; k++)
                 mg_gen_free(gens[k]);
             free(gens);
+            mg_config_free(&next);
             a->reload_failures++;
             return MG_ERROR;
         }
+        mg_gen_use_tls(gens[i], same_listen ? &next : a->cfg);
     }
+    mg_config_free(&next); /* the generations hold what they use */
     /* 3. publish; each worker switches between two of its requests */
     uint64_t *before = mg_calloc((size_t)a->nworkers, sizeof(*before));
     for (int i = 0; i < a->nworkers; i++) {

@@ -460,7 +460,17 @@ void mg_gen_free(mg_gen_t *gen)
     free(gen->upstreams);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);
+    for (int i = 0; i < MG_MAX_LISTEN; i++)
+        mg_tls_server_free(gen->tls[i]);
     free(gen);
+}
+
+void mg_gen_use_tls(mg_gen_t *gen, const mg_config_t *cfg)
+{
+    for (int i = 0; i < cfg->nlisten; i++) {
+        mg_tls_server_free(gen->tls[i]);
+        gen->tls[i] = mg_tls_server_ref(cfg->listen[i].tls);
+    }
 }
 
 void mg_config_free(mg_config_t *cfg)

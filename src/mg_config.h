@@ -69,7 +69,15 @@ typedef struct mg_gen {
     int refs;                      /* requests using it (worker thread only) */
     int loop_stopped;              /* its timers, pools and checks are gone (mg_gen_stop) */
     struct mg_gen *next_retired;   /* replaced by a reload, freed when refs drop to 0 */
+    SSL_CTX *tls[MG_MAX_LISTEN];   /* per listener: the TLS context new connections get (a reference) */
 } mg_gen_t;
+
+/*
+ * Gives the generation the listeners' TLS contexts (taking references), so
+ * certificates reloaded with a generation serve its new connections while
+ * older connections keep the context they started with.
+ */
+void mg_gen_use_tls(mg_gen_t *gen, const mg_config_t *cfg);
 
 /* The generation's upstream with this name, or NULL. */
 mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name);

@@ -28,7 +28,18 @@ typedef struct sni_set {
 static int sni_index = -1;
 static pthread_once_t sni_once = PTHREAD_ONCE_INIT;
 
-static void sni_index_init(void) { sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+/* Runs when the default context's last reference goes: the others go with it. */
+static void sni_set_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    sni_set_t *set = ptr;
+    if (!set)
+        return;
+    for (int i = 1; i < set->n; i++)
+        SSL_CTX_free(set->ctx[i]);
+    free(set);
+}
+
+static void sni_index_init(void) { sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free); }
 
 static void ssl_error(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -172,15 +183,14 @@ SSL_CTX *mg_tls_server_new(const mg_tls_cert_conf_t *certs, int n, char *err, si
     return def;
 }
 
-void mg_tls_server_free(SSL_CTX *ctx)
+SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx)
 {
-    if (!ctx)
-        return;
-    sni_set_t *set = SSL_CTX_get_ex_data(ctx, sni_index);
-    for (int i = 0; i < set->n; i++)
-        SSL_CTX_free(set->ctx[i]);
-    free(set);
+    if (ctx)
+        SSL_CTX_up_ref(ctx);
+    return ctx;
 }
+
+void mg_tls_server_free(SSL_CTX *ctx) { SSL_CTX_free(ctx); /* NULL-safe */ }
 
 const char *mg_tls_version(SSL *ssl) { return ssl ? SSL_get_version(ssl) : NULL; }
 

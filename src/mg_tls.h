@@ -25,9 +25,14 @@ typedef struct mg_tls_cert_conf {
     const char *key;   /* PEM private key */
 } mg_tls_cert_conf_t;
 
-/* NULL with a message naming the offending file in err. */
+/*
+ * NULL with a message naming the offending file in err. The context is
+ * reference-counted: each holder (the config, a generation, a connection's
+ * SSL) drops its own reference, and the last one frees all its certificates.
+ */
 SSL_CTX *mg_tls_server_new(const mg_tls_cert_conf_t *certs, int n, char *err, size_t errlen);
-void mg_tls_server_free(SSL_CTX *ctx);
+SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
+void mg_tls_server_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 
 /* Per-connection facts for ctx.request.tls (NULL when not known yet). */
 const char *mg_tls_version(SSL *ssl);

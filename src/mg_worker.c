@@ -21,7 +21,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     SSL_CTX *tls = NULL;
     for (int i = 0; i < w->nlisteners; i++)
         if (w->listeners[i] == l)
-            tls = w->cfg->listen[i].tls;
+            tls = w->gen->tls[i];
     mg_conn_accept(w, fd, sa, salen, tls);
 }
 
@@ -328,6 +328,7 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     w->gen = mg_gen_load(cfg->file, w->base, w, NULL, w->error, sizeof(w->error));
     if (!w->gen)
         return MG_ERROR;
+    mg_gen_use_tls(w->gen, cfg);
     for (int i = 0; i < nfds; i++) {
         w->fds[i] = fds[i];
         w->nfds = i + 1;

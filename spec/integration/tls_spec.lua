@@ -28,6 +28,7 @@ leaf() { # name SAN keyopts
 leaf localhost "DNS:localhost,IP:127.0.0.1" "$ec"
 leaf api "DNS:api.example.test" "-newkey rsa:2048 -nodes"
 leaf wild "DNS:*.apps.example.test" "$ec"
+leaf renewed "DNS:localhost,IP:127.0.0.1" "$ec"
 mkdir -p ca.d && : > ca.d/index.txt && echo 01 > ca.d/serial
 printf "[ca]\ndefault_ca=d\n[d]\ndir=ca.d\ndatabase=ca.d/index.txt\nnew_certs_dir=ca.d\nserial=ca.d/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n" > ca.cnf
 openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in localhost.csr \
@@ -150,6 +151,41 @@ route { path = "/proxy", upstream = "app" }
     assert.truthy(helpers.closed(s))
     local code = curl(("https://localhost:%d/info"):format(tport))
     assert.equal(0, code)
+  end)
+end)
+
+describe("TLS certificates on reload", function()
+  it("serves new connections with the new certificate, keeps the old connections, refuses a bad one", function()
+    local g = helpers.start(('listen { "127.0.0.1:{{PORT}}", tls = { cert = "site.pem", key = "site.key" } }\n' ..
+      'route { path = "/", handler = function() return 200, "ok" end }\n'), {
+        files = { ["site.pem"] = helpers.read_file(pki .. "/localhost.pem"),
+                  ["site.key"] = helpers.read_file(pki .. "/localhost.key") } })
+    local function subject()
+      local _, out = sh(g.dir, ("openssl s_client -connect 127.0.0.1:%d -servername localhost"):format(g.port))
+      return out:match("subject=CN = (%S+)")
+    end
+    assert.equal("localhost", subject())
+    -- a keep-alive connection that sends its second request after the reload
+    local req = "GET / HTTP/1.1\\r\\nHost: localhost\\r\\n"
+    local pid = assert(gw.process.spawn({ "/bin/sh", "-c", ("(printf '%s\\r\\n'; sleep 1.5; printf '%sConnection: close\\r\\n\\r\\n') | " ..
+      "openssl s_client -quiet -connect 127.0.0.1:%d"):format(req, req, g.port) },
+      { stdout = g.dir .. "/old.out", stderr = g.dir .. "/old.err" }))
+    gw.sleep(0.5)
+    helpers.write_file(g.dir .. "/site.pem", helpers.read_file(pki .. "/renewed.pem"))
+    helpers.write_file(g.dir .. "/site.key", helpers.read_file(pki .. "/renewed.key"))
+    local code, out = g:ctl("reload")
+    assert.equal(0, code, out)
+    assert.equal("renewed", subject())
+    helpers.wait_exit(pid, 10)
+    local _, n = helpers.read_file(g.dir .. "/old.out"):gsub("HTTP/1.1 200 OK", "")
+    assert.equal(2, n, helpers.read_file(g.dir .. "/old.out"))
+    -- a key that does not match: refused, the current certificate goes on serving
+    helpers.write_file(g.dir .. "/site.key", helpers.read_file(pki .. "/localhost.key"))
+    code, out = g:ctl("reload")
+    assert.is_not.equal(0, code)
+    assert.truthy(out:find("does not match certificate", 1, true), out)
+    assert.equal("renewed", subject())
+    g:stop()
   end)
 end)
 
