@@ -79,6 +79,15 @@ static char *get_str(lua_State *L, int t, const char *key)
 }
 
 /* Reads the settings table at index t into cfg. */
+/* A string field of the table at t, valid while that table is alive. */
+static const char *get_str_ref(lua_State *L, int t, const char *name)
+{
+    lua_getfield(L, t, name);
+    const char *v = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
 /* The listener's TLS context from { certificates = { {cert, key}, ... }, where = "file:line" }. */
 static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size_t errlen)
 {
@@ -93,12 +102,15 @@ static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size
         certs[i].cert = lua_tostring(L, -1);
         lua_getfield(L, -2, "key");
         certs[i].key = lua_tostring(L, -1);
-        lua_pop(L, 2); /* the strings stay alive in the table on the stack */
-        lua_pop(L, 1);
+        lua_pop(L, 3); /* the strings stay alive: the tls table is on the stack */
     }
-    char why[512];
-    addr->tls = mg_tls_server_new(certs, n, why, sizeof(why));
     lua_pop(L, 1);
+    mg_tls_server_conf_t conf = { certs, n, get_str_ref(L, t, "client_ca"), 0 };
+    lua_getfield(L, t, "client_auth");
+    conf.client_required = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "required") == 0;
+    lua_pop(L, 1);
+    char why[512];
+    addr->tls = mg_tls_server_new(&conf, why, sizeof(why));
     if (!addr->tls) {
         lua_getfield(L, t, "where");
         snprintf(err, errlen, "%s: %s", lua_tostring(L, -1), why);

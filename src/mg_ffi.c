@@ -28,6 +28,9 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_TLS_VERSION: s = cstr(r->conn ? mg_tls_version(r->conn->ssl) : NULL); break;
     case MG_FFI_TLS_CIPHER: s = cstr(r->conn ? mg_tls_cipher(r->conn->ssl) : NULL); break;
     case MG_FFI_TLS_SNI: s = cstr(r->conn ? mg_tls_sni(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_CLIENT_SUBJECT: s = cstr(r->conn ? mg_tls_client_subject(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_CLIENT_SAN: s = cstr(r->conn ? mg_tls_client_san(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_CLIENT_FINGERPRINT: s = cstr(r->conn ? mg_tls_client_fingerprint(r->conn->ssl) : NULL); break;
     }
     *len = s.n;
     return s.p;

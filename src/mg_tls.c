@@ -3,6 +3,7 @@
  */
 #include "mg_tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -160,12 +161,34 @@ fail:
     return NULL;
 }
 
-SSL_CTX *mg_tls_server_new(const mg_tls_cert_conf_t *certs, int n, char *err, size_t errlen)
+/* Client certificates (mTLS): verified against the CA, whose names are sent as the acceptable issuers. */
+static int client_auth(SSL_CTX *ctx, const mg_tls_server_conf_t *conf, char *err, size_t errlen)
+{
+    if (!readable(conf->client_ca, "client_ca", err, errlen))
+        return 0;
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(conf->client_ca);
+    if (!names || SSL_CTX_load_verify_locations(ctx, conf->client_ca, NULL) != 1) {
+        sk_X509_NAME_pop_free(names, X509_NAME_free);
+        ssl_error(err, errlen, "cannot load client_ca", conf->client_ca);
+        return 0;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (conf->client_required ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    SSL_CTX_set_verify_depth(ctx, 8);
+    return 1;
+}
+
+SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen)
 {
     pthread_once(&sni_once, sni_index_init);
+    int n = conf->ncerts;
     sni_set_t *set = mg_calloc(1, sizeof(*set) + (size_t)n * sizeof(SSL_CTX *));
     for (int i = 0; i < n; i++) {
-        set->ctx[i] = one_ctx(&certs[i], err, errlen);
+        set->ctx[i] = one_ctx(&conf->certs[i], err, errlen);
+        if (set->ctx[i] && conf->client_ca && !client_auth(set->ctx[i], conf, err, errlen)) {
+            SSL_CTX_free(set->ctx[i]);
+            set->ctx[i] = NULL;
+        }
         if (!set->ctx[i]) {
             for (int k = 0; k < i; k++)
                 SSL_CTX_free(set->ctx[k]);
@@ -197,3 +220,65 @@ const char *mg_tls_version(SSL *ssl) { return ssl ? SSL_get_version(ssl) : NULL;
 const char *mg_tls_cipher(SSL *ssl) { return ssl ? SSL_get_cipher_name(ssl) : NULL; }
 
 const char *mg_tls_sni(SSL *ssl) { return ssl ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL; }
+
+/* Per worker thread: the Lua side copies the string before the next call. */
+static __thread char client_buf[4096];
+
+const char *mg_tls_client_subject(SSL *ssl)
+{
+    X509 *x = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (!x)
+        return NULL;
+    BIO *b = BIO_new(BIO_s_mem());
+    X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+    int n = BIO_read(b, client_buf, sizeof(client_buf) - 1);
+    BIO_free(b);
+    client_buf[n > 0 ? n : 0] = '\0';
+    return client_buf;
+}
+
+const char *mg_tls_client_san(SSL *ssl)
+{
+    X509 *x = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (!x)
+        return NULL;
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    size_t len = 0;
+    client_buf[0] = '\0';
+    for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        const char *kind = NULL;
+        char text[256] = "";
+        if (g->type == GEN_DNS || g->type == GEN_EMAIL || g->type == GEN_URI) {
+            kind = g->type == GEN_DNS ? "DNS" : g->type == GEN_EMAIL ? "email" : "URI";
+            snprintf(text, sizeof(text), "%.*s", ASN1_STRING_length(g->d.ia5), (const char *)ASN1_STRING_get0_data(g->d.ia5));
+        } else if (g->type == GEN_IPADD) {
+            kind = "IP";
+            int af = ASN1_STRING_length(g->d.ip) == 16 ? AF_INET6 : AF_INET;
+            inet_ntop(af, ASN1_STRING_get0_data(g->d.ip), text, sizeof(text));
+        }
+        if (!kind || strpbrk(text, "\r\n"))
+            continue;
+        int w = snprintf(client_buf + len, sizeof(client_buf) - len, "%s%s:%s", len ? "\n" : "", kind, text);
+        if (w < 0 || (size_t)w >= sizeof(client_buf) - len)
+            break;
+        len += (size_t)w;
+    }
+    GENERAL_NAMES_free(names);
+    client_buf[len] = '\0';
+    return client_buf;
+}
+
+const char *mg_tls_client_fingerprint(SSL *ssl)
+{
+    X509 *x = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (!x)
+        return NULL;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    X509_digest(x, EVP_sha256(), md, &n);
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(client_buf + 2 * i, 3, "%02x", md[i]);
+    client_buf[2 * n] = '\0';
+    return client_buf;
+}

@@ -30,7 +30,14 @@ typedef struct mg_tls_cert_conf {
  * reference-counted: each holder (the config, a generation, a connection's
  * SSL) drops its own reference, and the last one frees all its certificates.
  */
-SSL_CTX *mg_tls_server_new(const mg_tls_cert_conf_t *certs, int n, char *err, size_t errlen);
+typedef struct mg_tls_server_conf {
+    mg_tls_cert_conf_t *certs;
+    int ncerts;
+    const char *client_ca;   /* PEM CA bundle: ask clients for a certificate (mTLS); NULL: don't */
+    int client_required;     /* a client without a certificate fails the handshake */
+} mg_tls_server_conf_t;
+
+SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen);
 SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
 void mg_tls_server_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 
@@ -38,5 +45,15 @@ void mg_tls_server_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 const char *mg_tls_version(SSL *ssl);
 const char *mg_tls_cipher(SSL *ssl);
 const char *mg_tls_sni(SSL *ssl);
+
+/*
+ * The verified client certificate (mTLS): its subject (RFC 2253), its
+ * subjectAltNames ("DNS:a.example", "email:x@y", "URI:spiffe://..", "IP:10.0.0.1",
+ * one per line) and its SHA-256 fingerprint (hex). NULL without one. The
+ * string lives in a per-thread buffer until the next call.
+ */
+const char *mg_tls_client_subject(SSL *ssl);
+const char *mg_tls_client_san(SSL *ssl);
+const char *mg_tls_client_fingerprint(SSL *ssl);
 
 #endif

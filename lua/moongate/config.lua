@@ -159,12 +159,19 @@ local function make_env(st)
   end
 
   -- tls = { cert = "a.pem", key = "a.key" }, or for several certificates
-  -- chosen by SNI: tls = { certificates = { { cert = ..., key = ... }, ... } }
+  -- chosen by SNI: tls = { certificates = { { cert = ..., key = ... }, ... } };
+  -- mTLS: client_ca = "clients-ca.pem", client_auth = "required" | "optional"
   local function tls_conf(tls)
     if type(tls) ~= "table" then fail("listen tls expects a table { cert = ..., key = ... }") end
+    local known = { cert = true, key = true, certificates = true, client_ca = true, client_auth = true }
     for k in pairs(tls) do
-      if k ~= "cert" and k ~= "key" and k ~= "certificates" then fail("listen tls: unknown field '%s'", tostring(k)) end
+      if not known[k] then fail("listen tls: unknown field '%s'", tostring(k)) end
     end
+    local client_auth = tls.client_auth
+    if client_auth ~= nil and client_auth ~= "required" and client_auth ~= "optional" then
+      fail("listen tls: client_auth must be \"required\" or \"optional\", got %s", tostring(client_auth))
+    end
+    if client_auth and not tls.client_ca then fail("listen tls: client_auth needs client_ca (the CA that signs client certificates)") end
     local list = tls.certificates or { { cert = tls.cert, key = tls.key } }
     if tls.certificates and (tls.cert or tls.key) then
       fail("listen tls: give either cert/key or certificates, not both")
@@ -176,7 +183,9 @@ local function make_env(st)
       certs[i] = { cert = path_of(c.cert, "cert"), key = path_of(c.key, "key") }
     end
     local file, line = where()
-    return { certificates = certs, where = file .. ":" .. line }
+    return { certificates = certs, where = file .. ":" .. line,
+             client_ca = tls.client_ca and path_of(tls.client_ca, "client_ca"),
+             client_auth = tls.client_ca and (client_auth or "required") or nil }
   end
 
   function env.listen(addr)

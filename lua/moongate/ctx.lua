@@ -33,11 +33,19 @@ local function field(r, f)
   return p ~= nil and ffi_string(p, len_a[0]) or nil
 end
 
--- ctx.request.tls: { version, cipher, sni } on a TLS listener, nil otherwise
+-- ctx.request.tls: { version, cipher, sni, client } on a TLS listener, nil
+-- otherwise; client = { subject, san = { "DNS:..", ... }, fingerprint } when
+-- the client presented a (verified) certificate
 local function load_tls(r)
   if field(r, FIELD.scheme) ~= "https" then return nil end
   local t = {}
   for k, f in pairs(TLS_FIELD) do t[k] = field(r, f) end
+  local subject = field(r, 11)
+  if subject then
+    local san = {}
+    for entry in (field(r, 12) or ""):gmatch("[^\n]+") do san[#san + 1] = entry end
+    t.client = { subject = subject, san = san, fingerprint = field(r, 13) }
+  end
   return t
 end
 

@@ -29,6 +29,11 @@ leaf localhost "DNS:localhost,IP:127.0.0.1" "$ec"
 leaf api "DNS:api.example.test" "-newkey rsa:2048 -nodes"
 leaf wild "DNS:*.apps.example.test" "$ec"
 leaf renewed "DNS:localhost,IP:127.0.0.1" "$ec"
+leaf mallory "email:mallory@example.test" "$ec"
+openssl req -x509 $ec -days 2 -subj "/CN=Moongate Test Clients CA" -keyout clients-ca.key -out clients-ca.pem
+openssl req $ec -subj "/O=Example/CN=alice" -keyout alice.key -out alice.csr
+printf "subjectAltName=email:alice@example.test,URI:spiffe://example.test/alice\n" > alice.ext
+openssl x509 -req -in alice.csr -CA clients-ca.pem -CAkey clients-ca.key -CAcreateserial -days 2 -extfile alice.ext -out alice.pem
 mkdir -p ca.d && : > ca.d/index.txt && echo 01 > ca.d/serial
 printf "[ca]\ndefault_ca=d\n[d]\ndir=ca.d\ndatabase=ca.d/index.txt\nnew_certs_dir=ca.d\nserial=ca.d/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n" > ca.cnf
 openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in localhost.csr \
@@ -151,6 +156,48 @@ route { path = "/proxy", upstream = "app" }
     assert.truthy(helpers.closed(s))
     local code = curl(("https://localhost:%d/info"):format(tport))
     assert.equal(0, code)
+  end)
+end)
+
+describe("TLS client certificates (mTLS)", function()
+  local g, optional_port
+  setup(function()
+    optional_port = helpers.free_port()
+    local tls = ('cert = "%s/localhost.pem", key = "%s/localhost.key", client_ca = "%s/clients-ca.pem"'):format(pki, pki, pki)
+    g = helpers.start(([[
+listen { "127.0.0.1:{{PORT}}", tls = { %s } }
+listen { "127.0.0.1:%d", tls = { %s, client_auth = "optional" } }
+route { path = "/who", handler = function(ctx) return 200, { client = ctx.request.tls.client or false } end }
+]]):format(tls, optional_port, tls))
+  end)
+  teardown(function() g:stop() end)
+
+  local function who(port, cert)
+    local auth = cert and ("--cert %s/%s.pem --key %s/%s.key"):format(pki, cert, pki, cert) or ""
+    local code, out = sh(pki, ("curl -sS --max-time 10 --cacert %s/ca.pem %s https://localhost:%d/who"):format(pki, auth, port))
+    if code ~= 0 then return code, out end
+    return code, cjson.decode(out).client
+  end
+
+  it("requires a certificate from the client CA, and shows it to the handler", function()
+    local code, client = who(g.port, "alice")
+    assert.equal(0, code, client)
+    assert.equal("CN=alice,O=Example", client.subject)
+    assert.same({ "email:alice@example.test", "URI:spiffe://example.test/alice" }, client.san)
+    local _, fp = sh(pki, "openssl x509 -in " .. pki .. "/alice.pem -noout -fingerprint -sha256")
+    assert.equal(fp:match("=(%S+)"):gsub(":", ""):lower(), client.fingerprint)
+    assert.is_not.equal(0, (who(g.port, nil)))        -- no certificate
+    assert.is_not.equal(0, (who(g.port, "mallory")))  -- a certificate from another CA
+  end)
+
+  it("optional: serves clients without a certificate, still refuses an untrusted one", function()
+    local code, client = who(optional_port, nil)
+    assert.equal(0, code, client)
+    assert.equal(false, client)
+    code, client = who(optional_port, "alice")
+    assert.equal(0, code, client)
+    assert.equal("CN=alice,O=Example", client.subject)
+    assert.is_not.equal(0, (who(optional_port, "mallory")))
   end)
 end)
 
