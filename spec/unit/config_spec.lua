@@ -98,7 +98,7 @@ describe("config DSL", function()
       { 'tls = { cert = "a", key = "b", certificates = { { cert = "c", key = "d" } } }', "listen tls: give either cert/key or certificates" },
       { 'tls = { certificates = {} }', "listen tls: certificates expects a list" },
       { 'tls = { cert = "a", key = "b", client_auth = "required" }', "listen tls: client_auth needs client_ca" },
-      { 'tls = { cert = "a", key = "b", client_ca = "c", client_auth = "maybe" }', "client_auth must be \"required\" or \"optional\"" },
+      { 'tls = { cert = "a", key = "b", client_ca = "c", client_auth = "maybe" }', "listen tls: client_auth must be \"required\" or \"optional\"" },
     }
     for _, case in ipairs(cases) do
       local _, err = load('\nlisten { "127.0.0.1:1", ' .. case[1] .. ' }\n')
