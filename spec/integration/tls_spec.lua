@@ -159,6 +159,21 @@ route { path = "/proxy", upstream = "app" }
   end)
 end)
 
+describe("HTTP to HTTPS redirect", function()
+  it("sends plain requests to the HTTPS listener and serves HTTPS ones", function()
+    local tport = helpers.free_port()
+    local g = helpers.start(tls_config(tport, ('plugins { redirect = { https = true, https_port = %d } }'):format(tport)))
+    local res = g:request("GET", "/info?x=1", { host = "localhost:" .. g.port })
+    assert.equal(301, res.status)
+    local location = ("https://localhost:%d/info?x=1"):format(tport)
+    assert.equal(location, res.headers["location"])
+    local code, out = sh(pki, ("curl -sS --max-time 10 -L --cacert %s/ca.pem http://localhost:%d/info?x=1"):format(pki, g.port))
+    assert.equal(0, code, out)
+    assert.equal("https", cjson.decode(out).scheme)
+    g:stop()
+  end)
+end)
+
 describe("TLS client certificates (mTLS)", function()
   local g, optional_port
   setup(function()
