@@ -46,7 +46,7 @@ static void set_reading(mg_conn_t *c, int on)
 {
     if (on && !c->reading) {
         event_add(&c->rev, NULL);
-        if (c->ssl && SSL_pending(c->ssl) > 0)
+        if (c->ssl && SSL_has_pending(c->ssl))
             event_active(&c->rev, EV_READ, 1); /* decrypted bytes wait in OpenSSL, not the kernel */
     } else if (!on && c->reading) {
         event_del(&c->rev);
@@ -91,7 +91,7 @@ static ssize_t conn_recv(mg_conn_t *c, void *buf, size_t len)
     if (!c->ssl)
         return recv(c->fd, buf, len, 0);
     ssize_t n = tls_result(c, SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len));
-    if (n > 0 && SSL_pending(c->ssl) > 0 && c->reading)
+    if (n > 0 && SSL_has_pending(c->ssl) && c->reading)
         event_active(&c->rev, EV_READ, 1);
     return n;
 }

@@ -120,6 +120,9 @@ static SSL_CTX *one_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    /* one recv per burst of records instead of two per record (header, then
+     * body); mg_conn asks SSL_has_pending before waiting on the socket */
+    SSL_CTX_set_read_ahead(ctx, 1);
 
     if (!readable(c->cert, "certificate", err, errlen) || !readable(c->key, "key", err, errlen))
         goto fail;
