@@ -1,9 +1,13 @@
 /*
  * mg_worker — see mg_worker.h.
  */
+#define _GNU_SOURCE
 #include "mg_worker.h"
 
 #include <event2/dns.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -14,21 +18,43 @@
 #include "mg_log.h"
 #include "mg_req.h"
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-                      void *arg)
+/*
+ * A few connections per loop pass, not all that are pending: a burst of new
+ * connections (each a TLS handshake, say) then takes turns with requests on
+ * established connections instead of running ahead of them. The listening
+ * socket is level-triggered, so the rest is taken on the next pass.
+ */
+#define ACCEPT_BATCH 4
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
     mg_worker_t *w = arg;
     SSL_CTX *tls = NULL;
     for (int i = 0; i < w->nlisteners; i++)
-        if (w->listeners[i] == l)
+        if (w->fds[i] == lfd)
             tls = w->gen->tls[i];
-    mg_conn_accept(w, fd, sa, salen, tls);
+    for (int n = 0; n < ACCEPT_BATCH; n++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                /* EMFILE and friends: log and keep the listener; the loop retries on the next pass */
+                mg_log_error(NULL, "accept failed: %s", strerror(errno));
+            return;
+        }
+        mg_conn_accept(w, fd, (struct sockaddr *)&ss, (int)len, tls);
+    }
 }
 
-static void on_accept_error(struct evconnlistener *l, void *arg)
+static void close_listeners(mg_worker_t *w)
 {
-    /* EMFILE and friends: log and keep the listener; the loop retries on the next event */
-    mg_log_error(NULL, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    for (int i = 0; i < w->nlisteners; i++) {
+        event_free(w->listeners[i]);
+        close(w->fds[i]);
+        w->listeners[i] = NULL;
+    }
+    w->nlisteners = 0;
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
@@ -82,11 +108,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    for (int i = 0; i < w->nlisteners; i++) {
-        evconnlistener_free(w->listeners[i]);
-        w->listeners[i] = NULL;
-    }
-    w->nlisteners = 0;
+    close_listeners(w);
     mg_conn_t *c = w->conns;
     while (c) {
         mg_conn_t *next = c->next;
@@ -332,12 +354,12 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     for (int i = 0; i < nfds; i++) {
         w->fds[i] = fds[i];
         w->nfds = i + 1;
-        w->listeners[i] = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fds[i]);
-        if (!w->listeners[i]) {
+        evutil_make_socket_nonblocking(fds[i]);
+        w->listeners[i] = event_new(w->base, fds[i], EV_READ | EV_PERSIST, on_accept, w);
+        if (!w->listeners[i] || event_add(w->listeners[i], NULL) < 0) {
             snprintf(w->error, sizeof(w->error), "cannot watch listening socket");
             return MG_ERROR;
         }
-        evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
         w->nlisteners++;
     }
     mg_mailbox_init(&w->mailbox, w->base);
@@ -390,9 +412,7 @@ void mg_worker_free(mg_worker_t *w)
         mg_conn_close(w->conns);
     mg_req_end_detached(w);
     mg_conn_reap(w);
-    for (int i = 0; i < w->nlisteners; i++)
-        if (w->listeners[i])
-            evconnlistener_free(w->listeners[i]);
+    close_listeners(w);
     if (w->dns)
         evdns_base_free(w->dns, 0);
     while (w->free_reqs) {

@@ -40,7 +40,7 @@ typedef struct mg_worker {
     mg_text_t *metrics_out;               /* where to render; NULL when done */
     int render_upstreams_text;            /* render the human upstream table instead */
     uint32_t drain_ms;                    /* set by mg_worker_stop */
-    struct evconnlistener *listeners[MG_MAX_LISTEN];
+    struct event *listeners[MG_MAX_LISTEN]; /* accept events on fds[i] (closed with them) */
     int nlisteners;
     int stop_fd;                          /* eventfd: the main thread writes to stop us */
     struct event *stop_ev;
