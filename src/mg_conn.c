@@ -172,11 +172,12 @@ void mg_conn_reap(mg_worker_t *w)
 
 /* Half-close after the last response, then read and discard until the peer closes
  * (lingering close): closing with unread input would send RST and could destroy
- * the response before the client reads it. */
+ * the response before the client reads it. With TLS, close_notify goes first, so
+ * the client can tell the end from a truncation. */
 static void do_shutdown(mg_conn_t *c)
 {
-    if (c->ssl && !c->handshaking)
-        SSL_shutdown(c->ssl); /* close_notify: the client can tell the end from a truncation */
+    if (c->ssl && !c->handshaking && SSL_shutdown(c->ssl) < 0)
+        ERR_clear_error(); /* a stale error would be misread by the next SSL_get_error on this thread */
     shutdown(c->fd, SHUT_WR);
     set_reading(c, 1);
     arm(c, LINGER_MS);
