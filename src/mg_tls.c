@@ -101,7 +101,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK; /* unknown name: the default certificate */
 }
 
-static SSL_CTX *one_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
+static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
@@ -123,18 +123,27 @@ static SSL_CTX *one_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     /* one recv per burst of records instead of two per record (header, then
      * body); mg_conn asks SSL_has_pending before waiting on the socket */
     SSL_CTX_set_read_ahead(ctx, 1);
+    return ctx;
+}
 
+/*
+ * Loads a certificate and its key into ctx, checked. A context holds one
+ * certificate per key type, so an RSA and an ECDSA certificate can share one
+ * (OpenSSL then picks what the client's signature algorithms allow).
+ */
+static int load_pair(SSL_CTX *ctx, const mg_tls_cert_conf_t *c, char *err, size_t errlen)
+{
     if (!readable(c->cert, "certificate", err, errlen) || !readable(c->key, "key", err, errlen))
-        goto fail;
+        return 0;
     if (SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1) {
         ssl_error(err, errlen, "cannot load certificate", c->cert);
-        goto fail;
+        return 0;
     }
     X509 *x = SSL_CTX_get0_certificate(ctx);
     EVP_PKEY *key = read_key(c->key);
     if (!key) {
         ssl_error(err, errlen, "cannot load key", c->key);
-        goto fail;
+        return 0;
     }
     /* checked here, not by SSL_CTX_use_PrivateKey: an RSA key next to an
      * ECDSA certificate would go to another slot and fail obscurely */
@@ -144,24 +153,43 @@ static SSL_CTX *one_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     if (!matches) {
         ERR_clear_error();
         snprintf(err, errlen, "tls: key '%s' does not match certificate '%s'", c->key, c->cert);
-        goto fail;
+        return 0;
     }
     if (!used) {
         ssl_error(err, errlen, "cannot use key", c->key);
-        goto fail;
+        return 0;
     }
     if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
         snprintf(err, errlen, "tls: certificate '%s' has expired", c->cert);
-        goto fail;
+        return 0;
     }
     if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
         snprintf(err, errlen, "tls: certificate '%s' is not valid yet", c->cert);
-        goto fail;
+        return 0;
     }
-    return ctx;
-fail:
-    SSL_CTX_free(ctx);
-    return NULL;
+    return 1;
+}
+
+/* An earlier context for the same subject with another key type, or NULL. */
+static SSL_CTX *same_subject(sni_set_t *set, const char *file)
+{
+    FILE *f = fopen(file, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (!x) {
+        ERR_clear_error();
+        return NULL; /* load_pair reports it */
+    }
+    SSL_CTX *found = NULL;
+    for (int i = 0; i < set->n && !found; i++) {
+        X509 *y = SSL_CTX_get0_certificate(set->ctx[i]);
+        if (X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(y)) == 0 &&
+            EVP_PKEY_get_base_id(X509_get0_pubkey(x)) != EVP_PKEY_get_base_id(X509_get0_pubkey(y)))
+            found = set->ctx[i];
+    }
+    X509_free(x);
+    return found;
 }
 
 /* Client certificates (mTLS): verified against the CA, whose names are sent as the acceptable issuers. */
@@ -187,22 +215,26 @@ SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t e
     int n = conf->ncerts;
     sni_set_t *set = mg_calloc(1, sizeof(*set) + (size_t)n * sizeof(SSL_CTX *));
     for (int i = 0; i < n; i++) {
-        set->ctx[i] = one_ctx(&conf->certs[i], err, errlen);
-        if (set->ctx[i] && conf->client_ca && !client_auth(set->ctx[i], conf, err, errlen)) {
-            SSL_CTX_free(set->ctx[i]);
-            set->ctx[i] = NULL;
-        }
-        if (!set->ctx[i]) {
-            for (int k = 0; k < i; k++)
+        const mg_tls_cert_conf_t *c = &conf->certs[i];
+        SSL_CTX *twin = same_subject(set, c->cert);
+        SSL_CTX *ctx = twin ? twin : new_ctx(c, err, errlen);
+        int ok = ctx && load_pair(ctx, c, err, errlen);
+        if (ok && !twin && conf->client_ca)
+            ok = client_auth(ctx, conf, err, errlen);
+        if (!ok) {
+            if (ctx && !twin)
+                SSL_CTX_free(ctx);
+            for (int k = 0; k < set->n; k++)
                 SSL_CTX_free(set->ctx[k]);
             free(set);
             return NULL;
         }
-        set->n = i + 1;
+        if (!twin)
+            set->ctx[set->n++] = ctx;
     }
     SSL_CTX *def = set->ctx[0];
     SSL_CTX_set_ex_data(def, sni_index, set);
-    if (n > 1) {
+    if (set->n > 1) {
         SSL_CTX_set_tlsext_servername_callback(def, on_servername);
         SSL_CTX_set_tlsext_servername_arg(def, set);
     }

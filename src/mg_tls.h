@@ -10,7 +10,9 @@
  * Several certificates on one listener are chosen by SNI: the first whose
  * names (subjectAltName DNS entries, else the CN) match the requested host,
  * exactly or by a "*.example.com" wildcard; the first certificate is the
- * default for clients that send no SNI or an unknown name.
+ * default for clients that send no SNI or an unknown name. A certificate
+ * with the same subject as an earlier one but another key type (RSA next to
+ * ECDSA) joins that one's context; OpenSSL picks per handshake.
  */
 #ifndef MG_TLS_H
 #define MG_TLS_H

@@ -29,6 +29,8 @@ leaf localhost "DNS:localhost,IP:127.0.0.1" "$ec"
 leaf api "DNS:api.example.test" "-newkey rsa:2048 -nodes"
 leaf wild "DNS:*.apps.example.test" "$ec"
 leaf renewed "DNS:localhost,IP:127.0.0.1" "$ec"
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout localhost-rsa.key -out localhost-rsa.csr
+openssl x509 -req -in localhost-rsa.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile localhost.ext -out localhost-rsa.pem
 leaf mallory "email:mallory@example.test" "$ec"
 openssl req -x509 $ec -days 2 -subj "/CN=Moongate Test Clients CA" -keyout clients-ca.key -out clients-ca.pem
 openssl req $ec -subj "/O=Example/CN=alice" -keyout alice.key -out alice.csr
@@ -54,6 +56,7 @@ listen { "127.0.0.1:%d", tls = { certificates = {
   { cert = "%s/localhost.pem", key = "%s/localhost.key" },
   { cert = "%s/api.pem", key = "%s/api.key" },
   { cert = "%s/wild.pem", key = "%s/wild.key" },
+  { cert = "%s/localhost-rsa.pem", key = "%s/localhost-rsa.key" },
 } } }
 limits { max_body = "16m" }
 route { path = "/info", handler = function(ctx)
@@ -62,7 +65,7 @@ end }
 route { method = "POST", path = "/echo", handler = function(ctx) return 200, ctx.request:body() end }
 route { path = "/big/{n}", handler = function(ctx) return 200, ("0123456789abcdef"):rep(tonumber(ctx.params.n) / 16) end }
 %s
-]]):format(port_line, pki, pki, pki, pki, pki, pki, extra or "")
+]]):format(port_line, pki, pki, pki, pki, pki, pki, pki, pki, extra or "")
 end
 
 describe("TLS listener", function()
@@ -109,6 +112,15 @@ route { path = "/proxy", upstream = "app" }
     -- a name no certificate covers fails verification in a real client
     code = curl(("--resolve other.test:%d:127.0.0.1 https://other.test:%d/info"):format(tport, tport))
     assert.equal(60, code)
+  end)
+
+  it("serves one name with an ECDSA and an RSA certificate, as the client can verify", function()
+    for sigalg, bits in pairs({ ["ECDSA+SHA256"] = "256", ["RSA-PSS+SHA256"] = "2048" }) do
+      local code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -servername localhost -sigalgs %s"):format(tport, sigalg))
+      assert.equal(0, code, out)
+      assert.truthy(out:find("Server public key is " .. bits .. " bit", 1, true), out)
+      assert.truthy(out:find("subject=CN = localhost", 1, true), out)
+    end
   end)
 
   it("speaks TLS 1.2 and 1.3 only, and advertises http/1.1 by ALPN", function()
