@@ -15,6 +15,7 @@ static mg_str_t cstr(const char *p) { return (mg_str_t){ p, p ? strlen(p) : 0 };
 const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
 {
     mg_req_t *r = (mg_req_t *)rp;
+    SSL *ssl = r->conn ? r->conn->ssl : NULL; /* NULL on plain connections and once the client has gone */
     mg_str_t s = { NULL, 0 };
     switch (what) {
     case MG_FFI_METHOD: s = r->method; break;
@@ -25,12 +26,12 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_REMOTE: s = (mg_str_t){ r->remote, strlen(r->remote) }; break;
     case MG_FFI_VERSION: s = r->minor_version ? MG_STR("1.1") : MG_STR("1.0"); break;
     case MG_FFI_SCHEME: s = r->tls ? MG_STR("https") : MG_STR("http"); break;
-    case MG_FFI_TLS_VERSION: s = cstr(r->conn ? mg_tls_version(r->conn->ssl) : NULL); break;
-    case MG_FFI_TLS_CIPHER: s = cstr(r->conn ? mg_tls_cipher(r->conn->ssl) : NULL); break;
-    case MG_FFI_TLS_SNI: s = cstr(r->conn ? mg_tls_sni(r->conn->ssl) : NULL); break;
-    case MG_FFI_TLS_CLIENT_SUBJECT: s = cstr(r->conn ? mg_tls_client_subject(r->conn->ssl) : NULL); break;
-    case MG_FFI_TLS_CLIENT_SAN: s = cstr(r->conn ? mg_tls_client_san(r->conn->ssl) : NULL); break;
-    case MG_FFI_TLS_CLIENT_FINGERPRINT: s = cstr(r->conn ? mg_tls_client_fingerprint(r->conn->ssl) : NULL); break;
+    case MG_FFI_TLS_VERSION: s = cstr(mg_tls_version(ssl)); break;
+    case MG_FFI_TLS_CIPHER: s = cstr(mg_tls_cipher(ssl)); break;
+    case MG_FFI_TLS_SNI: s = cstr(mg_tls_sni(ssl)); break;
+    case MG_FFI_TLS_CLIENT_SUBJECT: s = cstr(mg_tls_client_subject(ssl)); break;
+    case MG_FFI_TLS_CLIENT_SAN: s = cstr(mg_tls_client_san(ssl)); break;
+    case MG_FFI_TLS_CLIENT_FINGERPRINT: s = cstr(mg_tls_client_fingerprint(ssl)); break;
     }
     *len = s.n;
     return s.p;

@@ -153,9 +153,14 @@ local function make_env(st)
   local env = {}
   local s = st.settings
 
+  -- a path from the config, relative to the config file's directory
+  local function from_config_dir(p)
+    return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
+  end
+
   local function path_of(p, what)
     if type(p) ~= "string" or p == "" then fail("listen tls: '%s' expects a file path", what) end
-    return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
+    return from_config_dir(p)
   end
 
   -- tls = { cert = "a.pem", key = "a.key" }, or for several certificates
@@ -213,7 +218,7 @@ local function make_env(st)
 
   function env.plugins_dir(dir)
     if type(dir) ~= "string" then fail("plugins_dir expects a directory path") end
-    if dir:sub(1, 1) ~= "/" then dir = st.dir .. "/" .. dir end
+    dir = from_config_dir(dir)
     s.plugins_dirs[#s.plugins_dirs + 1] = dir
   end
 
@@ -374,7 +379,7 @@ local function make_env(st)
   -- admin_socket "/run/moongate.sock": where gatewayctl finds this gateway ("off": none)
   function env.admin_socket(path)
     if type(path) ~= "string" then fail("admin_socket expects a path or \"off\"") end
-    if path ~= "off" and path:sub(1, 1) ~= "/" then path = st.dir .. "/" .. path end
+    if path ~= "off" then path = from_config_dir(path) end
     s.admin_socket = path
   end
 
@@ -387,7 +392,7 @@ local function make_env(st)
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end
-    if path:sub(1, 1) ~= "/" then path = st.dir .. "/" .. path end
+    path = from_config_dir(path)
     s.hosts_file = path
   end
 
@@ -480,7 +485,7 @@ local function make_env(st)
 
   function env.include(pattern)
     if type(pattern) ~= "string" then fail("include expects a file name or glob pattern") end
-    if pattern:sub(1, 1) ~= "/" then pattern = st.dir .. "/" .. pattern end
+    pattern = from_config_dir(pattern)
     local files = M.glob(pattern)
     if #files == 0 and not pattern:find("[*?%[]") then
       fail("include: no such file: %s", pattern)

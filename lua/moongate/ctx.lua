@@ -22,6 +22,7 @@ const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 
 local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6, scheme = 7 }
 local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
+local CLIENT_FIELD = { subject = 11, san = 12, fingerprint = 13 }
 
 
 local len_a = ffi.new("size_t[1]")
@@ -40,11 +41,11 @@ local function load_tls(r)
   if field(r, FIELD.scheme) ~= "https" then return nil end
   local t = {}
   for k, f in pairs(TLS_FIELD) do t[k] = field(r, f) end
-  local subject = field(r, 11)
+  local subject = field(r, CLIENT_FIELD.subject)
   if subject then
     local san = {}
-    for entry in (field(r, 12) or ""):gmatch("[^\n]+") do san[#san + 1] = entry end
-    t.client = { subject = subject, san = san, fingerprint = field(r, 13) }
+    for entry in (field(r, CLIENT_FIELD.san) or ""):gmatch("[^\n]+") do san[#san + 1] = entry end
+    t.client = { subject = subject, san = san, fingerprint = field(r, CLIENT_FIELD.fingerprint) }
   end
   return t
 end
