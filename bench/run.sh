@@ -26,22 +26,8 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw_pid/stat"; }
-hz=$(getconf CLK_TCK)
-
+. "$here/lib.sh"
 printf '| workload | round | rps | p50 | p99 | gateway CPU µs/req |\n|---|---|---|---|---|---|\n'
 for i in "${!URLS[@]}"; do
-  url="http://127.0.0.1:$PORT${URLS[$i]}"
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up (JIT, buffers)
-  for r in $(seq "$ROUNDS"); do
-    t0=$(cpu_ticks)
-    out=$(timeout $((DURATION + 20)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
-    t1=$(cpu_ticks)
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    us=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-    printf '| %s | %d | %s | %s | %s | %s |\n' "${NAMES[$i]}" "$r" "$rps" "$p50" "$p99" "$us"
-  done
+  measure "${NAMES[$i]}" "$gw_pid" "http://127.0.0.1:$PORT${URLS[$i]}"
 done

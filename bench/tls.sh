@@ -60,25 +60,13 @@ for _ in $(seq 50); do
 done
 ngx_worker=$(pgrep -P "$ngx_master" | head -1)
 
-hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-printf '| workload | server | round | rps | p99 | server CPU µs/req |\n|---|---|---|---|---|---|\n'
-run() { # name server pid port extra-wrk-args...
+CONNS=${CONNS:-50}
+LOAD_CPU=${LOAD_CPU:-1}
+. "$here/lib.sh"
+printf '| workload | server | round | rps | p50 | p99 | server CPU µs/req |\n|---|---|---|---|---|---|---|\n'
+run() { # name server pid port [extra wrk args...]
   local name=$1 server=$2 pid=$3 port=$4; shift 4
-  local url="https://127.0.0.1:$port/hello"
-  taskset -c 1 wrk -t1 -c50 -d2s "$@" "$url" >/dev/null
-  for r in $(seq "$ROUNDS"); do
-    local t0 t1 out reqs rps p99 us
-    t0=$(ticks "$pid")
-    out=$(timeout $((DURATION + 20)) taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" --latency "$@" "$url")
-    t1=$(ticks "$pid")
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    us=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-    printf '| %s | %s | %d | %s | %s | %s |\n' "$name" "$server" "$r" "$rps" "$p99" "$us"
-  done
+  measure "$name | $server" "$pid" "https://127.0.0.1:$port/hello" "$@"
 }
 run "W1-TLS keep-alive" moongate "$gw_pid" "$GW_PORT"
 run "W1-TLS keep-alive" nginx "$ngx_worker" "$NGX_PORT"
