@@ -265,6 +265,8 @@ const char *mg_tls_client_subject(SSL *ssl)
     if (!x)
         return NULL;
     BIO *b = BIO_new(BIO_s_mem());
+    if (!b)
+        return NULL;
     X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
     int n = BIO_read(b, client_buf, sizeof(client_buf) - 1);
     BIO_free(b);
