@@ -214,6 +214,23 @@ static int get_int(lua_State *L, int t, const char *key)
     return v;
 }
 
+/* The upstream's TLS client context from { ca, cert, key, server_name, verify, where } at index t. */
+static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, char *err, size_t errlen)
+{
+    mg_tls_client_conf_t conf = { get_str_ref(L, t, "ca"), get_str_ref(L, t, "cert"), get_str_ref(L, t, "key"), 1 };
+    lua_getfield(L, t, "verify");
+    conf.verify = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    up->tls_name = get_str(L, t, "server_name");
+    char why[512];
+    up->tls = mg_tls_client_new(&conf, why, sizeof(why));
+    if (!up->tls) {
+        snprintf(err, errlen, "%s: upstream %s: %s", get_str_ref(L, t, "where"), up->name, why);
+        return MG_ERROR;
+    }
+    return MG_OK;
+}
+
 /* Builds gen->upstreams from cfg.upstreams (validated by config.lua) at index t. */
 static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size_t errlen)
 {
@@ -265,6 +282,11 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size
             up->host_value = hh;
         else
             free(hh);
+        lua_getfield(L, u, "tls");
+        int rc = lua_istable(L, -1) ? read_upstream_tls(L, lua_gettop(L), up, err, errlen) : MG_OK;
+        lua_pop(L, 1);
+        if (rc != MG_OK)
+            return MG_ERROR;
         lua_getfield(L, u, "targets");
         up->ntargets = (int)lua_objlen(L, -1);
         up->targets = mg_calloc((size_t)up->ntargets, sizeof(mg_target_t));

@@ -64,26 +64,13 @@ static void want_write(mg_conn_t *c)
     }
 }
 
-/* Maps an OpenSSL result onto recv/send conventions: -1 with EAGAIN to wait. */
 static ssize_t tls_result(mg_conn_t *c, int n)
 {
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(c->ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
+    int ww = 0;
+    ssize_t r = mg_tls_result(c->ssl, n, &ww);
+    if (ww)
         want_write(c);
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0; /* close_notify */
-    default:
-        ERR_clear_error(); /* a protocol error or a reset: the connection is gone */
-        errno = ECONNRESET;
-        return -1;
-    }
+    return r;
 }
 
 static ssize_t conn_recv(mg_conn_t *c, void *buf, size_t len)
@@ -101,15 +88,11 @@ static int conn_send(mg_conn_t *c)
 {
     if (!c->ssl)
         return evbuffer_write(c->out, c->fd);
-    /* one TLS record per 16 KiB: small pieces of a response are coalesced first */
-    size_t len = evbuffer_get_length(c->out);
-    if (len > 16384)
-        len = 16384;
-    unsigned char *p = evbuffer_pullup(c->out, (ssize_t)len);
-    ssize_t n = tls_result(c, SSL_write(c->ssl, p, (int)len));
-    if (n > 0)
-        evbuffer_drain(c->out, (size_t)n);
-    return (int)n;
+    int ww = 0;
+    int n = mg_tls_send(c->ssl, c->out, &ww);
+    if (ww)
+        want_write(c);
+    return n;
 }
 
 /* 1: done, 0: waiting for the peer, -1: failed (the caller closes). */
@@ -300,7 +283,9 @@ static int read_head(mg_conn_t *c)
         /* not complete yet: parse only when a limit may already be exceeded */
         int overlong = want > cfg->limits.max_head ||
                        (want > cfg->limits.max_line && !memchr(p, '\n', cfg->limits.max_line));
-        if (!overlong) {
+        /* the first bytes are parsed once: garbage (a TLS hello on a plain
+         * port) is refused at once instead of after the header timeout */
+        if (!overlong && c->scanned > 0) {
             c->scanned = want;
             return 0;
         }

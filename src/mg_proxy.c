@@ -27,6 +27,8 @@ const char mg_err_no_target[] = "no_healthy_target";
 const char mg_err_deadline[] = "deadline";
 const char mg_err_client_abort[] = "client_abort";
 const char mg_err_busy[] = "busy";
+const char mg_err_tls_handshake[] = "tls_handshake";
+const char mg_err_tls_verify[] = "tls_verify";
 
 #define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
 #define IN_MAX (64 * 1024 + 32768)
@@ -48,6 +50,7 @@ int mg_proxy_error_status(const char *kind)
 
 static void attempt(mg_proxy_t *p);
 static void on_event(mg_upconn_t *uc, int what);
+static void handshake(mg_proxy_t *p);
 
 /* The permit and the queue place are the exchange's; every end gives them back. */
 static void drop_permit(mg_proxy_t *p)
@@ -142,7 +145,7 @@ static int flush_up(mg_proxy_t *p, int notify)
 {
     mg_upconn_t *uc = p->uc;
     while (evbuffer_get_length(uc->out) > 0) {
-        int n = evbuffer_write(uc->out, uc->fd);
+        int n = mg_upconn_send(uc);
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)
@@ -209,13 +212,16 @@ static void attempt(mg_proxy_t *p)
     p->uc = uc;
     p->framing = MG_BODY_NONE;
     p->head_seen = 0;
-    if (uc->connected) {
-        send_request(p);
+    if (uc->connected && !(uc->ssl && !uc->secure)) {
+        send_request(p); /* pooled */
         return;
     }
-    /* connecting: the write event says when; the timer bounds it */
-    mg_upconn_wait_write(uc, 0);
+    /* connecting: the write event says when; the timer bounds it, and the TLS handshake */
     arm_timer(p, p->up->connect_ms);
+    if (uc->connected)
+        handshake(p);
+    else
+        mg_upconn_wait_write(uc, 0);
 }
 
 static void on_permit(mg_sema_waiter_t *w)
@@ -417,7 +423,7 @@ static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
         v[i].iov_len = take;
         room += take;
     }
-    ssize_t n = readv(uc->fd, iov, nv);
+    ssize_t n = mg_upconn_readv(uc, iov, nv);
     if (n > 0) {
         size_t left = (size_t)n;
         for (int i = 0; i < nv; i++) {
@@ -477,7 +483,8 @@ static void on_readable(mg_proxy_t *p)
             return;
         }
     }
-    ssize_t n = recv(uc->fd, uc->in + uc->in_len, uc->in_cap - uc->in_len, 0);
+    struct iovec iov = { uc->in + uc->in_len, uc->in_cap - uc->in_len };
+    ssize_t n = mg_upconn_readv(uc, &iov, 1);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
@@ -499,11 +506,31 @@ static void on_readable(mg_proxy_t *p)
         delivered(p);
 }
 
+/* The connection is up (TCP, and TLS when the upstream speaks it): the request goes out. */
+static void connected(mg_proxy_t *p)
+{
+    p->connect_us = (uint32_t)(mg_now_us() - p->t_attempt);
+    send_request(p);
+}
+
+/* The TLS handshake goes on; the connect timeout covers it. */
+static void handshake(mg_proxy_t *p)
+{
+    int rc = mg_upconn_handshake(p->uc);
+    if (rc == 1) {
+        mg_upconn_timer(p->uc, 0);
+        connected(p);
+    } else if (rc < 0) {
+        fail(p, rc == MG_UC_TLS_UNTRUSTED ? mg_err_tls_verify : mg_err_tls_handshake, 1);
+    }
+}
+
 static void on_event(mg_upconn_t *uc, int what)
 {
     mg_proxy_t *p = uc->owner;
+    int securing = uc->ssl && !uc->secure;
     if (what == MG_UC_TIMER) {
-        if (!uc->connected)
+        if (!uc->connected || securing)
             fail(p, mg_err_connect_timeout, 1);
         else
             fail(p, mg_err_read_timeout, 0);
@@ -513,17 +540,23 @@ static void on_event(mg_upconn_t *uc, int what)
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(uc->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        mg_upconn_timer(uc, 0);
         if (err) {
+            mg_upconn_timer(uc, 0);
             fail(p, err == ECONNREFUSED ? mg_err_refused : mg_err_reset, 1);
             return;
         }
         uc->connected = 1;
-        p->connect_us = (uint32_t)(mg_now_us() - p->t_attempt);
-        send_request(p);
+        if (securing) {
+            handshake(p);
+            return;
+        }
+        mg_upconn_timer(uc, 0);
+        connected(p);
         return;
     }
-    if (what == MG_UC_SEND_TIMEOUT)
+    if (securing)
+        handshake(p);
+    else if (what == MG_UC_SEND_TIMEOUT)
         fail(p, mg_err_send_timeout, 0);
     else if (what == MG_UC_READ)
         on_readable(p);

@@ -23,6 +23,8 @@ extern const char mg_err_protocol[];         /* malformed upstream response: 502
 extern const char mg_err_no_target[];        /* "no_healthy_target": 503 */
 extern const char mg_err_deadline[];         /* the request's deadline: 504 */
 extern const char mg_err_client_abort[];     /* the client went away (logged as 499) */
+extern const char mg_err_tls_handshake[];     /* the upstream's TLS handshake failed: 502 */
+extern const char mg_err_tls_verify[];        /* the upstream's certificate is not trusted for its name: 502 */
 extern const char mg_err_busy[];             /* the upstream's max_concurrency: 429, or on_busy.status after queueing */
 
 /* The status a client gets for an error kind. */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -27,6 +28,7 @@ typedef struct sni_set {
 } sni_set_t;
 
 static int sni_index = -1;
+static int session_index = -1; /* a client SSL's SSL_SESSION ** slot */
 static pthread_once_t sni_once = PTHREAD_ONCE_INIT;
 
 /* Runs when the default context's last reference goes: the others go with it. */
@@ -40,7 +42,11 @@ static void sni_set_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, l
     free(set);
 }
 
-static void sni_index_init(void) { sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free); }
+static void sni_index_init(void)
+{
+    sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free);
+    session_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
 
 static void ssl_error(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -318,4 +324,131 @@ const char *mg_tls_client_fingerprint(SSL *ssl)
         snprintf(client_buf + 2 * i, 3, "%02x", md[i]);
     client_buf[2 * n] = '\0';
     return client_buf;
+}
+
+const char *mg_tls_resumed(SSL *ssl) { return ssl && SSL_session_reused(ssl) ? "yes" : NULL; }
+
+ssize_t mg_tls_result(SSL *ssl, int n, int *want_write)
+{
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(ssl, n)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        *want_write = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0; /* close_notify */
+    default:
+        ERR_clear_error(); /* a stale error would be misread by the next SSL_get_error on this thread */
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+int mg_tls_send(SSL *ssl, struct evbuffer *out, int *want_write)
+{
+    size_t len = evbuffer_get_length(out);
+    if (len > 16384)
+        len = 16384;
+    unsigned char *p = evbuffer_pullup(out, (ssize_t)len);
+    ssize_t n = mg_tls_result(ssl, SSL_write(ssl, p, (int)len), want_write);
+    if (n > 0) {
+        evbuffer_drain(out, (size_t)n);
+    } else if (n == 0) {
+        errno = ECONNRESET;
+        n = -1;
+    }
+    return (int)n;
+}
+
+/* ---- upstream (client) side ---- */
+
+/* Keeps the newest session the upstream issued in the connection's slot (its target). */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    SSL_SESSION **slot = SSL_get_ex_data(ssl, session_index);
+    if (!slot)
+        return 0;
+    SSL_SESSION_free(*slot); /* NULL-safe */
+    *slot = sess;
+    return 1; /* the reference is ours now */
+}
+
+SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t errlen)
+{
+    pthread_once(&sni_once, sni_index_init);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        ssl_error(err, errlen, "cannot create a client context for", "upstream");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_cipher_list(ctx, MG_TLS12_CIPHERS);
+    /* an upstream that closes without close_notify ends like a plain one: EOF */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x08http/1.1", 9);
+    /* sessions live per target (see mg_tls_client_ssl), not in a shared cache */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+    int ok = 1;
+    if (conf->ca) {
+        ok = readable(conf->ca, "ca", err, errlen);
+        if (ok && SSL_CTX_load_verify_locations(ctx, conf->ca, NULL) != 1) {
+            ssl_error(err, errlen, "cannot load ca", conf->ca);
+            ok = 0;
+        }
+    } else if (conf->verify && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        ssl_error(err, errlen, "cannot load the system CA store", X509_get_default_cert_file());
+        ok = 0;
+    }
+    if (ok && conf->cert) {
+        mg_tls_cert_conf_t pair = { conf->cert, conf->key };
+        ok = load_pair(ctx, &pair, err, errlen);
+    }
+    if (!ok) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_verify(ctx, conf->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_verify_depth(ctx, 8);
+    return ctx;
+}
+
+SSL *mg_tls_client_ssl(SSL_CTX *ctx, int fd, const char *name, SSL_SESSION **session)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return NULL;
+    unsigned char ip[16];
+    int literal = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+    int ok = SSL_set_fd(ssl, fd) == 1;
+    if (ok && literal)
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
+    else if (ok)
+        ok = SSL_set_tlsext_host_name(ssl, name) == 1 && SSL_set1_host(ssl, name) == 1;
+    if (ok && session) {
+        SSL_set_ex_data(ssl, session_index, session);
+        if (*session)
+            SSL_set_session(ssl, *session);
+    }
+    if (!ok) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        return NULL;
+    }
+    SSL_set_connect_state(ssl);
+    return ssl;
+}
+
+const char *mg_tls_verify_failure(SSL *ssl)
+{
+    long v = SSL_get_verify_result(ssl);
+    return v == X509_V_OK ? NULL : X509_verify_cert_error_string(v);
 }

@@ -18,9 +18,11 @@
 #define MG_TLS_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_st SSL;
+typedef struct ssl_session_st SSL_SESSION;
 
 typedef struct mg_tls_cert_conf {
     const char *cert;  /* PEM chain, leaf first */
@@ -57,5 +59,52 @@ const char *mg_tls_sni(SSL *ssl);
 const char *mg_tls_client_subject(SSL *ssl);
 const char *mg_tls_client_san(SSL *ssl);
 const char *mg_tls_client_fingerprint(SSL *ssl);
+/* "yes" when the connection resumed an earlier session, else NULL. */
+const char *mg_tls_resumed(SSL *ssl);
+
+/*
+ * Maps an SSL_read/SSL_write/SSL_do_handshake result onto recv/send
+ * conventions: n > 0 as is; 0 for the peer's close_notify; -1 with errno
+ * EAGAIN to wait (*want_write set when OpenSSL has to write first: wait for
+ * writability, not readability), or ECONNRESET when the connection is gone.
+ */
+ssize_t mg_tls_result(SSL *ssl, int n, int *want_write);
+
+/*
+ * Writes the start of `out` (at most one 16 KiB record, small pieces
+ * coalesced first) and drains what was written: bytes, or -1 with errno as
+ * for mg_tls_result (a close_notify is ECONNRESET here).
+ */
+struct evbuffer;
+int mg_tls_send(SSL *ssl, struct evbuffer *out, int *want_write);
+
+/*
+ * ---- upstream (client) side ----
+ *
+ * One client context per upstream: TLS 1.2/1.3, ALPN http/1.1, the peer's
+ * certificate verified against `ca` or the system store (SSL_CERT_FILE and
+ * SSL_CERT_DIR are honoured), an optional client certificate (mTLS to the
+ * upstream). Files are checked like a listener's.
+ */
+typedef struct mg_tls_client_conf {
+    const char *ca;          /* PEM CA bundle; NULL: the system store */
+    const char *cert, *key;  /* client certificate and key, or NULL */
+    int verify;              /* 0: any certificate is accepted (for a test upstream only) */
+} mg_tls_client_conf_t;
+
+SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t errlen);
+
+/*
+ * A client SSL on a connected fd. `name` is sent as SNI and is what the
+ * certificate must cover; an IP literal is checked against the IP
+ * subjectAltNames and sent no SNI (RFC 6066). With `session` (may be NULL),
+ * *session is offered for resumption, and a session the server issues
+ * replaces it; the slot must outlive the SSL, its owner frees it with
+ * SSL_SESSION_free. NULL when OpenSSL is out of memory.
+ */
+SSL *mg_tls_client_ssl(SSL_CTX *ctx, int fd, const char *name, SSL_SESSION **session);
+
+/* Why the peer's certificate was refused (after a failed handshake), or NULL if it was not. */
+const char *mg_tls_verify_failure(SSL *ssl);
 
 #endif

@@ -6,11 +6,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "mg_log.h"
 
@@ -35,6 +39,8 @@ int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
             h[strlen(h) - 1] = '\0';
         }
         t->port = atoi(colon + 1);
+        free(t->host);
+        t->host = strdup(h);
         struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                                   .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV }, *res;
         if (getaddrinfo(h, colon + 1, &hints, &res) == 0) {
@@ -208,6 +214,12 @@ void mg_target_report(mg_target_t *t, int ok)
 
 static void conn_destroy(mg_upconn_t *uc)
 {
+    if (uc->ssl) {
+        /* close_notify, best effort: the socket is closed right after */
+        if (uc->secure && !uc->tls_broken && SSL_shutdown(uc->ssl) < 0)
+            ERR_clear_error();
+        SSL_free(uc->ssl);
+    }
     event_del(&uc->rev);
     event_del(&uc->wev);
     event_del(&uc->timer);
@@ -237,12 +249,21 @@ static void idle_end(mg_upconn_t *uc)
     conn_destroy(uc);
 }
 
+/* An idle TLS connection may get post-handshake messages (a session ticket, a key update): no reason to close it. */
+static int tls_housekeeping(mg_upconn_t *uc)
+{
+    char b[1];
+    int ww = 0;
+    ssize_t n = mg_tls_result(uc->ssl, SSL_read(uc->ssl, b, 1), &ww);
+    return n < 0 && errno == EAGAIN && !ww;
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     mg_upconn_t *uc = arg;
     if (uc->handler)
         uc->handler(uc, MG_UC_READ);
-    else
+    else if (!(uc->ssl && tls_housekeeping(uc)))
         idle_end(uc);
 }
 
@@ -262,12 +283,78 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         idle_end(uc);
 }
 
+/* Decrypted bytes waiting in OpenSSL, not the kernel, would never wake the read event. */
+static void wake_if_pending(mg_upconn_t *uc)
+{
+    if (uc->ssl && SSL_has_pending(uc->ssl))
+        event_active(&uc->rev, EV_READ, 1);
+}
+
 void mg_upconn_read(mg_upconn_t *uc, int on)
 {
-    if (on)
+    if (on) {
         event_add(&uc->rev, NULL);
-    else
+        wake_if_pending(uc);
+    } else {
         event_del(&uc->rev);
+    }
+}
+
+ssize_t mg_upconn_readv(mg_upconn_t *uc, struct iovec *iov, int n)
+{
+    if (!uc->ssl)
+        return readv(uc->fd, iov, n);
+    int ww = 0;
+    size_t len = iov[0].iov_len > INT_MAX ? INT_MAX : iov[0].iov_len;
+    ssize_t r = mg_tls_result(uc->ssl, SSL_read(uc->ssl, iov[0].iov_base, (int)len), &ww);
+    if (r < 0 && errno == ECONNRESET)
+        uc->tls_broken = 1;
+    if (r > 0 && event_pending(&uc->rev, EV_READ, NULL))
+        wake_if_pending(uc);
+    return r;
+}
+
+int mg_upconn_send(mg_upconn_t *uc)
+{
+    if (!uc->ssl)
+        return evbuffer_write(uc->out, uc->fd);
+    int ww = 0;
+    int n = mg_tls_send(uc->ssl, uc->out, &ww);
+    if (n < 0 && errno == ECONNRESET)
+        uc->tls_broken = 1;
+    return n;
+}
+
+int mg_upconn_handshake(mg_upconn_t *uc)
+{
+    int rc = SSL_do_handshake(uc->ssl);
+    if (rc == 1) {
+        uc->secure = 1;
+        return 1;
+    }
+    int e = SSL_get_error(uc->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (e == SSL_ERROR_WANT_WRITE)
+            mg_upconn_wait_write(uc, 0);
+        else
+            mg_upconn_read(uc, 1);
+        return 0;
+    }
+    uc->tls_broken = 1;
+    char detail[256] = "the connection was closed";
+    unsigned long code = ERR_peek_last_error();
+    if (code)
+        ERR_error_string_n(code, detail, sizeof(detail));
+    ERR_clear_error();
+    mg_target_t *t = uc->target;
+    const char *untrusted = mg_tls_verify_failure(uc->ssl);
+    if (untrusted) {
+        mg_log_warn(NULL, "upstream %s: the certificate of %s is not trusted for '%s': %s", t->up->name,
+                    t->text, t->up->tls_name ? t->up->tls_name : t->host, untrusted);
+        return MG_UC_TLS_UNTRUSTED;
+    }
+    mg_log_warn(NULL, "upstream %s: TLS handshake with %s failed: %s", t->up->name, t->text, detail);
+    return MG_UC_TLS_FAILED;
 }
 
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t ms)
@@ -299,7 +386,7 @@ void mg_upconn_release(mg_upconn_t *uc)
     uc->owner = NULL;
     event_del(&uc->wev);
     if (t->nidle >= up->max_idle || uc->requests >= up->max_requests || uc->in_len != uc->in_off ||
-        evbuffer_get_length(uc->out) > 0) {
+        evbuffer_get_length(uc->out) > 0 || (uc->ssl && SSL_pending(uc->ssl) > 0)) {
         conn_destroy(uc);
         return;
     }
@@ -340,6 +427,14 @@ mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, in
     event_assign(&uc->rev, t->up->base, fd, EV_READ | EV_PERSIST, on_read, uc);
     event_assign(&uc->wev, t->up->base, fd, EV_WRITE, on_write, uc);
     evtimer_assign(&uc->timer, t->up->base, on_timer, uc);
+    if (t->up->tls) {
+        uc->ssl = mg_tls_client_ssl(t->up->tls, fd, t->up->tls_name ? t->up->tls_name : t->host, &t->tls_session);
+        if (!uc->ssl) {
+            conn_destroy(uc);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
     if (connect(fd, (struct sockaddr *)&t->ss, t->len) == 0) {
         uc->connected = 1;
     } else if (errno != EINPROGRESS) {
@@ -361,14 +456,17 @@ int mg_upstream_idle_count(const mg_upstream_t *up)
 
 /* ---- active health checks ---- */
 
+enum { CHECK_CONNECTING, CHECK_HANDSHAKE, CHECK_SEND, CHECK_READ };
+
 typedef struct check {
     struct check *next;             /* the upstream's checks in flight */
     mg_target_t *target;
     int fd;
+    SSL *ssl;                       /* a TLS upstream's check speaks TLS too */
+    int stage;                      /* CHECK_* */
     struct event ev, timer;
     char buf[64];
     size_t len;
-    int sent;
 } check_t;
 
 static void check_done(check_t *c, int ok)
@@ -385,6 +483,7 @@ static void check_done(check_t *c, int ok)
     }
     event_del(&c->ev);
     event_del(&c->timer);
+    SSL_free(c->ssl); /* NULL-safe */
     close(c->fd);
     for (check_t **pp = (check_t **)&t->up->checks; *pp; pp = &(*pp)->next)
         if (*pp == c) {
@@ -396,11 +495,38 @@ static void check_done(check_t *c, int ok)
 
 static void on_check_timeout(evutil_socket_t fd, short what, void *arg) { check_done(arg, 0); }
 
+static void on_check_io(evutil_socket_t fd, short what, void *arg);
+
+static void check_wait(check_t *c, short what)
+{
+    event_del(&c->ev);
+    event_assign(&c->ev, c->target->up->base, c->fd, what | EV_PERSIST, on_check_io, c);
+    event_add(&c->ev, NULL);
+}
+
+/* recv/send, through TLS when the upstream speaks it; -1 with EAGAIN to wait for `*want` */
+static ssize_t check_io(check_t *c, char *buf, size_t len, int sending, short *want)
+{
+    int ww = 0;
+    ssize_t n;
+    if (!c->ssl)
+        n = sending ? send(c->fd, buf, len, MSG_NOSIGNAL) : recv(c->fd, buf, len, 0);
+    else if (c->stage == CHECK_HANDSHAKE)
+        n = mg_tls_result(c->ssl, SSL_do_handshake(c->ssl), &ww);
+    else
+        n = mg_tls_result(c->ssl, sending ? SSL_write(c->ssl, buf, (int)len) : SSL_read(c->ssl, buf, (int)len), &ww);
+    *want = ww || (sending && !c->ssl) ? EV_WRITE : EV_READ;
+    return n;
+}
+
 static void on_check_io(evutil_socket_t fd, short what, void *arg)
 {
     check_t *c = arg;
-    mg_upstream_t *up = c->target->up;
-    if (!c->sent) {
+    mg_target_t *t = c->target;
+    mg_upstream_t *up = t->up;
+    short want;
+    ssize_t n;
+    if (c->stage == CHECK_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -408,26 +534,52 @@ static void on_check_io(evutil_socket_t fd, short what, void *arg)
             check_done(c, 0);
             return;
         }
-        char req[512];
-        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\n"
-                         "Connection: close\r\n\r\n", up->active_path, c->target->authority);
-        if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        c->stage = CHECK_SEND;
+        if (up->tls) {
+            c->ssl = mg_tls_client_ssl(up->tls, fd, up->tls_name ? up->tls_name : t->host, NULL);
+            c->stage = CHECK_HANDSHAKE;
+            if (!c->ssl) {
+                check_done(c, 0);
+                return;
+            }
+        }
+    }
+    if (c->stage == CHECK_HANDSHAKE) {
+        n = check_io(c, NULL, 0, 0, &want);
+        if (n < 0 && errno == EAGAIN) {
+            check_wait(c, want);
+            return;
+        }
+        if (n <= 0) {
             check_done(c, 0);
             return;
         }
-        c->sent = 1;
-        event_del(&c->ev);
-        event_assign(&c->ev, up->base, fd, EV_READ | EV_PERSIST, on_check_io, c);
-        event_add(&c->ev, NULL);
+        c->stage = CHECK_SEND;
+    }
+    if (c->stage == CHECK_SEND) {
+        char req[512];
+        int len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\n"
+                           "Connection: close\r\n\r\n", up->active_path, t->authority);
+        /* a fresh connection takes a request this small at once */
+        if (check_io(c, req, (size_t)len, 1, &want) != len) {
+            check_done(c, 0);
+            return;
+        }
+        c->stage = CHECK_READ;
+        check_wait(c, EV_READ);
         return;
     }
-    ssize_t n = recv(fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0);
-    if (n <= 0 && !(n < 0 && errno == EAGAIN)) {
+    n = check_io(c, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0, &want);
+    if (n < 0 && errno == EAGAIN) {
+        if (want == EV_WRITE)
+            check_wait(c, EV_WRITE);
+        return;
+    }
+    if (n <= 0) {
         check_done(c, 0);
         return;
     }
-    if (n > 0)
-        c->len += (size_t)n;
+    c->len += (size_t)n;
     if (c->len >= 12) {
         /* "HTTP/1.1 200": 2xx and 3xx are healthy */
         int ok = memcmp(c->buf, "HTTP/1.", 7) == 0 && (c->buf[9] == '2' || c->buf[9] == '3');
@@ -489,6 +641,7 @@ void mg_upstream_free(mg_upstream_t *up)
         up->checks = c->next;
         event_del(&c->ev);
         event_del(&c->timer);
+        SSL_free(c->ssl);
         close(c->fd);
         free(c);
     }
@@ -498,6 +651,8 @@ void mg_upstream_free(mg_upstream_t *up)
         if (t->dns_timer)
             event_free(t->dns_timer);
         free(t->hostname);
+        free(t->host);
+        SSL_SESSION_free(t->tls_session);
         while (t->idle) {
             mg_upconn_t *uc = t->idle;
             t->idle = uc->next_idle;
@@ -513,4 +668,6 @@ void mg_upstream_free(mg_upstream_t *up)
     free(up->hash_name);
     free(up->active_path);
     free(up->host_value);
+    SSL_CTX_free(up->tls);
+    free(up->tls_name);
 }

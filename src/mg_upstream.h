@@ -9,6 +9,12 @@
  * Connections (mg_upconn_t) are leased: mg_upstream_lease hands out an idle
  * pooled connection or a new, connecting one; the lessee gives it back with
  * mg_upconn_release (reusable: back to the idle pool) or mg_upconn_close.
+ *
+ * A TLS upstream (up->tls) wraps each connection in an SSL after connect:
+ * the lessee drives mg_upconn_handshake, then does all I/O through
+ * mg_upconn_readv / mg_upconn_send, which work for both kinds. Pooled TLS
+ * connections are reused like plain ones, and a new connection to a target
+ * resumes the target's last TLS session.
  */
 #ifndef MG_UPSTREAM_H
 #define MG_UPSTREAM_H
@@ -18,9 +24,11 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "mg_core.h"
 #include "mg_sema.h"
+#include "mg_tls.h"
 
 typedef struct mg_upstream mg_upstream_t;
 typedef struct mg_target mg_target_t;
@@ -49,6 +57,9 @@ struct mg_upconn {
     int requests;                     /* requests sent on this connection */
     int reused;                       /* leased from the idle pool (it may have been closed meanwhile) */
     int connected;
+    SSL *ssl;                         /* a TLS upstream's connection, or NULL */
+    int secure;                       /* the TLS handshake is done */
+    int tls_broken;                   /* a TLS error: no close_notify on close */
     mg_upconn_t *next_idle;
 };
 
@@ -60,6 +71,8 @@ struct mg_target {
     socklen_t len;                    /* 0 until a host name is resolved */
     /* host names: resolved by the worker's evdns, again when the TTL runs out */
     char *hostname;                   /* NULL for IP literals */
+    char *host;                       /* the host without port or brackets (host name or IP) */
+    SSL_SESSION *tls_session;         /* the last session the target issued (resumption) */
     int port;
     struct evdns_request *dns_req;
     struct evdns_getaddrinfo_request *gai_req;
@@ -94,6 +107,8 @@ struct mg_upstream {
     uint32_t active_interval_ms, active_timeout_ms;
     int host_mode;
     char *host_value;
+    SSL_CTX *tls;                     /* TLS to the targets (this upstream's reference), or NULL */
+    char *tls_name;                   /* SNI and the name to verify; NULL: each target's host */
     /* concurrency limit (shared by all workers): max_concurrency, on_busy */
     mg_sema_t *sema;                  /* NULL: unlimited */
     int64_t queue_max;                /* 0: reject when full */
@@ -151,6 +166,21 @@ void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms); /* 0: stop */
 /* Returns a connection to its target's idle pool, or closes it when the pool is full. */
 void mg_upconn_release(mg_upconn_t *uc);
 void mg_upconn_close(mg_upconn_t *uc);
+
+/*
+ * TLS: continues the handshake of a connected connection. Returns 1 when it
+ * is done, 0 while waiting (read or write interest is arranged), or one of
+ * the failures below (logged with the reason).
+ */
+enum { MG_UC_TLS_FAILED = -1, MG_UC_TLS_UNTRUSTED = -2 };
+int mg_upconn_handshake(mg_upconn_t *uc);
+/*
+ * I/O for plain and TLS connections alike, with recv/send conventions: -1
+ * with errno EAGAIN to wait. readv fills iov in order (TLS: the first only).
+ * send writes some of uc->out and returns the bytes written.
+ */
+ssize_t mg_upconn_readv(mg_upconn_t *uc, struct iovec *iov, int n);
+int mg_upconn_send(mg_upconn_t *uc);
 
 /* Counts for status and tests. */
 int mg_upstream_idle_count(const mg_upstream_t *up);

@@ -19,7 +19,7 @@ local METHODS = {
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
                        handler = true, upstream = true, name = true, timeout = true, max_body = true,
                        plugins = true }
-local UPSTREAM_FIELDS = { targets = true, balance = true, hash_key = true, pool = true,
+local UPSTREAM_FIELDS = { targets = true, tls = true, balance = true, hash_key = true, pool = true,
                           timeouts = true, retries = true, health = true, host_header = true,
                           max_concurrency = true, on_busy = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
@@ -153,6 +153,7 @@ local function make_env(st)
   local env = {}
   local s = st.settings
 
+  local upstream_tls
   -- a path from the config, relative to the config file's directory
   local function from_config_dir(p)
     return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
@@ -191,6 +192,31 @@ local function make_env(st)
     return { certificates = certs, where = file .. ":" .. line,
              client_ca = tls.client_ca and path_of(tls.client_ca, "client_ca"),
              client_auth = tls.client_ca and (client_auth or "required") or nil }
+  end
+
+  -- upstream "x" { tls = { ca = "ca.pem", server_name = "orders.internal",
+  --   cert = "client.pem", key = "client.key", verify = true } }: TLS to the targets
+  function upstream_tls(tls, name)
+    local what = "upstream " .. name .. " tls"
+    if type(tls) ~= "table" then fail("%s expects a table { ca = ..., server_name = ... }", what) end
+    local known = { ca = true, server_name = true, cert = true, key = true, verify = true }
+    for k in pairs(tls) do
+      if not known[k] then fail("%s: unknown field '%s' (ca, server_name, cert, key, verify)", what, tostring(k)) end
+    end
+    if tls.verify ~= nil and type(tls.verify) ~= "boolean" then fail("%s: verify must be true or false", what) end
+    if (tls.cert == nil) ~= (tls.key == nil) then fail("%s: a client certificate needs both cert and key", what) end
+    if tls.server_name ~= nil and (type(tls.server_name) ~= "string" or not tls.server_name:match("^[%w.%-:]+$")) then
+      fail("%s: server_name must be a host name", what)
+    end
+    local function file(k)
+      local p = tls[k]
+      if p == nil then return nil end
+      if type(p) ~= "string" or p == "" then fail("%s: '%s' expects a file path", what, k) end
+      return from_config_dir(p)
+    end
+    local f, l = where()
+    return { ca = file("ca"), cert = file("cert"), key = file("key"), server_name = tls.server_name,
+             verify = tls.verify ~= false, where = f .. ":" .. l }
   end
 
   function env.listen(addr)
@@ -268,16 +294,30 @@ local function make_env(st)
       if type(t.targets) ~= "table" or #t.targets == 0 then
         fail("upstream %s needs targets = { \"host:port\", ... }", name)
       end
+      local schemes = {}
       for i, target in ipairs(t.targets) do
         if type(target) ~= "string" then fail("upstream %s: target %d must be a \"host:port\" string", name, i) end
-        local host, port = target:gsub("^http://", ""):match("^%[?([^%]]+)%]?:(%d+)$")
+        local scheme, rest = target:match("^(%a+)://(.*)$")
+        if scheme and scheme ~= "http" and scheme ~= "https" then
+          fail("upstream %s: target '%s': the scheme must be http:// or https://", name, target)
+        end
+        rest = rest or target
+        if scheme and not rest:match(":%d+$") then rest = rest .. (scheme == "https" and ":443" or ":80") end
+        local host, port = rest:match("^%[?([^%]/]+)%]?:(%d+)$")
         port = tonumber(port)
         if not host or not port or port < 1 or port > 65535 then
-          fail("upstream %s: target '%s' must be \"host:port\"", name, target)
+          fail("upstream %s: target '%s' must be \"host:port\" or \"https://host:port\"", name, target)
         end
-        if target:match("^https://") then fail("upstream %s: TLS to upstreams is not supported yet", name) end
+        schemes[scheme or (t.tls ~= nil and "https" or "http")] = true
         u.targets[i] = { host = host, port = port }
       end
+      if schemes.http and schemes.https then
+        fail("upstream %s: its targets mix http:// and https://; one upstream speaks one", name)
+      end
+      if schemes.http and t.tls ~= nil then
+        fail("upstream %s: tls is given but the targets are http://", name)
+      end
+      if schemes.https then u.tls = upstream_tls(t.tls or {}, name) end
       u.balance = t.balance or "round_robin"
       if u.balance ~= "round_robin" and u.balance ~= "least_conn" and u.balance ~= "hash" then
         fail("upstream %s: balance must be \"round_robin\", \"least_conn\" or \"hash\"", name)

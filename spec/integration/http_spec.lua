@@ -185,6 +185,14 @@ describe("HTTP/1.1 server", function()
     end)
   end
 
+  it("refuses bytes that cannot start a request at once, not at the header timeout (TLS to a plain port)", function()
+    local s = gw_:connect()
+    s:send("\22\3\1\2\0\1\0\1\252\3\3") -- the start of a TLS ClientHello: no line end in sight
+    local res = assert(helpers.read_response(s))
+    assert.equal(400, res.status) -- 408 if it waited for the rest of a head
+    assert.is_true(helpers.closed(s))
+  end)
+
   it("cuts off a slowloris client while serving others", function()
     local slow = gw_:connect(3000)
     local t0 = gw.monotonic_ms()
