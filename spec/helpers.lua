@@ -67,7 +67,8 @@ local Gateway = {}
 Gateway.__index = Gateway
 
 --- Starts gatewayd with a config body. "{{PORT}}" in it is replaced by a free port;
--- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." }.
+-- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." };
+-- environment: opts.env = { "NAME=value", ... }.
 function M.start(config, opts)
   opts = opts or {}
   local dir = M.tmpdir()
@@ -88,7 +89,8 @@ function M.start(config, opts)
     end
     local file = dir .. "/gateway.lua"
     write_file(file, body)
-    local argv = { M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }
+    local argv = opts.env and { "/usr/bin/env", unpack(opts.env) } or {}
+    for _, a in ipairs({ M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }) do argv[#argv + 1] = a end
     for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
     local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log" }))
     local ok = wait_port(port, pid, 10)

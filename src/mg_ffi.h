@@ -19,6 +19,7 @@ enum {
     /* TLS connections only (NULL otherwise, or once the client has gone) */
     MG_FFI_TLS_VERSION = 8, MG_FFI_TLS_CIPHER = 9, MG_FFI_TLS_SNI = 10,
     MG_FFI_TLS_CLIENT_SUBJECT = 11, MG_FFI_TLS_CLIENT_SAN = 12, MG_FFI_TLS_CLIENT_FINGERPRINT = 13,
+    MG_FFI_TLS_RESUMED = 14,
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */

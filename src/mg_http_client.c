@@ -7,13 +7,15 @@
  *
  *   local res, err = gw.http.request {
  *     upstream = "orders",            -- or url = "http://127.0.0.1:9002/path?x=1"
+ *                                     --    or "https://...": verified against the system CA store
  *     method = "GET", path = "/orders/1", query = "x=1",
  *     headers = { ["Accept"] = "application/json" },
  *     body = "...", timeout = 0.5,    -- seconds, optional
  *   }
  *   -- res = { status = 200, headers = { ["content-type"] = ... }, body = "..." }
  *   -- err = an error kind: "refused", "reset", "connect_timeout", "read_timeout",
- *   --       "send_timeout", "protocol", "no_healthy_target", "timeout", "body_too_large"
+ *   --       "send_timeout", "protocol", "no_healthy_target", "timeout", "body_too_large",
+ *   --       "tls_handshake", "tls_verify"
  */
 #include <lauxlib.h>
 #include <stdio.h>
@@ -180,11 +182,24 @@ static void on_cancel(mg_wait_t *w)
     subreq_free(sr);
 }
 
-/* An upstream for a URL's host:port, made once per VM and kept (with its pool). */
-static mg_upstream_t *adhoc_upstream(mg_vm_t *vm, const char *authority, char *err, size_t errlen)
+/*
+ * TLS for https:// URLs: the system CA store, loaded once per VM (the first
+ * https upstream's context is shared by the others).
+ */
+static SSL_CTX *adhoc_tls(mg_vm_t *vm, char *err, size_t errlen)
 {
     for (int i = 0; i < vm->nadhoc; i++)
-        if (strcmp(vm->adhoc[i].targets[0].authority, authority) == 0)
+        if (vm->adhoc[i].tls)
+            return mg_tls_server_ref(vm->adhoc[i].tls);
+    mg_tls_client_conf_t conf = { .verify = 1 };
+    return mg_tls_client_new(&conf, err, errlen);
+}
+
+/* An upstream for a URL's scheme and host:port, made once per VM and kept (with its pool). */
+static mg_upstream_t *adhoc_upstream(mg_vm_t *vm, const char *authority, int tls, char *err, size_t errlen)
+{
+    for (int i = 0; i < vm->nadhoc; i++)
+        if (strcmp(vm->adhoc[i].targets[0].authority, authority) == 0 && (vm->adhoc[i].tls != NULL) == tls)
             return &vm->adhoc[i];
     if (vm->nadhoc == 64) {
         snprintf(err, errlen, "too many distinct URL hosts (64); declare an upstream");
@@ -209,6 +224,10 @@ static mg_upstream_t *adhoc_upstream(mg_vm_t *vm, const char *authority, char *e
     up->retries = 1;
     up->host_mode = MG_HOST_TARGET;
     up->base = vm->base;
+    if (tls && !(up->tls = adhoc_tls(vm, err, errlen))) {
+        mg_upstream_free(up);
+        return NULL;
+    }
     if (mg_upstream_resolve(up, err, errlen) != MG_OK || up->targets[0].hostname) {
         /* resolving a name here would block; names belong in an upstream declaration */
         if (up->targets[0].hostname && strcmp(up->targets[0].hostname, "localhost") == 0) {
@@ -252,22 +271,22 @@ static int l_request(lua_State *L)
         char *url = opt_str(L, "url", NULL);
         if (!url)
             return luaL_error(L, "gw.http.request: give upstream = \"name\" or url = \"http://host:port/path\"");
-        if (strncmp(url, "http://", 7) != 0) {
+        int tls = strncmp(url, "https://", 8) == 0;
+        if (!tls && strncmp(url, "http://", 7) != 0) {
             free(url);
-            return luaL_error(L, "gw.http.request: only http:// URLs are supported");
+            return luaL_error(L, "gw.http.request: the url must start with http:// or https://");
         }
-        char *auth = url + 7;
+        char *auth = url + (tls ? 8 : 7);
         char *slash = strchr(auth, '/');
         target = strdup(slash ? slash : "/");
         if (slash)
             *slash = '\0';
-        if (!strchr(auth, ':')) {
-            char tmp[300];
-            snprintf(tmp, sizeof(tmp), "%s:80", auth);
-            up = adhoc_upstream(vm, tmp, err, sizeof(err));
-        } else {
-            up = adhoc_upstream(vm, auth, err, sizeof(err));
+        char with_port[300];
+        if (!strchr(auth, ':') || (auth[0] == '[' && auth[strlen(auth) - 1] == ']')) {
+            snprintf(with_port, sizeof(with_port), "%s:%d", auth, tls ? 443 : 80);
+            auth = with_port;
         }
+        up = adhoc_upstream(vm, auth, tls, err, sizeof(err));
         free(url);
         if (!up) {
             free(target);

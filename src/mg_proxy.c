@@ -492,6 +492,10 @@ static void on_readable(mg_proxy_t *p)
             succeed(p); /* close-delimited body: EOF is its end */
             return;
         }
+        if (uc->tls_rejected) {
+            fail(p, mg_err_tls_handshake, 1); /* the upstream did not take the request */
+            return;
+        }
         /* EOF or RST before the response was complete */
         int e = n < 0 ? errno : ECONNRESET;
         fail(p, errno_kind(e), 0);

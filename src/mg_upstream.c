@@ -283,6 +283,26 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         idle_end(uc);
 }
 
+/* Logs why the TLS connection failed; returns MG_UC_TLS_UNTRUSTED or MG_UC_TLS_FAILED. */
+static int tls_failure(mg_upconn_t *uc)
+{
+    uc->tls_broken = 1;
+    char detail[256] = "the connection was closed";
+    unsigned long code = ERR_peek_last_error();
+    if (code)
+        ERR_error_string_n(code, detail, sizeof(detail));
+    ERR_clear_error();
+    mg_target_t *t = uc->target;
+    const char *untrusted = mg_tls_verify_failure(uc->ssl);
+    if (untrusted) {
+        mg_log_warn(NULL, "upstream %s: the certificate of %s is not trusted for '%s': %s", t->up->name,
+                    t->text, t->up->tls_name ? t->up->tls_name : t->host, untrusted);
+        return MG_UC_TLS_UNTRUSTED;
+    }
+    mg_log_warn(NULL, "upstream %s: TLS handshake with %s failed: %s", t->up->name, t->text, detail);
+    return MG_UC_TLS_FAILED;
+}
+
 /* Decrypted bytes waiting in OpenSSL, not the kernel, would never wake the read event. */
 static void wake_if_pending(mg_upconn_t *uc)
 {
@@ -306,11 +326,19 @@ ssize_t mg_upconn_readv(mg_upconn_t *uc, struct iovec *iov, int n)
         return readv(uc->fd, iov, n);
     int ww = 0;
     size_t len = iov[0].iov_len > INT_MAX ? INT_MAX : iov[0].iov_len;
-    ssize_t r = mg_tls_result(uc->ssl, SSL_read(uc->ssl, iov[0].iov_base, (int)len), &ww);
+    int rc = SSL_read(uc->ssl, iov[0].iov_base, (int)len);
+    /* TLS 1.3: the client's handshake ends before the server has checked
+     * it, so a refusal (e.g. no client certificate) arrives as the first read */
+    if (rc <= 0 && !uc->tls_data && SSL_get_error(uc->ssl, rc) == SSL_ERROR_SSL)
+        uc->tls_rejected = tls_failure(uc) == MG_UC_TLS_FAILED;
+    ssize_t r = mg_tls_result(uc->ssl, rc, &ww);
     if (r < 0 && errno == ECONNRESET)
         uc->tls_broken = 1;
-    if (r > 0 && event_pending(&uc->rev, EV_READ, NULL))
-        wake_if_pending(uc);
+    if (r > 0) {
+        uc->tls_data = 1;
+        if (event_pending(&uc->rev, EV_READ, NULL))
+            wake_if_pending(uc);
+    }
     return r;
 }
 
@@ -340,21 +368,7 @@ int mg_upconn_handshake(mg_upconn_t *uc)
             mg_upconn_read(uc, 1);
         return 0;
     }
-    uc->tls_broken = 1;
-    char detail[256] = "the connection was closed";
-    unsigned long code = ERR_peek_last_error();
-    if (code)
-        ERR_error_string_n(code, detail, sizeof(detail));
-    ERR_clear_error();
-    mg_target_t *t = uc->target;
-    const char *untrusted = mg_tls_verify_failure(uc->ssl);
-    if (untrusted) {
-        mg_log_warn(NULL, "upstream %s: the certificate of %s is not trusted for '%s': %s", t->up->name,
-                    t->text, t->up->tls_name ? t->up->tls_name : t->host, untrusted);
-        return MG_UC_TLS_UNTRUSTED;
-    }
-    mg_log_warn(NULL, "upstream %s: TLS handshake with %s failed: %s", t->up->name, t->text, detail);
-    return MG_UC_TLS_FAILED;
+    return tls_failure(uc);
 }
 
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t ms)

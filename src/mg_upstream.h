@@ -60,6 +60,8 @@ struct mg_upconn {
     SSL *ssl;                         /* a TLS upstream's connection, or NULL */
     int secure;                       /* the TLS handshake is done */
     int tls_broken;                   /* a TLS error: no close_notify on close */
+    int tls_data;                     /* application data was read (the handshake was accepted) */
+    int tls_rejected;                 /* the upstream refused the handshake after it seemed done (TLS 1.3) */
     mg_upconn_t *next_idle;
 };
 

@@ -23,6 +23,7 @@ const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6, scheme = 7 }
 local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
 local CLIENT_FIELD = { subject = 11, san = 12, fingerprint = 13 }
+local TLS_RESUMED = 14
 
 
 local len_a = ffi.new("size_t[1]")
@@ -34,13 +35,14 @@ local function field(r, f)
   return p ~= nil and ffi_string(p, len_a[0]) or nil
 end
 
--- ctx.request.tls: { version, cipher, sni, client } on a TLS listener, nil
+-- ctx.request.tls: { version, cipher, sni, resumed, client } on a TLS listener, nil
 -- otherwise; client = { subject, san = { "DNS:..", ... }, fingerprint } when
 -- the client presented a (verified) certificate
 local function load_tls(r)
   if field(r, FIELD.scheme) ~= "https" then return nil end
   local t = {}
   for k, f in pairs(TLS_FIELD) do t[k] = field(r, f) end
+  t.resumed = field(r, TLS_RESUMED) ~= nil
   local subject = field(r, CLIENT_FIELD.subject)
   if subject then
     local san = {}

@@ -105,4 +105,39 @@ describe("config DSL", function()
       assert.matches(":2: " .. case[2], err, 1, true)
     end
   end)
+
+  it("reads TLS upstreams: https:// targets (443 by default) or a tls table, paths relative to the config", function()
+    local cfg, err, dir = load([[
+listen "127.0.0.1:1"
+upstream "a" { targets = { "https://orders.internal", "https://10.0.0.2:8443" } }
+upstream "b" { targets = { "10.0.0.3:8443" }, tls = { ca = "ca.pem", server_name = "b.internal", verify = false } }
+upstream "c" { targets = { "http://10.0.0.4" } }
+route { path = "/", upstream = "a" }
+]])
+    assert.is_nil(err)
+    local a, b, c = cfg.upstreams[1], cfg.upstreams[2], cfg.upstreams[3]
+    assert.same({ { host = "orders.internal", port = 443 }, { host = "10.0.0.2", port = 8443 } }, a.targets)
+    assert.is_true(a.tls.verify)
+    assert.is_nil(a.tls.ca)
+    assert.equal(dir .. "/ca.pem", b.tls.ca)
+    assert.equal("b.internal", b.tls.server_name)
+    assert.is_false(b.tls.verify)
+    assert.same({ { host = "10.0.0.4", port = 80 } }, c.targets)
+    assert.is_nil(c.tls)
+  end)
+
+  it("rejects a malformed upstream tls setup with the line", function()
+    local cases = {
+      { '{ targets = { "ftp://a:1" } }', "the scheme must be http:// or https://" },
+      { '{ targets = { "http://a:1" }, tls = {} }', "tls is given but the targets are http://" },
+      { '{ targets = { "a:1" }, tls = { ca = "x", verfy = false } }', "upstream u tls: unknown field 'verfy'" },
+      { '{ targets = { "a:1" }, tls = { verify = "no" } }', "verify must be true or false" },
+      { '{ targets = { "a:1" }, tls = { key = "k" } }', "a client certificate needs both cert and key" },
+    }
+    for _, case in ipairs(cases) do
+      local _, err = load('\nupstream "u" ' .. case[1] .. '\n')
+      assert.matches(":2: ", err, 1, true)
+      assert.matches(case[2], err, 1, true)
+    end
+  end)
 end)
