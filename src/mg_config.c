@@ -98,17 +98,16 @@ static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size
         n = MG_MAX_TLS_CERTS;
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, -1, i + 1);
-        lua_getfield(L, -1, "cert");
-        certs[i].cert = lua_tostring(L, -1);
-        lua_getfield(L, -2, "key");
-        certs[i].key = lua_tostring(L, -1);
-        lua_pop(L, 3); /* the strings stay alive: the tls table is on the stack */
+        int c = lua_gettop(L);
+        certs[i].cert = get_str_ref(L, c, "cert");
+        certs[i].key = get_str_ref(L, c, "key");
+        certs[i].client_ca = get_str_ref(L, c, "client_ca");
+        const char *auth = get_str_ref(L, c, "client_auth");
+        certs[i].client_required = auth && strcmp(auth, "required") == 0;
+        lua_pop(L, 1); /* the strings stay alive: the tls table is on the stack */
     }
     lua_pop(L, 1);
-    mg_tls_server_conf_t conf = { certs, n, get_str_ref(L, t, "client_ca"), 0 };
-    lua_getfield(L, t, "client_auth");
-    conf.client_required = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "required") == 0;
-    lua_pop(L, 1);
+    mg_tls_server_conf_t conf = { certs, n };
     char why[512];
     addr->tls = mg_tls_server_new(&conf, why, sizeof(why));
     if (!addr->tls) {

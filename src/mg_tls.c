@@ -90,21 +90,65 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, c
     return SSL_TLSEXT_ERR_OK;
 }
 
-static int on_servername(SSL *ssl, int *alert, void *arg)
+/* Acknowledges SNI (the choice was made in on_client_hello), so a session remembers its name for ctx.request.tls.sni. */
+static int on_servername(SSL *ssl, int *alert, void *arg) { return SSL_TLSEXT_ERR_OK; }
+
+/* The host_name of a ClientHello's server_name extension (RFC 6066 §3), or 0. */
+static size_t hello_sni(SSL *ssl, char *name, size_t cap)
+{
+    const unsigned char *p;
+    size_t len;
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) || len < 2)
+        return 0;
+    size_t list = ((size_t)p[0] << 8) | p[1];
+    p += 2;
+    len -= 2;
+    if (list > len)
+        return 0;
+    while (list >= 3) {
+        size_t n = ((size_t)p[1] << 8) | p[2];
+        if (n > list - 3)
+            return 0;
+        if (p[0] == TLSEXT_NAMETYPE_host_name) {
+            if (n == 0 || n >= cap || memchr(p + 3, '\0', n))
+                return 0;
+            memcpy(name, p + 3, n);
+            name[n] = '\0';
+            return n;
+        }
+        p += 3 + n;
+        list -= 3 + n;
+    }
+    return 0;
+}
+
+/*
+ * Picks the certificate by SNI at the very start of the handshake: before
+ * OpenSSL looks for a session to resume, so the session id context (and with
+ * it the client-certificate rule) is the chosen name's, and a session made
+ * under one rule is never resumed under another.
+ */
+static int on_client_hello(SSL *ssl, int *alert, void *arg)
 {
     sni_set_t *set = arg;
-    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (!name)
-        return SSL_TLSEXT_ERR_OK;
+    char name[256];
+    size_t len = hello_sni(ssl, name, sizeof(name));
+    if (!len)
+        return SSL_CLIENT_HELLO_SUCCESS; /* the default certificate */
     for (int i = 0; i < set->n; i++) {
         X509 *x = SSL_CTX_get0_certificate(set->ctx[i]);
-        if (x && X509_check_host(x, name, 0, 0, NULL) == 1) {
-            if (i > 0)
+        if (x && X509_check_host(x, name, len, 0, NULL) == 1) {
+            if (i > 0) {
+                /* SSL_set_SSL_CTX takes the certificate, the CA list, the verify
+                 * store and the session id context, not the verify mode */
                 SSL_set_SSL_CTX(ssl, set->ctx[i]);
-            return SSL_TLSEXT_ERR_OK;
+                SSL_set_verify(ssl, SSL_CTX_get_verify_mode(set->ctx[i]), NULL);
+                SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(set->ctx[i]));
+            }
+            break;
         }
     }
-    return SSL_TLSEXT_ERR_OK; /* unknown name: the default certificate */
+    return SSL_CLIENT_HELLO_SUCCESS; /* unknown name: the default certificate */
 }
 
 static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
@@ -119,13 +163,26 @@ static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
-    /* one session id context for all certificates of a listener, so a
-     * session survives the SNI switch; the cache and the ticket keys live in
-     * the shared context, so a client resumes on any worker */
-    static const unsigned char sid[] = "moongate";
-    SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
+    /* one session id context for the certificates of a listener with the
+     * same client-certificate rule, so a session survives the SNI switch but
+     * never skips a certificate another name requires; the cache and the
+     * ticket keys live in the shared context, so a client resumes on any worker */
+    unsigned char sid[SSL_MAX_SID_CTX_LENGTH];
+    int sidlen = snprintf((char *)sid, sizeof(sid), "moongate");
+    if (c->client_ca) {
+        /* "moongate" + a digest of the rule: the CA file and required/optional */
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen = 0;
+        char rule[4200];
+        int rl = snprintf(rule, sizeof(rule), "%s|%d", c->client_ca, c->client_required);
+        EVP_Digest(rule, (size_t)rl, md, &mdlen, EVP_sha256(), NULL);
+        memcpy(sid + sidlen, md, 16);
+        sidlen += 16;
+    }
+    SSL_CTX_set_session_id_context(ctx, sid, (unsigned int)sidlen);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     /* one recv per burst of records instead of two per record (header, then
      * body); mg_conn asks SSL_has_pending before waiting on the socket */
     SSL_CTX_set_read_ahead(ctx, 1);
@@ -176,8 +233,8 @@ static int load_pair(SSL_CTX *ctx, const mg_tls_cert_conf_t *c, char *err, size_
     return 1;
 }
 
-/* An earlier context for the same subject with another key type, or NULL. */
-static SSL_CTX *same_subject(sni_set_t *set, const char *file)
+/* The index of an earlier context for the same subject with another key type, or -1. */
+static int same_subject(sni_set_t *set, const char *file)
 {
     FILE *f = fopen(file, "r");
     X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
@@ -185,21 +242,21 @@ static SSL_CTX *same_subject(sni_set_t *set, const char *file)
         fclose(f);
     if (!x) {
         ERR_clear_error();
-        return NULL; /* load_pair reports it */
+        return -1; /* load_pair reports it */
     }
-    SSL_CTX *found = NULL;
-    for (int i = 0; i < set->n && !found; i++) {
+    int found = -1;
+    for (int i = 0; i < set->n && found < 0; i++) {
         X509 *y = SSL_CTX_get0_certificate(set->ctx[i]);
         if (X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(y)) == 0 &&
             EVP_PKEY_get_base_id(X509_get0_pubkey(x)) != EVP_PKEY_get_base_id(X509_get0_pubkey(y)))
-            found = set->ctx[i];
+            found = i;
     }
     X509_free(x);
     return found;
 }
 
 /* Client certificates (mTLS): verified against the CA, whose names are sent as the acceptable issuers. */
-static int client_auth(SSL_CTX *ctx, const mg_tls_server_conf_t *conf, char *err, size_t errlen)
+static int client_auth(SSL_CTX *ctx, const mg_tls_cert_conf_t *conf, char *err, size_t errlen)
 {
     if (!readable(conf->client_ca, "client_ca", err, errlen))
         return 0;
@@ -215,18 +272,33 @@ static int client_auth(SSL_CTX *ctx, const mg_tls_server_conf_t *conf, char *err
     return 1;
 }
 
+static int same_client_rule(const mg_tls_cert_conf_t *a, const mg_tls_cert_conf_t *b)
+{
+    if (!a->client_ca || !b->client_ca)
+        return !a->client_ca && !b->client_ca;
+    return strcmp(a->client_ca, b->client_ca) == 0 && a->client_required == b->client_required;
+}
+
 SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen)
 {
     pthread_once(&sni_once, sni_index_init);
     int n = conf->ncerts;
     sni_set_t *set = mg_calloc(1, sizeof(*set) + (size_t)n * sizeof(SSL_CTX *));
+    const mg_tls_cert_conf_t *first[n > 0 ? n : 1]; /* the certificate each context was made for */
     for (int i = 0; i < n; i++) {
         const mg_tls_cert_conf_t *c = &conf->certs[i];
-        SSL_CTX *twin = same_subject(set, c->cert);
+        int t = same_subject(set, c->cert);
+        SSL_CTX *twin = t >= 0 ? set->ctx[t] : NULL;
         SSL_CTX *ctx = twin ? twin : new_ctx(c, err, errlen);
-        int ok = ctx && load_pair(ctx, c, err, errlen);
-        if (ok && !twin && conf->client_ca)
-            ok = client_auth(ctx, conf, err, errlen);
+        int ok = ctx != NULL;
+        if (ok && twin && !same_client_rule(first[t], c)) {
+            snprintf(err, errlen, "tls: certificates '%s' and '%s' are for the same name: give them the same client_ca and client_auth",
+                     first[t]->cert, c->cert);
+            ok = 0;
+        }
+        ok = ok && load_pair(ctx, c, err, errlen);
+        if (ok && !twin && c->client_ca)
+            ok = client_auth(ctx, c, err, errlen);
         if (!ok) {
             if (ctx && !twin)
                 SSL_CTX_free(ctx);
@@ -235,14 +307,15 @@ SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t e
             free(set);
             return NULL;
         }
-        if (!twin)
+        if (!twin) {
+            first[set->n] = c;
             set->ctx[set->n++] = ctx;
+        }
     }
     SSL_CTX *def = set->ctx[0];
     SSL_CTX_set_ex_data(def, sni_index, set);
     if (set->n > 1) {
-        SSL_CTX_set_tlsext_servername_callback(def, on_servername);
-        SSL_CTX_set_tlsext_servername_arg(def, set);
+        SSL_CTX_set_client_hello_cb(def, on_client_hello, set);
     }
     return def;
 }
@@ -409,7 +482,7 @@ SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t e
         ok = 0;
     }
     if (ok && conf->cert) {
-        mg_tls_cert_conf_t pair = { conf->cert, conf->key };
+        mg_tls_cert_conf_t pair = { .cert = conf->cert, .key = conf->key };
         ok = load_pair(ctx, &pair, err, errlen);
     }
     if (!ok) {

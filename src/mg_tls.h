@@ -25,20 +25,22 @@ typedef struct ssl_st SSL;
 typedef struct ssl_session_st SSL_SESSION;
 
 typedef struct mg_tls_cert_conf {
-    const char *cert;  /* PEM chain, leaf first */
-    const char *key;   /* PEM private key */
+    const char *cert;        /* PEM chain, leaf first */
+    const char *key;         /* PEM private key */
+    const char *client_ca;   /* PEM CA bundle: ask clients of this name for a certificate (mTLS); NULL: don't */
+    int client_required;     /* a client without a certificate fails the handshake */
 } mg_tls_cert_conf_t;
 
 /*
  * NULL with a message naming the offending file in err. The context is
  * reference-counted: each holder (the config, a generation, a connection's
  * SSL) drops its own reference, and the last one frees all its certificates.
+ * Client-certificate settings are per certificate, so per SNI name; sessions
+ * never resume across names with different settings.
  */
 typedef struct mg_tls_server_conf {
     mg_tls_cert_conf_t *certs;
     int ncerts;
-    const char *client_ca;   /* PEM CA bundle: ask clients for a certificate (mTLS); NULL: don't */
-    int client_required;     /* a client without a certificate fails the handshake */
 } mg_tls_server_conf_t;
 
 SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen);

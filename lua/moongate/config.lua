@@ -164,20 +164,37 @@ local function make_env(st)
     return from_config_dir(p)
   end
 
+  -- Client certificates (mTLS) from t.client_ca / t.client_auth, else `inherited`:
+  -- { ca = path, auth = "required" | "optional" }, or false for none.
+  local function client_auth_of(t, inherited, what)
+    local auth = t.client_auth
+    if auth == "off" then return false end
+    if auth ~= nil and auth ~= "required" and auth ~= "optional" then
+      fail("%s: client_auth must be \"required\", \"optional\" or \"off\", got %s", what, tostring(auth))
+    end
+    if t.client_ca == nil then
+      if auth then
+        if not inherited then fail("%s: client_auth needs client_ca (the CA that signs client certificates)", what) end
+        return { ca = inherited.ca, auth = auth }
+      end
+      return inherited
+    end
+    return { ca = path_of(t.client_ca, "client_ca"), auth = auth or "required" }
+  end
+
   -- tls = { cert = "a.pem", key = "a.key" }, or for several certificates
   -- chosen by SNI: tls = { certificates = { { cert = ..., key = ... }, ... } };
-  -- mTLS: client_ca = "clients-ca.pem", client_auth = "required" | "optional"
+  -- mTLS: client_ca = "clients-ca.pem", client_auth = "required" | "optional",
+  -- for the listener and/or per certificate (i.e. per SNI name; "off" there
+  -- turns the listener's off for that name)
   local function tls_conf(tls)
     if type(tls) ~= "table" then fail("listen tls expects a table { cert = ..., key = ... }") end
     local known = { cert = true, key = true, certificates = true, client_ca = true, client_auth = true }
     for k in pairs(tls) do
       if not known[k] then fail("listen tls: unknown field '%s'", tostring(k)) end
     end
-    local client_auth = tls.client_auth
-    if client_auth ~= nil and client_auth ~= "required" and client_auth ~= "optional" then
-      fail("listen tls: client_auth must be \"required\" or \"optional\", got %s", tostring(client_auth))
-    end
-    if client_auth and not tls.client_ca then fail("listen tls: client_auth needs client_ca (the CA that signs client certificates)") end
+    if tls.client_auth == "off" then fail("listen tls: client_auth = \"off\" is for a certificate; leave it out here") end
+    local listener_auth = client_auth_of(tls, false, "listen tls")
     local list = tls.certificates or { { cert = tls.cert, key = tls.key } }
     if tls.certificates and (tls.cert or tls.key) then
       fail("listen tls: give either cert/key or certificates, not both")
@@ -186,12 +203,18 @@ local function make_env(st)
     local certs = {}
     for i, c in ipairs(list) do
       if type(c) ~= "table" then fail("listen tls: certificates[%d] expects { cert = ..., key = ... }", i) end
-      certs[i] = { cert = path_of(c.cert, "cert"), key = path_of(c.key, "key") }
+      for k in pairs(c) do
+        if k ~= "cert" and k ~= "key" and k ~= "client_ca" and k ~= "client_auth" then
+          fail("listen tls: certificates[%d]: unknown field '%s'", i, tostring(k))
+        end
+      end
+      local auth = listener_auth
+      if tls.certificates then auth = client_auth_of(c, listener_auth, ("listen tls: certificates[%d]"):format(i)) end
+      certs[i] = { cert = path_of(c.cert, "cert"), key = path_of(c.key, "key"),
+                   client_ca = auth and auth.ca or nil, client_auth = auth and auth.auth or nil }
     end
     local file, line = where()
-    return { certificates = certs, where = file .. ":" .. line,
-             client_ca = tls.client_ca and path_of(tls.client_ca, "client_ca"),
-             client_auth = tls.client_ca and (client_auth or "required") or nil }
+    return { certificates = certs, where = file .. ":" .. line }
   end
 
   -- upstream "x" { tls = { ca = "ca.pem", server_name = "orders.internal",

@@ -188,6 +188,59 @@ route { path = "/who", handler = function(ctx) return 200, { client = ctx.reques
   end)
 end)
 
+describe("TLS client certificates per SNI name", function()
+  local g
+  setup(function()
+    g = helpers.start(([[
+listen { "127.0.0.1:{{PORT}}", tls = { certificates = {
+  { cert = "%s/localhost.pem", key = "%s/localhost.key" },
+  { cert = "%s/api.pem", key = "%s/api.key", client_ca = "%s/clients-ca.pem" },
+} } }
+route { path = "/who", handler = function(ctx)
+  local tls = ctx.request.tls
+  return 200, { sni = tls.sni or false, client = tls.client and tls.client.subject or false, resumed = tls.resumed }
+end }
+]]):format(pki, pki, pki, pki, pki))
+  end)
+  teardown(function() g:stop() end)
+
+  local function who(host, cert)
+    local auth = cert and ("--cert %s/%s.pem --key %s/%s.key"):format(pki, cert, pki, cert) or ""
+    local code, out = sh(pki, ("curl -sS --max-time 10 --cacert %s/ca.pem --resolve %s:%d:127.0.0.1 %s https://%s:%d/who")
+      :format(pki, host, g.port, auth, host, g.port))
+    if code ~= 0 then return code, out end
+    return code, cjson.decode(out)
+  end
+
+  it("asks for a certificate on the name that requires one only", function()
+    local code, res = who("localhost")
+    assert.equal(0, code, res)
+    assert.same({ sni = "localhost", client = false, resumed = false }, res)
+    assert.is_not.equal(0, (who("api.example.test")))
+    code, res = who("api.example.test", "alice")
+    assert.equal(0, code, res)
+    assert.equal("CN=alice,O=Example", res.client)
+  end)
+
+  for _, version in ipairs({ "-tls1_3", "-tls1_2" }) do
+    it("never resumes a session from a name without client certificates on one that requires them (" .. version .. ")", function()
+      local session = pki .. "/sni-session" .. version .. ".pem"
+      local base = ("openssl s_client %s -connect 127.0.0.1:%d -CAfile %s/ca.pem"):format(version, g.port, pki)
+      local code, out = sh(pki, ("sleep 0.5 | %s -servername localhost -sess_out %s"):format(base, session))
+      assert.equal(0, code, out)
+      local get = "printf 'GET /who HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'; sleep 0.5"
+      code, out = sh(pki, ("(%s) | %s -servername api.example.test -sess_in %s"):format(get, base, session))
+      assert.is_nil(out:find("Reused,", 1, true), out)
+      assert.is_nil(out:find("HTTP/1.1 200", 1, true), out)
+      -- the same name still resumes
+      code, out = sh(pki, ("(%s) | %s -servername localhost -sess_in %s"):format(get, base, session))
+      assert.truthy(out:find("Reused,", 1, true), out)
+      assert.truthy(out:find('"resumed":true', 1, true), out)
+      assert.truthy(out:find('"sni":"localhost"', 1, true), out)
+    end)
+  end
+end)
+
 describe("TLS certificates on reload", function()
   it("serves new connections with the new certificate, keeps the old connections, refuses a bad one", function()
     local g = helpers.start(('listen { "127.0.0.1:{{PORT}}", tls = { cert = "site.pem", key = "site.key" } }\n' ..
@@ -246,6 +299,17 @@ describe("TLS certificates at config load", function()
       assert.truthy(out:find(case[4], 1, true), out)
     end)
   end
+
+  it("refuses an RSA and an ECDSA certificate for one name with different client-certificate rules", function()
+    local dir = helpers.tmpdir()
+    local file = dir .. "/gateway.lua"
+    helpers.write_file(file, ('listen { "127.0.0.1:2", tls = { certificates = {\n' ..
+      '  { cert = "%s/localhost.pem", key = "%s/localhost.key", client_ca = "%s/clients-ca.pem" },\n' ..
+      '  { cert = "%s/localhost-rsa.pem", key = "%s/localhost-rsa.key" } } } }\n'):format(pki, pki, pki, pki, pki))
+    local code, out = sh(dir, ("%s -t -c %s"):format(helpers.gatewayd, file))
+    assert.equal(1, code)
+    assert.truthy(out:find("are for the same name: give them the same client_ca and client_auth", 1, true), out)
+  end)
 
   it("accepts good certificates", function()
     local code, out = check(pki .. "/localhost.pem", pki .. "/localhost.key")

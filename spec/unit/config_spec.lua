@@ -91,6 +91,23 @@ describe("config DSL", function()
     assert.equal("127.0.0.1:3", cfg.listen[3])
   end)
 
+  it("resolves client certificates per certificate (SNI name), inheriting the listener's", function()
+    local cfg, err, dir = load([[
+listen { "127.0.0.1:1", tls = { client_ca = "ca.pem", certificates = {
+  { cert = "a.pem", key = "a.key" },
+  { cert = "b.pem", key = "b.key", client_auth = "optional" },
+  { cert = "c.pem", key = "c.key", client_auth = "off" },
+  { cert = "d.pem", key = "d.key", client_ca = "other.pem" },
+} } }
+]])
+    assert.is_nil(err)
+    local certs = cfg.listen[1].tls.certificates
+    assert.same({ dir .. "/ca.pem", "required" }, { certs[1].client_ca, certs[1].client_auth })
+    assert.same({ dir .. "/ca.pem", "optional" }, { certs[2].client_ca, certs[2].client_auth })
+    assert.same({}, { certs[3].client_ca, certs[3].client_auth })
+    assert.same({ dir .. "/other.pem", "required" }, { certs[4].client_ca, certs[4].client_auth })
+  end)
+
   it("rejects a malformed tls table with the line", function()
     local cases = {
       { 'tls = { cert = "a.pem" }', "listen tls: 'key' expects a file path" },
@@ -98,7 +115,10 @@ describe("config DSL", function()
       { 'tls = { cert = "a", key = "b", certificates = { { cert = "c", key = "d" } } }', "listen tls: give either cert/key or certificates" },
       { 'tls = { certificates = {} }', "listen tls: certificates expects a list" },
       { 'tls = { cert = "a", key = "b", client_auth = "required" }', "listen tls: client_auth needs client_ca" },
-      { 'tls = { cert = "a", key = "b", client_ca = "c", client_auth = "maybe" }', "listen tls: client_auth must be \"required\" or \"optional\"" },
+      { 'tls = { cert = "a", key = "b", client_ca = "c", client_auth = "maybe" }', "listen tls: client_auth must be \"required\", \"optional\" or \"off\"" },
+      { 'tls = { cert = "a", key = "b", client_auth = "off" }', "listen tls: client_auth = \"off\" is for a certificate" },
+      { 'tls = { certificates = { { cert = "a", key = "b", sni = "x" } } }', "listen tls: certificates[1]: unknown field 'sni'" },
+      { 'tls = { certificates = { { cert = "a", key = "b", client_auth = "optional" } } }', "listen tls: certificates[1]: client_auth needs client_ca" },
     }
     for _, case in ipairs(cases) do
       local _, err = load('\nlisten { "127.0.0.1:1", ' .. case[1] .. ' }\n')
