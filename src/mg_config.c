@@ -143,6 +143,10 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->workers = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "timeouts");
+    mg_tls_session_lifetime(get_ms(L, lua_gettop(L), "tls_session", 3600000) / 1000);
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "listen");
     int n = (int)lua_objlen(L, -1);
     for (int i = 1; i <= n && cfg->nlisten < MG_MAX_LISTEN; i++) {

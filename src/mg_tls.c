@@ -9,9 +9,12 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -46,6 +49,90 @@ static void sni_index_init(void)
 {
     sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free);
     session_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* ---- session ticket keys: one ring per process (see mg_tls_session_lifetime) ---- */
+
+#define TICKET_KEYS 3 /* the current key and two older ones */
+
+typedef struct ticket_key {
+    unsigned char name[16], aes[32], hmac[32];
+    time_t born;
+} ticket_key_t;
+
+static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
+static ticket_key_t ticket_keys[TICKET_KEYS]; /* [0] is current */
+static int nticket_keys;
+static unsigned session_lifetime = 3600;
+
+void mg_tls_session_lifetime(unsigned seconds)
+{
+    pthread_mutex_lock(&ticket_lock);
+    session_lifetime = seconds ? seconds : 1;
+    pthread_mutex_unlock(&ticket_lock);
+}
+
+/* The key to encrypt new tickets with, rotated when it has served its period. 0 when no random bytes. */
+static int ticket_key_current(ticket_key_t *out)
+{
+    int ok = 1;
+    pthread_mutex_lock(&ticket_lock);
+    time_t now = time(NULL);
+    if (nticket_keys == 0 || now - ticket_keys[0].born >= (time_t)session_lifetime) {
+        ticket_key_t k = { .born = now };
+        ok = RAND_bytes(k.name, sizeof(k.name)) == 1 && RAND_bytes(k.aes, sizeof(k.aes)) == 1 &&
+             RAND_bytes(k.hmac, sizeof(k.hmac)) == 1;
+        if (ok) {
+            memmove(&ticket_keys[1], &ticket_keys[0], sizeof(ticket_key_t) * (TICKET_KEYS - 1));
+            ticket_keys[0] = k;
+            if (nticket_keys < TICKET_KEYS)
+                nticket_keys++;
+        }
+    }
+    if (ok)
+        *out = ticket_keys[0];
+    pthread_mutex_unlock(&ticket_lock);
+    return ok;
+}
+
+/* The key a ticket names: 1 current, 2 older (renew the ticket), 0 unknown (a full handshake). */
+static int ticket_key_find(const unsigned char *name, ticket_key_t *out)
+{
+    int found = 0;
+    pthread_mutex_lock(&ticket_lock);
+    for (int i = 0; i < nticket_keys && !found; i++) {
+        if (memcmp(ticket_keys[i].name, name, sizeof(ticket_keys[i].name)) == 0) {
+            *out = ticket_keys[i];
+            found = i == 0 ? 1 : 2;
+        }
+    }
+    pthread_mutex_unlock(&ticket_lock);
+    return found;
+}
+
+static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cipher,
+                         EVP_MAC_CTX *mac, int enc)
+{
+    ticket_key_t k;
+    int rc;
+    if (enc) {
+        if (!ticket_key_current(&k) || RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+            return -1;
+        memcpy(name, k.name, sizeof(k.name));
+        rc = 1;
+    } else if (!(rc = ticket_key_find(name, &k))) {
+        return 0;
+    }
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof(k.hmac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"sha256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    int ok = EVP_MAC_CTX_set_params(mac, params) == 1 &&
+             (enc ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, k.aes, iv)
+                  : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, k.aes, iv)) == 1;
+    OPENSSL_cleanse(&k, sizeof(k));
+    return ok ? rc : -1;
 }
 
 static void ssl_error(char *err, size_t errlen, const char *what, const char *file)
@@ -181,6 +268,8 @@ static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     }
     SSL_CTX_set_session_id_context(ctx, sid, (unsigned int)sidlen);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_set_timeout(ctx, session_lifetime);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     /* one recv per burst of records instead of two per record (header, then

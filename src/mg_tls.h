@@ -44,6 +44,15 @@ typedef struct mg_tls_server_conf {
 } mg_tls_server_conf_t;
 
 SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen);
+
+/*
+ * Session resumption: a session (a ticket or a cache entry) may be resumed
+ * for `seconds` (timeouts.tls_session). Ticket keys are the process's, not a
+ * context's: one ring shared by every listener and worker and kept across
+ * reloads, rotated every `seconds`, each key still accepted for two more
+ * periods (a ticket under an old key is renewed). Set before contexts are made.
+ */
+void mg_tls_session_lifetime(unsigned seconds);
 SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
 void mg_tls_server_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 

@@ -32,7 +32,7 @@ local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true, 
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
-                         request = true, drain = true, watchdog = true }
+                         request = true, drain = true, watchdog = true, tls_session = true }
 
 -- An error raised with this marker carries its own "file:line: " prefix.
 local Located = {}

@@ -276,6 +276,56 @@ describe("TLS certificates on reload", function()
   end)
 end)
 
+describe("TLS session tickets", function()
+  -- tickets and cache entries live 4 s here, so ticket keys rotate every 4 s
+  local g, s_client
+  setup(function()
+    g = helpers.start(([[
+listen { "127.0.0.1:{{PORT}}", tls = { cert = "%s/localhost.pem", key = "%s/localhost.key" } }
+timeouts { tls_session = "4s" }
+route { path = "/", handler = function() return 200, "ok" end }
+]]):format(pki, pki), { workers = 2 })
+    s_client = ("sleep 0.3 | openssl s_client -connect 127.0.0.1:%d -servername localhost -CAfile %s/ca.pem")
+      :format(g.port, pki)
+  end)
+  teardown(function() g:stop() end)
+
+  -- a new session saved to file: returns the name of the ticket key (the ticket's first 16 bytes)
+  local function new_session(file)
+    local code, out = sh(pki, s_client .. " -sess_out " .. file)
+    assert.equal(0, code, out)
+    assert.truthy(out:find("New, TLSv1.3", 1, true), out)
+    local _, text = sh(pki, "openssl sess_id -noout -text -in " .. file)
+    local name = text:match("TLS session ticket:%s*0000 %- ([%x%- ]+)")
+    assert.truthy(name, text)
+    return name:gsub("[^%x]", ""):sub(1, 32)
+  end
+  local function resumes(file)
+    local _, out = sh(pki, s_client .. " -sess_in " .. file)
+    return out:find("Reused, TLSv1.3", 1, true) ~= nil
+  end
+
+  it("keeps the ticket keys across a reload: clients resume after it", function()
+    local key = new_session(pki .. "/t1.pem")
+    local code, out = g:ctl("reload")
+    assert.equal(0, code, out)
+    assert.is_true(resumes(pki .. "/t1.pem"))
+    assert.equal(key, new_session(pki .. "/t2.pem"))
+  end)
+
+  it("rotates the ticket key every period and still accepts the previous one", function()
+    gw.sleep(4.2) -- a fresh period
+    local first = new_session(pki .. "/r1.pem")
+    gw.sleep(2.5)
+    assert.equal(first, new_session(pki .. "/r2.pem")) -- the same period: the same key
+    gw.sleep(2)
+    local rotated = new_session(pki .. "/r3.pem")
+    assert.is_not.equal(first, rotated)
+    assert.is_true(resumes(pki .. "/r2.pem")) -- 2 s old, under the previous key
+    assert.is_false(resumes(pki .. "/r1.pem")) -- 4.5 s old: past its lifetime
+  end)
+end)
+
 describe("TLS certificates at config load", function()
   local function check(cert, key)
     local dir = helpers.tmpdir()
