@@ -122,6 +122,8 @@ static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
         rc = 1;
     } else if (!(rc = ticket_key_find(name, &k))) {
         return 0;
+    } else if (SSL_version(ssl) >= TLS1_3_VERSION) {
+        rc = 2; /* TLS 1.3 clients use a ticket once (RFC 8446 C.4): a resumption gets a fresh one */
     }
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof(k.hmac)),

@@ -99,9 +99,11 @@ route { path = "/proxy", upstream = "app" }
     local code, out = sh(pki, s .. " -sess_out " .. pki .. "/session.pem")
     assert.equal(0, code, out)
     assert.truthy(out:find("New, TLSv1.3", 1, true), out)
-    code, out = sh(pki, s .. " -sess_in " .. pki .. "/session.pem")
+    code, out = sh(pki, s .. " -msg -sess_in " .. pki .. "/session.pem")
     assert.equal(0, code, out)
     assert.truthy(out:find("Reused, TLSv1.3", 1, true), out)
+    -- a TLS 1.3 client uses a ticket once (RFC 8446 C.4): the resumed connection brings a fresh one
+    assert.truthy(out:find("<<< TLS 1.3, Handshake %[length %x+%], NewSessionTicket"), out)
   end)
 
   it("keeps the connection alive and carries large bodies both ways intact", function()
