@@ -563,7 +563,6 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
     mg_conn_t *c = mg_calloc(1, sizeof(*c));
     c->worker = w;
     c->fd = fd;
-    evutil_make_socket_nonblocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     char ip[INET6_ADDRSTRLEN] = "?";

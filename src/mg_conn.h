@@ -55,7 +55,7 @@ struct mg_conn {
     int64_t body_total;           /* decoded chunked body bytes so far */
 };
 
-/* Takes ownership of an accepted socket; tls: the listener's TLS context or NULL. */
+/* Takes ownership of an accepted non-blocking socket; tls: the listener's TLS context or NULL. */
 void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen, SSL_CTX *tls);
 
 /* The output buffer a response is written to. */
