@@ -107,6 +107,16 @@ function M.start(config, opts)
   error("gatewayd did not start: no free port found")
 end
 
+--- Runs `gatewayd -t` on a config body; returns its exit code, its stderr and the config file.
+function M.check_config(body)
+  local dir = M.tmpdir()
+  local file = dir .. "/gateway.lua"
+  write_file(file, body)
+  local pid = assert(gw.process.spawn({ M.gatewayd, "-t", "-c", file }, { stderr = dir .. "/err" }))
+  local _, code = M.wait_exit(pid, 10)
+  return code, read_file(dir .. "/err"), file
+end
+
 --- Waits for pid to exit; returns "exit"/"signal", code, or nil on timeout.
 function M.wait_exit(pid, seconds)
   local deadline = gw.monotonic_ms() + seconds * 1000

@@ -240,18 +240,34 @@ static int on_client_hello(SSL *ssl, int *alert, void *arg)
     return SSL_CLIENT_HELLO_SUCCESS; /* unknown name: the default certificate */
 }
 
+/*
+ * What both sides share: TLS 1.2 and 1.3 only, AEAD suites, no
+ * renegotiation, partial writes (mg_conn and mg_upstream write what the
+ * socket takes), buffers released while idle, and read-ahead: one recv per
+ * burst of records instead of two per record (header, then body); the I/O
+ * code asks SSL_has_pending before waiting on the socket.
+ */
+static SSL_CTX *common_ctx(const SSL_METHOD *method, uint64_t options)
+{
+    SSL_CTX *ctx = SSL_CTX_new(method);
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_cipher_list(ctx, MG_TLS12_CIPHERS);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | options);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    return ctx;
+}
+
 static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX *ctx = common_ctx(TLS_server_method(), SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (!ctx) {
         ssl_error(err, errlen, "cannot create a context for", c->cert);
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_cipher_list(ctx, MG_TLS12_CIPHERS);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
     /* one session id context for the certificates of a listener with the
      * same client-certificate rule, so a session survives the SNI switch but
      * never skips a certificate another name requires; the cache and the
@@ -274,9 +290,6 @@ static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
-    /* one recv per burst of records instead of two per record (header, then
-     * body); mg_conn asks SSL_has_pending before waiting on the socket */
-    SSL_CTX_set_read_ahead(ctx, 1);
     return ctx;
 }
 
@@ -545,18 +558,12 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
 SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t errlen)
 {
     pthread_once(&sni_once, sni_index_init);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    /* an upstream that closes without close_notify ends like a plain one: EOF */
+    SSL_CTX *ctx = common_ctx(TLS_client_method(), SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (!ctx) {
         ssl_error(err, errlen, "cannot create a client context for", "upstream");
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_cipher_list(ctx, MG_TLS12_CIPHERS);
-    /* an upstream that closes without close_notify ends like a plain one: EOF */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x08http/1.1", 9);
     /* sessions live per target (see mg_tls_client_ssl), not in a shared cache */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);

@@ -158,12 +158,7 @@ end)
 
 describe("plugin configuration errors", function()
   local function check(config)
-    local dir = helpers.tmpdir()
-    local file = dir .. "/gateway.lua"
-    helpers.write_file(file, ('listen "127.0.0.1:1"\nplugins_dir "%s"\n'):format(FIXTURES) .. config)
-    local pid = gw.process.spawn({ helpers.gatewayd, "-t", "-c", file }, { stderr = dir .. "/err" })
-    local _, code = helpers.wait_exit(pid, 10)
-    return code, helpers.read_file(dir .. "/err"), file
+    return helpers.check_config(('listen "127.0.0.1:1"\nplugins_dir "%s"\n'):format(FIXTURES) .. config)
   end
 
   it("names file, line, route, plugin and field of a bad conf", function()

@@ -330,12 +330,8 @@ end)
 
 describe("TLS certificates at config load", function()
   local function check(cert, key)
-    local dir = helpers.tmpdir()
-    local file = dir .. "/gateway.lua"
-    helpers.write_file(file, ('listen "127.0.0.1:1"\n\nlisten { "127.0.0.1:2", tls = { cert = "%s", key = "%s" } }\n' ..
+    return helpers.check_config(('listen "127.0.0.1:1"\n\nlisten { "127.0.0.1:2", tls = { cert = "%s", key = "%s" } }\n' ..
       'route { path = "/", handler = print }\n'):format(cert, key))
-    local code, out = sh(dir, ("%s -t -c %s"):format(helpers.gatewayd, file))
-    return code, out, file
   end
 
   local cases = {
@@ -353,12 +349,9 @@ describe("TLS certificates at config load", function()
   end
 
   it("refuses an RSA and an ECDSA certificate for one name with different client-certificate rules", function()
-    local dir = helpers.tmpdir()
-    local file = dir .. "/gateway.lua"
-    helpers.write_file(file, ('listen { "127.0.0.1:2", tls = { certificates = {\n' ..
+    local code, out = helpers.check_config(('listen { "127.0.0.1:2", tls = { certificates = {\n' ..
       '  { cert = "%s/localhost.pem", key = "%s/localhost.key", client_ca = "%s/clients-ca.pem" },\n' ..
       '  { cert = "%s/localhost-rsa.pem", key = "%s/localhost-rsa.key" } } } }\n'):format(pki, pki, pki, pki, pki))
-    local code, out = sh(dir, ("%s -t -c %s"):format(helpers.gatewayd, file))
     assert.equal(1, code)
     assert.truthy(out:find("are for the same name: give them the same client_ca and client_auth", 1, true), out)
   end)

@@ -6,7 +6,6 @@ local pki_lib = require "spec.pki"
 local cjson = require "cjson"
 
 local pki = pki_lib.make()
-local sh = pki_lib.sh
 
 -- The TLS upstream: tells who called (client certificate, SNI, resumption,
 -- the caller's address, i.e. which connection).
@@ -194,12 +193,8 @@ end)
 
 describe("upstream TLS at config load", function()
   local function check(upstream_body)
-    local dir = helpers.tmpdir()
-    local file = dir .. "/gateway.lua"
-    helpers.write_file(file, ('listen "127.0.0.1:1"\n\nupstream "app" %s\nroute { path = "/", upstream = "app" }\n')
+    return helpers.check_config(('listen "127.0.0.1:1"\n\nupstream "app" %s\nroute { path = "/", upstream = "app" }\n')
       :format(upstream_body))
-    local code, out = sh(dir, ("%s -t -c %s"):format(helpers.gatewayd, file))
-    return code, out, file
   end
 
   local cases = {
