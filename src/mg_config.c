@@ -13,7 +13,7 @@
 void mg_listen_addr_free(mg_listen_addr_t *addr)
 {
     free(addr->text);
-    mg_tls_server_free(addr->tls);
+    mg_tls_ctx_free(addr->tls);
     memset(addr, 0, sizeof(*addr));
 }
 
@@ -498,15 +498,15 @@ void mg_gen_free(mg_gen_t *gen)
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);
     for (int i = 0; i < MG_MAX_LISTEN; i++)
-        mg_tls_server_free(gen->tls[i]);
+        mg_tls_ctx_free(gen->tls[i]);
     free(gen);
 }
 
 void mg_gen_use_tls(mg_gen_t *gen, const mg_config_t *cfg)
 {
     for (int i = 0; i < cfg->nlisten; i++) {
-        mg_tls_server_free(gen->tls[i]);
-        gen->tls[i] = mg_tls_server_ref(cfg->listen[i].tls);
+        mg_tls_ctx_free(gen->tls[i]);
+        gen->tls[i] = mg_tls_ctx_ref(cfg->listen[i].tls);
     }
 }
 

@@ -190,7 +190,7 @@ static SSL_CTX *adhoc_tls(mg_vm_t *vm, char *err, size_t errlen)
 {
     for (int i = 0; i < vm->nadhoc; i++)
         if (vm->adhoc[i].tls)
-            return mg_tls_server_ref(vm->adhoc[i].tls);
+            return mg_tls_ctx_ref(vm->adhoc[i].tls);
     mg_tls_client_conf_t conf = { .verify = 1 };
     return mg_tls_client_new(&conf, err, errlen);
 }

@@ -424,14 +424,14 @@ SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t e
     return def;
 }
 
-SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx)
+SSL_CTX *mg_tls_ctx_ref(SSL_CTX *ctx)
 {
     if (ctx)
         SSL_CTX_up_ref(ctx);
     return ctx;
 }
 
-void mg_tls_server_free(SSL_CTX *ctx) { SSL_CTX_free(ctx); /* NULL-safe */ }
+void mg_tls_ctx_free(SSL_CTX *ctx) { SSL_CTX_free(ctx); /* NULL-safe */ }
 
 const char *mg_tls_version(SSL *ssl) { return ssl ? SSL_get_version(ssl) : NULL; }
 

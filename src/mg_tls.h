@@ -53,8 +53,10 @@ SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t e
  * periods (a ticket under an old key is renewed). Set before contexts are made.
  */
 void mg_tls_session_lifetime(unsigned seconds);
-SSL_CTX *mg_tls_server_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
-void mg_tls_server_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
+
+/* Any context (server or client) is reference-counted: each holder takes and drops its own. */
+SSL_CTX *mg_tls_ctx_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
+void mg_tls_ctx_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 
 /* Per-connection facts for ctx.request.tls (NULL when not known yet). */
 const char *mg_tls_version(SSL *ssl);

@@ -400,7 +400,7 @@ void mg_upconn_release(mg_upconn_t *uc)
     uc->owner = NULL;
     event_del(&uc->wev);
     if (t->nidle >= up->max_idle || uc->requests >= up->max_requests || uc->in_len != uc->in_off ||
-        evbuffer_get_length(uc->out) > 0 || (uc->ssl && SSL_pending(uc->ssl) > 0)) {
+        evbuffer_get_length(uc->out) > 0 || (uc->ssl && SSL_has_pending(uc->ssl))) {
         conn_destroy(uc);
         return;
     }
