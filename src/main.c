@@ -164,6 +164,7 @@ int main(int argc, char **argv)
         mg_config_free(&cfg);
         return 0;
     }
+    mg_config_apply_tls(&cfg);
     int nworkers = workers_override > 0 ? workers_override : cfg.workers;
     if (nworkers <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

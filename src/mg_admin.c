@@ -120,6 +120,7 @@ int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen)
         }
         mg_gen_use_tls(gens[i], same_listen ? &next : a->cfg);
     }
+    mg_config_apply_tls(&next);
     mg_config_free(&next); /* the generations hold what they use */
     /* 3. publish; each worker switches between two of its requests */
     uint64_t *before = mg_calloc((size_t)a->nworkers, sizeof(*before));

@@ -5,10 +5,13 @@
 #include "mg_config.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
+
+#include <openssl/crypto.h>
 
 void mg_listen_addr_free(mg_listen_addr_t *addr)
 {
@@ -89,7 +92,7 @@ static const char *get_str_ref(lua_State *L, int t, const char *name)
 }
 
 /* The listener's TLS context from { certificates = { {cert, key}, ... }, where = "file:line" }. */
-static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size_t errlen)
+static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, unsigned lifetime, char *err, size_t errlen)
 {
     mg_tls_cert_conf_t certs[MG_MAX_TLS_CERTS];
     lua_getfield(L, t, "certificates");
@@ -107,7 +110,7 @@ static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size
         lua_pop(L, 1); /* the strings stay alive: the tls table is on the stack */
     }
     lua_pop(L, 1);
-    mg_tls_server_conf_t conf = { certs, n };
+    mg_tls_server_conf_t conf = { certs, n, lifetime };
     char why[512];
     addr->tls = mg_tls_server_new(&conf, why, sizeof(why));
     if (!addr->tls) {
@@ -120,7 +123,7 @@ static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, char *err, size
 }
 
 /* A listen entry: "host:port", or { addr = "host:port", tls = {...} }. */
-static int read_listen(lua_State *L, mg_listen_addr_t *addr, char *err, size_t errlen)
+static int read_listen(lua_State *L, mg_listen_addr_t *addr, unsigned lifetime, char *err, size_t errlen)
 {
     if (!lua_istable(L, -1))
         return mg_parse_listen(lua_tostring(L, -1), addr, err, errlen);
@@ -130,11 +133,40 @@ static int read_listen(lua_State *L, mg_listen_addr_t *addr, char *err, size_t e
     if (rc != MG_OK)
         return rc;
     lua_getfield(L, -1, "tls");
-    rc = read_tls(L, lua_gettop(L), addr, err, errlen);
+    rc = read_tls(L, lua_gettop(L), addr, lifetime, err, errlen);
     lua_pop(L, 1);
     if (rc != MG_OK)
         mg_listen_addr_free(addr);
     return rc;
+}
+
+/* tls_ticket_keys { "a.key", ..., where = "file:line" }: each file 80 bytes, as nginx's. */
+static int read_ticket_keys(lua_State *L, int t, mg_config_t *cfg, char *err, size_t errlen)
+{
+    int n = (int)lua_objlen(L, t);
+    for (int i = 0; i < n && i < MG_TLS_TICKET_KEYS_MAX; i++) {
+        lua_rawgeti(L, t, i + 1);
+        const char *path = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the string stays alive in the table */
+        FILE *f = fopen(path, "rb");
+        size_t got = f ? fread(cfg->ticket_keys[i], 1, MG_TLS_TICKET_KEY_LEN, f) : 0;
+        int more = f && fgetc(f) != EOF;
+        int e = errno;
+        if (f)
+            fclose(f);
+        if (!f || got != MG_TLS_TICKET_KEY_LEN || more) {
+            char why[300];
+            if (!f)
+                snprintf(why, sizeof(why), "%s", strerror(e));
+            else
+                snprintf(why, sizeof(why), "a key file holds exactly %d random bytes (openssl rand %d > file)",
+                         MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN);
+            snprintf(err, errlen, "%s: tls_ticket_keys: '%s': %s", get_str_ref(L, t, "where"), path, why);
+            return MG_ERROR;
+        }
+        cfg->nticket_keys = i + 1;
+    }
+    return MG_OK;
 }
 
 static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_t errlen)
@@ -144,14 +176,19 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     lua_pop(L, 1);
 
     lua_getfield(L, t, "timeouts");
-    mg_tls_session_lifetime(get_ms(L, lua_gettop(L), "tls_session", 3600000) / 1000);
+    cfg->tls_session_ms = get_ms(L, lua_gettop(L), "tls_session", 3600000); /* the listeners' contexts need it */
     lua_pop(L, 1);
+    lua_getfield(L, t, "tls_ticket_keys");
+    int rc = lua_istable(L, -1) ? read_ticket_keys(L, lua_gettop(L), cfg, err, errlen) : MG_OK;
+    lua_pop(L, 1);
+    if (rc != MG_OK)
+        return MG_ERROR;
 
     lua_getfield(L, t, "listen");
     int n = (int)lua_objlen(L, -1);
     for (int i = 1; i <= n && cfg->nlisten < MG_MAX_LISTEN; i++) {
         lua_rawgeti(L, -1, i);
-        int rc = read_listen(L, &cfg->listen[cfg->nlisten], err, errlen);
+        rc = read_listen(L, &cfg->listen[cfg->nlisten], cfg->tls_session_ms / 1000, err, errlen);
         lua_pop(L, 1);
         if (rc != MG_OK) {
             lua_pop(L, 1);
@@ -510,6 +547,12 @@ void mg_gen_use_tls(mg_gen_t *gen, const mg_config_t *cfg)
     }
 }
 
+void mg_config_apply_tls(const mg_config_t *cfg)
+{
+    mg_tls_sessions(cfg->tls_session_ms / 1000, (const unsigned char (*)[MG_TLS_TICKET_KEY_LEN])cfg->ticket_keys,
+                    cfg->nticket_keys);
+}
+
 void mg_config_free(mg_config_t *cfg)
 {
     for (int i = 0; i < cfg->nlisten; i++)
@@ -521,5 +564,6 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->hosts_file);
     free(cfg->admin_socket);
     free(cfg->admin_listen);
+    OPENSSL_cleanse(cfg->ticket_keys, sizeof(cfg->ticket_keys));
     memset(cfg, 0, sizeof(*cfg));
 }

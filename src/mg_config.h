@@ -38,6 +38,9 @@ typedef struct mg_config {
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
     uint32_t watchdog_ms;          /* a worker away from its loop this long is reported and fenced off */
+    uint32_t tls_session_ms;       /* how long a TLS session may be resumed */
+    unsigned char ticket_keys[MG_TLS_TICKET_KEYS_MAX][MG_TLS_TICKET_KEY_LEN]; /* tls_ticket_keys files; [0] encrypts */
+    int nticket_keys;              /* 0: generated, rotated keys */
     char *access_log, *error_log;
     char *error_header;            /* e.g. "X-Gateway-Error"; NULL: not sent */
     char *hosts_file;              /* NULL: /etc/hosts */
@@ -106,6 +109,8 @@ void mg_gen_graveyard_empty(void);
 int mg_parse_listen(const char *text, mg_listen_addr_t *addr, char *err, size_t errlen);
 void mg_listen_addr_free(mg_listen_addr_t *addr);
 
+/* Process-wide TLS settings take effect (session lifetime, ticket keys): at start and on a reload, not on a check. */
+void mg_config_apply_tls(const mg_config_t *cfg);
 void mg_config_free(mg_config_t *cfg);
 
 #endif

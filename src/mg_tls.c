@@ -51,24 +51,39 @@ static void sni_index_init(void)
     session_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-/* ---- session ticket keys: one ring per process (see mg_tls_session_lifetime) ---- */
+/* ---- session ticket keys: one ring per process (see mg_tls_sessions) ---- */
 
-#define TICKET_KEYS 3 /* the current key and two older ones */
+#define GENERATED_KEYS 3 /* the current key and two older ones */
 
 typedef struct ticket_key {
-    unsigned char name[16], aes[32], hmac[32];
+    unsigned char name[16], hmac[32], aes[32];
     time_t born;
 } ticket_key_t;
 
 static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
-static ticket_key_t ticket_keys[TICKET_KEYS]; /* [0] is current */
+static ticket_key_t ticket_keys[MG_TLS_TICKET_KEYS_MAX]; /* [0] encrypts */
 static int nticket_keys;
+static int given_keys;                                    /* from files: never rotated here */
 static unsigned session_lifetime = 3600;
 
-void mg_tls_session_lifetime(unsigned seconds)
+void mg_tls_sessions(unsigned lifetime, const unsigned char (*keys)[MG_TLS_TICKET_KEY_LEN], int nkeys)
 {
     pthread_mutex_lock(&ticket_lock);
-    session_lifetime = seconds ? seconds : 1;
+    session_lifetime = lifetime ? lifetime : 1;
+    if (nkeys > 0) {
+        nticket_keys = nkeys < MG_TLS_TICKET_KEYS_MAX ? nkeys : MG_TLS_TICKET_KEYS_MAX;
+        for (int i = 0; i < nticket_keys; i++) {
+            ticket_key_t *k = &ticket_keys[i];
+            memcpy(k->name, keys[i], 16);
+            memcpy(k->hmac, keys[i] + 16, 32);
+            memcpy(k->aes, keys[i] + 48, 32);
+        }
+        given_keys = 1;
+    } else if (given_keys) {
+        OPENSSL_cleanse(ticket_keys, sizeof(ticket_keys));
+        nticket_keys = 0; /* back to generated keys */
+        given_keys = 0;
+    }
     pthread_mutex_unlock(&ticket_lock);
 }
 
@@ -78,14 +93,14 @@ static int ticket_key_current(ticket_key_t *out)
     int ok = 1;
     pthread_mutex_lock(&ticket_lock);
     time_t now = time(NULL);
-    if (nticket_keys == 0 || now - ticket_keys[0].born >= (time_t)session_lifetime) {
+    if (!given_keys && (nticket_keys == 0 || now - ticket_keys[0].born >= (time_t)session_lifetime)) {
         ticket_key_t k = { .born = now };
         ok = RAND_bytes(k.name, sizeof(k.name)) == 1 && RAND_bytes(k.aes, sizeof(k.aes)) == 1 &&
              RAND_bytes(k.hmac, sizeof(k.hmac)) == 1;
         if (ok) {
-            memmove(&ticket_keys[1], &ticket_keys[0], sizeof(ticket_key_t) * (TICKET_KEYS - 1));
+            memmove(&ticket_keys[1], &ticket_keys[0], sizeof(ticket_key_t) * (GENERATED_KEYS - 1));
             ticket_keys[0] = k;
-            if (nticket_keys < TICKET_KEYS)
+            if (nticket_keys < GENERATED_KEYS)
                 nticket_keys++;
         }
     }
@@ -261,7 +276,7 @@ static SSL_CTX *common_ctx(const SSL_METHOD *method, uint64_t options)
     return ctx;
 }
 
-static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
+static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, unsigned lifetime, char *err, size_t errlen)
 {
     SSL_CTX *ctx = common_ctx(TLS_server_method(), SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (!ctx) {
@@ -286,7 +301,7 @@ static SSL_CTX *new_ctx(const mg_tls_cert_conf_t *c, char *err, size_t errlen)
     }
     SSL_CTX_set_session_id_context(ctx, sid, (unsigned int)sidlen);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
-    SSL_CTX_set_timeout(ctx, session_lifetime);
+    SSL_CTX_set_timeout(ctx, lifetime ? lifetime : 1);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
@@ -393,7 +408,7 @@ SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t e
         const mg_tls_cert_conf_t *c = &conf->certs[i];
         int t = same_subject(set, c->cert);
         SSL_CTX *twin = t >= 0 ? set->ctx[t] : NULL;
-        SSL_CTX *ctx = twin ? twin : new_ctx(c, err, errlen);
+        SSL_CTX *ctx = twin ? twin : new_ctx(c, conf->session_lifetime, err, errlen);
         int ok = ctx != NULL;
         if (ok && twin && !same_client_rule(first[t], c)) {
             snprintf(err, errlen, "tls: certificates '%s' and '%s' are for the same name: give them the same client_ca and client_auth",

@@ -41,18 +41,26 @@ typedef struct mg_tls_cert_conf {
 typedef struct mg_tls_server_conf {
     mg_tls_cert_conf_t *certs;
     int ncerts;
+    unsigned session_lifetime;  /* seconds; see mg_tls_sessions */
 } mg_tls_server_conf_t;
 
 SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen);
 
 /*
  * Session resumption: a session (a ticket or a cache entry) may be resumed
- * for `seconds` (timeouts.tls_session). Ticket keys are the process's, not a
- * context's: one ring shared by every listener and worker and kept across
- * reloads, rotated every `seconds`, each key still accepted for two more
- * periods (a ticket under an old key is renewed). Set before contexts are made.
+ * for `lifetime` seconds (timeouts.tls_session). Ticket keys are the
+ * process's, not a context's: one ring shared by every listener and worker
+ * and kept across reloads. Without `keys`, the ring makes its own, rotated
+ * every `lifetime`, each still accepted for two more periods (a ticket under
+ * an old key is renewed). With keys (tls_ticket_keys files, nginx's 80-byte
+ * format: name, HMAC key, AES key), those are used as given: the first
+ * encrypts, all decrypt, and they change only when this is called again
+ * (a reload), so several gateway processes can share them. Call it when a
+ * config takes effect, not when one is only checked.
  */
-void mg_tls_session_lifetime(unsigned seconds);
+#define MG_TLS_TICKET_KEY_LEN 80
+#define MG_TLS_TICKET_KEYS_MAX 4
+void mg_tls_sessions(unsigned lifetime, const unsigned char (*keys)[MG_TLS_TICKET_KEY_LEN], int nkeys);
 
 /* Any context (server or client) is reference-counted: each holder takes and drops its own. */
 SSL_CTX *mg_tls_ctx_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */

@@ -452,6 +452,23 @@ local function make_env(st)
     s.admin_listen = addr
   end
 
+  -- tls_ticket_keys { "keys/current.key", "keys/previous.key" }: TLS session
+  -- ticket keys from files (80 random bytes each, nginx's format), shared by
+  -- several gateway processes; the first encrypts, all decrypt
+  function env.tls_ticket_keys(list)
+    if type(list) ~= "table" or #list == 0 or #list > 4 then
+      fail("tls_ticket_keys expects a list of 1 to 4 key files")
+    end
+    local keys = {}
+    for i, p in ipairs(list) do
+      if type(p) ~= "string" or p == "" then fail("tls_ticket_keys: entry %d must be a file path", i) end
+      keys[i] = from_config_dir(p)
+    end
+    local f, l = where()
+    keys.where = f .. ":" .. l
+    s.tls_ticket_keys = keys
+  end
+
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end

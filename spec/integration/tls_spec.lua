@@ -328,6 +328,36 @@ route { path = "/", handler = function() return 200, "ok" end }
   end)
 end)
 
+describe("TLS ticket keys from files", function()
+  it("lets a session made on one gateway process resume on another", function()
+    local code, out = sh(pki, ("openssl rand 80 > %s/t1.key && openssl rand 80 > %s/t0.key"):format(pki, pki))
+    assert.equal(0, code, out)
+    local config = ([[
+listen { "127.0.0.1:{{PORT}}", tls = { cert = "%s/localhost.pem", key = "%s/localhost.key" } }
+tls_ticket_keys { "%s/t1.key", "%s/t0.key" }
+route { path = "/", handler = function() return 200, "ok" end }
+]]):format(pki, pki, pki, pki)
+    local a, b = helpers.start(config), helpers.start(config)
+    local function s_client(g, args)
+      return sh(pki, ("sleep 0.3 | openssl s_client -connect 127.0.0.1:%d -servername localhost -CAfile %s/ca.pem %s")
+        :format(g.port, pki, args))
+    end
+    code, out = s_client(a, "-sess_out " .. pki .. "/shared.pem")
+    assert.truthy(out:find("New, TLSv1.3", 1, true), out)
+    code, out = s_client(b, "-sess_in " .. pki .. "/shared.pem")
+    assert.truthy(out:find("Reused, TLSv1.3", 1, true), out)
+    a:stop()
+    b:stop()
+  end)
+
+  it("refuses a key file that is not 80 bytes, with the config line", function()
+    helpers.write_file(pki .. "/short.key", ("k"):rep(48))
+    local code, out, file = helpers.check_config(('listen "127.0.0.1:1"\n\ntls_ticket_keys { "%s/short.key" }\n'):format(pki))
+    assert.equal(1, code)
+    assert.truthy(out:find(file .. ":3: tls_ticket_keys: '" .. pki .. "/short.key': a key file holds exactly 80 random bytes", 1, true), out)
+  end)
+end)
+
 describe("TLS certificates at config load", function()
   local function check(cert, key)
     return helpers.check_config(('listen "127.0.0.1:1"\n\nlisten { "127.0.0.1:2", tls = { cert = "%s", key = "%s" } }\n' ..
