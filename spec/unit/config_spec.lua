@@ -146,6 +146,16 @@ route { path = "/", upstream = "a" }
     assert.is_nil(c.tls)
   end)
 
+  it("reads tls_ticket_keys relative to the config, 1 to 4 of them", function()
+    local cfg, err, dir = load('tls_ticket_keys { "a.key", "/k/b.key" }\n')
+    assert.is_nil(err)
+    assert.same({ dir .. "/a.key", "/k/b.key", where = dir .. "/gateway.lua:1" }, cfg.tls_ticket_keys)
+    for _, bad in ipairs({ '{}', '"a.key"', '{ "1", "2", "3", "4", "5" }', '{ 3 }' }) do
+      local _, e = load("\ntls_ticket_keys " .. bad .. "\n")
+      assert.matches(":2: tls_ticket_keys", e, 1, true)
+    end
+  end)
+
   it("rejects a malformed upstream tls setup with the line", function()
     local cases = {
       { '{ targets = { "ftp://a:1" } }', "the scheme must be http:// or https://" },
