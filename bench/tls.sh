@@ -3,6 +3,8 @@
 # P-256), same response, both on CPU 0 with one worker, wrk on CPU 1.
 #   W1-TLS      keep-alive requests over TLS (wrk -c50)
 #   handshakes  a new connection, full handshake, per request (Connection: close)
+#   upstream    plain HTTP in, proxied over TLS to an upstream (an nginx on
+#               the load CPU), verified, pooled and kept alive
 # Reports rps and the server's CPU µs per request (utime+stime from /proc).
 #
 #   bench/tls.sh [path/to/gatewayd]      DURATION=10 ROUNDS=3 to tune
@@ -13,6 +15,9 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-2}
 GW_PORT=18443
 NGX_PORT=18444
+GW_PLAIN_PORT=18445
+NGX_PLAIN_PORT=18446
+UP_PORT=18447
 for tool in wrk nginx openssl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install $tool)"; exit 1; }
 done
@@ -29,6 +34,9 @@ listen { "127.0.0.1:$GW_PORT", tls = { cert = "cert.pem", key = "key.pem" } }
 access_log "off"
 admin_socket "off"
 route { path = "/hello", handler = function() return 200, "hello" end }
+listen "127.0.0.1:$GW_PLAIN_PORT"
+upstream "tls_up" { targets = { "https://127.0.0.1:$UP_PORT" }, tls = { ca = "cert.pem", server_name = "localhost" } }
+route { path = "/up/{rest*}", upstream = "tls_up" }
 LUA
 cat > "$dir/nginx.conf" <<NGX
 worker_processes 1;
@@ -47,6 +55,33 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;
     location /hello { default_type text/plain; return 200 "hello"; }
   }
+  upstream tls_up { server 127.0.0.1:$UP_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX_PLAIN_PORT;
+    location /up/ {
+      proxy_pass https://tls_up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_verify on; proxy_ssl_trusted_certificate $dir/cert.pem; proxy_ssl_name localhost;
+      proxy_ssl_server_name on; proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGX
+# the TLS upstream both proxy to, on the load CPU
+cat > "$dir/upstream.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $dir/upstream.pid;
+error_log $dir/upstream.err;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
+  server {
+    listen 127.0.0.1:$UP_PORT ssl;
+    ssl_certificate $dir/cert.pem;
+    ssl_certificate_key $dir/key.pem;
+    location / { default_type text/plain; return 200 "hello"; }
+  }
 }
 NGX
 
@@ -54,8 +89,11 @@ taskset -c 0 "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" &
 gw_pid=$!; pids+=("$gw_pid")
 taskset -c 0 nginx -c "$dir/nginx.conf" &
 ngx_master=$!; pids+=("$ngx_master")
+taskset -c "${LOAD_CPU:-1}" nginx -c "$dir/upstream.conf" &
+pids+=($!)
 for _ in $(seq 50); do
-  curl -sk -o /dev/null "https://127.0.0.1:$GW_PORT/hello" && curl -sk -o /dev/null "https://127.0.0.1:$NGX_PORT/hello" && break
+  curl -sfk -o /dev/null "https://127.0.0.1:$GW_PORT/hello" && curl -sfk -o /dev/null "https://127.0.0.1:$NGX_PORT/hello" &&
+    curl -sf -o /dev/null "http://127.0.0.1:$GW_PLAIN_PORT/up/hello" && curl -sf -o /dev/null "http://127.0.0.1:$NGX_PLAIN_PORT/up/hello" && break
   sleep 0.1
 done
 ngx_worker=$(pgrep -P "$ngx_master" | head -1)
@@ -72,3 +110,5 @@ run "W1-TLS keep-alive" moongate "$gw_pid" "$GW_PORT"
 run "W1-TLS keep-alive" nginx "$ngx_worker" "$NGX_PORT"
 run "handshake per request" moongate "$gw_pid" "$GW_PORT" -H "Connection: close"
 run "handshake per request" nginx "$ngx_worker" "$NGX_PORT" -H "Connection: close"
+measure "proxy to a TLS upstream | moongate" "$gw_pid" "http://127.0.0.1:$GW_PLAIN_PORT/up/hello"
+measure "proxy to a TLS upstream | nginx" "$ngx_worker" "http://127.0.0.1:$NGX_PLAIN_PORT/up/hello"
