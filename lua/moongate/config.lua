@@ -153,7 +153,6 @@ local function make_env(st)
   local env = {}
   local s = st.settings
 
-  local upstream_tls
   -- a path from the config, relative to the config file's directory
   local function from_config_dir(p)
     return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
@@ -219,7 +218,7 @@ local function make_env(st)
 
   -- upstream "x" { tls = { ca = "ca.pem", server_name = "orders.internal",
   --   cert = "client.pem", key = "client.key", verify = true } }: TLS to the targets
-  function upstream_tls(tls, name)
+  local function upstream_tls(tls, name)
     local what = "upstream " .. name .. " tls"
     if type(tls) ~= "table" then fail("%s expects a table { ca = ..., server_name = ... }", what) end
     local known = { ca = true, server_name = true, cert = true, key = true, verify = true }
