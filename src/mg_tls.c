@@ -32,7 +32,7 @@ typedef struct sni_set {
 
 static int sni_index = -1;
 static int session_index = -1; /* a client SSL's SSL_SESSION ** slot */
-static pthread_once_t sni_once = PTHREAD_ONCE_INIT;
+static pthread_once_t index_once = PTHREAD_ONCE_INIT;
 
 /* Runs when the default context's last reference goes: the others go with it. */
 static void sni_set_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
@@ -45,7 +45,7 @@ static void sni_set_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, l
     free(set);
 }
 
-static void sni_index_init(void)
+static void indexes_init(void)
 {
     sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free);
     session_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
@@ -400,7 +400,7 @@ static int same_client_rule(const mg_tls_cert_conf_t *a, const mg_tls_cert_conf_
 
 SSL_CTX *mg_tls_server_new(const mg_tls_server_conf_t *conf, char *err, size_t errlen)
 {
-    pthread_once(&sni_once, sni_index_init);
+    pthread_once(&index_once, indexes_init);
     int n = conf->ncerts;
     sni_set_t *set = mg_calloc(1, sizeof(*set) + (size_t)n * sizeof(SSL_CTX *));
     const mg_tls_cert_conf_t *first[n > 0 ? n : 1]; /* the certificate each context was made for */
@@ -590,7 +590,7 @@ static void load_system_store(void)
 
 SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t errlen)
 {
-    pthread_once(&sni_once, sni_index_init);
+    pthread_once(&index_once, indexes_init);
     /* an upstream that closes without close_notify ends like a plain one: EOF */
     SSL_CTX *ctx = common_ctx(TLS_client_method(), SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (!ctx) {
