@@ -38,16 +38,22 @@ listen "127.0.0.1:$GW_PLAIN_PORT"
 upstream "tls_up" { targets = { "https://127.0.0.1:$UP_PORT" }, tls = { ca = "cert.pem", server_name = "localhost" } }
 route { path = "/up/{rest*}", upstream = "tls_up" }
 LUA
-cat > "$dir/nginx.conf" <<NGX
+# nginx.conf for one nginx process: its name, then the http {} body on stdin
+nginx_conf() {
+  cat <<NGX
 worker_processes 1;
 daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx.err;
+pid $dir/$1.pid;
+error_log $dir/$1.err;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log off; keepalive_requests 1000000;
   client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
-  keepalive_requests 1000000;
+$(cat)
+}
+NGX
+}
+nginx_conf nginx > "$dir/nginx.conf" <<NGX
   server {
     listen 127.0.0.1:$NGX_PORT ssl;
     ssl_certificate $dir/cert.pem;
@@ -64,25 +70,15 @@ http {
       proxy_ssl_server_name on; proxy_ssl_session_reuse on;
     }
   }
-}
 NGX
 # the TLS upstream both proxy to, on the load CPU
-cat > "$dir/upstream.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $dir/upstream.pid;
-error_log $dir/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
+nginx_conf upstream > "$dir/upstream.conf" <<NGX
   server {
     listen 127.0.0.1:$UP_PORT ssl;
     ssl_certificate $dir/cert.pem;
     ssl_certificate_key $dir/key.pem;
     location / { default_type text/plain; return 200 "hello"; }
   }
-}
 NGX
 
 taskset -c 0 "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" &
