@@ -13,6 +13,8 @@
 
 #include <openssl/crypto.h>
 
+#include "mg_log.h"
+
 void mg_listen_addr_free(mg_listen_addr_t *addr)
 {
     free(addr->text);
@@ -255,12 +257,15 @@ static int get_int(lua_State *L, int t, const char *key)
 }
 
 /* The upstream's TLS client context from { ca, cert, key, server_name, verify, where } at index t. */
-static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, char *err, size_t errlen)
+static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, int warn, char *err, size_t errlen)
 {
     mg_tls_client_conf_t conf = { get_str_ref(L, t, "ca"), get_str_ref(L, t, "cert"), get_str_ref(L, t, "key"), 1 };
     lua_getfield(L, t, "verify");
     conf.verify = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    if (!conf.verify && warn)
+        mg_log_warn(NULL, "%s: upstream %s: tls.verify = false: its certificates are not checked, anyone in "
+                    "the path can impersonate it", get_str_ref(L, t, "where"), up->name);
     up->tls_name = get_str(L, t, "server_name");
     char why[512];
     up->tls = mg_tls_client_new(&conf, why, sizeof(why));
@@ -272,7 +277,8 @@ static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, char *err, 
 }
 
 /* Builds gen->upstreams from cfg.upstreams (validated by config.lua) at index t. */
-static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size_t errlen)
+/* warn: say what deserves a warning (once per load: on the load that checks the config) */
+static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char *err, size_t errlen)
 {
     lua_getfield(L, t, "upstreams");
     int ut = lua_gettop(L);
@@ -323,7 +329,7 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, char *err, size
         else
             free(hh);
         lua_getfield(L, u, "tls");
-        int rc = lua_istable(L, -1) ? read_upstream_tls(L, lua_gettop(L), up, err, errlen) : MG_OK;
+        int rc = lua_istable(L, -1) ? read_upstream_tls(L, lua_gettop(L), up, warn, err, errlen) : MG_OK;
         lua_pop(L, 1);
         if (rc != MG_OK)
             return MG_ERROR;
@@ -474,7 +480,7 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         if (read_settings(L, t, cfg, err, errlen) != MG_OK)
             goto fail;
     }
-    if (compile_upstreams(gen, L, t, err, errlen) != MG_OK)
+    if (compile_upstreams(gen, L, t, cfg != NULL, err, errlen) != MG_OK)
         goto fail;
     for (int i = 0; i < gen->nupstreams; i++)
         gen->upstreams[i].base = base;

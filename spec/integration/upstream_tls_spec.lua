@@ -217,6 +217,16 @@ describe("upstream TLS at config load", function()
   end
 end)
 
+describe("upstream TLS without verification", function()
+  it("is accepted with a warning naming the config line", function()
+    local code, out, file = helpers.check_config('listen "127.0.0.1:1"\n' ..
+      'upstream "test" { targets = { "https://127.0.0.1:9" }, tls = { verify = false } }\n' ..
+      'route { path = "/", upstream = "test" }\n')
+    assert.equal(0, code, out)
+    assert.truthy(out:find(file .. ":2: upstream test: tls.verify = false: its certificates are not checked", 1, true), out)
+  end)
+end)
+
 describe("examples/tls", function()
   it("serves HTTPS, redirects HTTP and reaches its TLS upstream, with certificates from make-certs.sh", function()
     local dir = helpers.tmpdir()
