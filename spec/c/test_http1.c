@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "mg_http1.h"
+#include "chunked_split.h"
 
 static const mg_http1_limits_t LIM = { .max_line = 200, .max_head = 1024, .max_headers = 16 };
 
@@ -175,37 +176,6 @@ static void response_heads(void **state)
     assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_EBAD);
     s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n";
     assert_int_equal(mg_http1_parse_response(s, strlen(s), &r, &LIM), MG_HTTP1_AGAIN);
-}
-
-/* Decodes `in` fed in two pieces split at `cut`; returns the decoder result. */
-static int decode_split(const char *in, size_t len, size_t cut, char *out, size_t *outlen)
-{
-    mg_chunked_t d;
-    mg_chunked_init(&d);
-    *outlen = 0;
-    size_t bounds[3] = { 0, cut, len };
-    int rc = MG_CHUNKED_AGAIN;
-    for (int part = 0; part < 2; part++) {
-        const char *p = in + bounds[part];
-        size_t n = bounds[part + 1] - bounds[part];
-        while (n > 0 || rc == MG_CHUNKED_DATA) {
-            size_t used;
-            const char *data;
-            size_t dlen;
-            rc = mg_chunked_decode(&d, p, n, &used, &data, &dlen);
-            p += used;
-            n -= used;
-            if (rc == MG_CHUNKED_DATA) {
-                memcpy(out + *outlen, data, dlen);
-                *outlen += dlen;
-                continue;
-            }
-            if (rc != MG_CHUNKED_AGAIN)
-                return rc;
-            break;
-        }
-    }
-    return rc;
 }
 
 static void chunked_every_boundary(void **state)
