@@ -48,10 +48,7 @@ static int named_by_connection(const mg_header_t *hs, size_t n, const mg_header_
 
 static void add_header(struct evbuffer *out, const char *name, const char *value, size_t vlen)
 {
-    evbuffer_add(out, name, strlen(name));
-    evbuffer_add(out, ": ", 2);
-    evbuffer_add(out, value, vlen);
-    evbuffer_add(out, "\r\n", 2);
+    mg_req_header_line(out, name, strlen(name), value, vlen);
 }
 
 static const mg_header_t *find(const mg_req_t *r, const char *lower)
@@ -139,10 +136,7 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         if (mg_http1_name_is(h, "host", 4) || mg_http1_name_is(h, "expect", 6) ||
             mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11))
             continue; /* replaced below; Expect was answered by the gateway */
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        mg_req_header_line(out, h->name, h->name_len, h->value, h->value_len);
     }
     const char *ip;
     size_t iplen = client_ip(r, &ip);
@@ -166,16 +160,12 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         add_header(out, "traceparent", tp, (size_t)n);
     }
     if (overrides) {
-        int ct;
         lua_pushnil(L);
         while (lua_next(L, overrides)) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_createtable(L, 0, 1);
-                lua_insert(L, -3);
-                lua_rawset(L, -3); /* { name = value }: reuse the response-header checks */
-                mg_req_lua_headers(L, lua_gettop(L), out, &ct);
+            size_t nl, vl;
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                const char *name = lua_tolstring(L, -2, &nl), *value = lua_tolstring(L, -1, &vl);
+                mg_req_add_header(out, name, nl, value, vl); /* invalid ones are dropped */
             }
             lua_pop(L, 1);
         }
@@ -384,10 +374,7 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
         if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
             mg_http1_name_is(h, "x-request-id", 12))
             continue;
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        mg_req_header_line(out, h->name, h->name_len, h->value, h->value_len);
     }
     if (r->ctx_ref != LUA_NOREF)
         add_preset_headers(r, out);

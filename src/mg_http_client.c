@@ -23,6 +23,7 @@
 #include "mg_config.h"
 #include "mg_lua.h"
 #include "mg_proxy.h"
+#include "mg_req.h"
 
 #define MAX_RESPONSE_BODY (64 * 1024 * 1024)
 
@@ -321,20 +322,13 @@ static int l_request(lua_State *L)
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             size_t nl, vl;
-            const char *name = lua_tolstring(L, -2, &nl);
-            const char *value = lua_tolstring(L, -1, &vl);
-            int bad = !name || !value || memchr(value, '\r', vl) || memchr(value, '\n', vl) ||
-                      memchr(name, ':', nl) || memchr(name, '\r', nl) || memchr(name, '\n', nl);
-            if (!bad) {
-                evbuffer_add(sr->head_extra, name, nl);
-                evbuffer_add(sr->head_extra, ": ", 2);
-                evbuffer_add(sr->head_extra, value, vl);
-                evbuffer_add(sr->head_extra, "\r\n", 2);
-            }
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
+            const char *value = lua_isstring(L, -1) ? lua_tolstring(L, -1, &vl) : NULL;
+            int bad = !name || !value || mg_req_add_header(sr->head_extra, name, nl, value, vl) != NULL;
             lua_pop(L, 1);
             if (bad) {
                 subreq_free(sr);
-                return luaL_error(L, "gw.http.request: header names and values must be strings without CR/LF");
+                return luaL_error(L, "gw.http.request: header names must be tokens and values strings without CR, LF or other controls");
             }
         }
     }

@@ -374,6 +374,25 @@ static int framing_header(const char *s, size_t n)
     return 0;
 }
 
+void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
+{
+    evbuffer_add(out, name, nl);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, value, vl);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (!valid_header_name(name, nl))
+        return "invalid header name";
+    if (!valid_header_value(value, vl))
+        return "header value contains CR, LF or another control character";
+    if (out && !framing_header(name, nl)) /* framing is the gateway's, not Lua's */
+        mg_req_header_line(out, name, nl, value, vl);
+    return NULL;
+}
+
 /*
  * Validates the handler's headers table (at idx on co) and, when out is not
  * NULL, appends it. Returns an error message or NULL.
@@ -411,12 +430,8 @@ const char *mg_req_lua_headers(lua_State *co, int idx, struct evbuffer *out, int
                 lua_pop(co, 3);
                 return "response header value contains CR, LF or another control character";
             }
-            if (!skip && out) {
-                evbuffer_add(out, name, nl);
-                evbuffer_add(out, ": ", 2);
-                evbuffer_add(out, v, vl);
-                evbuffer_add(out, "\r\n", 2);
-            }
+            if (!skip && out)
+                mg_req_header_line(out, name, nl, v, vl);
             lua_pop(co, 1);
         }
         lua_pop(co, 1);

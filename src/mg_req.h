@@ -129,6 +129,14 @@ void mg_req_break(mg_req_t *r);
  * gateway owns. Returns an error message or NULL; *has_ct reports Content-Type.
  */
 const char *mg_req_lua_headers(lua_State *L, int idx, struct evbuffer *out, int *has_ct);
+/*
+ * One header set from Lua (a handler, a plugin, gw.http.request): the name
+ * must be a token and the value free of CR, LF and other controls; framing
+ * headers are skipped. Appended to out when out is not NULL. Error or NULL.
+ */
+const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl);
+/* Appends "name: value\r\n" as is. */
+void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl);
 
 /* Pushes the request's ctx (creating it on first use) on the VM's main stack. */
 void mg_req_push_ctx(mg_req_t *r);

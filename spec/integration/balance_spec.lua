@@ -190,6 +190,12 @@ describe("gw.http.request", function()
         gw.http.request { upstream = "users", path = "/d" }
         return 200, "not reached"
       end }
+      route { method = "GET", path = "/caller-headers", handler = function(ctx)
+        local res, err = gw.http.request { upstream = "users", path = "/h", timeout = 1,
+                                           headers = { ["X-Caller"] = "1", ["Content-Length"] = "99" } }
+        local ok, bad = pcall(gw.http.request, { upstream = "users", path = "/h", headers = { ["Bad Name"] = "1" } })
+        return 200, { status = res and res.status or false, err = err or false, bad = bad }
+      end }
       route { method = "GET", path = "/spawn-error", handler = function(ctx)
         local t = gw.spawn(function() error("inner failure") end)
         local ok, err = gw.wait(t)
@@ -222,6 +228,13 @@ describe("gw.http.request", function()
     assert.truthy(res.body:find("/via-url", 1, true))
     assert.equal("refused", g:request("GET", "/refused").json.err)
     assert.equal("timeout", g:request("GET", "/timeout").json.err)
+  end)
+
+  it("keeps the framing its own and refuses an invalid header name", function()
+    local res = g:request("GET", "/caller-headers").json
+    assert.equal(200, res.status) -- a caller's Content-Length would leave the upstream waiting for a body
+    assert.equal(false, res.err)
+    assert.truthy(res.bad:find("header names must be tokens", 1, true), res.bad)
   end)
 
   it("is bounded by the caller's deadline", function()
