@@ -39,6 +39,13 @@ typedef struct mg_str {
 
 #define MG_STR(lit) ((mg_str_t){ (lit), sizeof(lit) - 1 })
 
+/* ASCII lowercase of n bytes (dst may be src): header names and host names. */
+static inline void mg_lowercase(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (char)(src[i] >= 'A' && src[i] <= 'Z' ? src[i] | 0x20 : src[i]);
+}
+
 /* FNV-1a: a small, good-enough hash for keys (balancer, shared dicts). */
 static inline uint32_t mg_hash(const char *s, size_t n)
 {

@@ -51,6 +51,15 @@ static void add_header(struct evbuffer *out, const char *name, const char *value
     mg_req_header_line(out, name, strlen(name), value, vlen);
 }
 
+/* Pushes a header's name in lowercase, as Lua sees header names (at most 127 bytes). */
+static void push_lower_name(lua_State *L, const mg_header_t *h)
+{
+    char name[128];
+    size_t n = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
+    mg_lowercase(name, h->name, n);
+    lua_pushlstring(L, name, n);
+}
+
 static const mg_header_t *find(const mg_req_t *r, const char *lower)
 {
     for (size_t i = 0; i < r->nheaders; i++)
@@ -114,11 +123,7 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         if (hop_by_hop(h) || named_by_connection(r->headers, r->nheaders, h))
             continue;
         if (overrides) {
-            char name[128];
-            size_t n = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
-            for (size_t k = 0; k < n; k++)
-                name[k] = (char)(h->name[k] >= 'A' && h->name[k] <= 'Z' ? h->name[k] | 0x20 : h->name[k]);
-            lua_pushlstring(L, name, n);
+            push_lower_name(L, h);
             lua_rawget(L, overrides);
             int replaced = !lua_isnil(L, -1);
             lua_pop(L, 1);
@@ -279,11 +284,7 @@ static void push_headers(lua_State *L, const mg_http1_response_t *resp)
         if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
             mg_http1_name_is(h, "x-request-id", 12))
             continue;
-        char name[128];
-        size_t n = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
-        for (size_t k = 0; k < n; k++)
-            name[k] = (char)(h->name[k] >= 'A' && h->name[k] <= 'Z' ? h->name[k] | 0x20 : h->name[k]);
-        lua_pushlstring(L, name, n);
+        push_lower_name(L, h);
         lua_pushlstring(L, h->value, h->value_len);
         lua_rawset(L, -3);
     }

@@ -119,9 +119,8 @@ static void finish(subreq_t *sr, const char *err)
         for (int i = 0; i < sr->nheaders; i++) {
             size_t nl = strlen(h);
             char name[256];
-            size_t k;
-            for (k = 0; k < nl && k < sizeof(name) - 1; k++)
-                name[k] = (char)(h[k] >= 'A' && h[k] <= 'Z' ? h[k] | 0x20 : h[k]);
+            size_t k = nl < sizeof(name) - 1 ? nl : sizeof(name) - 1;
+            mg_lowercase(name, h, k);
             name[k] = '\0';
             const char *v = h + nl + 1;
             lua_pushstring(co, v);

@@ -168,8 +168,7 @@ int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_htt
             const char *colon = memchr(host, ':', host_len);
             n = colon ? (size_t)(colon - host) : host_len;
         }
-        for (size_t i = 0; i < n; i++)
-            h[i] = (char)(host[i] >= 'A' && host[i] <= 'Z' ? host[i] | 0x20 : host[i]);
+        mg_lowercase(h, host, n);
         h[n] = '\0';
         r->host = (mg_str_t){ h, n };
     }

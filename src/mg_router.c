@@ -289,8 +289,7 @@ int mg_router_add(mg_router_t *r, const mg_route_spec_t *spec, char *err, size_t
         }
         rt->host_len = strlen(h);
         rt->host = mg_strndup(h, rt->host_len);
-        for (size_t i = 0; i < rt->host_len; i++)
-            rt->host[i] = (char)(rt->host[i] >= 'A' && rt->host[i] <= 'Z' ? rt->host[i] | 0x20 : rt->host[i]);
+        mg_lowercase(rt->host, rt->host, rt->host_len);
     }
 
     node_t *n = &r->root;
