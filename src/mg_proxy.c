@@ -212,7 +212,7 @@ static void attempt(mg_proxy_t *p)
     p->uc = uc;
     p->framing = MG_BODY_NONE;
     p->head_seen = 0;
-    if (uc->connected && !(uc->ssl && !uc->secure)) {
+    if (mg_upconn_ready(uc)) {
         send_request(p); /* pooled */
         return;
     }
@@ -532,12 +532,11 @@ static void handshake(mg_proxy_t *p)
 static void on_event(mg_upconn_t *uc, int what)
 {
     mg_proxy_t *p = uc->owner;
-    int securing = uc->ssl && !uc->secure;
     if (what == MG_UC_TIMER) {
-        if (!uc->connected || securing)
-            fail(p, mg_err_connect_timeout, 1);
-        else
+        if (mg_upconn_ready(uc))
             fail(p, mg_err_read_timeout, 0);
+        else
+            fail(p, mg_err_connect_timeout, 1);
         return;
     }
     if (!uc->connected) {
@@ -550,7 +549,7 @@ static void on_event(mg_upconn_t *uc, int what)
             return;
         }
         uc->connected = 1;
-        if (securing) {
+        if (!mg_upconn_ready(uc)) {
             handshake(p);
             return;
         }
@@ -558,7 +557,7 @@ static void on_event(mg_upconn_t *uc, int what)
         connected(p);
         return;
     }
-    if (securing)
+    if (!mg_upconn_ready(uc))
         handshake(p);
     else if (what == MG_UC_SEND_TIMEOUT)
         fail(p, mg_err_send_timeout, 0);

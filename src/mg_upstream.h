@@ -175,6 +175,8 @@ void mg_upconn_close(mg_upconn_t *uc);
  * the failures below (logged with the reason).
  */
 enum { MG_UC_TLS_FAILED = -1, MG_UC_TLS_UNTRUSTED = -2 };
+/* Connected, and for TLS past the handshake: a request may go out. */
+static inline int mg_upconn_ready(const mg_upconn_t *uc) { return uc->connected && (!uc->ssl || uc->secure); }
 int mg_upconn_handshake(mg_upconn_t *uc);
 /*
  * I/O for plain and TLS connections alike, with recv/send conventions: -1
