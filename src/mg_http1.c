@@ -324,6 +324,8 @@ int mg_http1_parse_request(const char *buf, size_t len, mg_http1_request_t *req,
     while (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
         p += 2;
     const char *line = p;
+    if (end - p == 1 && p[0] == '\r')
+        return MG_HTTP1_AGAIN; /* an empty line cut after its CR: its LF is on the way */
 
 #define FAIL(code, why) do { req->error = (why); return (code); } while (0)
     /* method */

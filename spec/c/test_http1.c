@@ -57,6 +57,9 @@ static void framing_flags(void **state)
     assert_int_equal(r.content_length, 3);
     /* leading empty lines are skipped */
     assert_true(parse("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", &r, h) > 0);
+    /* ... also when they arrive cut after a CR (found by fuzz_request) */
+    assert_int_equal(parse("\r", &r, h), MG_HTTP1_AGAIN);
+    assert_int_equal(parse("\r\n\r\n\r", &r, h), MG_HTTP1_AGAIN);
 }
 
 typedef struct vector {
