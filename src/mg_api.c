@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include <math.h>
 
+#include "mg_error.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 
@@ -86,8 +87,29 @@ static int l_log(lua_State *L)
     return 0;
 }
 
+/* gw.errors: the error kinds (mg_error.h), name -> { status, grpc, message } */
+static void register_errors(lua_State *L)
+{
+    lua_createtable(L, 0, MG_ERR__COUNT);
+    for (int i = 0; i < MG_ERR__COUNT; i++) {
+        const mg_error_t *e = &mg_errors[i];
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, e->name);
+        lua_setfield(L, -2, "name");
+        lua_pushinteger(L, e->status);
+        lua_setfield(L, -2, "status");
+        lua_pushinteger(L, e->grpc);
+        lua_setfield(L, -2, "grpc");
+        lua_pushstring(L, e->message);
+        lua_setfield(L, -2, "message");
+        lua_setfield(L, -2, e->name);
+    }
+    lua_setfield(L, -2, "errors");
+}
+
 void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
 {
+    register_errors(L);
     static const luaL_Reg fns[] = {
         { "sleep", l_sleep },
         { "now", l_now },

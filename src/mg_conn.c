@@ -225,24 +225,21 @@ void mg_conn_response_done(mg_conn_t *c, int keepalive)
         process_input(c);
 }
 
+/* The message of a client error the parser or the limits chose the status of. */
 static const char *status_message(int status)
 {
     switch (status) {
-    case 404: return "no route matches the request";
-    case 405: return "method not allowed";
-    case 408: return "request timeout";
-    case 413: return "request body too large";
     case 414: return "request line or URI too long";
     case 417: return "expectation failed";
     case 431: return "request header fields too large";
     case 501: return "transfer coding not implemented";
     case 505: return "HTTP version not supported";
-    default: return "bad request";
+    default: return NULL; /* the kind's */
     }
 }
 
 /* Rejects the request in progress (or a new one) and closes if asked. */
-static void reject(mg_conn_t *c, mg_req_t *r, int status, const char *kind, int close)
+static void reject(mg_conn_t *c, mg_req_t *r, int status, const mg_error_t *kind, int close)
 {
     if (!r)
         r = mg_req_new(c);
@@ -299,7 +296,7 @@ static int read_head(mg_conn_t *c)
     disarm(c);
     if (rc < 0) {
         mg_log_info(NULL, "client %s: malformed request: %s", c->remote, parsed.error ? parsed.error : "?");
-        reject(c, NULL, mg_http1_error_status(rc), "protocol", 1);
+        reject(c, NULL, mg_http1_error_status(rc), MG_E(BAD_REQUEST), 1);
         return 0;
     }
     mg_req_t *r = mg_req_new(c);
@@ -310,7 +307,8 @@ static int read_head(mg_conn_t *c)
     int has_body = (parsed.flags & MG_HTTP1_F_CHUNKED) || parsed.content_length > 0;
     if (status) {
         /* the body was not read: the connection cannot be reused */
-        reject(c, r, status, status >= 500 ? "protocol" : NULL, has_body || status == 400);
+        reject(c, r, status, status == 404 ? MG_E(NO_ROUTE) : status == 405 ? MG_E(METHOD_NOT_ALLOWED) : MG_E(BAD_REQUEST),
+               has_body || status == 400);
         return c->state == MG_CONN_IDLE;
     }
     if (!has_body) {
@@ -321,7 +319,7 @@ static int read_head(mg_conn_t *c)
     c->max_body = r->route->max_body >= 0 ? r->route->max_body : (int64_t)cfg->max_body;
     c->body_total = 0;
     if (c->max_body && parsed.content_length > c->max_body) {
-        reject(c, r, 413, "body_too_large", 1);
+        reject(c, r, 413, MG_E(BODY_TOO_LARGE), 1);
         return 0;
     }
     if ((parsed.flags & MG_HTTP1_F_EXPECT_CONTINUE) && parsed.minor_version == 1)
@@ -403,10 +401,10 @@ static int read_body(mg_conn_t *c)
             if (c->max_body && c->body_total > c->max_body) {
                 if (r->resp_started) {
                     /* the upstream answered already: no clean answer is possible */
-                    r->error_kind = "body_too_large";
+                    r->error_kind = MG_E(BODY_TOO_LARGE);
                     mg_req_break(r);
                 } else {
-                    reject(c, r, 413, "body_too_large", 1); /* also cancels a proxied exchange */
+                    reject(c, r, 413, MG_E(BODY_TOO_LARGE), 1); /* also cancels a proxied exchange */
                 }
                 return 0;
             }
@@ -417,7 +415,7 @@ static int read_body(mg_conn_t *c)
                 return body_pause(c);
         } else if (rc == MG_CHUNKED_ERROR) {
             mg_log_info(r->trace_id, "client %s: bad chunked body: %s", c->remote, c->chunk.error);
-            reject(c, r, 400, "protocol", 1);
+            reject(c, r, 400, MG_E(BAD_REQUEST), 1);
             return 0;
         } else if (rc == MG_CHUNKED_DONE) {
             return body_complete(c);
@@ -536,10 +534,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     switch (c->state) {
     case MG_CONN_HEAD:
         mg_log_info(NULL, "client %s: request header timeout", c->remote);
-        reject(c, NULL, 408, "header_timeout", 1);
+        reject(c, NULL, 408, MG_E(HEADER_TIMEOUT), 1);
         break;
     case MG_CONN_BODY:
-        reject(c, c->req, 408, "body_timeout", 1);
+        reject(c, c->req, 408, MG_E(BODY_TIMEOUT), 1);
         break;
     case MG_CONN_IDLE:
     case MG_CONN_CLOSING:

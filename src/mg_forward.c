@@ -257,7 +257,7 @@ static void on_filter_done(mg_task_t *t, int status)
     if (bad) {
         mg_task_release(t, 0);
         mg_forward_cancel(r);
-        mg_req_error(r, 500, "lua_error", "internal server error", 1, NULL);
+        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 1, NULL);
         return;
     }
     struct evbuffer *out = mg_conn_output(r->conn);
@@ -430,7 +430,7 @@ static void on_chunk_done(mg_task_t *t, int status)
     if (status != 0) {
         mg_log_error(r->trace_id, "route %s: body_filter failed: %s", r->route->name, lua_tostring(t->co, -1));
         mg_task_release(t, 0);
-        r->error_kind = "lua_error";
+        r->error_kind = MG_E(LUA_ERROR);
         mg_forward_cancel(r);
         mg_req_break(r); /* the head went out: the body must not look complete */
         return;
@@ -477,7 +477,7 @@ static void on_whole_done(mg_task_t *t, int status)
     if (bad) {
         mg_log_error(r->trace_id, "route %s: response filters failed: %s", r->route->name, bad);
         mg_task_release(t, 0);
-        mg_req_error(r, 500, "lua_error", "internal server error", !r->body_complete, NULL);
+        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL);
         return;
     }
     size_t n;
@@ -543,7 +543,7 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
             mg_log_warn(r->trace_id, "route %s: upstream body over the %lld bytes a whole_body plugin may buffer",
                         r->route->name, (long long)r->route->chain_whole_body);
             mg_forward_cancel(r);
-            mg_req_error(r, 502, "body_too_large", "upstream response too large", !r->body_complete, NULL);
+            mg_req_error(r, 0, MG_E(RESPONSE_TOO_LARGE), NULL, !r->body_complete, NULL);
             return 1;
         }
         evbuffer_add(r->body, data ? data : "", data ? len : 0);
@@ -584,7 +584,7 @@ static void on_body_wanted(mg_proxy_t *p)
     mg_conn_resume_body(r->conn);
 }
 
-static void on_done(mg_proxy_t *p, const char *err)
+static void on_done(mg_proxy_t *p, const mg_error_t *err)
 {
     mg_req_t *r = p->owner;
     r->proxy_done = 1;
@@ -611,25 +611,16 @@ static void on_done(mg_proxy_t *p, const char *err)
         r->chunk_filtering = 0;
     }
     r->error_kind = err;
-    if (err != mg_err_no_target && err != mg_err_busy)
-        mg_log_warn(r->trace_id, "route %s: upstream %s: %s%s%s", r->route->name, p->up->name, err,
+    if (err != MG_E(NO_TARGET) && err != MG_E(BUSY))
+        mg_log_warn(r->trace_id, "route %s: upstream %s: %s%s%s", r->route->name, p->up->name, err->name,
                     p->target ? " from " : "", p->target ? p->target->text : "");
     if (r->resp_started) {
         /* part of the response is out: it must not look complete, so reset the connection */
         mg_req_break(r);
         return;
     }
-    char extra[192] = "";
-    const char *hdr = r->worker->cfg->error_header;
-    if (hdr)
-        snprintf(extra, sizeof(extra), "%s: %s\r\n", hdr, err);
-    int status = err == mg_err_busy ? p->busy_status : mg_proxy_error_status(err);
-    if (err == mg_err_busy)
-        snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), "Retry-After: 1\r\n");
-    const char *msg = err == mg_err_no_target ? "no healthy upstream target"
-                    : err == mg_err_busy ? "upstream busy"
-                    : status == 504 ? "upstream timed out" : "bad gateway";
-    mg_req_error(r, status, err, msg, !r->body_complete, extra[0] ? extra : NULL);
+    int busy = err == MG_E(BUSY);
+    mg_req_error(r, busy ? p->busy_status : 0, err, NULL, !r->body_complete, busy ? "Retry-After: 1\r\n" : NULL);
 }
 
 static const mg_proxy_ops_t forward_ops = {

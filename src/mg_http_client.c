@@ -14,7 +14,7 @@
  *   }
  *   -- res = { status = 200, headers = { ["content-type"] = ... }, body = "..." }
  *   -- err = an error kind: "refused", "reset", "connect_timeout", "read_timeout",
- *   --       "send_timeout", "protocol", "no_healthy_target", "timeout", "body_too_large",
+ *   --       "send_timeout", "protocol", "no_healthy_target", "timeout", "response_too_large",
  *   --       "tls_handshake", "tls_verify"
  */
 #include <lauxlib.h>
@@ -43,9 +43,6 @@ typedef struct subreq {
     int yielded;                   /* the caller waits in mg_wait_yield (else it returns at once) */
     mg_vm_t *vm;
 } subreq_t;
-
-static const char err_timeout[] = "timeout";
-static const char err_too_large[] = "body_too_large";
 
 static void subreq_free(subreq_t *sr)
 {
@@ -97,7 +94,7 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
     return 0;
 }
 
-static void finish(subreq_t *sr, const char *err)
+static void finish(subreq_t *sr, const mg_error_t *err)
 {
     lua_State *co = sr->wait.co;
     int n;
@@ -107,7 +104,7 @@ static void finish(subreq_t *sr, const char *err)
     }
     if (err) {
         lua_pushnil(co);
-        lua_pushstring(co, err);
+        lua_pushstring(co, err->name);
         n = 2;
     } else {
         lua_createtable(co, 0, 3);
@@ -150,14 +147,14 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
     subreq_t *sr = p->owner;
     if (evbuffer_get_length(sr->resp_body) + len > MAX_RESPONSE_BODY) {
         mg_proxy_cancel(p);
-        finish(sr, err_too_large);
+        finish(sr, MG_E(RESPONSE_TOO_LARGE));
         return 1;
     }
     evbuffer_add(sr->resp_body, data, len);
     return 0;
 }
 
-static void on_done(mg_proxy_t *p, const char *err)
+static void on_done(mg_proxy_t *p, const mg_error_t *err)
 {
     finish(p->owner, err);
 }
@@ -171,7 +168,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     subreq_t *sr = arg;
     sr->timer_set = 0;
     mg_proxy_cancel(&sr->proxy);
-    finish(sr, err_timeout);
+    finish(sr, MG_E(TIMEOUT));
 }
 
 /* The caller's task was cancelled (deadline, client gone): stop and free. */

@@ -7,9 +7,6 @@
 #include <stdio.h>
 
 static const double bounds[MG_METRICS_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5 };
-static const char *kinds[] = { "refused", "reset", "connect_timeout", "send_timeout", "read_timeout",
-                               "protocol", "no_healthy_target", "deadline", "busy", "client_abort",
-                               "lua_error", "body_too_large", NULL };
 
 void mg_text_add(mg_text_t *t, const char *fmt, ...)
 {
@@ -54,7 +51,7 @@ static void observe(mg_series_t *s, double seconds)
 }
 
 void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds,
-                       const char *upstream, double ttfb_s, const char *error)
+                       const char *upstream, double ttfb_s, const mg_error_t *error)
 {
     mg_series_t *r = series(m, route && *route ? route : "(none)", 0);
     int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
@@ -67,9 +64,7 @@ void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double se
     if (ttfb_s > 0)
         observe(u, ttfb_s);
     if (error)
-        for (int k = 0; kinds[k]; k++)
-            if (strcmp(kinds[k], error) == 0)
-                u->errors[k]++;
+        u->errors[error->id]++;
 }
 
 static void label(mg_text_t *o, const char *s)
@@ -122,12 +117,12 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
                 continue;
             }
             histogram(o, "moongate_upstream_ttfb_seconds", "upstream", s, worker);
-            for (int k = 0; kinds[k]; k++) {
+            for (int k = 0; k < MG_ERR__COUNT; k++) {
                 if (!s->errors[k])
                     continue;
                 mg_text_add(o, "moongate_upstream_errors_total{worker=\"%d\",upstream=\"", worker);
                 label(o, s->name);
-                mg_text_add(o, "\",kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)s->errors[k]);
+                mg_text_add(o, "\",kind=\"%s\"} %llu\n", mg_errors[k].name, (unsigned long long)s->errors[k]);
             }
         }
     }

@@ -8,6 +8,7 @@
 #define MG_METRICS_H
 
 #include "mg_core.h"
+#include "mg_error.h"
 
 #define MG_METRICS_BUCKETS 10
 
@@ -17,7 +18,7 @@ typedef struct mg_series {
     uint64_t by_class[6];                 /* 1xx..5xx, then other */
     uint64_t hist[MG_METRICS_BUCKETS + 1]; /* latency buckets, +Inf last */
     double sum_s;
-    uint64_t errors[16];                  /* by error kind (mg_metrics_kinds) */
+    uint64_t errors[MG_ERR__COUNT];       /* by error kind (mg_error.h) */
     struct mg_series *next;
 } mg_series_t;
 
@@ -27,7 +28,7 @@ typedef struct mg_metrics {
 
 /* Records one ended request. upstream, ttfb_s and error may be NULL/0. */
 void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds,
-                       const char *upstream, double ttfb_s, const char *error);
+                       const char *upstream, double ttfb_s, const mg_error_t *error);
 
 typedef struct mg_text {
     char *p;

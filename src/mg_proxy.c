@@ -17,36 +17,11 @@
 
 #include "mg_log.h"
 
-const char mg_err_refused[] = "refused";
-const char mg_err_reset[] = "reset";
-const char mg_err_connect_timeout[] = "connect_timeout";
-const char mg_err_send_timeout[] = "send_timeout";
-const char mg_err_read_timeout[] = "read_timeout";
-const char mg_err_protocol[] = "protocol";
-const char mg_err_no_target[] = "no_healthy_target";
-const char mg_err_deadline[] = "deadline";
-const char mg_err_client_abort[] = "client_abort";
-const char mg_err_busy[] = "busy";
-const char mg_err_tls_handshake[] = "tls_handshake";
-const char mg_err_tls_verify[] = "tls_verify";
-
 #define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
 #define IN_MAX (64 * 1024 + 32768)
 
 static const mg_http1_limits_t RESP_LIMITS = { .max_line = 8192, .max_head = 32768,
                                                .max_headers = MG_PROXY_MAX_HEADERS };
-
-int mg_proxy_error_status(const char *kind)
-{
-    if (kind == mg_err_busy)
-        return 429;
-    if (kind == mg_err_connect_timeout || kind == mg_err_send_timeout || kind == mg_err_read_timeout ||
-        kind == mg_err_deadline)
-        return 504;
-    if (kind == mg_err_no_target)
-        return 503;
-    return 502;
-}
 
 static void attempt(mg_proxy_t *p);
 static void on_event(mg_upconn_t *uc, int what);
@@ -66,7 +41,7 @@ static void drop_permit(mg_proxy_t *p)
     }
 }
 
-static void end(mg_proxy_t *p, const char *err)
+static void end(mg_proxy_t *p, const mg_error_t *err)
 {
     drop_permit(p);
     p->running = 0;
@@ -92,9 +67,9 @@ static void drop_conn(mg_proxy_t *p, int reusable)
         mg_upconn_close(uc);
 }
 
-static const char *errno_kind(int e)
+static const mg_error_t *errno_kind(int e)
 {
-    return e == ECONNREFUSED ? mg_err_refused : mg_err_reset;
+    return e == ECONNREFUSED ? MG_E(REFUSED) : MG_E(RESET);
 }
 
 /*
@@ -104,10 +79,10 @@ static const char *errno_kind(int e)
  * method, or the request never left (connect failed), or a pooled connection
  * that the upstream had closed before reading anything (stale: free retry).
  */
-static void fail(mg_proxy_t *p, const char *kind, int sent_nothing)
+static void fail(mg_proxy_t *p, const mg_error_t *kind, int sent_nothing)
 {
     mg_target_t *t = p->target;
-    int stale = p->uc && p->uc->reused && p->uc->in_len == 0 && kind == mg_err_reset && !p->stale_retried;
+    int stale = p->uc && p->uc->reused && p->uc->in_len == 0 && kind == MG_E(RESET) && !p->stale_retried;
     drop_conn(p, 0);
     if (!stale)
         mg_target_report(t, 0);
@@ -121,7 +96,7 @@ static void fail(mg_proxy_t *p, const char *kind, int sent_nothing)
             return;
         }
         if (p->attempts <= p->up->retries) {
-            mg_log_info(NULL, "upstream %s: %s from %s, retrying", p->up->name, kind, t->text);
+            mg_log_info(NULL, "upstream %s: %s from %s, retrying", p->up->name, kind->name, t->text);
             attempt(p);
             return;
         }
@@ -198,7 +173,7 @@ static void attempt(mg_proxy_t *p)
     else
         t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
     if (!t) {
-        end(p, mg_err_no_target);
+        end(p, MG_E(NO_TARGET));
         return;
     }
     p->target = t;
@@ -240,7 +215,7 @@ static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
     mg_sema_cancel(&p->waiter, 1);
     p->queued = 0;
     p->busy_status = p->up->busy_status;
-    end(p, mg_err_busy);
+    end(p, MG_E(BUSY));
 }
 
 void mg_proxy_start(mg_proxy_t *p)
@@ -260,7 +235,7 @@ void mg_proxy_start(mg_proxy_t *p)
     if (up->queue_max == 0 || !up->mailbox) {
         if (!mg_sema_try(up->sema, 1)) {
             mg_sema_count_rejected(up->sema);
-            end(p, mg_err_busy);
+            end(p, MG_E(BUSY));
             return;
         }
         p->permit = 1;
@@ -276,7 +251,7 @@ void mg_proxy_start(mg_proxy_t *p)
         p->permit = 1;
         attempt(p);
     } else if (rc == MG_DECLINED) {
-        end(p, mg_err_busy); /* the queue is full: at once, like reject */
+        end(p, MG_E(BUSY)); /* the queue is full: at once, like reject */
     } else {
         p->queued = 1;
         struct timeval tv = { up->queue_timeout_ms / 1000, (up->queue_timeout_ms % 1000) * 1000 };
@@ -302,14 +277,14 @@ static int deliver(mg_proxy_t *p)
             if (rc < 0) {
                 mg_log_warn(NULL, "upstream %s: malformed response from %s: %s", p->up->name,
                             p->target->text, p->resp.error ? p->resp.error : "?");
-                fail(p, mg_err_protocol, 0);
+                fail(p, MG_E(PROTOCOL), 0);
                 return 1;
             }
             uc->in_off += (size_t)rc;
             int status = p->resp.status;
             if (status >= 100 && status < 200) {
                 if (status == 101) {
-                    fail(p, mg_err_protocol, 0); /* upgrades are not proxied */
+                    fail(p, MG_E(PROTOCOL), 0); /* upgrades are not proxied */
                     return 1;
                 }
                 continue; /* interim response (100 Continue): the client got ours already */
@@ -367,7 +342,7 @@ static int deliver(mg_proxy_t *p)
             if (rc == MG_CHUNKED_ERROR) {
                 mg_log_warn(NULL, "upstream %s: bad chunked body from %s: %s", p->up->name, p->target->text,
                             p->chunk.error);
-                fail(p, mg_err_protocol, 0);
+                fail(p, MG_E(PROTOCOL), 0);
                 return 1;
             }
             if (rc == MG_CHUNKED_DATA) {
@@ -479,7 +454,7 @@ static void on_readable(mg_proxy_t *p)
             uc->in_cap = IN_MAX;
             uc->in = mg_realloc(uc->in, uc->in_cap);
         } else {
-            fail(p, mg_err_protocol, 0); /* a response head larger than we accept */
+            fail(p, MG_E(PROTOCOL), 0); /* a response head larger than we accept */
             return;
         }
     }
@@ -493,7 +468,7 @@ static void on_readable(mg_proxy_t *p)
             return;
         }
         if (uc->tls_rejected) {
-            fail(p, mg_err_tls_handshake, 1); /* the upstream did not take the request */
+            fail(p, MG_E(TLS_HANDSHAKE), 1); /* the upstream did not take the request */
             return;
         }
         /* EOF or RST before the response was complete */
@@ -525,7 +500,7 @@ static void handshake(mg_proxy_t *p)
         mg_upconn_timer(p->uc, 0);
         connected(p);
     } else if (rc < 0) {
-        fail(p, rc == MG_UC_TLS_UNTRUSTED ? mg_err_tls_verify : mg_err_tls_handshake, 1);
+        fail(p, rc == MG_UC_TLS_UNTRUSTED ? MG_E(TLS_VERIFY) : MG_E(TLS_HANDSHAKE), 1);
     }
 }
 
@@ -534,9 +509,9 @@ static void on_event(mg_upconn_t *uc, int what)
     mg_proxy_t *p = uc->owner;
     if (what == MG_UC_TIMER) {
         if (mg_upconn_ready(uc))
-            fail(p, mg_err_read_timeout, 0);
+            fail(p, MG_E(READ_TIMEOUT), 0);
         else
-            fail(p, mg_err_connect_timeout, 1);
+            fail(p, MG_E(CONNECT_TIMEOUT), 1);
         return;
     }
     if (!uc->connected) {
@@ -545,7 +520,7 @@ static void on_event(mg_upconn_t *uc, int what)
         getsockopt(uc->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
             mg_upconn_timer(uc, 0);
-            fail(p, err == ECONNREFUSED ? mg_err_refused : mg_err_reset, 1);
+            fail(p, err == ECONNREFUSED ? MG_E(REFUSED) : MG_E(RESET), 1);
             return;
         }
         uc->connected = 1;
@@ -560,7 +535,7 @@ static void on_event(mg_upconn_t *uc, int what)
     if (!mg_upconn_ready(uc))
         handshake(p);
     else if (what == MG_UC_SEND_TIMEOUT)
-        fail(p, mg_err_send_timeout, 0);
+        fail(p, MG_E(SEND_TIMEOUT), 0);
     else if (what == MG_UC_READ)
         on_readable(p);
     else

@@ -11,24 +11,17 @@
 #ifndef MG_PROXY_H
 #define MG_PROXY_H
 
+#include "mg_error.h"
 #include "mg_http1.h"
 #include "mg_upstream.h"
 
-extern const char mg_err_refused[];          /* connect refused: 502 */
-extern const char mg_err_reset[];            /* upstream closed/reset before the response was complete: 502 */
-extern const char mg_err_connect_timeout[];  /* 504 */
-extern const char mg_err_send_timeout[];     /* 504 */
-extern const char mg_err_read_timeout[];     /* no byte from the upstream for timeouts.read: 504 */
-extern const char mg_err_protocol[];         /* malformed upstream response: 502 */
-extern const char mg_err_no_target[];        /* "no_healthy_target": 503 */
-extern const char mg_err_deadline[];         /* the request's deadline: 504 */
-extern const char mg_err_client_abort[];     /* the client went away (logged as 499) */
-extern const char mg_err_tls_handshake[];     /* the upstream's TLS handshake failed: 502 */
-extern const char mg_err_tls_verify[];        /* the upstream's certificate is not trusted for its name: 502 */
-extern const char mg_err_busy[];             /* the upstream's max_concurrency: 429, or on_busy.status after queueing */
-
-/* The status a client gets for an error kind. */
-int mg_proxy_error_status(const char *kind);
+/*
+ * Error kinds (mg_error.h) an exchange ends with: refused, reset,
+ * connect_timeout, send_timeout, read_timeout (no byte for timeouts.read),
+ * protocol (a malformed response), tls_handshake, tls_verify,
+ * no_healthy_target, busy (max_concurrency; p->busy_status says which status),
+ * deadline and client_abort (set by the owner when it cancels).
+ */
 
 typedef struct mg_proxy mg_proxy_t;
 
@@ -55,7 +48,7 @@ typedef struct mg_proxy_ops {
     /* A streaming request body may be written now (again after a pause). May be NULL. */
     void (*on_body_wanted)(mg_proxy_t *p);
     /* The exchange ended: err is NULL on success or an error kind. No callback follows. */
-    void (*on_done)(mg_proxy_t *p, const char *err);
+    void (*on_done)(mg_proxy_t *p, const mg_error_t *err);
 } mg_proxy_ops_t;
 
 enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
@@ -93,7 +86,7 @@ struct mg_proxy {
     int running;
     int permit;                  /* holds one of the upstream's permits */
     int queued;                  /* waits in the upstream's queue */
-    int busy_status;             /* the status of an mg_err_busy */
+    int busy_status;             /* the status of a busy end */
     mg_sema_waiter_t waiter;
     struct event queue_timer;
     /* timings for the access log and metrics (µs since mg_proxy_start) */

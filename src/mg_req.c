@@ -168,7 +168,7 @@ static void req_end(mg_req_t *r)
     lua_State *Ls = r->gen->vm->L;
     mg_req_push_ctx(r);
     if (r->error_kind) {
-        lua_pushstring(Ls, r->error_kind);
+        lua_pushstring(Ls, r->error_kind->name);
         lua_setfield(Ls, -2, "error");
     }
     lua_getfield(Ls, -1, "response"); /* created on first use by the ctx metatable */
@@ -231,7 +231,7 @@ static void access_log(mg_req_t *r)
                      "\"duration_ms\":%.3f%s%s%s%s}\n",
                      ts, r->trace_id, r->remote[0] ? r->remote : "-", (int)r->method.n,
                      r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
-                     ms, up, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind : "",
+                     ms, up, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
                      r->error_kind ? "\"" : "");
     if (n > 0)
         mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -314,12 +314,16 @@ static void head_start(mg_req_t *r, struct evbuffer *out, int status, int ka, si
 
 static int body_allowed(int status) { return status >= 200 && status != 204 && status != 304; }
 
-void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message, int close,
+void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
                   const char *extra_headers)
 {
     struct evbuffer *out = mg_conn_output(r->conn);
     if (!r->trace_id[0])
         mg_worker_trace_id(r->worker, r->trace_id);
+    if (!status)
+        status = kind ? kind->status : 500;
+    if (!message)
+        message = kind ? kind->message : "error";
     char body[512];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"status\":%d,\"trace_id\":\"%s\"}\n",
                      message, status, r->trace_id);
@@ -328,6 +332,9 @@ void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message
     if (kind)
         r->error_kind = kind;
     head_start(r, out, status, ka, (size_t)n, 1, "application/json");
+    const char *hdr = r->worker->cfg->error_header;
+    if (hdr && r->error_kind)
+        evbuffer_add_printf(out, "%s: %s\r\n", hdr, r->error_kind->name);
     if (extra_headers)
         evbuffer_add(out, extra_headers, strlen(extra_headers));
     evbuffer_add(out, "\r\n", 2);
@@ -442,7 +449,7 @@ const char *mg_req_lua_headers(lua_State *co, int idx, struct evbuffer *out, int
 static void fail_500(mg_req_t *r, const char *why)
 {
     mg_log_error(r->trace_id, "route %s: %s", r->route ? r->route->name : "-", why);
-    mg_req_error(r, 500, "lua_error", "internal server error", 0, NULL);
+    mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL);
 }
 
 /*
@@ -544,7 +551,7 @@ static void on_handler_done(mg_task_t *t, int status)
         const char *tb = lua_tostring(t->co, -1);
         mg_log_error(r->trace_id, "route %s: handler failed: %s", r->route->name, tb ? tb : "?");
         mg_task_release(t, 0);
-        mg_req_error(r, 500, "lua_error", "internal server error", 0, NULL);
+        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL);
         return;
     }
     if (lua_type(t->co, 1) == LUA_TBOOLEAN && lua_toboolean(t->co, 1) && r->route->upstream) {
@@ -560,7 +567,7 @@ static void on_handler_done(mg_task_t *t, int status)
                 mg_log_error(r->trace_id, "route %s: the balancer phase chose '%s', not a target of upstream %s",
                              r->route->name, want, up->name);
                 mg_task_release(t, 1);
-                mg_req_error(r, 500, "lua_error", "internal server error", !r->body_complete, NULL);
+                mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL);
                 return;
             }
         }
@@ -583,17 +590,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     }
     mg_forward_cancel(r);
     mg_log_warn(r->trace_id, "route %s: request deadline exceeded", r->route ? r->route->name : "-");
-    r->error_kind = mg_err_deadline;
+    r->error_kind = MG_E(DEADLINE);
     if (r->resp_started) {
         mg_req_break(r);
         return;
     }
-    char extra[128];
-    const char *hdr = r->worker->cfg->error_header;
-    if (hdr)
-        snprintf(extra, sizeof(extra), "%s: deadline\r\n", hdr);
     /* a proxied body may still be arriving: then the connection cannot be reused */
-    mg_req_error(r, 504, mg_err_deadline, "deadline exceeded", !r->body_complete, hdr ? extra : NULL);
+    mg_req_error(r, 0, MG_E(DEADLINE), NULL, !r->body_complete, NULL);
 }
 
 int mg_req_streams_body(const mg_req_t *r) { return r->route && r->route->upstream; }
@@ -704,6 +707,6 @@ void mg_req_run(mg_req_t *r)
 void mg_req_abort(mg_req_t *r)
 {
     r->status = 499;
-    r->error_kind = mg_err_client_abort;
+    r->error_kind = MG_E(CLIENT_ABORT);
     req_end(r);
 }

@@ -76,7 +76,7 @@ struct mg_req {
     int tls;                      /* the client came over TLS */
 
     int status;
-    const char *error_kind;       /* "deadline", "lua_error", "client_abort", ... */
+    const mg_error_t *error_kind; /* how it failed (mg_error.h), or NULL */
     size_t bytes_out;
     uint64_t start_us;
     /* embedded (not in the arena) so it stays valid memory when a callback
@@ -145,11 +145,13 @@ void mg_req_push_ctx(mg_req_t *r);
 void mg_req_end_detached(mg_worker_t *w);
 
 /*
- * Answers with a JSON error {"error": ..., "status": ..., "trace_id": ...}
- * and ends the request. close forces Connection: close. Extra headers are a
- * preformatted "Name: value\r\n..." block or NULL.
+ * Answers with a JSON error {"error": message, "status": ..., "trace_id": ...}
+ * and ends the request. kind may be NULL; status 0 means the kind's status;
+ * message NULL means the kind's message. close forces Connection: close.
+ * Extra headers are a preformatted "Name: value\r\n..." block or NULL. With
+ * error_header configured, the kind's name goes in that header.
  */
-void mg_req_error(mg_req_t *r, int status, const char *kind, const char *message, int close,
+void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
                   const char *extra_headers);
 
 /* The client went away: cancel everything, log, release. */

@@ -131,7 +131,7 @@ describe("plugins", function()
     assert.equal(502, big.status)
     gw.sleep(0.05)
     local e = g:access_entries()
-    assert.equal("body_too_large", e[#e].error)
+    assert.equal("response_too_large", e[#e].error)
   end)
 
   it("turns a plugin error into a 500 with the trace id and keeps serving", function()
