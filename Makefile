@@ -10,10 +10,15 @@ FUZZ_SECONDS ?= 10
 FUZZ_LONG_SECONDS ?= 600
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-DEBIAN_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
-                  libpcre2-dev lua-cjson lua-busted libcmocka-dev clang wrk curl openssl
+# What building needs, and what the tests need on top (real peers: h2/h2c
+# clients, gRPC and WebSocket peers in Python, a Redis server).
+BUILD_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
+                 libpcre2-dev libnghttp2-dev libhiredis-dev lua-cjson
+TEST_PACKAGES  = lua-busted libcmocka-dev clang wrk curl openssl nghttp2-client python3 python3-h2 \
+                 python3-grpcio python3-websockets redis-server
+DEBIAN_PACKAGES = $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: all deps build run test test-c test-asan test-spec test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
+.PHONY: all deps check-deps build run test test-c test-asan test-spec test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
 
 all: build
 
@@ -33,22 +38,34 @@ deps:
 	    || { echo "apt-get install failed; install these by hand:$$missing"; exit 1; }; \
 	fi
 
-build: deps
+# `make build` installs nothing: it says what is missing (make run / make test install it).
+check-deps:
+	@missing=""; for p in $(BUILD_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Missing Debian packages:$$missing"; \
+	  echo "Install them with: apt-get install -y$$missing   (or run make run / make test, which do)"; exit 1; \
+	fi
+
+build: check-deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+run: deps
+	@$(MAKE) --no-print-directory build
 	$(BUILD)/gatewayd -c $(CONFIG)
 
 # C unit tests (release build), the same tests under ASan+UBSan, the busted
 # specs (unit + integration, inside gatewayd's runtime), and a short fuzz run.
-test: build test-c test-asan test-spec test-spec-asan fuzz-smoke
+test: deps
+	@$(MAKE) --no-print-directory build test-c test-asan test-spec test-spec-asan fuzz-smoke
 	@echo "make test: all suites passed"
 
 test-c: build
 	ctest --test-dir $(BUILD) --output-on-failure
 
-test-asan: deps
+test-asan: check-deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -64,7 +81,7 @@ test-spec-asan: build test-asan
 	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=8 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  GATEWAYD=$(CURDIR)/$(ASAN_BUILD)/gatewayd $(BUILD)/gatewayd --spec
 
-fuzz-build: deps
+fuzz-build: check-deps
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_FUZZ=ON -DMG_TESTS=OFF >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_request fuzz_response fuzz_chunked
 
