@@ -124,7 +124,10 @@ static int read_tls(lua_State *L, int t, mg_listen_addr_t *addr, unsigned lifeti
     return MG_OK;
 }
 
-/* A listen entry: "host:port", or { addr = "host:port", tls = {...} }. */
+/*
+ * A listen entry: "host:port", or { addr = "host:port", tls = {...}, http2 = bool }.
+ * HTTP/2 is on by default on TLS listeners (ALPN), off on cleartext ones.
+ */
 static int read_listen(lua_State *L, mg_listen_addr_t *addr, unsigned lifetime, char *err, size_t errlen)
 {
     if (!lua_istable(L, -1))
@@ -135,11 +138,16 @@ static int read_listen(lua_State *L, mg_listen_addr_t *addr, unsigned lifetime, 
     if (rc != MG_OK)
         return rc;
     lua_getfield(L, -1, "tls");
-    rc = read_tls(L, lua_gettop(L), addr, lifetime, err, errlen);
+    rc = lua_istable(L, -1) ? read_tls(L, lua_gettop(L), addr, lifetime, err, errlen) : MG_OK;
     lua_pop(L, 1);
-    if (rc != MG_OK)
+    if (rc != MG_OK) {
         mg_listen_addr_free(addr);
-    return rc;
+        return rc;
+    }
+    lua_getfield(L, -1, "http2");
+    addr->http2 = lua_isnil(L, -1) ? addr->tls != NULL : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return MG_OK;
 }
 
 /* tls_ticket_keys { "a.key", ..., where = "file:line" }: each file 80 bytes, as nginx's. */
@@ -211,6 +219,12 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
         snprintf(err, errlen, "%s: limits.max_headers is at most 1000", cfg->file);
         return MG_ERROR;
     }
+
+    lua_getfield(L, t, "http2");
+    int ht = lua_gettop(L);
+    cfg->h2_max_streams = get_ms(L, ht, "max_concurrent_streams", 128);
+    cfg->h2_window = get_ms(L, ht, "stream_window", 256 * 1024);
+    lua_pop(L, 1);
 
     lua_getfield(L, t, "timeouts");
     int tt = lua_gettop(L);

@@ -26,6 +26,7 @@ typedef struct mg_listen_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     SSL_CTX *tls;                  /* a TLS listener's context (mg_tls), or NULL */
+    int http2;                     /* HTTP/2: ALPN h2 on TLS, the h2c preface on cleartext */
 } mg_listen_addr_t;
 
 typedef struct mg_config {
@@ -39,6 +40,8 @@ typedef struct mg_config {
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
     uint32_t watchdog_ms;          /* a worker away from its loop this long is reported and fenced off */
     uint32_t tls_session_ms;       /* how long a TLS session may be resumed */
+    uint32_t h2_max_streams;       /* http2 { max_concurrent_streams }: per connection */
+    uint32_t h2_window;            /* http2 { stream_window }: request body bytes a stream may have in flight */
     unsigned char ticket_keys[MG_TLS_TICKET_KEYS_MAX][MG_TLS_TICKET_KEY_LEN]; /* tls_ticket_keys files; [0] encrypts */
     int nticket_keys;              /* 0: generated, rotated keys */
     char *access_log, *error_log;

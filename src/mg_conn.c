@@ -6,7 +6,9 @@
  * then costs one recv and one writev, with no FIONREAD ioctl and no epoll_ctl
  * churn, and the parser sees contiguous bytes without a pullup. The write
  * event is armed only when the kernel buffer is full; responses to pipelined
- * requests are flushed together at the end of the input pass.
+ * requests (and HTTP/2 frames of many streams) are flushed together at the
+ * end of the input pass. HTTP/2 uses the same I/O: nghttp2 is given the bytes
+ * read here and its frames are written from the same output buffer.
  */
 #define _GNU_SOURCE
 #include "mg_conn.h"
@@ -24,25 +26,22 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "mg_h1.h"
+#include "mg_h2.h"
 #include "mg_log.h"
-#include "mg_req.h"
 
 #define LINGER_MS 2000
 #define IN_INITIAL 4096
-#define OUTPUT_HIGH (1024 * 1024) /* stop taking pipelined requests while this much is unsent */
 
-static void process_input(mg_conn_t *c);
-static void flush(mg_conn_t *c);
-
-static void arm(mg_conn_t *c, uint32_t ms)
+void mg_conn_arm(mg_conn_t *c, uint32_t ms)
 {
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     evtimer_add(&c->timer, &tv);
 }
 
-static void disarm(mg_conn_t *c) { evtimer_del(&c->timer); }
+void mg_conn_disarm(mg_conn_t *c) { evtimer_del(&c->timer); }
 
-static void set_reading(mg_conn_t *c, int on)
+void mg_conn_set_reading(mg_conn_t *c, int on)
 {
     if (on && !c->reading) {
         event_add(&c->rev, NULL);
@@ -52,6 +51,13 @@ static void set_reading(mg_conn_t *c, int on)
         event_del(&c->rev);
     }
     c->reading = on ? 1 : 0;
+}
+
+void mg_conn_consume(mg_conn_t *c, size_t n)
+{
+    c->in_off += n;
+    if (c->in_off == c->in_len)
+        c->in_off = c->in_len = 0;
 }
 
 static void want_write(mg_conn_t *c)
@@ -101,6 +107,9 @@ static int tls_handshake(mg_conn_t *c)
     ssize_t n = tls_result(c, SSL_do_handshake(c->ssl));
     if (n > 0) {
         c->handshaking = 0;
+        /* ALPN decides the protocol; without it (or http/1.1) HTTP/1.1 stays */
+        if (c->http2 && mg_tls_alpn_is_h2(c->ssl) && mg_h2_start(c) != MG_OK)
+            return -1;
         return 1;
     }
     if (n < 0 && errno == EAGAIN)
@@ -109,19 +118,14 @@ static int tls_handshake(mg_conn_t *c)
     return -1;
 }
 
-struct evbuffer *mg_conn_output(mg_conn_t *c) { return c->out; }
-
 static void conn_free(mg_conn_t *c)
 {
     if (c->freed)
         return;
     mg_worker_t *w = c->worker;
-    if (c->req) {
-        mg_req_abort(c->req);
-        c->req = NULL;
-    }
     c->freed = 1;
-    disarm(c);
+    c->proto->closing(c);
+    mg_conn_disarm(c);
     event_del(&c->rev);
     event_del(&c->wev);
     if (c->ssl)
@@ -162,21 +166,24 @@ static void do_shutdown(mg_conn_t *c)
     if (c->ssl && !c->handshaking && SSL_shutdown(c->ssl) < 0)
         ERR_clear_error(); /* a stale error would be misread by the next SSL_get_error on this thread */
     shutdown(c->fd, SHUT_WR);
-    set_reading(c, 1);
-    arm(c, LINGER_MS);
+    mg_conn_set_reading(c, 1);
+    mg_conn_arm(c, LINGER_MS);
 }
 
-static void begin_close(mg_conn_t *c)
+void mg_conn_begin_close(mg_conn_t *c)
 {
-    c->state = MG_CONN_CLOSING;
-    disarm(c);
+    if (c->freed)
+        return;
+    c->closing = 1;
+    mg_conn_disarm(c);
     if (!c->processing)
-        flush(c); /* calls do_shutdown once the output is out */
+        mg_conn_flush(c); /* calls do_shutdown once the output is out */
 }
 
-/* Writes what the kernel takes; arms the write event for the rest. */
-static void flush(mg_conn_t *c)
+void mg_conn_flush(mg_conn_t *c)
 {
+    if (c->freed)
+        return;
     while (evbuffer_get_length(c->out) > 0) {
         int n = conn_send(c);
         if (n > 0)
@@ -190,276 +197,19 @@ static void flush(mg_conn_t *c)
         conn_free(c); /* the client is gone (EPIPE, ECONNRESET) */
         return;
     }
-    if (c->state == MG_CONN_CLOSING)
+    if (c->closing)
         do_shutdown(c);
-    else if (c->req)
-        mg_req_output_drained(c->req); /* a paused upstream may go on */
-}
-
-void mg_conn_flush(mg_conn_t *c)
-{
-    if (!c->freed)
-        flush(c);
+    else
+        c->proto->drained(c); /* e.g. a paused upstream may go on */
 }
 
 void mg_conn_reset(mg_conn_t *c)
 {
+    if (c->freed)
+        return;
     struct linger lg = { 1, 0 };
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     conn_free(c);
-}
-
-void mg_conn_response_done(mg_conn_t *c, int keepalive)
-{
-    c->req = NULL;
-    if (!keepalive) {
-        begin_close(c);
-        return;
-    }
-    c->state = MG_CONN_IDLE;
-    arm(c, c->worker->cfg->keepalive_timeout_ms);
-    if (c->processing)
-        return; /* process_input goes on with pipelined requests and flushes at its end */
-    flush(c);
-    if (!c->freed && c->state == MG_CONN_IDLE)
-        process_input(c);
-}
-
-/* The message of a client error the parser or the limits chose the status of. */
-static const char *status_message(int status)
-{
-    switch (status) {
-    case 414: return "request line or URI too long";
-    case 417: return "expectation failed";
-    case 431: return "request header fields too large";
-    case 501: return "transfer coding not implemented";
-    case 505: return "HTTP version not supported";
-    default: return NULL; /* the kind's */
-    }
-}
-
-/* Rejects the request in progress (or a new one) and closes if asked. */
-static void reject(mg_conn_t *c, mg_req_t *r, int status, const mg_error_t *kind, int close)
-{
-    if (!r)
-        r = mg_req_new(c);
-    c->req = NULL;
-    char allow[160] = "";
-    if (status == 405) {
-        char m[128];
-        mg_methods_format(r->match.allow, m, sizeof(m));
-        snprintf(allow, sizeof(allow), "Allow: %s\r\n", m);
-    }
-    mg_req_error(r, status, kind, status_message(status), close, status == 405 ? allow : NULL);
-}
-
-static void consume(mg_conn_t *c, size_t n)
-{
-    c->in_off += n;
-    if (c->in_off == c->in_len)
-        c->in_off = c->in_len = 0;
-}
-
-/* Returns 1 when the state changed and the loop should go on. */
-static int read_head(mg_conn_t *c)
-{
-    mg_worker_t *w = c->worker;
-    const mg_config_t *cfg = w->cfg;
-    size_t len = c->in_len - c->in_off;
-    if (len == 0)
-        return 0;
-    if (c->state == MG_CONN_IDLE) {
-        c->state = MG_CONN_HEAD;
-        c->scanned = 0;
-        arm(c, cfg->header_timeout_ms); /* total, not per read: a slowloris cannot extend it */
-    }
-    const char *p = c->in + c->in_off;
-    size_t want = len < cfg->limits.max_head + 1 ? len : cfg->limits.max_head + 1;
-    size_t from = c->scanned > 3 ? c->scanned - 3 : 0;
-    if (!memmem(p + from, want - from, "\r\n\r\n", 4)) {
-        /* not complete yet: parse only when a limit may already be exceeded */
-        int overlong = want > cfg->limits.max_head ||
-                       (want > cfg->limits.max_line && !memchr(p, '\n', cfg->limits.max_line));
-        /* the first bytes are parsed once: garbage (a TLS hello on a plain
-         * port) is refused at once instead of after the header timeout */
-        if (!overlong && c->scanned > 0) {
-            c->scanned = want;
-            return 0;
-        }
-    }
-    mg_http1_request_t parsed = { .headers = w->hdr_scratch };
-    int rc = mg_http1_parse_request(p, want, &parsed, &cfg->limits);
-    if (rc == MG_HTTP1_AGAIN) {
-        c->scanned = want;
-        return 0;
-    }
-    disarm(c);
-    if (rc < 0) {
-        mg_log_info(NULL, "client %s: malformed request: %s", c->remote, parsed.error ? parsed.error : "?");
-        reject(c, NULL, mg_http1_error_status(rc), MG_E(BAD_REQUEST), 1);
-        return 0;
-    }
-    mg_req_t *r = mg_req_new(c);
-    c->req = r;
-    int status = mg_req_set_head(r, p, (size_t)rc, &parsed);
-    consume(c, (size_t)rc);
-    c->scanned = 0;
-    int has_body = (parsed.flags & MG_HTTP1_F_CHUNKED) || parsed.content_length > 0;
-    if (status) {
-        /* the body was not read: the connection cannot be reused */
-        reject(c, r, status, status == 404 ? MG_E(NO_ROUTE) : status == 405 ? MG_E(METHOD_NOT_ALLOWED) : MG_E(BAD_REQUEST),
-               has_body || status == 400);
-        return c->state == MG_CONN_IDLE;
-    }
-    if (!has_body) {
-        c->state = MG_CONN_HANDLER;
-        mg_req_run(r);
-        return c->state == MG_CONN_IDLE;
-    }
-    c->max_body = r->route->max_body >= 0 ? r->route->max_body : (int64_t)cfg->max_body;
-    c->body_total = 0;
-    if (c->max_body && parsed.content_length > c->max_body) {
-        reject(c, r, 413, MG_E(BODY_TOO_LARGE), 1);
-        return 0;
-    }
-    if ((parsed.flags & MG_HTTP1_F_EXPECT_CONTINUE) && parsed.minor_version == 1)
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    c->chunked = (parsed.flags & MG_HTTP1_F_CHUNKED) != 0;
-    c->body_left = parsed.content_length;
-    c->body_paused = 0;
-    mg_chunked_init(&c->chunk);
-    c->state = MG_CONN_BODY;
-    arm(c, cfg->body_timeout_ms);
-    if (mg_req_streams_body(r)) {
-        /* a proxy route starts now; its body streams to the upstream as it arrives */
-        mg_req_run(r);
-        if (c->req != r)
-            return c->state == MG_CONN_IDLE; /* answered already (e.g. no healthy target) */
-    }
-    return 1;
-}
-
-static int body_complete(mg_conn_t *c)
-{
-    disarm(c);
-    c->state = MG_CONN_HANDLER;
-    mg_req_body_end(c->req);
-    return c->state == MG_CONN_IDLE;
-}
-
-/* The body's consumer is full: stop reading until mg_conn_resume_body. */
-static int body_pause(mg_conn_t *c)
-{
-    c->body_paused = 1;
-    set_reading(c, 0);
-    disarm(c); /* not the client's fault: no body timeout while we hold it back */
-    return 0;
-}
-
-void mg_conn_resume_body(mg_conn_t *c)
-{
-    if (c->freed || c->state != MG_CONN_BODY || !c->body_paused)
-        return;
-    c->body_paused = 0;
-    set_reading(c, 1);
-    arm(c, c->worker->cfg->body_timeout_ms);
-    if (!c->processing)
-        process_input(c);
-}
-
-static int read_body(mg_conn_t *c)
-{
-    const mg_config_t *cfg = c->worker->cfg;
-    mg_req_t *r = c->req;
-    size_t len = c->in_len - c->in_off;
-    if (len == 0)
-        return 0;
-    if (!mg_req_body_ready(r))
-        return body_pause(c);
-    arm(c, cfg->body_timeout_ms); /* an idle timeout: a slow upload that progresses is fine */
-    const char *p = c->in + c->in_off;
-    if (!c->chunked) {
-        size_t n = (int64_t)len < c->body_left ? len : (size_t)c->body_left;
-        consume(c, n);
-        c->body_left -= (int64_t)n;
-        mg_req_body_data(r, p, n);
-        if (c->req != r)
-            return 0; /* the request ended meanwhile (upstream error) */
-        return c->body_left > 0 ? 0 : body_complete(c);
-    }
-    size_t left = len;
-    for (;;) {
-        size_t used;
-        const char *data;
-        size_t dlen;
-        int rc = mg_chunked_decode(&c->chunk, p, left, &used, &data, &dlen);
-        p += used;
-        left -= used;
-        consume(c, used);
-        if (rc == MG_CHUNKED_DATA) {
-            c->body_total += (int64_t)dlen;
-            if (c->max_body && c->body_total > c->max_body) {
-                if (r->resp_started) {
-                    /* the upstream answered already: no clean answer is possible */
-                    r->error_kind = MG_E(BODY_TOO_LARGE);
-                    mg_req_break(r);
-                } else {
-                    reject(c, r, 413, MG_E(BODY_TOO_LARGE), 1); /* also cancels a proxied exchange */
-                }
-                return 0;
-            }
-            mg_req_body_data(r, data, dlen);
-            if (c->req != r)
-                return 0;
-            if (!mg_req_body_ready(r))
-                return body_pause(c);
-        } else if (rc == MG_CHUNKED_ERROR) {
-            mg_log_info(r->trace_id, "client %s: bad chunked body: %s", c->remote, c->chunk.error);
-            reject(c, r, 400, MG_E(BAD_REQUEST), 1);
-            return 0;
-        } else if (rc == MG_CHUNKED_DONE) {
-            return body_complete(c);
-        } else {
-            return 0;
-        }
-    }
-}
-
-static void process_input(mg_conn_t *c)
-{
-    c->processing = 1;
-    for (;;) {
-        int more = 0;
-        if (c->state == MG_CONN_IDLE || c->state == MG_CONN_HEAD) {
-            if (evbuffer_get_length(c->out) > OUTPUT_HIGH)
-                break; /* the client is not reading its responses: wait for the output to drain */
-            more = read_head(c);
-        } else if (c->state == MG_CONN_BODY) {
-            more = read_body(c);
-        }
-        if (!more || c->freed)
-            break;
-    }
-    c->processing = 0;
-    if (c->freed)
-        return;
-    flush(c);
-    /* input was consumed: reading may resume if it stopped on a full buffer */
-    if (!c->freed && !c->reading && c->state != MG_CONN_CLOSING &&
-        c->in_len - c->in_off < c->worker->cfg->limits.max_head + 65536)
-        set_reading(c, 1);
-}
-
-/* The peer closed its side (or reset). */
-static void on_eof(mg_conn_t *c)
-{
-    if (c->state == MG_CONN_IDLE && evbuffer_get_length(c->out) > 0) {
-        /* the client half-closed after its last request: deliver the response, then close */
-        set_reading(c, 0);
-        begin_close(c);
-        return;
-    }
-    conn_free(c); /* a request in progress is aborted */
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -469,40 +219,39 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         int rc = tls_handshake(c);
         if (rc < 0)
             conn_free(c);
-        if (rc <= 0)
+        if (rc <= 0 || c->freed)
             return;
     }
-    if (c->state == MG_CONN_CLOSING) {
+    if (c->closing) {
         char sink[4096];
         ssize_t n = conn_recv(c, sink, sizeof(sink));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
             conn_free(c);
         return;
     }
-    size_t max = c->worker->cfg->limits.max_head + 65536;
     if (c->in_off > 0 && c->in_len == c->in_cap) {
         memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
         c->in_len -= c->in_off;
         c->in_off = 0;
     }
     if (c->in_len == c->in_cap) {
-        if (c->in_cap >= max) {
-            set_reading(c, 0); /* bounded input: the rest waits in the kernel */
+        if (c->in_cap >= c->in_max) {
+            mg_conn_set_reading(c, 0); /* bounded input: the rest waits in the kernel */
             return;
         }
-        c->in_cap = c->in_cap * 2 < max ? c->in_cap * 2 : max;
+        c->in_cap = c->in_cap * 2 < c->in_max ? c->in_cap * 2 : c->in_max;
         c->in = mg_realloc(c->in, c->in_cap);
     }
     ssize_t n = conn_recv(c, c->in + c->in_len, c->in_cap - c->in_len);
     if (n > 0) {
         c->in_len += (size_t)n;
         if (!c->processing)
-            process_input(c);
+            c->proto->input(c);
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
-    on_eof(c);
+    c->proto->eof(c);
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -519,36 +268,22 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
             conn_free(c);
         return; /* a finished handshake goes on when the request arrives */
     }
-    flush(c);
-    if (c->freed || c->writing)
-        return;
-    if (c->state == MG_CONN_IDLE && !c->processing) {
-        set_reading(c, 1);
-        process_input(c); /* pipelined requests waited for the output to drain */
-    }
+    mg_conn_flush(c);
+    if (!c->freed && !c->writing && !c->closing)
+        c->proto->writable(c);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_t *c = arg;
-    switch (c->state) {
-    case MG_CONN_HEAD:
-        mg_log_info(NULL, "client %s: request header timeout", c->remote);
-        reject(c, NULL, 408, MG_E(HEADER_TIMEOUT), 1);
-        break;
-    case MG_CONN_BODY:
-        reject(c, c->req, 408, MG_E(BODY_TIMEOUT), 1);
-        break;
-    case MG_CONN_IDLE:
-    case MG_CONN_CLOSING:
-        conn_free(c);
-        break;
-    case MG_CONN_HANDLER:
-        break; /* the request's own deadline governs */
+    if (c->closing) {
+        conn_free(c); /* the lingering close is over */
+        return;
     }
+    c->proto->timeout(c);
 }
 
-void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen, SSL_CTX *tls)
+void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int salen, SSL_CTX *tls, int http2)
 {
     SSL *ssl = NULL;
     if (tls && (!(ssl = SSL_new(tls)) || SSL_set_fd(ssl, fd) != 1)) {
@@ -561,6 +296,7 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
     mg_conn_t *c = mg_calloc(1, sizeof(*c));
     c->worker = w;
     c->fd = fd;
+    c->http2 = http2 ? 1 : 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -583,26 +319,22 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
     evtimer_assign(&c->timer, w->base, on_timer, c);
     if (ssl) {
         SSL_set_accept_state(ssl);
+        if (http2)
+            mg_tls_offer_h2(ssl);
         c->ssl = ssl;
         c->handshaking = 1;
     }
-    set_reading(c, 1);
-    c->state = MG_CONN_IDLE;
-    arm(c, w->cfg->header_timeout_ms); /* also bounds the TLS handshake */
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    mg_h1_start(c); /* HTTP/1.1 until ALPN or the client preface says h2; its header timer bounds the handshake */
+    mg_conn_set_reading(c, 1);
 }
 
 void mg_conn_drain(mg_conn_t *c)
 {
     c->close_after = 1;
-    if (c->state == MG_CONN_IDLE) {
-        if (evbuffer_get_length(c->out) > 0)
-            begin_close(c);
-        else
-            conn_free(c);
-    }
+    c->proto->drain(c);
 }

@@ -24,7 +24,7 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_TARGET: s = r->target; break;
     case MG_FFI_HOST: s = r->host; break;
     case MG_FFI_REMOTE: s = (mg_str_t){ r->remote, strlen(r->remote) }; break;
-    case MG_FFI_VERSION: s = r->minor_version ? MG_STR("1.1") : MG_STR("1.0"); break;
+    case MG_FFI_VERSION: s = !r->minor_version ? MG_STR("1.0") : cstr(r->wire->version); break;
     case MG_FFI_SCHEME: s = r->tls ? MG_STR("https") : MG_STR("http"); break;
     case MG_FFI_TLS_VERSION: s = cstr(mg_tls_version(ssl)); break;
     case MG_FFI_TLS_CIPHER: s = cstr(mg_tls_cipher(ssl)); break;

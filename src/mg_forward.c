@@ -16,36 +16,6 @@
 
 #define CLIENT_OUT_HIGH (256 * 1024) /* response bytes queued for a slow client before the upstream is paused */
 
-static int hop_by_hop(const mg_header_t *h)
-{
-    static const char *names[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                   "transfer-encoding", "upgrade", "content-length" };
-    for (size_t i = 0; i < mg_countof(names); i++)
-        if (mg_http1_name_is(h, names[i], strlen(names[i])))
-            return 1;
-    return 0;
-}
-
-/* Is h named in one of the Connection fields of hs[0..n)? (RFC 9110 §7.6.1) */
-static int named_by_connection(const mg_header_t *hs, size_t n, const mg_header_t *h)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (!mg_http1_name_is(&hs[i], "connection", 10))
-            continue;
-        const char *p = hs[i].value, *end = p + hs[i].value_len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if (p > s && (size_t)(p - s) == h->name_len && strncasecmp(s, h->name, h->name_len) == 0)
-                return 1;
-        }
-    }
-    return 0;
-}
-
 static void add_header(struct evbuffer *out, const char *name, const char *value, size_t vlen)
 {
     mg_req_header_line(out, name, strlen(name), value, vlen);
@@ -120,7 +90,7 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     const mg_header_t *xff = NULL, *xfp = NULL, *xfh = NULL;
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
-        if (hop_by_hop(h) || named_by_connection(r->headers, r->nheaders, h))
+        if (mg_resp_hop_by_hop(h) || mg_resp_named_by_connection(r->headers, r->nheaders, h))
             continue;
         if (overrides) {
             push_lower_name(L, h);
@@ -186,51 +156,62 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     evbuffer_add(out, "\r\n", 2);
 }
 
-/* The part of the client head after the headers: framing, X-Request-ID, Connection. */
-static void finish_head(mg_req_t *r, struct evbuffer *out)
+
+/* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */
+static int relayed(const mg_http1_response_t *u, const mg_header_t *h)
 {
-    char line[64];
-    if (r->resp_cl >= 0 && r->resp_framing != -1 && r->resp_framing != MG_BODY_CHUNKED) {
-        int n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)r->resp_cl);
-        evbuffer_add(out, line, (size_t)n);
-    }
-    if (r->resp_framing == MG_BODY_CHUNKED)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
-    if (!r->resp_keepalive)
-        evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (r->minor_version == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+    return !mg_resp_hop_by_hop(h) && !mg_resp_named_by_connection(u->headers, u->num_headers, h) &&
+           !mg_http1_name_is(h, "x-request-id", 12);
 }
 
-static void status_line(struct evbuffer *out, int status, const char *reason, size_t reason_len)
-{
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
-    evbuffer_add(out, line, (size_t)n);
-    if (reason_len)
-        evbuffer_add(out, reason, reason_len);
-    else
-        evbuffer_add(out, "Status", 6);
-    evbuffer_add(out, "\r\n", 2);
-}
-
-/* Headers plugins set on ctx.response before the response existed (e.g. in access). */
-static void add_preset_headers(mg_req_t *r, struct evbuffer *out)
+/* The upstream's status and fields merged into ctx.response (Lua sees the fields as the upstream spelled them). */
+static void merge_into_ctx(mg_req_t *r, const mg_http1_response_t *u)
 {
     lua_State *L = r->gen->vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->gen->vm->ctx_mt_ref);
+    lua_getfield(L, -1, "merge_response");
+    lua_remove(L, -2);
     mg_req_push_ctx(r);
-    lua_pushliteral(L, "response");
-    lua_rawget(L, -2);
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "headers");
-        int ct;
-        if (lua_istable(L, -1) && mg_req_lua_headers(L, lua_gettop(L), NULL, &ct) == NULL)
-            mg_req_lua_headers(L, lua_gettop(L), out, &ct);
-        lua_pop(L, 1);
+    lua_pushinteger(L, u->status);
+    lua_createtable(L, (int)u->num_headers * 2, 0);
+    int k = 0;
+    for (size_t i = 0; i < u->num_headers; i++) {
+        const mg_header_t *h = &u->headers[i];
+        if (!relayed(u, h))
+            continue;
+        lua_pushlstring(L, h->name, h->name_len);
+        lua_rawseti(L, -2, ++k);
+        lua_pushlstring(L, h->value, h->value_len);
+        lua_rawseti(L, -2, ++k);
     }
-    lua_pop(L, 2);
+    lua_call(L, 3, 0);
+}
+
+/* A head from a filter's results on co: status at 1, headers at hidx. NULL, or why it is refused. */
+static const char *filtered_head(mg_req_t *r, lua_State *co, int hidx, int64_t content_length)
+{
+    int code = (int)lua_tointeger(co, 1);
+    if (!lua_isnumber(co, 1) || code < 200 || code > 999)
+        return "a filter set an invalid status (want an integer 200..999)";
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, code);
+    if (code == r->upstream_status && r->upstream_reason) {
+        resp->reason = r->upstream_reason;
+        resp->reason_len = strlen(r->upstream_reason);
+    }
+    const char *bad = lua_istable(co, hidx) ? mg_resp_add_lua(resp, co, hidx, 0) : NULL;
+    if (bad)
+        return bad;
+    resp->content_length = mg_resp_body_allowed(code) ? content_length : -1;
+    return NULL;
+}
+
+static void filter_failed(mg_req_t *r, mg_task_t *t, const char *phase, const char *why)
+{
+    mg_log_error(r->trace_id, "route %s: %s failed: %s", r->route->name, phase, why);
+    mg_task_release(t, 0);
+    mg_forward_cancel(r);
+    mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL, 0);
 }
 
 static void on_filter_done(mg_task_t *t, int status)
@@ -239,35 +220,12 @@ static void on_filter_done(mg_task_t *t, int status)
     r->task_running = 0;
     r->head_filtering = 0;
     lua_State *co = t->co;
-    const char *bad = NULL;
-    int code = 0;
-    if (status != 0) {
-        mg_log_error(r->trace_id, "route %s: header_filter failed: %s", r->route->name, lua_tostring(co, -1));
-        bad = "header_filter failed";
-    } else {
-        code = (int)lua_tointeger(co, 1);
-        int ct;
-        if (code < 200 || code > 999)
-            bad = "header_filter set an invalid status";
-        else if (lua_istable(co, 2))
-            bad = mg_req_lua_headers(co, 2, NULL, &ct);
-        if (bad)
-            mg_log_error(r->trace_id, "route %s: %s", r->route->name, bad);
-    }
+    const char *bad = status != 0 ? lua_tostring(co, -1) : filtered_head(r, co, 2, r->upstream_cl);
     if (bad) {
-        mg_task_release(t, 0);
-        mg_forward_cancel(r);
-        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 1, NULL);
+        filter_failed(r, t, "header_filter", bad);
         return;
     }
-    struct evbuffer *out = mg_conn_output(r->conn);
-    r->status = code;
-    r->resp_started = 1;
-    status_line(out, code, NULL, 0);
-    int ct;
-    if (lua_istable(co, 2))
-        mg_req_lua_headers(co, 2, out, &ct);
-    finish_head(r, out);
+    mg_req_send_head(r, &r->resp); /* while the filter's results (the values) are on co */
     mg_task_release(t, 1);
     if (r->filter_paused) {
         r->filter_paused = 0;
@@ -275,152 +233,90 @@ static void on_filter_done(mg_task_t *t, int status)
     }
 }
 
-/* Pushes the upstream's end-to-end headers as a Lua table with lowercase names. */
-static void push_headers(lua_State *L, const mg_http1_response_t *resp)
-{
-    lua_createtable(L, 0, (int)resp->num_headers);
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        const mg_header_t *h = &resp->headers[i];
-        if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
-            mg_http1_name_is(h, "x-request-id", 12))
-            continue;
-        push_lower_name(L, h);
-        lua_pushlstring(L, h->value, h->value_len);
-        lua_rawset(L, -3);
-    }
-}
-
-/* whole_body: ctx.response gets the upstream's status and headers; the head is written later. */
-static void keep_head(mg_req_t *r, const mg_http1_response_t *resp)
-{
-    lua_State *L = r->gen->vm->L;
-    mg_req_push_ctx(r);
-    lua_getfield(L, -1, "response");
-    lua_pushinteger(L, resp->status);
-    lua_setfield(L, -2, "status");
-    lua_getfield(L, -1, "headers");
-    int preset = lua_gettop(L);
-    push_headers(L, resp);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) { /* the upstream's headers, unless a plugin preset one */
-        lua_pushvalue(L, -2);
-        lua_rawget(L, preset);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushvalue(L, -2);
-            lua_insert(L, -2);
-            lua_rawset(L, preset);
-        } else {
-            lua_pop(L, 2);
-        }
-    }
-    lua_pop(L, 4);
-}
-
 /* Runs the header_filter plugins over the upstream's head (they may yield). Returns 1 to pause. */
-static int filter_head(mg_req_t *r, const mg_http1_response_t *resp)
+static int filter_head(mg_req_t *r, const mg_http1_response_t *u)
 {
     mg_vm_t *vm = r->gen->vm;
     lua_State *L = vm->L;
+    merge_into_ctx(r, u);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_filter_ref);
     mg_req_push_ctx(r);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
-    lua_pushinteger(L, resp->status);
-    push_headers(L, resp);
     r->head_filtering = 1;
     r->task.trace_id = r->trace_id;
     r->task.holds = &r->holds;
     r->task_running = 1;
-    mg_task_start(&r->task, vm, 4, on_filter_done, r);
+    mg_task_start(&r->task, vm, 2, on_filter_done, r);
     if (!r->head_filtering)
         return 0; /* finished without yielding: the head is written */
     r->filter_paused = 1;
     return 1;
 }
 
-static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
+static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
 {
     mg_req_t *r = p->owner;
-    r->status = resp->status;
-    /* how the body reaches the client */
-    if (p->framing == MG_BODY_CHUNKED && r->minor_version == 1)
-        r->resp_framing = MG_BODY_CHUNKED;
-    else if (p->framing == MG_BODY_CHUNKED || p->framing == -1)
-        r->resp_framing = -1; /* close-delimited */
-    else
-        r->resp_framing = p->framing;
-    r->resp_cl = resp->status != 204 && resp->status >= 200 ? resp->content_length : -1;
-    if (r->route->chain_body_filters && r->ctx_ref != LUA_NOREF && p->framing != MG_BODY_NONE) {
-        /* body_filter may change the length: re-frame as chunked (close-delimited for HTTP/1.0) */
-        r->body_filtering = 1;
-        r->resp_framing = r->minor_version == 1 ? MG_BODY_CHUNKED : -1;
-        r->resp_cl = -1;
-    }
-    r->resp_keepalive = mg_req_keepalive(r) && r->resp_framing != -1;
-    if (r->route->chain_whole_body && r->ctx_ref != LUA_NOREF && p->framing != MG_BODY_NONE) {
+    r->status = r->upstream_status = u->status;
+    r->upstream_reason = u->reason_len ? mg_pool_strndup(&r->pool, u->reason, u->reason_len) : NULL;
+    int has_body = p->framing != MG_BODY_NONE;
+    int with_ctx = r->ctx_ref != LUA_NOREF;
+    /* the length the client is told: the upstream's, unless a filter may change the body */
+    r->upstream_cl = mg_resp_body_allowed(u->status) ? u->content_length : -1;
+    if (r->route->chain_whole_body && with_ctx && has_body) {
         /* keep the head (in ctx.response) until the whole body is here */
         r->whole_body = 1;
-        r->body_filtering = 0;
-        r->resp_keepalive = mg_req_keepalive(r);
-        keep_head(r, resp);
+        merge_into_ctx(r, u);
         return 0;
     }
-    if (r->route->chain_filters && r->ctx_ref != LUA_NOREF)
-        return filter_head(r, resp);
-    r->resp_started = 1;
-    struct evbuffer *out = mg_conn_output(r->conn);
-    status_line(out, resp->status, resp->reason, resp->reason_len);
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        const mg_header_t *h = &resp->headers[i];
-        if (hop_by_hop(h) || named_by_connection(resp->headers, resp->num_headers, h) ||
-            mg_http1_name_is(h, "x-request-id", 12))
-            continue;
-        mg_req_header_line(out, h->name, h->name_len, h->value, h->value_len);
+    if (r->route->chain_body_filters && with_ctx && has_body) {
+        r->body_filtering = 1; /* body_filter may change the length: streamed (chunked on HTTP/1.1) */
+        r->upstream_cl = -1;
     }
-    if (r->ctx_ref != LUA_NOREF)
-        add_preset_headers(r, out);
-    finish_head(r, out);
-    /* not flushed here: the body usually arrived with the head, one writev sends both */
+    if (r->route->chain_filters && with_ctx)
+        return filter_head(r, u);
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, u->status);
+    resp->reason = u->reason;
+    resp->reason_len = u->reason_len;
+    for (size_t i = 0; i < u->num_headers; i++)
+        if (relayed(u, &u->headers[i]))
+            mg_resp_add(resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
+                        u->headers[i].value_len);
+    mg_req_add_defaults(r, resp);
+    resp->content_length = r->upstream_cl;
+    mg_req_send_head(r, resp);
+    /* not flushed here: the body usually arrived with the head, one write sends both */
     return 0;
 }
 
 static struct evbuffer *body_sink(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
-    /* unframed bytes can go to the client as they are unless we re-chunk or filter them */
-    return r->resp_framing == MG_BODY_CHUNKED || r->body_filtering || r->whole_body ? NULL
-                                                                                    : mg_conn_output(r->conn);
-}
-
-static void write_chunk(mg_req_t *r, const char *data, size_t len)
-{
-    struct evbuffer *out = mg_conn_output(r->conn);
-    if (len == 0)
-        return; /* an empty chunk would end a chunked body */
-    if (r->resp_framing == MG_BODY_CHUNKED) {
-        char size[24];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-        evbuffer_add(out, size, (size_t)n);
-        evbuffer_add(out, data, len);
-        evbuffer_add(out, "\r\n", 2);
-    } else {
-        evbuffer_add(out, data, len);
-    }
-    r->bytes_out += len;
+    /* body bytes can go to the client as they are unless we filter them or the wire frames them */
+    return r->body_filtering || r->whole_body ? NULL : mg_req_body_sink(r);
 }
 
 static void finish_response(mg_req_t *r)
 {
-    if (r->resp_framing == MG_BODY_CHUNKED)
-        evbuffer_add(mg_conn_output(r->conn), "0\r\n\r\n", 5);
-    /* a request body the upstream did not wait for is still on the wire: close */
-    mg_req_finish(r, r->resp_keepalive && r->body_complete);
+    mg_req_finish(r, r->trailers, r->ntrailers);
 }
 
 static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof);
-static void run_whole_filter(mg_req_t *r);
 
-static int body_allowed_status(int status) { return status >= 200 && status != 204 && status != 304; }
+/* The client's output is over the high mark: flush, and pause the upstream if it stays there. Returns 1 when paused or gone. */
+static int throttle(mg_req_t *r)
+{
+    if (mg_req_output_pending(r) <= CLIENT_OUT_HIGH)
+        return 0;
+    mg_req_flush(r);
+    if (r->proxy_done)
+        return 1; /* the client went away during the flush */
+    if (mg_req_output_pending(r) > CLIENT_OUT_HIGH) {
+        r->proxy_paused = 1; /* mg_forward_output_drained resumes */
+        return 1;
+    }
+    return 0;
+}
 
 static void on_chunk_done(mg_task_t *t, int status)
 {
@@ -437,7 +333,8 @@ static void on_chunk_done(mg_task_t *t, int status)
     }
     size_t n;
     const char *out = lua_tolstring(t->co, 1, &n);
-    write_chunk(r, out ? out : "", out ? n : 0);
+    if (out && n)
+        mg_req_send_body(r, out, n);
     mg_task_release(t, 1);
     if (r->chunk_eof) {
         finish_response(r);
@@ -450,17 +347,8 @@ static void on_chunk_done(mg_task_t *t, int status)
     }
     if (r->filter_paused) {
         r->filter_paused = 0;
-        struct evbuffer *queued = mg_conn_output(r->conn);
-        if (evbuffer_get_length(queued) > CLIENT_OUT_HIGH) {
-            mg_conn_flush(r->conn);
-            if (r->proxy_done)
-                return; /* the client went away */
-            if (evbuffer_get_length(queued) > CLIENT_OUT_HIGH) {
-                r->proxy_paused = 1; /* a slow client: mg_forward_output_drained resumes */
-                return;
-            }
-        }
-        mg_proxy_resume(r->proxy);
+        if (!throttle(r))
+            mg_proxy_resume(r->proxy);
     }
 }
 
@@ -469,33 +357,20 @@ static void on_whole_done(mg_task_t *t, int status)
     mg_req_t *r = t->owner;
     r->task_running = 0;
     lua_State *co = t->co;
-    int code = status == 0 ? (int)lua_tointeger(co, 1) : 0;
-    int ct;
-    const char *bad = status != 0 ? lua_tostring(co, -1)
-                    : code < 200 || code > 999 ? "a filter set an invalid status"
-                    : lua_istable(co, 2) ? mg_req_lua_headers(co, 2, NULL, &ct) : NULL;
+    size_t n = 0;
+    const char *body = status == 0 ? lua_tolstring(co, 3, &n) : NULL;
+    const char *bad = status != 0 ? lua_tostring(co, -1) : filtered_head(r, co, 2, (int64_t)n);
     if (bad) {
         mg_log_error(r->trace_id, "route %s: response filters failed: %s", r->route->name, bad);
         mg_task_release(t, 0);
-        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL);
+        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL, 0);
         return;
     }
-    size_t n;
-    const char *body = lua_tolstring(co, 3, &n);
-    struct evbuffer *out = mg_conn_output(r->conn);
-    r->status = code;
-    r->resp_started = 1;
-    r->resp_framing = MG_BODY_LENGTH;
-    r->resp_cl = body_allowed_status(code) ? (int64_t)n : -1;
-    status_line(out, code, NULL, 0);
-    if (lua_istable(co, 2))
-        mg_req_lua_headers(co, 2, out, &ct);
-    finish_head(r, out);
-    if (body && n && body_allowed_status(code) && !r->proxy->head_request)
-        evbuffer_add(out, body, n);
-    r->bytes_out = n;
+    mg_req_send_head(r, &r->resp);
+    if (body && n && mg_resp_body_allowed(r->resp.status))
+        mg_req_send_body(r, body, n);
     mg_task_release(t, 1);
-    mg_req_finish(r, r->resp_keepalive && r->body_complete);
+    finish_response(r);
 }
 
 /* whole_body: header_filter and body_filter over the buffered response, in a task. */
@@ -536,14 +411,13 @@ static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof)
 static int on_body(mg_proxy_t *p, const char *data, size_t len)
 {
     mg_req_t *r = p->owner;
-    struct evbuffer *out = mg_conn_output(r->conn);
     if (r->whole_body) {
         size_t have = evbuffer_get_length(r->body);
         if ((int64_t)(have + len) > r->route->chain_whole_body) {
             mg_log_warn(r->trace_id, "route %s: upstream body over the %lld bytes a whole_body plugin may buffer",
                         r->route->name, (long long)r->route->chain_whole_body);
             mg_forward_cancel(r);
-            mg_req_error(r, 0, MG_E(RESPONSE_TOO_LARGE), NULL, !r->body_complete, NULL);
+            mg_req_error(r, 0, MG_E(RESPONSE_TOO_LARGE), NULL, !r->body_complete, NULL, 0);
             return 1;
         }
         evbuffer_add(r->body, data ? data : "", data ? len : 0);
@@ -556,32 +430,24 @@ static int on_body(mg_proxy_t *p, const char *data, size_t len)
             return 1;
         }
     } else if (data) {
-        write_chunk(r, data, len);
+        mg_req_send_body(r, data, len);
     } else {
-        r->bytes_out += len; /* already read into out by the proxy (body_sink) */
+        mg_req_body_added(r, len); /* already read into the sink by the proxy */
     }
-    if (evbuffer_get_length(out) <= CLIENT_OUT_HIGH)
-        return 0; /* on_wait flushes once this read is delivered */
-    mg_conn_flush(r->conn);
-    if (!p->running)
-        return 1; /* the client went away during the flush */
-    if (evbuffer_get_length(out) > CLIENT_OUT_HIGH) {
-        r->proxy_paused = 1; /* mg_forward_output_drained resumes */
-        return 1;
-    }
-    return 0;
+    /* under the mark, on_wait flushes once this read is delivered */
+    return throttle(r) || !p->running;
 }
 
 static void on_wait(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
-    mg_conn_flush(r->conn);
+    mg_req_flush(r);
 }
 
 static void on_body_wanted(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
-    mg_conn_resume_body(r->conn);
+    r->wire->resume_body(r);
 }
 
 static void on_done(mg_proxy_t *p, const mg_error_t *err)
@@ -619,8 +485,9 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
         mg_req_break(r);
         return;
     }
+    static const mg_header_t retry_after = { "Retry-After", 11, "1", 1 };
     int busy = err == MG_E(BUSY);
-    mg_req_error(r, busy ? p->busy_status : 0, err, NULL, !r->body_complete, busy ? "Retry-After: 1\r\n" : NULL);
+    mg_req_error(r, busy ? p->busy_status : 0, err, NULL, !r->body_complete, busy ? &retry_after : NULL, busy);
 }
 
 static const mg_proxy_ops_t forward_ops = {

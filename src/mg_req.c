@@ -9,45 +9,7 @@
 #include "mg_forward.h"
 #include "mg_log.h"
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Status";
-    }
-}
-
-mg_req_t *mg_req_new(mg_conn_t *c)
+mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
 {
     mg_worker_t *w = c->worker;
     mg_req_t *r = w->free_reqs;
@@ -64,6 +26,8 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     r->trace_id[0] = '\0';
     mg_pool_init(&r->pool);
     r->conn = c;
+    r->wire = wire;
+    r->stream = stream;
     memcpy(r->remote, c->remote, sizeof(r->remote));
     r->tls = c->ssl != NULL;
     r->worker = w;
@@ -74,6 +38,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     r->task.co_ref = LUA_NOREF;
     r->start_us = mg_now_us();
     r->content_length = -1;
+    mg_resp_init(&r->resp, &r->pool, 200);
     return r;
 }
 
@@ -177,6 +142,7 @@ static void req_end(mg_req_t *r)
     lua_pop(Ls, 2);
     req_quiesce(r);
     r->conn = NULL;
+    r->stream = NULL;
     r->detached = 1;
     r->next_detached = r->worker->detached;
     r->worker->detached = r;
@@ -237,149 +203,102 @@ static void access_log(mg_req_t *r)
         mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-int mg_req_keepalive(const mg_req_t *r)
+/* ---- the one response writer ---- */
+
+void mg_req_send_head(mg_req_t *r, const mg_resp_t *resp)
 {
-    /* an unread request body is still on the wire: the connection cannot be reused */
-    if (r->conn->close_after || (r->flags & MG_HTTP1_F_CONN_CLOSE) || !r->body_complete)
-        return 0;
-    return r->minor_version == 1 || (r->flags & MG_HTTP1_F_CONN_KEEPALIVE);
+    r->resp_started = 1;
+    r->status = resp->status;
+    r->wire->head(r, resp);
 }
 
-void mg_req_finish(mg_req_t *r, int ka)
+void mg_req_send_interim(mg_req_t *r, const mg_resp_t *resp) { r->wire->interim(r, resp); }
+
+void mg_req_send_body(mg_req_t *r, const char *data, size_t len)
 {
-    mg_conn_t *c = r->conn;
+    r->wire->body(r, data, len);
+    r->bytes_out += len;
+}
+
+struct evbuffer *mg_req_body_sink(mg_req_t *r) { return r->wire->body_sink(r); }
+
+void mg_req_body_added(mg_req_t *r, size_t len)
+{
+    r->wire->body_added(r, len);
+    r->bytes_out += len;
+}
+
+size_t mg_req_output_pending(mg_req_t *r) { return r->wire->pending(r); }
+
+void mg_req_flush(mg_req_t *r) { r->wire->flush(r); }
+
+void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers)
+{
+    const mg_wire_t *wire = r->wire;
+    void *conn = r->conn, *stream = r->stream;
+    wire->end(r, trailers, ntrailers);
+    int how = r->close ? MG_WIRE_CLOSE : MG_WIRE_KEEP;
     req_end(r);
-    mg_conn_response_done(c, ka);
+    wire->done(conn, stream, how); /* r is gone */
 }
 
-/*
- * Writes status line and the headers every response carries. `extra` is a
- * preformatted header block; the caller adds its own headers, then the blank
- * line and the body.
- */
-static char *put(char *p, const char *s, size_t n)
+void mg_req_break(mg_req_t *r)
 {
-    memcpy(p, s, n);
-    return p + n;
+    const mg_wire_t *wire = r->wire;
+    void *conn = r->conn, *stream = r->stream;
+    req_end(r);
+    wire->done(conn, stream, MG_WIRE_RESET);
 }
-
-#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
-
-static char *put_uint(char *p, size_t v)
-{
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
-/*
- * Writes the status line and the headers every response carries (no
- * printf: this runs once per response). The caller adds its own headers,
- * then the blank line and the body.
- */
-static void head_start(mg_req_t *r, struct evbuffer *out, int status, int ka, size_t body_len,
-                       int with_length, const char *content_type)
-{
-    char buf[512];
-    char *p = PUT_LIT(buf, "HTTP/1.1 ");
-    p = put_uint(p, (size_t)status);
-    *p++ = ' ';
-    const char *why = reason(status);
-    p = put(p, why, strlen(why));
-    p = PUT_LIT(p, "\r\nDate: ");
-    p = put(p, mg_worker_date(r->worker), 29);
-    if (with_length) {
-        p = PUT_LIT(p, "\r\nContent-Length: ");
-        p = put_uint(p, body_len);
-    }
-    p = PUT_LIT(p, "\r\nX-Request-ID: ");
-    p = put(p, r->trace_id, strlen(r->trace_id));
-    if (!ka)
-        p = PUT_LIT(p, "\r\nConnection: close");
-    else if (r->minor_version == 0)
-        p = PUT_LIT(p, "\r\nConnection: keep-alive");
-    if (content_type) {
-        p = PUT_LIT(p, "\r\nContent-Type: ");
-        p = put(p, content_type, strlen(content_type));
-    }
-    p = PUT_LIT(p, "\r\n");
-    evbuffer_add(out, buf, (size_t)(p - buf));
-}
-
-static int body_allowed(int status) { return status >= 200 && status != 204 && status != 304; }
 
 void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
-                  const char *extra_headers)
+                  const mg_header_t *extra, size_t nextra)
 {
-    struct evbuffer *out = mg_conn_output(r->conn);
     if (!r->trace_id[0])
         mg_worker_trace_id(r->worker, r->trace_id);
     if (!status)
         status = kind ? kind->status : 500;
     if (!message)
         message = kind ? kind->message : "error";
+    if (kind)
+        r->error_kind = kind;
+    if (close)
+        r->close = 1;
     char body[512];
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"status\":%d,\"trace_id\":\"%s\"}\n",
                      message, status, r->trace_id);
-    int ka = !close && mg_req_keepalive(r);
-    r->status = status;
-    if (kind)
-        r->error_kind = kind;
-    head_start(r, out, status, ka, (size_t)n, 1, "application/json");
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, status);
+    mg_resp_add(resp, "Content-Type", 12, "application/json", 16);
     const char *hdr = r->worker->cfg->error_header;
     if (hdr && r->error_kind)
-        evbuffer_add_printf(out, "%s: %s\r\n", hdr, r->error_kind->name);
-    if (extra_headers)
-        evbuffer_add(out, extra_headers, strlen(extra_headers));
-    evbuffer_add(out, "\r\n", 2);
-    if (!r->method.p || r->method_bit != MG_M_HEAD)
-        evbuffer_add(out, body, (size_t)n);
-    r->bytes_out = (size_t)n;
-    mg_req_finish(r, ka);
+        mg_resp_add(resp, hdr, strlen(hdr), r->error_kind->name, strlen(r->error_kind->name));
+    for (size_t i = 0; i < nextra; i++)
+        mg_resp_add(resp, extra[i].name, extra[i].name_len, extra[i].value, extra[i].value_len);
+    resp->content_length = n;
+    mg_req_send_head(r, resp);
+    mg_req_send_body(r, body, (size_t)n);
+    mg_req_finish(r, NULL, 0);
 }
 
-/* ---- running the handler ---- */
-
-static int valid_header_name(const char *s, size_t n)
+void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp)
 {
-    static const char ok[] = "!#$%&'*+-.^_`|~";
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || strchr(ok, c)))
-            return 0;
+    if (r->ctx_ref == LUA_NOREF)
+        return;
+    lua_State *L = r->gen->vm->L;
+    mg_req_push_ctx(r);
+    lua_pushliteral(L, "response");
+    lua_rawget(L, -2);
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "headers");
+        const char *bad = lua_istable(L, -1) ? mg_resp_add_lua(resp, L, -1, 1) : NULL;
+        if (bad)
+            mg_log_error(r->trace_id, "route %s: ctx.response.headers: %s (none of them sent)", r->route->name, bad);
+        lua_pop(L, 1);
     }
-    return 1;
+    lua_pop(L, 2);
 }
 
-static int valid_header_value(const char *s, size_t n)
-{
-    /* no CR, LF or NUL: a handler must not be able to inject headers or split the response */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return 0;
-    }
-    return 1;
-}
-
-static int framing_header(const char *s, size_t n)
-{
-    static const char *names[] = { "content-length", "transfer-encoding", "connection", "date", "x-request-id" };
-    for (size_t k = 0; k < mg_countof(names); k++) {
-        mg_header_t h = { s, n, NULL, 0 };
-        if (mg_http1_name_is(&h, names[k], strlen(names[k])))
-            return 1;
-    }
-    return 0;
-}
+/* ---- headers Lua sets on upstream requests (gw.http.request, set_header) ---- */
 
 void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
 {
@@ -391,65 +310,19 @@ void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const
 
 const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
 {
-    if (!valid_header_name(name, nl))
+    if (!mg_resp_valid_name(name, nl))
         return "invalid header name";
-    if (!valid_header_value(value, vl))
+    if (!mg_resp_valid_value(value, vl))
         return "header value contains CR, LF or another control character";
-    if (out && !framing_header(name, nl)) /* framing is the gateway's, not Lua's */
+    if (out && !mg_resp_framing_field(name, nl)) /* framing is the gateway's, not Lua's */
         mg_req_header_line(out, name, nl, value, vl);
-    return NULL;
-}
-
-/*
- * Validates the handler's headers table (at idx on co) and, when out is not
- * NULL, appends it. Returns an error message or NULL.
- */
-const char *mg_req_lua_headers(lua_State *co, int idx, struct evbuffer *out, int *has_ct)
-{
-    lua_pushnil(co);
-    while (lua_next(co, idx)) {
-        size_t nl, vl;
-        if (lua_type(co, -2) != LUA_TSTRING) {
-            lua_pop(co, 2);
-            return "response header names must be strings";
-        }
-        const char *name = lua_tolstring(co, -2, &nl);
-        if (!valid_header_name(name, nl)) {
-            lua_pop(co, 2);
-            return "invalid response header name";
-        }
-        mg_header_t h = { name, nl, NULL, 0 };
-        if (mg_http1_name_is(&h, "content-type", 12))
-            *has_ct = 1;
-        int skip = framing_header(name, nl); /* framing is the gateway's, not the handler's */
-        int n = lua_istable(co, -1) ? (int)lua_objlen(co, -1) : 1;
-        for (int i = 1; i <= n; i++) {
-            if (lua_istable(co, -1))
-                lua_rawgeti(co, -1, i);
-            else
-                lua_pushvalue(co, -1);
-            if (lua_type(co, -1) != LUA_TSTRING && lua_type(co, -1) != LUA_TNUMBER) {
-                lua_pop(co, 3);
-                return "response header values must be strings or numbers";
-            }
-            const char *v = lua_tolstring(co, -1, &vl);
-            if (!valid_header_value(v, vl)) {
-                lua_pop(co, 3);
-                return "response header value contains CR, LF or another control character";
-            }
-            if (!skip && out)
-                mg_req_header_line(out, name, nl, v, vl);
-            lua_pop(co, 1);
-        }
-        lua_pop(co, 1);
-    }
     return NULL;
 }
 
 static void fail_500(mg_req_t *r, const char *why)
 {
     mg_log_error(r->trace_id, "route %s: %s", r->route ? r->route->name : "-", why);
-    mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL);
+    mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL, 0);
 }
 
 /*
@@ -519,28 +392,22 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     }
     size_t blen;
     const char *body = lua_tolstring(co, 2, &blen);
-    if (!body_allowed(status))
-        blen = 0;
-
-    /* headers are checked first: a bad header must not leave a half-written response */
-    int has_ct = 0;
-    const char *bad = lua_istable(co, 3) ? mg_req_lua_headers(co, 3, NULL, &has_ct) : NULL;
+    int with_body = mg_resp_body_allowed(status);
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, status);
+    const char *bad = lua_istable(co, 3) ? mg_resp_add_lua(resp, co, 3, 0) : NULL;
     if (bad) {
         fail_500(r, bad);
         return;
     }
-    int ka = mg_req_keepalive(r);
-    struct evbuffer *out = mg_conn_output(r->conn);
-    r->status = status;
-    head_start(r, out, status, ka, blen, body_allowed(status),
-               !has_ct && body_allowed(status) ? ctype : NULL);
-    if (lua_istable(co, 3))
-        mg_req_lua_headers(co, 3, out, &has_ct);
-    evbuffer_add(out, "\r\n", 2);
-    if (r->method_bit != MG_M_HEAD && blen)
-        evbuffer_add(out, body, blen);
-    r->bytes_out = blen;
-    mg_req_finish(r, ka);
+    mg_req_add_defaults(r, resp); /* a no-op when the handler returned ctx.response.headers itself */
+    if (with_body && ctype && !resp->has_ctype)
+        mg_resp_add(resp, "Content-Type", 12, ctype, strlen(ctype));
+    resp->content_length = with_body ? (int64_t)blen : -1;
+    mg_req_send_head(r, resp);
+    if (with_body)
+        mg_req_send_body(r, body, blen);
+    mg_req_finish(r, NULL, 0);
 }
 
 static void on_handler_done(mg_task_t *t, int status)
@@ -551,7 +418,7 @@ static void on_handler_done(mg_task_t *t, int status)
         const char *tb = lua_tostring(t->co, -1);
         mg_log_error(r->trace_id, "route %s: handler failed: %s", r->route->name, tb ? tb : "?");
         mg_task_release(t, 0);
-        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL);
+        mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL, 0);
         return;
     }
     if (lua_type(t->co, 1) == LUA_TBOOLEAN && lua_toboolean(t->co, 1) && r->route->upstream) {
@@ -567,7 +434,7 @@ static void on_handler_done(mg_task_t *t, int status)
                 mg_log_error(r->trace_id, "route %s: the balancer phase chose '%s', not a target of upstream %s",
                              r->route->name, want, up->name);
                 mg_task_release(t, 1);
-                mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL);
+                mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL, 0);
                 return;
             }
         }
@@ -596,7 +463,22 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         return;
     }
     /* a proxied body may still be arriving: then the connection cannot be reused */
-    mg_req_error(r, 0, MG_E(DEADLINE), NULL, !r->body_complete, NULL);
+    mg_req_error(r, 0, MG_E(DEADLINE), NULL, !r->body_complete, NULL, 0);
+}
+
+/*
+ * The deadline runs from routing, on every route: reading the body counts
+ * against it (a body trickled in cannot hold a request past its timeout).
+ */
+void mg_req_start_deadline(mg_req_t *r)
+{
+    const mg_route_t *route = r->route;
+    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    r->deadline_us = mg_now_us() + (uint64_t)ms * 1000;
+    evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
+    evtimer_add(&r->deadline, &tv);
+    r->deadline_set = 1;
 }
 
 int mg_req_streams_body(const mg_req_t *r) { return r->route && r->route->upstream; }
@@ -605,7 +487,7 @@ int mg_req_body_ready(mg_req_t *r)
 {
     if (!mg_req_streams_body(r))
         return 1;
-    /* while access plugins run, the body waits (mg_conn_resume_body follows) */
+    /* while access plugins run, the body waits (the wire's resume_body follows) */
     return r->proxy ? mg_forward_body_ready(r) : 0;
 }
 
@@ -630,14 +512,6 @@ void mg_req_body_end(mg_req_t *r)
 void mg_req_output_drained(mg_req_t *r)
 {
     mg_forward_output_drained(r);
-}
-
-void mg_req_break(mg_req_t *r)
-{
-    mg_conn_t *c = r->conn;
-    req_end(r);
-    c->req = NULL;
-    mg_conn_reset(c);
 }
 
 void mg_req_push_ctx(mg_req_t *r)
@@ -674,11 +548,6 @@ void mg_req_run(mg_req_t *r)
     mg_vm_t *vm = r->gen->vm;
     lua_State *L = vm->L;
     const mg_route_t *route = r->route;
-    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
-    evtimer_add(&r->deadline, &tv);
-    r->deadline_set = 1;
     int nargs = 1;
     if (route->chain_ref != LUA_NOREF) {
         /* plugins.run(ctx, chain, handler): rewrite, access, handler (or proxy), filters */

@@ -2,13 +2,28 @@
  * mg_req — a request: its arena, the parsed head (copied once into the arena
  * so it outlives the input buffer), the decoded path and routing result, the
  * body, the Lua task that runs the handler, the deadline, the response and
- * the access-log line.
+ * the access-log line. It knows nothing of the wire: it came on an HTTP/1.1
+ * connection or an HTTP/2 stream, and talks to it only through r->wire
+ * (mg_wire.h), writing every response through mg_req_send_head.
  *
- * Ownership: the connection creates a request (mg_req_new) and hands it over
- * to mg_req_* calls; the request ends in exactly one place, req_finish, which
- * releases everything it holds (coroutine, ctx, timers, arena) and tells the
- * connection via mg_conn_response_done. mg_req_abort is the client-gone path
- * and releases the same things without writing a response.
+ * Lifetime rules:
+ * - The wire creates a request (mg_req_new) for each request it reads and
+ *   hands it over: from then on the request owns itself and ends in exactly
+ *   one way, through mg_req_finish (the response is complete), mg_req_error
+ *   (the gateway's own error response), mg_req_break (the response was cut
+ *   short) or mg_req_abort (the client went away; called by the wire).
+ * - `r` is invalid once one of those returns: its teardown (access log,
+ *   metrics, timers, the upstream exchange, the Lua task and what it holds,
+ *   the ctx reference, the arena) has run, or, when the route has log
+ *   plugins, runs when the log phase ends; the object is recycled. A caller
+ *   that may have ended the request (any mg_req_*, mg_forward_*, mg_proxy_*
+ *   call that can complete a response) must not touch `r` afterwards unless
+ *   it checks first that the request it holds is still the wire's (as mg_h1
+ *   does with c->req).
+ * - Lua's ctx outlives the request only as a dead handle: ctx._r becomes
+ *   false at teardown, and every ctx accessor raises then.
+ * - Borrowed: r->headers, method, target, path, query and host point into the
+ *   arena and are valid until teardown.
  */
 #ifndef MG_REQ_H
 #define MG_REQ_H
@@ -18,12 +33,17 @@
 #include "mg_conn.h"
 #include "mg_pool.h"
 #include "mg_proxy.h"
+#include "mg_resp.h"
+#include "mg_wire.h"
 #include <lua.h>
+
 
 #define MG_REQ_MAX_HEADERS 1000
 
 struct mg_req {
-    mg_conn_t *conn;
+    mg_conn_t *conn;              /* the transport (its TLS state, its worker); NULL once detached */
+    const mg_wire_t *wire;        /* how responses are written to it */
+    void *stream;                 /* the HTTP/2 stream (mg_h2), or NULL */
     mg_worker_t *worker;
     mg_gen_t *gen;
     struct mg_req *next_free;
@@ -32,7 +52,7 @@ struct mg_req {
     mg_str_t method, target, path, query, host;
     mg_header_t *headers;
     size_t nheaders;
-    int minor_version;
+    int minor_version;            /* 0 or 1 (HTTP/2 requests: 1) */
     unsigned flags;               /* MG_HTTP1_F_* */
     int64_t content_length;
     unsigned method_bit;
@@ -53,15 +73,20 @@ struct mg_req {
     int ctx_ref;
     struct event deadline;
     int deadline_set;
+    uint64_t deadline_us;         /* when it passes (monotonic µs), from routing */
 
     /* proxy routes (mg_forward) */
     mg_proxy_t *proxy;            /* &proxy_store while forwarding */
     int proxy_done;               /* the exchange ended (or was cancelled): no more proxy calls */
     int proxy_paused;             /* the upstream is paused until the client reads */
     int resp_started;             /* the response head went out: errors can no longer be reported */
-    int resp_framing;             /* MG_BODY_* towards the client, -1 close-delimited */
-    int resp_keepalive;
-    int64_t resp_cl;              /* the upstream's Content-Length, -1 when none */
+    int close;                    /* nothing more after this request on its connection (body not read) */
+    mg_resp_t resp;               /* the head being built (mg_req_send_head sends it) */
+    int upstream_status;          /* a proxied response: the upstream's status, reason and length */
+    char *upstream_reason;
+    int64_t upstream_cl;
+    mg_header_t *trailers;        /* the upstream's trailers (arena), for clients that take them */
+    size_t ntrailers;
     int head_filtering;           /* header_filter plugins run over the upstream's head */
     int filter_paused;            /* the upstream waits for them */
     int body_filtering;           /* proxied body chunks go through body_filter plugins */
@@ -90,16 +115,25 @@ struct mg_req {
     mg_pool_t pool;
 };
 
-/* A fresh request for connection c (from the worker's free list). */
-mg_req_t *mg_req_new(mg_conn_t *c);
+/* A fresh request on connection c, written to through wire (stream: the wire's, or NULL). */
+mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream);
 
 /*
- * Takes the parsed head (pointing into the connection's input buffer) and
- * copies it into the request. Decodes and validates the path and routes it.
- * Returns 0 when the request may proceed (read its body, then mg_req_run), or
- * the status of the error response the connection should send.
+ * HTTP/1.1: takes the parsed head (pointing into the connection's input
+ * buffer) and copies it into the request, then mg_req_route. Returns 0 when
+ * the request may proceed (read its body, then mg_req_run), or the status of
+ * the error response the wire should send (404, 405, 400, 414).
  */
 int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_http1_request_t *p);
+/*
+ * The same for a head whose pointers already live in the request's arena
+ * (HTTP/2 copies each field as nghttp2 hands it over): trace id, target and
+ * host, path decoding, routing.
+ */
+int mg_req_route(mg_req_t *r, const mg_http1_request_t *p);
+
+/* Arms the request's deadline (mg_req_route does, once routed). */
+void mg_req_start_deadline(mg_req_t *r);
 
 /*
  * Runs the route: a Lua handler (after the body is complete), or a proxy
@@ -109,26 +143,41 @@ void mg_req_run(mg_req_t *r);
 
 /* True for proxy routes, whose body streams to the upstream as it arrives. */
 int mg_req_streams_body(const mg_req_t *r);
-/* The body path: may bytes be taken now; take them; the body is complete. */
+/*
+ * The body path, called by the wire: may bytes be taken now (when not, the
+ * wire holds them back until r->wire->resume_body is called); take them; the
+ * body is complete.
+ */
 int mg_req_body_ready(mg_req_t *r);
 void mg_req_body_data(mg_req_t *r, const char *data, size_t len);
 void mg_req_body_end(mg_req_t *r);
-/* The connection's output buffer drained. */
+/* The wire's output for this request drained (back-pressure). */
 void mg_req_output_drained(mg_req_t *r);
 
-/* May the connection carry another request after this one? */
-int mg_req_keepalive(const mg_req_t *r);
-/* Ends the request after its response is queued (access log, release, next request). */
-void mg_req_finish(mg_req_t *r, int keepalive);
-/* Ends a request whose response was cut short: log it, then reset the connection. */
+/*
+ * The one response writer. mg_req_send_head encodes r->resp (or resp) on the
+ * wire; then body bytes; then mg_req_finish ends the request (trailers may be
+ * NULL). Nothing may be sent after finish; see the lifetime rules above.
+ */
+void mg_req_send_head(mg_req_t *r, const mg_resp_t *resp);
+/*
+ * Adds the headers plugins set on ctx.response.headers before the response
+ * existed (defaults: a field the response already has is kept as it is).
+ */
+void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp);
+void mg_req_send_interim(mg_req_t *r, const mg_resp_t *resp);
+void mg_req_send_body(mg_req_t *r, const char *data, size_t len);
+/* Where body bytes may be read into directly (see mg_wire_t.body_sink), or NULL. */
+struct evbuffer *mg_req_body_sink(mg_req_t *r);
+void mg_req_body_added(mg_req_t *r, size_t len);
+/* Response bytes queued on the wire and not yet sent; write them now. */
+size_t mg_req_output_pending(mg_req_t *r);
+void mg_req_flush(mg_req_t *r);
+/* Ends the request after its response is complete (access log, teardown, the wire goes on). */
+void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers);
+/* Ends a request whose response was cut short: log it, then reset the connection or stream. */
 void mg_req_break(mg_req_t *r);
 
-/*
- * Validates a Lua headers table (at idx on L: name -> string/number or array)
- * and appends it to out when out is not NULL, skipping the framing headers the
- * gateway owns. Returns an error message or NULL; *has_ct reports Content-Type.
- */
-const char *mg_req_lua_headers(lua_State *L, int idx, struct evbuffer *out, int *has_ct);
 /*
  * One header set from Lua (a handler, a plugin, gw.http.request): the name
  * must be a token and the value free of CR, LF and other controls; framing
@@ -147,12 +196,13 @@ void mg_req_end_detached(mg_worker_t *w);
 /*
  * Answers with a JSON error {"error": message, "status": ..., "trace_id": ...}
  * and ends the request. kind may be NULL; status 0 means the kind's status;
- * message NULL means the kind's message. close forces Connection: close.
- * Extra headers are a preformatted "Name: value\r\n..." block or NULL. With
- * error_header configured, the kind's name goes in that header.
+ * message NULL means the kind's message. close: nothing more on this
+ * connection (the request body was not read). extra: more fields (Allow,
+ * Retry-After) or NULL. With error_header configured, the kind's name goes in
+ * that header.
  */
 void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
-                  const char *extra_headers);
+                  const mg_header_t *extra, size_t nextra);
 
 /* The client went away: cancel everything, log, release. */
 void mg_req_abort(mg_req_t *r);

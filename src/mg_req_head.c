@@ -116,25 +116,35 @@ int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_htt
     char *copy = mg_pool_alloc(&r->pool, head_len);
     memcpy(copy, head, head_len);
     r->bytes_in = head_len;
-    r->method = (mg_str_t){ rebase(p->method, head, copy), p->method_len };
-    r->target = (mg_str_t){ rebase(p->target, head, copy), p->target_len };
+    mg_http1_request_t q = *p;
+    q.method = rebase(p->method, head, copy);
+    q.target = rebase(p->target, head, copy);
+    q.host = rebase(p->host, head, copy);
+    q.headers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (p->num_headers ? p->num_headers : 1));
+    for (size_t i = 0; i < p->num_headers; i++) {
+        q.headers[i] = p->headers[i];
+        q.headers[i].name = rebase(p->headers[i].name, head, copy);
+        q.headers[i].value = rebase(p->headers[i].value, head, copy);
+    }
+    return mg_req_route(r, &q);
+}
+
+int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
+{
+    r->method = (mg_str_t){ p->method, p->method_len };
+    r->target = (mg_str_t){ p->target, p->target_len };
     r->minor_version = p->minor_version;
     r->flags = p->flags;
     r->content_length = p->content_length;
     r->body_complete = !((p->flags & MG_HTTP1_F_CHUNKED) || p->content_length > 0);
     r->method_bit = mg_method_bit(p->method, p->method_len);
     r->nheaders = p->num_headers;
-    r->headers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (p->num_headers ? p->num_headers : 1));
-    for (size_t i = 0; i < p->num_headers; i++) {
-        r->headers[i] = p->headers[i];
-        r->headers[i].name = rebase(p->headers[i].name, head, copy);
-        r->headers[i].value = rebase(p->headers[i].value, head, copy);
-    }
+    r->headers = p->headers;
     pick_trace_id(r);
 
     /* request-target: origin-form, or absolute-form whose authority replaces Host */
     const char *t = r->target.p, *tend = t + r->target.n;
-    const char *host = p->host ? rebase(p->host, head, copy) : NULL;
+    const char *host = p->host;
     size_t host_len = p->host_len;
     if (r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
         const char *a = t + (t[4] == ':' ? 7 : 8);
@@ -182,6 +192,7 @@ int mg_req_set_head(mg_req_t *r, const char *head, size_t head_len, const mg_htt
     if (rc == MG_ROUTER_NO_METHOD)
         return 405;
     r->route = &r->gen->routes[r->match.id];
+    mg_req_start_deadline(r);
     return 0;
 }
 

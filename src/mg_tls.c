@@ -32,6 +32,7 @@ typedef struct sni_set {
 
 static int sni_index = -1;
 static int session_index = -1; /* a client SSL's SSL_SESSION ** slot */
+static int h2_index = -1;      /* a server SSL whose listener offers h2 (non-NULL) */
 static pthread_once_t index_once = PTHREAD_ONCE_INIT;
 
 /* Runs when the default context's last reference goes: the others go with it. */
@@ -49,6 +50,7 @@ static void indexes_init(void)
 {
     sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free);
     session_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    h2_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 /* ---- session ticket keys: one ring per process (see mg_tls_sessions) ---- */
@@ -183,15 +185,29 @@ static EVP_PKEY *read_key(const char *file)
     return key;
 }
 
+/* h2 first when the listener offers it, else http/1.1: the server's preference decides (RFC 7301). */
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                    unsigned int inlen, void *arg)
 {
+    static const unsigned char both[] = "\x02h2\x08http/1.1";
     static const unsigned char http11[] = "\x08http/1.1";
+    int h2 = SSL_get_ex_data(ssl, h2_index) != NULL;
     unsigned char *sel;
-    if (SSL_select_next_proto(&sel, outlen, http11, sizeof(http11) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_NOACK; /* e.g. h2 only: go on without ALPN, the client decides */
+    if (SSL_select_next_proto(&sel, outlen, h2 ? both : http11, h2 ? sizeof(both) - 1 : sizeof(http11) - 1, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK; /* e.g. h2 only where h2 is off: go on without ALPN, the client decides */
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
+}
+
+void mg_tls_offer_h2(SSL *ssl) { SSL_set_ex_data(ssl, h2_index, (void *)1); }
+
+int mg_tls_alpn_is_h2(SSL *ssl)
+{
+    const unsigned char *p;
+    unsigned int n;
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    return n == 2 && p[0] == 'h' && p[1] == '2';
 }
 
 /* Acknowledges SNI (the choice was made in on_client_hello), so a session remembers its name for ctx.request.tls.sni. */

@@ -67,6 +67,11 @@ SSL_CTX *mg_tls_ctx_ref(SSL_CTX *ctx);  /* NULL-safe; returns ctx */
 void mg_tls_ctx_free(SSL_CTX *ctx);     /* NULL-safe; drops one reference */
 
 /* Per-connection facts for ctx.request.tls (NULL when not known yet). */
+/* A server connection whose listener offers HTTP/2: ALPN selects h2 before http/1.1. */
+void mg_tls_offer_h2(SSL *ssl);
+/* After the handshake: did ALPN select h2? */
+int mg_tls_alpn_is_h2(SSL *ssl);
+
 const char *mg_tls_version(SSL *ssl);
 const char *mg_tls_cipher(SSL *ssl);
 const char *mg_tls_sni(SSL *ssl);

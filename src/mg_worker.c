@@ -35,9 +35,12 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
     mg_worker_t *w = arg;
     SSL_CTX *tls = NULL;
+    int http2 = 0;
     for (int i = 0; i < w->nlisteners; i++)
-        if (w->fds[i] == lfd)
+        if (w->fds[i] == lfd) {
             tls = w->gen->tls[i];
+            http2 = w->cfg->listen[i].http2;
+        }
     int batch = tls ? ACCEPT_BATCH_TLS : ACCEPT_BATCH;
     for (int n = 0; n < batch; n++) {
         struct sockaddr_storage ss;
@@ -49,7 +52,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
                 mg_log_error(NULL, "accept failed: %s", strerror(errno));
             return;
         }
-        mg_conn_accept(w, fd, (struct sockaddr *)&ss, (int)len, tls);
+        mg_conn_accept(w, fd, (struct sockaddr *)&ss, (int)len, tls, http2);
     }
 }
 

@@ -138,7 +138,7 @@ local function new_state(path)
     file = path,
     dir = path:match("^(.*)/[^/]*$") or ".",
     settings = {
-      listen = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {},
+      listen = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {}, http2 = {},
       access_log = nil, error_log = nil,
     },
     routes = {},     -- in declaration order
@@ -244,10 +244,11 @@ local function make_env(st)
   function env.listen(addr)
     if type(addr) == "table" then
       local tls = addr.tls ~= nil and tls_conf(addr.tls) or nil
+      if addr.http2 ~= nil and type(addr.http2) ~= "boolean" then fail("listen http2 must be true or false") end
       if #addr == 0 then fail("listen expects at least one \"host:port\"") end
       for _, a in ipairs(addr) do
         env.listen(a)
-        if tls then s.listen[#s.listen] = { addr = a, tls = tls } end
+        if tls or addr.http2 ~= nil then s.listen[#s.listen] = { addr = a, tls = tls, http2 = addr.http2 } end
       end
       return
     end
@@ -288,6 +289,28 @@ local function make_env(st)
       if not n or n < 1 then fail("limits.%s must be a positive size (e.g. 8192 or \"8k\")", k) end
       s.limits[k] = n
     end
+  end
+
+  -- http2 { max_concurrent_streams = 128, stream_window = "256k" }: HTTP/2 on the listeners that have it
+  function env.http2(t)
+    if type(t) ~= "table" then fail("http2 expects a table { max_concurrent_streams = ..., stream_window = ... }") end
+    check_fields(t, { max_concurrent_streams = true, stream_window = true }, "http2")
+    local h = {}
+    if t.max_concurrent_streams ~= nil then
+      local n = t.max_concurrent_streams
+      if type(n) ~= "number" or n % 1 ~= 0 or n < 1 or n > 100000 then
+        fail("http2.max_concurrent_streams must be an integer between 1 and 100000")
+      end
+      h.max_concurrent_streams = n
+    end
+    if t.stream_window ~= nil then
+      local n = size_value(t.stream_window)
+      if not n or n < 65535 or n > 2147483647 then
+        fail("http2.stream_window must be a size between 64k and 2g (e.g. \"256k\")")
+      end
+      h.stream_window = n
+    end
+    s.http2 = h
   end
 
   function env.timeouts(t)

@@ -9,7 +9,8 @@ local gw = gw
 
 local C = ffi.C
 local ffi_string = ffi.string
-local rawget, rawset, setmetatable, error, type, pairs = rawget, rawset, setmetatable, error, type, pairs
+local rawget, rawset, setmetatable, getmetatable, error, type, pairs =
+      rawget, rawset, setmetatable, getmetatable, error, type, pairs
 local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
 
 ffi.cdef [[
@@ -105,6 +106,58 @@ local function load_headers(r)
   return t
 end
 
+-- Response header tables are case-insensitive and keep the first spelling
+-- seen: h["x-tag"] and h["X-Tag"] are one field, written as it was first
+-- set (the upstream's spelling on proxied responses), so setting X-Tag when
+-- the upstream sent x-tag replaces it instead of adding a second field. The
+-- fields are real keys (pairs() sees them as spelled); a side table maps
+-- lowercase names to the spelling in use.
+local function hdr_index(t, k)
+  if type(k) ~= "string" then return nil end
+  local spelled = getmetatable(t).names[lower(k)]
+  if spelled then return rawget(t, spelled) end
+end
+
+local function hdr_newindex(t, k, v)
+  if type(k) ~= "string" then return rawset(t, k, v) end
+  local names = getmetatable(t).names
+  local lk = lower(k)
+  local spelled = names[lk]
+  if spelled then
+    rawset(t, spelled, v)
+    if v == nil then names[lk] = nil end
+  elseif v ~= nil then
+    names[lk] = k
+    rawset(t, k, v)
+  end
+end
+
+--- A new case-insensitive header table (ctx.response.headers is one).
+function M.new_headers()
+  return setmetatable({}, { __index = hdr_index, __newindex = hdr_newindex, names = {} })
+end
+local new_headers = M.new_headers
+
+--- Merges the fields of a response (flat { name, value, name, value, ... },
+-- in order) into ctx.response: a field that repeats becomes an array, and
+-- the response's fields replace headers plugins set as defaults before.
+function M.merge_response(ctx, status, flat)
+  local resp = ctx.response
+  resp.status = status
+  local h, seen = resp.headers, {}
+  for i = 1, #flat, 2 do
+    local name, v = flat[i], flat[i + 1]
+    local lk = lower(name)
+    if seen[lk] then
+      local cur = h[name]
+      if type(cur) == "table" then cur[#cur + 1] = v else h[name] = { cur, v } end
+    else
+      seen[lk] = true
+      h[name] = v
+    end
+  end
+end
+
 local REQ_METHODS = {}
 
 --- ctx.request:header(name) -> the first value of a header, case-insensitive (no table built).
@@ -168,10 +221,11 @@ local CTX_LAZY = {
   request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
   vars = function() return {} end,
   params = function() return {} end,
-  response = function() return { headers = {} } end,
+  response = function() return { headers = new_headers() } end,
 }
 
 M.mt = {
+  merge_response = M.merge_response, -- reached from C through the metatable
   __index = function(ctx, k)
     if k == "log" then return gw.log end
     local make = CTX_LAZY[k]

@@ -217,15 +217,14 @@ local function run_phase(list, ctx)
   end
 end
 
--- Response-filter phases over a response the gateway produced (handler or exit).
+-- Response-filter phases over a response the gateway produced (handler or
+-- exit): its headers replace the defaults plugins set on ctx.response.headers.
 local function filter_response(ctx, chain, status, body, headers)
-  if not chain.has_header_filter then return status, body, headers end
   local resp = ctx.response
   resp.status, resp.body = status, body
-  if headers then
-    for k, v in pairs(headers) do
-      if resp.headers[k] == nil then resp.headers[k] = v end
-    end
+  if headers and headers ~= resp.headers then
+    local h = resp.headers
+    for k, v in pairs(headers) do h[k] = v end
   end
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
@@ -238,17 +237,6 @@ local function filter_response(ctx, chain, status, body, headers)
     if b ~= nil then resp.body = b end
   end
   return resp.status, resp.body, resp.headers
-end
-
-local function merge_preset(ctx, headers)
-  -- headers a plugin set on ctx.response before the response existed
-  local preset = rawget(ctx, "response")
-  if not preset then return headers end
-  headers = headers or {}
-  for k, v in pairs(preset.headers) do
-    if headers[k] == nil then headers[k] = v end
-  end
-  return headers
 end
 
 -- The balancer phase of a proxy route: the first plugin that returns a
@@ -282,17 +270,13 @@ function M.run(ctx, chain, handler)
     if status == nil then return nil end
   end
   if chain.has_header_filter then return filter_response(ctx, chain, status, body, headers) end
-  return status, body, merge_preset(ctx, headers)
+  return status, body, headers -- C adds the defaults plugins set on ctx.response.headers
 end
 
---- header_filter over a proxied response: status and headers (lowercase
--- names) in ctx.response; returns the status and headers to send.
-function M.filter_upstream_head(ctx, chain, status, headers)
+--- header_filter over a proxied response, whose status and fields C merged
+-- into ctx.response; returns the status and headers to send.
+function M.filter_upstream_head(ctx, chain)
   local resp = ctx.response
-  resp.status = status
-  for k, v in pairs(headers) do
-    if resp.headers[k] == nil then resp.headers[k] = v end
-  end
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
     step.fn(ctx, step.conf)

@@ -83,13 +83,15 @@ route { path = "/proxy", upstream = "app" }
     end
   end)
 
-  it("speaks TLS 1.2 and 1.3 only, and advertises http/1.1 by ALPN", function()
+  it("speaks TLS 1.2 and 1.3 only, and picks h2, else http/1.1, by ALPN", function()
     local code, out = curl(("--tls-max 1.2 https://localhost:%d/info"):format(tport))
     assert.equal(0, code, out)
     assert.equal("TLSv1.2", cjson.decode(out).tls.version)
     code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -tls1_1"):format(tport))
     assert.is_not.equal(0, code)
-    code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -alpn h2,http/1.1"):format(tport))
+    code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -alpn http/1.1,h2"):format(tport))
+    assert.truthy(out:find("ALPN protocol: h2", 1, true), out) -- the server's preference
+    code, out = sh(pki, ("openssl s_client -connect 127.0.0.1:%d -alpn http/1.1"):format(tport))
     assert.truthy(out:find("ALPN protocol: http/1.1", 1, true), out)
   end)
 

@@ -1,0 +1,216 @@
+/*
+ * mg_resp — see mg_resp.h.
+ */
+#include "mg_resp.h"
+
+#include <strings.h>
+
+void mg_resp_init(mg_resp_t *resp, mg_pool_t *pool, int status)
+{
+    memset(resp, 0, sizeof(*resp));
+    resp->status = status;
+    resp->content_length = -1;
+    resp->pool = pool;
+}
+
+void mg_resp_add(mg_resp_t *resp, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (resp->n == resp->cap) {
+        /* the arena cannot grow in place: start over with twice the room (rare: 16 fields first) */
+        size_t cap = resp->cap ? resp->cap * 2 : 16;
+        mg_header_t *h = mg_pool_alloc(resp->pool, cap * sizeof(*h));
+        if (resp->n)
+            memcpy(h, resp->h, resp->n * sizeof(*h));
+        resp->h = h;
+        resp->cap = cap;
+    }
+    resp->h[resp->n++] = (mg_header_t){ name, nl, value, vl };
+    if (nl == 4 && strncasecmp(name, "date", 4) == 0)
+        resp->has_date = 1;
+    else if (nl == 12 && strncasecmp(name, "content-type", 12) == 0)
+        resp->has_ctype = 1;
+}
+
+int mg_resp_has(const mg_resp_t *resp, const char *name, size_t nl)
+{
+    for (size_t i = 0; i < resp->n; i++)
+        if (resp->h[i].name_len == nl && strncasecmp(resp->h[i].name, name, nl) == 0)
+            return 1;
+    return 0;
+}
+
+int mg_resp_valid_name(const char *s, size_t n)
+{
+    static const char ok[] = "!#$%&'*+-.^_`|~";
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c && strchr(ok, c))))
+            return 0;
+    }
+    return 1;
+}
+
+int mg_resp_valid_value(const char *s, size_t n)
+{
+    /* no CR, LF or NUL: Lua must not be able to inject fields or split the response */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+int mg_resp_framing_field(const char *s, size_t n)
+{
+    static const char *names[] = { "content-length", "transfer-encoding", "connection", "x-request-id" };
+    for (size_t k = 0; k < mg_countof(names); k++)
+        if (n == strlen(names[k]) && strncasecmp(s, names[k], n) == 0)
+            return 1;
+    return 0;
+}
+
+int mg_resp_hop_by_hop(const mg_header_t *h)
+{
+    static const char *names[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                   "transfer-encoding", "upgrade", "content-length" };
+    for (size_t i = 0; i < mg_countof(names); i++)
+        if (mg_http1_name_is(h, names[i], strlen(names[i])))
+            return 1;
+    return 0;
+}
+
+int mg_resp_named_by_connection(const mg_header_t *hs, size_t n, const mg_header_t *h)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!mg_http1_name_is(&hs[i], "connection", 10))
+            continue;
+        const char *p = hs[i].value, *end = p + hs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > s && (size_t)(p - s) == h->name_len && strncasecmp(s, h->name, h->name_len) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* One pass over a Lua headers table: check only (out NULL), or append. */
+static const char *walk(mg_resp_t *out, lua_State *L, int idx, size_t before, const mg_resp_t *seen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 2);
+            return "response header names must be strings";
+        }
+        size_t nl;
+        const char *name = lua_tolstring(L, -2, &nl);
+        if (!mg_resp_valid_name(name, nl)) {
+            lua_pop(L, 2);
+            return "invalid response header name";
+        }
+        int skip = mg_resp_framing_field(name, nl); /* framing is the gateway's, not Lua's */
+        if (!skip && seen) {
+            for (size_t i = 0; i < before && !skip; i++)
+                skip = seen->h[i].name_len == nl && strncasecmp(seen->h[i].name, name, nl) == 0;
+        }
+        int array = lua_istable(L, -1);
+        int n = array ? (int)lua_objlen(L, -1) : 1;
+        for (int i = 1; i <= n; i++) {
+            if (array)
+                lua_rawgeti(L, -1, i);
+            else
+                lua_pushvalue(L, -1);
+            int t = lua_type(L, -1);
+            if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+                lua_pop(L, 3);
+                return "response header values must be strings or numbers";
+            }
+            size_t vl;
+            const char *v = lua_tolstring(L, -1, &vl); /* a number becomes a string in place: kept alive by the table */
+            if (!mg_resp_valid_value(v, vl)) {
+                lua_pop(L, 3);
+                return "response header value contains CR, LF or another control character";
+            }
+            if (out && !skip)
+                mg_resp_add(out, name, nl, v, vl);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return NULL;
+}
+
+const char *mg_resp_add_lua(mg_resp_t *resp, lua_State *L, int idx, int only_absent)
+{
+    if (idx < 0)
+        idx = lua_gettop(L) + idx + 1;
+    /* checked first: a bad field must not leave half a head */
+    const char *bad = walk(NULL, L, idx, 0, NULL);
+    if (bad)
+        return bad;
+    walk(resp, L, idx, resp->n, only_absent ? resp : NULL);
+    return NULL;
+}
+
+const char *mg_resp_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 499: return "Client Closed Request";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    }
+    static const char *classes[] = { "Informational", "Success", "Redirection", "Client Error", "Server Error" };
+    return status >= 100 && status < 600 ? classes[status / 100 - 1] : "Status";
+}
