@@ -449,6 +449,38 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
     return MG_OK;
 }
 
+/*
+ * trusted_proxies { "10.0.0.0/8", "::1", ..., where = "file:line" } (at index
+ * t, from config.lua) into gen's CIDR list. Every entry must parse: a typo
+ * here would silently trust nobody, or the wrong network.
+ */
+static int read_trusted_proxies(mg_gen_t *gen, lua_State *L, int t, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "trusted_proxies");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return MG_OK;
+    }
+    int tp = lua_gettop(L);
+    size_t n = lua_objlen(L, tp);
+    gen->trusted = mg_calloc(n ? n : 1, sizeof(mg_cidr_t));
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, tp, (int)i + 1);
+        const char *spec = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the string stays alive in the table */
+        if (!spec || mg_cidr_parse(spec, &gen->trusted[i]) != 0) {
+            snprintf(err, errlen, "%s: trusted_proxies: '%s' is not an address or a CIDR with a clean prefix "
+                     "(e.g. \"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")", get_str_ref(L, tp, "where"),
+                     spec ? spec : "?");
+            lua_pop(L, 1);
+            return MG_ERROR;
+        }
+        gen->ntrusted = i + 1;
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
 mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
                       char *err, size_t errlen)
 {
@@ -480,6 +512,8 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         if (read_settings(L, t, cfg, err, errlen) != MG_OK)
             goto fail;
     }
+    if (read_trusted_proxies(gen, L, t, err, errlen) != MG_OK)
+        goto fail;
     if (compile_upstreams(gen, L, t, cfg != NULL, err, errlen) != MG_OK)
         goto fail;
     for (int i = 0; i < gen->nupstreams; i++)
@@ -538,6 +572,7 @@ void mg_gen_free(mg_gen_t *gen)
         free(gen->routes[i].name);
     free(gen->routes);
     free(gen->upstreams);
+    free(gen->trusted);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);
     for (int i = 0; i < MG_MAX_LISTEN; i++)
