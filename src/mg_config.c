@@ -232,10 +232,15 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     return MG_OK;
 }
 
+/*
+ * Which methods a route's "methods" value (at idx) allows. "*" is every
+ * method but CONNECT: a CONNECT request reaches only a route that lists it
+ * (the gateway does not tunnel; a route must ask for such requests).
+ */
 static unsigned methods_mask(lua_State *L, int idx)
 {
     if (lua_isstring(L, idx))
-        return MG_M_ANY; /* "*" */
+        return MG_M_ANY & ~MG_M_CONNECT; /* "*" */
     unsigned mask = 0;
     int n = (int)lua_objlen(L, idx);
     for (int i = 1; i <= n; i++) {
@@ -391,6 +396,16 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
             .path = lua_tostring(L, r + 1),
             .where = where,
         };
+        lua_getfield(L, r, "upstream");
+        int proxied = lua_isstring(L, -1);
+        lua_pop(L, 1);
+        if (proxied && (spec.methods & MG_M_CONNECT)) {
+            /* a 2xx to CONNECT turns the upstream connection into a tunnel, which the proxy does not do */
+            snprintf(err, errlen, "%s: route %s: CONNECT cannot be proxied (the gateway does not tunnel); "
+                     "only a handler route may list it", where, spec.path);
+            lua_settop(L, rt - 1);
+            return MG_ERROR;
+        }
         char why[384];
         if (mg_router_add(gen->router, &spec, why, sizeof(why)) != MG_OK) {
             snprintf(err, errlen, "%s: route %s: %s", where, spec.path, why);

@@ -1,6 +1,6 @@
 -- The edge's promises: one host per request (routing = forwarding), Host
 -- validation, forwarding headers believed only from trusted_proxies (and the
--- client address that follows).
+-- client address that follows), CONNECT refused unless a route asks for it.
 -- Byte-exact requests (g:raw), a real upstream that records what it got.
 local helpers = require "spec.helpers"
 local upstream = require "spec.upstream"
@@ -290,5 +290,45 @@ describe("trusted_proxies in the config", function()
     assert.truthy(err:find(":3: trusted_proxies is already given at", 1, true), err)
     code = helpers.check_config('listen "127.0.0.1:1"\ntrusted_proxies { "10.0.0.0/8", "192.0.2.7", "2001:db8::/32" }\n')
     assert.equal(0, code)
+  end)
+end)
+
+describe("CONNECT", function()
+  local up, g
+  setup(function()
+    up = upstream.start(function() return 200, {}, "reached" end)
+    g = helpers.start(([[
+      upstream "up" { targets = { "127.0.0.1:%d" } }
+      route { path = "/{rest*}", upstream = "up" }
+      route { method = { "CONNECT" }, path = "/tunnel", handler = function(ctx) return 200, ctx.request.method end }
+    ]]):format(up.port))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  it("is refused (405) by a route that allows any method, and never forwarded", function()
+    local res = raw(g, { "CONNECT /x HTTP/1.1", "Host: a", "Connection: close" })
+    assert.equal(405, res.status)
+    assert.is_nil(res.headers["allow"]:find("CONNECT", 1, true))
+    assert.truthy(res.headers["allow"]:find("GET", 1, true))
+    res = raw(g, { "CONNECT a:443 HTTP/1.1", "Host: a:443", "Connection: close" }) -- authority-form: not a forward proxy
+    assert.equal(400, res.status)
+    assert.equal(0, up.requests)
+    assert.equal(200, raw(g, { "GET /x HTTP/1.1", "Host: a", "Connection: close" }).status)
+  end)
+
+  it("reaches a handler route that lists it", function()
+    local res = raw(g, { "CONNECT /tunnel HTTP/1.1", "Host: a", "Connection: close" })
+    assert.equal(200, res.status)
+    assert.equal("CONNECT", res.body)
+  end)
+
+  it("cannot be listed by a proxy route", function()
+    local code, err, file = helpers.check_config('listen "127.0.0.1:1"\nupstream "u" { targets = { "127.0.0.1:9" } }\n' ..
+                                                 'route { method = "CONNECT", path = "/t", upstream = "u" }\n')
+    assert.not_equal(0, code)
+    assert.truthy(err:find(file .. ":3: route /t: CONNECT cannot be proxied", 1, true), err)
   end)
 end)
