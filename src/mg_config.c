@@ -246,10 +246,15 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     return MG_OK;
 }
 
+/*
+ * Which methods a route's "methods" value (at idx) allows. "*" is every
+ * method but CONNECT: a CONNECT request reaches only a route that lists it
+ * (the gateway does not tunnel; a route must ask for such requests).
+ */
 static unsigned methods_mask(lua_State *L, int idx)
 {
     if (lua_isstring(L, idx))
-        return MG_M_ANY; /* "*" */
+        return MG_M_ANY & ~MG_M_CONNECT; /* "*" */
     unsigned mask = 0;
     int n = (int)lua_objlen(L, idx);
     for (int i = 1; i <= n; i++) {
@@ -405,6 +410,16 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
             .path = lua_tostring(L, r + 1),
             .where = where,
         };
+        lua_getfield(L, r, "upstream");
+        int proxied = lua_isstring(L, -1);
+        lua_pop(L, 1);
+        if (proxied && (spec.methods & MG_M_CONNECT)) {
+            /* a 2xx to CONNECT turns the upstream connection into a tunnel, which the proxy does not do */
+            snprintf(err, errlen, "%s: route %s: CONNECT cannot be proxied (the gateway does not tunnel); "
+                     "only a handler route may list it", where, spec.path);
+            lua_settop(L, rt - 1);
+            return MG_ERROR;
+        }
         char why[384];
         if (mg_router_add(gen->router, &spec, why, sizeof(why)) != MG_OK) {
             snprintf(err, errlen, "%s: route %s: %s", where, spec.path, why);
@@ -463,6 +478,38 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
     return MG_OK;
 }
 
+/*
+ * trusted_proxies { "10.0.0.0/8", "::1", ..., where = "file:line" } (at index
+ * t, from config.lua) into gen's CIDR list. Every entry must parse: a typo
+ * here would silently trust nobody, or the wrong network.
+ */
+static int read_trusted_proxies(mg_gen_t *gen, lua_State *L, int t, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "trusted_proxies");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return MG_OK;
+    }
+    int tp = lua_gettop(L);
+    size_t n = lua_objlen(L, tp);
+    gen->trusted = mg_calloc(n ? n : 1, sizeof(mg_cidr_t));
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, tp, (int)i + 1);
+        const char *spec = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the string stays alive in the table */
+        if (!spec || mg_cidr_parse(spec, &gen->trusted[i]) != 0) {
+            snprintf(err, errlen, "%s: trusted_proxies: '%s' is not an address or a CIDR with a clean prefix "
+                     "(e.g. \"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")", get_str_ref(L, tp, "where"),
+                     spec ? spec : "?");
+            lua_pop(L, 1);
+            return MG_ERROR;
+        }
+        gen->ntrusted = i + 1;
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
 mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
                       char *err, size_t errlen)
 {
@@ -494,6 +541,8 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         if (read_settings(L, t, cfg, err, errlen) != MG_OK)
             goto fail;
     }
+    if (read_trusted_proxies(gen, L, t, err, errlen) != MG_OK)
+        goto fail;
     if (compile_upstreams(gen, L, t, cfg != NULL, err, errlen) != MG_OK)
         goto fail;
     for (int i = 0; i < gen->nupstreams; i++)
@@ -552,6 +601,7 @@ void mg_gen_free(mg_gen_t *gen)
         free(gen->routes[i].name);
     free(gen->routes);
     free(gen->upstreams);
+    free(gen->trusted);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);
     for (int i = 0; i < MG_MAX_LISTEN; i++)

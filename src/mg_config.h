@@ -12,6 +12,7 @@
 
 #include <sys/socket.h>
 
+#include "mg_host.h"
 #include "mg_http1.h"
 #include "mg_lua.h"
 #include "mg_router.h"
@@ -76,6 +77,8 @@ typedef struct mg_gen {
     int loop_stopped;              /* its timers, pools and checks are gone (mg_gen_stop) */
     struct mg_gen *next_retired;   /* replaced by a reload, freed when refs drop to 0 */
     SSL_CTX *tls[MG_MAX_LISTEN];   /* per listener: the TLS context new connections get (a reference) */
+    mg_cidr_t *trusted;            /* trusted_proxies: peers whose X-Forwarded-* are believed (reloads with the config) */
+    size_t ntrusted;
 } mg_gen_t;
 
 /*

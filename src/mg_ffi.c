@@ -33,6 +33,7 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_TLS_CLIENT_SAN: s = cstr(mg_tls_client_san(ssl)); break;
     case MG_FFI_TLS_CLIENT_FINGERPRINT: s = cstr(mg_tls_client_fingerprint(ssl)); break;
     case MG_FFI_TLS_RESUMED: s = cstr(mg_tls_resumed(ssl)); break;
+    case MG_FFI_CLIENT_IP: s = cstr(mg_req_client_ip(r)); break;
     }
     *len = s.n;
     return s.p;

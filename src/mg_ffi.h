@@ -20,6 +20,8 @@ enum {
     MG_FFI_TLS_VERSION = 8, MG_FFI_TLS_CIPHER = 9, MG_FFI_TLS_SNI = 10,
     MG_FFI_TLS_CLIENT_SUBJECT = 11, MG_FFI_TLS_CLIENT_SAN = 12, MG_FFI_TLS_CLIENT_FINGERPRINT = 13,
     MG_FFI_TLS_RESUMED = 14,
+    /* the client's address without port: the peer, or the hop trusted_proxies name (mg_req_head) */
+    MG_FFI_CLIENT_IP = 15,
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */

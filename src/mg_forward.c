@@ -30,22 +30,55 @@ static void push_lower_name(lua_State *L, const mg_header_t *h)
     lua_pushlstring(L, name, n);
 }
 
-static const mg_header_t *find(const mg_req_t *r, const char *lower)
+/* Did a plugin set or clear this header for the upstream (ctx._proxy_headers at index overrides)? */
+static int overridden(lua_State *L, int overrides, const char *lower)
 {
-    for (size_t i = 0; i < r->nheaders; i++)
-        if (mg_http1_name_is(&r->headers[i], lower, strlen(lower)))
-            return &r->headers[i];
-    return NULL;
+    if (!overrides)
+        return 0;
+    lua_pushstring(L, lower);
+    lua_rawget(L, overrides);
+    int set = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    return set;
 }
 
-static size_t client_ip(const mg_req_t *r, const char **ip)
+/* The resolved client address (trusted_proxies, X-Forwarded-For: mg_req_head), not always the peer. */
+static size_t client_ip(mg_req_t *r, const char **ip)
 {
-    const char *remote = r->remote;
-    const char *colon = strrchr(remote, ':');
-    *ip = remote;
-    return colon ? (size_t)(colon - remote) : strlen(remote);
+    *ip = mg_req_client_ip(r);
+    return strlen(*ip);
 }
 
+/* The peer's address, without the port: what this hop appends to X-Forwarded-For. */
+static size_t peer_ip(const mg_req_t *r, const char **ip)
+{
+    const char *colon = strrchr(r->remote, ':');
+    *ip = r->remote;
+    return colon ? (size_t)(colon - r->remote) : strlen(r->remote);
+}
+
+/*
+ * A claim about the client or the original request that only a proxy in
+ * front of us may make: every X-Forwarded-* (Proto, Host, Port, Prefix, ...),
+ * Forwarded (RFC 7239) and X-Real-IP. (X-Forwarded-For is handled apart.)
+ */
+static int forwarding_header(const mg_header_t *h)
+{
+    return (h->name_len > 12 && strncasecmp(h->name, "x-forwarded-", 12) == 0) ||
+           mg_http1_name_is(h, "forwarded", 9) || mg_http1_name_is(h, "x-real-ip", 9);
+}
+
+/*
+ * The upstream request head. Host (host_header = "pass") and
+ * X-Forwarded-Host are the request's one host (r->authority: the
+ * absolute-form target's authority, else Host, validated in mg_req_head), so
+ * the upstream sees the host that was routed. The forwarding headers are
+ * believed only from trusted_proxies: from any other peer the client's
+ * X-Forwarded-* (Proto, Host, Port, ...), Forwarded and X-Real-IP are dropped
+ * and X-Forwarded-For starts again with the peer; a trusted peer's pass and
+ * its X-Forwarded-For chain gets the peer appended. A plugin's own value for one
+ * of them (ctx.request:set_header / clear_header) replaces the gateway's.
+ */
 static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
 {
     mg_req_t *r = p->owner;
@@ -64,13 +97,12 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     }
     evbuffer_add(out, " HTTP/1.1\r\n", 11);
 
-    const mg_header_t *host = find(r, "host");
     if (up->host_mode == MG_HOST_TARGET)
         add_header(out, "Host", t->authority, strlen(t->authority));
     else if (up->host_mode == MG_HOST_FIXED)
         add_header(out, "Host", up->host_value, strlen(up->host_value));
-    else if (host)
-        add_header(out, "Host", host->value, host->value_len);
+    else if (r->authority.n)
+        add_header(out, "Host", r->authority.p, r->authority.n);
     else
         add_header(out, "Host", t->authority, strlen(t->authority));
 
@@ -87,7 +119,8 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         else
             lua_pop(L, 1);
     }
-    const mg_header_t *xff = NULL, *xfp = NULL, *xfh = NULL;
+    int trusted = r->peer_trusted;
+    int xfp = 0, xfh = 0;
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
         if (mg_resp_hop_by_hop(h) || mg_resp_named_by_connection(r->headers, r->nheaders, h))
@@ -100,32 +133,39 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
             if (replaced)
                 continue;
         }
-        if (mg_http1_name_is(h, "x-forwarded-for", 15)) {
-            xff = h;
-            continue;
+        if (mg_http1_name_is(h, "x-forwarded-for", 15))
+            continue; /* written below, as one field */
+        if (forwarding_header(h)) {
+            if (!trusted)
+                continue; /* a client's own claim about scheme or host: the gateway says it below */
+            xfp |= mg_http1_name_is(h, "x-forwarded-proto", 17);
+            xfh |= mg_http1_name_is(h, "x-forwarded-host", 16);
         }
-        if (mg_http1_name_is(h, "x-forwarded-proto", 17))
-            xfp = h;
-        if (mg_http1_name_is(h, "x-forwarded-host", 16))
-            xfh = h;
         if (mg_http1_name_is(h, "host", 4) || mg_http1_name_is(h, "expect", 6) ||
             mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11))
             continue; /* replaced below; Expect was answered by the gateway */
         mg_req_header_line(out, h->name, h->name_len, h->value, h->value_len);
     }
-    const char *ip;
-    size_t iplen = client_ip(r, &ip);
-    evbuffer_add(out, "X-Forwarded-For: ", 17);
-    if (xff) {
-        evbuffer_add(out, xff->value, xff->value_len);
-        evbuffer_add(out, ", ", 2);
+    if (!overridden(L, overrides, "x-forwarded-for")) {
+        /* a trusted peer's chain (its fields joined in order), then the peer; else the peer alone */
+        evbuffer_add(out, "X-Forwarded-For: ", 17);
+        for (size_t i = 0; trusted && i < r->nheaders; i++) {
+            const mg_header_t *h = &r->headers[i];
+            if (mg_http1_name_is(h, "x-forwarded-for", 15) && h->value_len &&
+                !mg_resp_named_by_connection(r->headers, r->nheaders, h)) {
+                evbuffer_add(out, h->value, h->value_len);
+                evbuffer_add(out, ", ", 2);
+            }
+        }
+        const char *ip;
+        size_t iplen = peer_ip(r, &ip);
+        evbuffer_add(out, ip, iplen);
+        evbuffer_add(out, "\r\n", 2);
     }
-    evbuffer_add(out, ip, iplen);
-    evbuffer_add(out, "\r\n", 2);
-    if (!xfp)
+    if (!xfp && !overridden(L, overrides, "x-forwarded-proto"))
         add_header(out, "X-Forwarded-Proto", r->tls ? "https" : "http", r->tls ? 5 : 4);
-    if (!xfh && host)
-        add_header(out, "X-Forwarded-Host", host->value, host->value_len);
+    if (!xfh && r->authority.n && !overridden(L, overrides, "x-forwarded-host"))
+        add_header(out, "X-Forwarded-Host", r->authority.p, r->authority.n);
     add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
     if (strlen(r->trace_id) == 32) {
         /* W3C trace context: our trace id, a new span id for this hop */

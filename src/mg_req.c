@@ -191,11 +191,17 @@ static void access_log(mg_req_t *r)
                  p->up->name, p->target ? p->target->text : "", p->attempts, p->queue_us / 1000.0,
                  p->connect_us / 1000.0, p->ttfb_us / 1000.0);
     }
+    /* remote: the peer; client: who it is for (trusted_proxies); host: the one host that was routed */
+    char host[300];
+    mg_json_escape(host, sizeof(host), r->authority.p ? r->authority.p : "", r->authority.n);
+    const char *client = r->remote[0] ? mg_req_client_ip(r) : "";
     int n = snprintf(line, sizeof(line),
-                     "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"method\":\"%.*s\","
+                     "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"client\":\"%s\",\"host\":\"%s\","
+                     "\"method\":\"%.*s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
                      "\"duration_ms\":%.3f%s%s%s%s}\n",
-                     ts, r->trace_id, r->remote[0] ? r->remote : "-", (int)r->method.n,
+                     ts, r->trace_id, r->remote[0] ? r->remote : "-", client[0] ? client : "-", host,
+                     (int)r->method.n,
                      r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
                      ms, up, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
                      r->error_kind ? "\"" : "");

@@ -97,7 +97,12 @@ struct mg_req {
     int body_complete;            /* the client's request body has been read completely */
     int detached;                 /* the response is done; the log phase still runs */
     struct mg_req *next_detached;
-    char remote[64];              /* the client's "ip:port" (outlives the connection) */
+    char remote[64];              /* the peer's "ip:port" (outlives the connection) */
+    /* edge facts (mg_req_head): one host for routing, ctx, the upstream and the logs */
+    mg_str_t authority;           /* the host as received, with its port: the absolute-form
+                                   * target's authority, else Host; validated; "" when none */
+    char client_ip[48];           /* the client: the peer, or the hop trusted proxies name; "" until set */
+    int peer_trusted;             /* the peer is in trusted_proxies: its X-Forwarded-* and Forwarded pass */
     int tls;                      /* the client came over TLS */
 
     int status;
@@ -134,6 +139,9 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p);
 
 /* Arms the request's deadline (mg_req_route does, once routed). */
 void mg_req_start_deadline(mg_req_t *r);
+
+/* The client's address without port (see client_ip above; the peer's before the head is read). */
+const char *mg_req_client_ip(mg_req_t *r);
 
 /*
  * Runs the route: a Lua handler (after the body is complete), or a proxy

@@ -1,11 +1,14 @@
 /*
  * mg_req_head — the request head, once parsed: copied into the request's
  * arena, the target split and its path decoded and checked, the host
- * normalised, the trace id chosen, and the route found. (Part of mg_req.)
+ * validated and normalised, the client behind trusted proxies found, the
+ * trace id chosen, and the route found. (Part of mg_req.)
  */
 #include <stdio.h>
 #include <strings.h>
 
+#include "mg_host.h"
+#include "mg_log.h"
 #include "mg_req.h"
 
 static int hexv(char c)
@@ -106,6 +109,62 @@ static void pick_trace_id(mg_req_t *r)
     mg_worker_trace_id(r->worker, r->trace_id);
 }
 
+/* 400 for a Host (or absolute-form authority) that is not host[:port]; logged, since the client cannot be told more. */
+static int bad_host(mg_req_t *r, const char *what, mg_str_t v)
+{
+    mg_log_info(r->trace_id, "client %s: invalid host in %s: '%.*s'", r->remote, what,
+                (int)(v.n > 200 ? 200 : v.n), v.p);
+    return 400;
+}
+
+const char *mg_req_client_ip(mg_req_t *r)
+{
+    if (!r->client_ip[0]) {
+        const char *colon = strrchr(r->remote, ':');
+        size_t n = colon ? (size_t)(colon - r->remote) : strlen(r->remote);
+        if (n >= sizeof(r->client_ip))
+            n = sizeof(r->client_ip) - 1;
+        memcpy(r->client_ip, r->remote, n);
+        r->client_ip[n] = '\0';
+        mg_ip_t ip; /* canonical: a v4-mapped peer of a dual-stack listener is a.b.c.d */
+        if (mg_ip_parse(r->client_ip, n, &ip) == 0)
+            mg_ip_format(&ip, r->client_ip, sizeof(r->client_ip));
+    }
+    return r->client_ip;
+}
+
+/*
+ * Who the client is. From a peer in trusted_proxies, X-Forwarded-For names
+ * it (the rightmost hop that is not a trusted proxy, as nginx's
+ * real_ip_recursive); from anyone else, the peer is the client, whatever its
+ * headers claim. ip-restriction, rate-limit, limit-conn, the ip hash and the
+ * access log all read the result (mg_req_client_ip, ctx.request.client_ip).
+ */
+static void resolve_client(mg_req_t *r)
+{
+    mg_req_client_ip(r);
+    const mg_gen_t *g = r->gen;
+    mg_ip_t peer, client;
+    if (!g->ntrusted || mg_ip_parse(r->client_ip, strlen(r->client_ip), &peer) != 0 ||
+        !mg_cidr_match(g->trusted, g->ntrusted, &peer))
+        return;
+    r->peer_trusted = 1;
+    mg_str_t vals[16];
+    size_t nvals = 0;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const mg_header_t *h = &r->headers[i];
+        if (!mg_http1_name_is(h, "x-forwarded-for", 15))
+            continue;
+        if (nvals == mg_countof(vals)) {
+            memmove(vals, vals + 1, sizeof(vals) - sizeof(vals[0])); /* the rightmost fields matter */
+            nvals--;
+        }
+        vals[nvals++] = (mg_str_t){ h->value, h->value_len };
+    }
+    if (mg_forwarded_client(vals, nvals, g->trusted, g->ntrusted, &client))
+        mg_ip_format(&client, r->client_ip, sizeof(r->client_ip));
+}
+
 static const char *rebase(const char *p, const char *from, char *to)
 {
     return p ? to + (p - from) : NULL;
@@ -142,17 +201,24 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
     r->headers = p->headers;
     pick_trace_id(r);
 
-    /* request-target: origin-form, or absolute-form whose authority replaces Host */
+    resolve_client(r);
+
+    /* request-target: origin-form, or absolute-form whose authority replaces Host (RFC 9112 §3.2.2) */
     const char *t = r->target.p, *tend = t + r->target.n;
-    const char *host = p->host;
-    size_t host_len = p->host_len;
+    mg_str_t host = p->host ? (mg_str_t){ p->host, p->host_len } : (mg_str_t){ "", 0 };
+    /* Host is checked even when the authority replaces it: an invalid one is 400 (RFC 9112 §3.2) */
+    long hl = mg_host_check(host.p, host.n);
+    if (hl < 0)
+        return bad_host(r, "Host", host);
     if (r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
         const char *a = t + (t[4] == ':' ? 7 : 8);
         const char *s = a;
-        while (s < tend && *s != '/' && *s != '?')
+        while (s < tend && *s != '/' && *s != '?' && *s != '#')
             s++;
-        host = a;
-        host_len = (size_t)(s - a);
+        host = (mg_str_t){ a, (size_t)(s - a) };
+        /* an http URI with an empty host is invalid (RFC 9110 §4.2.1); userinfo is refused (§4.2.4) */
+        if (host.n == 0 || (hl = mg_host_check(host.p, host.n)) < 0)
+            return bad_host(r, "the target's authority", host);
         t = s;
     }
     if (memchr(r->target.p, '#', r->target.n))
@@ -167,18 +233,20 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
         return 400; /* "*" (OPTIONS) and authority-form (CONNECT) have no path to route */
     r->query = q ? (mg_str_t){ q + 1, (size_t)(tend - q - 1) } : (mg_str_t){ "", 0 };
 
-    /* host: lowercase, without the port */
-    if (host) {
-        char *h = mg_pool_alloc(&r->pool, host_len + 1);
-        size_t n = 0;
-        if (host_len && host[0] == '[') {
-            const char *rb = memchr(host, ']', host_len);
-            n = rb ? (size_t)(rb - host) + 1 : host_len;
-        } else {
-            const char *colon = memchr(host, ':', host_len);
-            n = colon ? (size_t)(colon - host) : host_len;
-        }
-        mg_lowercase(h, host, n);
+    /*
+     * The one host of the request: routing, ctx.request.host, the upstream's
+     * Host and X-Forwarded-Host and the access log all come from here, so
+     * what is routed is what is forwarded. r->authority is the value as
+     * received (with its port); r->host is its host lowercased, without the
+     * port and a trailing dot ("Admin.Example.:80" routes as admin.example).
+     */
+    r->authority = host;
+    size_t n = (size_t)hl;
+    if (n > 1 && host.p[0] != '[' && host.p[n - 1] == '.')
+        n--;
+    if (n) { /* else r->host stays { NULL, 0 }: no host (ctx.request.host is nil) */
+        char *h = mg_pool_alloc(&r->pool, n + 1);
+        mg_lowercase(h, host.p, n);
         h[n] = '\0';
         r->host = (mg_str_t){ h, n };
     }

@@ -506,6 +506,30 @@ local function make_env(st)
     s.error_header = name
   end
 
+  -- trusted_proxies { "10.0.0.0/8", "::1" }: the peers (load balancers, CDNs)
+  -- whose X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded
+  -- are believed; nobody's by default. mg_config.c parses each entry (an
+  -- address or a CIDR) and names this line when one is wrong (docs/proxy.md).
+  function env.trusted_proxies(list)
+    if type(list) ~= "table" or #list == 0 then
+      fail("trusted_proxies expects a list of addresses or CIDRs, e.g. { \"10.0.0.0/8\", \"::1\" }")
+    end
+    if s.trusted_proxies then fail("trusted_proxies is already given at %s", s.trusted_proxies.where) end
+    for k in pairs(list) do
+      if type(k) ~= "number" or k < 1 or k > #list or k % 1 ~= 0 then
+        fail("trusted_proxies expects a list, not a table with key '%s'", tostring(k))
+      end
+    end
+    local out = {}
+    for i, v in ipairs(list) do
+      if type(v) ~= "string" then fail("trusted_proxies: entry %d must be a string like \"10.0.0.0/8\"", i) end
+      out[i] = v
+    end
+    local f, l = where()
+    out.where = f .. ":" .. l
+    s.trusted_proxies = out
+  end
+
   function env.route(spec)
     if type(spec) ~= "table" then fail("route expects a table: route { path = ..., handler = ... }") end
     check_fields(spec, ROUTE_FIELDS, "route")

@@ -21,7 +21,9 @@ const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const cha
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 ]]
 
-local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6, scheme = 7 }
+-- client_ip: the peer's address, or the client trusted_proxies name in X-Forwarded-For
+local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 5, http_version = 6, scheme = 7,
+                client_ip = 15 }
 local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
 local CLIENT_FIELD = { subject = 11, san = 12, fingerprint = 13 }
 local TLS_RESUMED = 14

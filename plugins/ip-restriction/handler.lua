@@ -1,5 +1,6 @@
 -- ip-restriction: allow or deny clients by address, IPv4 and IPv6 CIDRs.
--- With an allow list only those may pass; deny wins over allow.
+-- With an allow list only those may pass; deny wins over allow. The address
+-- is ctx.request.client_ip (see trusted_proxies in docs/proxy.md).
 local IpRestriction = {
   name = "ip-restriction",
   version = "1.0.0",
@@ -97,7 +98,9 @@ IpRestriction.schema.check = function(conf)
 end
 
 function IpRestriction.access(ctx, conf)
-  local ip = ctx.request.remote:match("^(.*):%d+$")
+  -- the client address: the peer, or behind trusted_proxies the client their
+  -- X-Forwarded-For names (never a header an untrusted client wrote)
+  local ip = ctx.request.client_ip
   local bytes = ip and parse(ip)
   if not bytes then return conf.status, { error = "forbidden" } end
   for _, net in ipairs(conf._deny) do

@@ -27,7 +27,7 @@ local tostring = tostring
 local function key_of(ctx, conf)
   local k = conf.key
   if k == "route" then return "" end
-  if k == "ip" then return (ctx.request.remote:match("^(.*):%d+$")) end
+  if k == "ip" then return ctx.request.client_ip end -- the peer, or the client trusted_proxies name
   if k == "consumer" then return ctx.consumer end
   return ctx.request:header(k:sub(8))
 end

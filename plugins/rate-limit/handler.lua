@@ -33,7 +33,7 @@ local floor, ceil, tostring = math.floor, math.ceil, tostring
 
 local function key_of(ctx, conf)
   local k = conf.key
-  if k == "ip" then return (ctx.request.remote:match("^(.*):%d+$")) end
+  if k == "ip" then return ctx.request.client_ip end -- the peer, or the client trusted_proxies name
   if k == "consumer" then return ctx.consumer end
   if k == "route" then return ctx.route.declared_at end
   return ctx.request:header(k:sub(8))

@@ -1,34 +1,53 @@
--- redirect: answers with a redirect. `to` may use {path} and {query}; with
--- https = true it sends plain-HTTP requests to the same host and path over
+-- redirect: answers with a redirect. `to` may use {path}, {query} and {host};
+-- with https = true it sends plain-HTTP requests to the same host and path over
 -- https (on https_port when it is not 443) and lets HTTPS requests through,
 -- so it can be attached globally to a config with both kinds of listener.
+--
+-- The host put in Location is never the client's raw Host: it is the configured
+-- `host`, else ctx.request.host, which the core validated (an RFC 3986 host,
+-- lowercased, without its port; "Host: evil.test/x?" is a 400 before any
+-- plugin runs), so a redirect cannot be steered to another site.
+local fmt = string.format
+
+-- a DNS name or IPv4 address, or an [IPv6] literal; no port, no userinfo, no path
+local function valid_host(h)
+  return h:match("^[%w][%w%-%.]*$") ~= nil and not h:find("..", 1, true) or h:match("^%[[%x:%.]+%]$") ~= nil
+end
+
 return {
   name = "redirect",
-  version = "1.0.0",
+  version = "1.1.0",
   priority = 5000,
   schema = {
     fields = {
       to = { type = "string", description = "target URL; {path}, {query} and {host} are replaced" },
       https = { type = "boolean", default = false, description = "redirect plain HTTP to https://<host><path>" },
       https_port = { type = "integer", between = { 1, 65535 }, default = 443, description = "the HTTPS listener's port" },
+      host = { type = "string", description = "the host to redirect to instead of the request's (a name or [IPv6] literal, no port)" },
       status = { type = "integer", default = 301, one_of = { 301, 302, 303, 307, 308 } },
     },
     check = function(conf)
       if not conf.to and not conf.https then return nil, "give to or https = true" end
+      if conf.host and not valid_host(conf.host) then
+        return nil, fmt("field 'host': '%s' is not a host name or [IPv6] literal (no port, path or userinfo)", conf.host)
+      end
       return true
     end,
   },
   access = function(ctx, conf)
     local req = ctx.request
     local query = req.query ~= "" and ("?" .. req.query) or ""
+    local host = conf.host or req.host
+    if host == "" then host = nil end -- HTTP/1.0 without Host, or an empty Host
     local location
     if conf.https then
       if req.scheme == "https" then return end
-      local host = (req.host or "localhost"):gsub(":%d+$", "")
+      if not host then return 400, { error = "no host to redirect to" } end
       if conf.https_port ~= 443 then host = host .. ":" .. conf.https_port end
       location = "https://" .. host .. req.path .. query
     else
-      location = conf.to:gsub("{(%a+)}", { path = req.path, query = query, host = req.host or "" })
+      if not host and conf.to:find("{host}", 1, true) then return 400, { error = "no host to redirect to" } end
+      location = conf.to:gsub("{(%a+)}", { path = req.path, query = query, host = host })
     end
     return conf.status, "", { Location = location }
   end,
