@@ -127,6 +127,8 @@ static int flood(mg_h2_t *h2, int *counter, int limit, const char *what)
     }
     if (++*counter <= limit)
         return 0;
+    if (h2->goaway)
+        return 1; /* said once */
     mg_log_warn(NULL, "client %s: HTTP/2 %s flood (more than %d in %d s): connection closed", h2->conn->remote,
                 what, limit, FLOOD_WINDOW_MS / 1000);
     nghttp2_session_terminate_session(h2->session, NGHTTP2_ENHANCE_YOUR_CALM);
