@@ -246,9 +246,9 @@ static const char *filtered_head(mg_req_t *r, lua_State *co, int hidx, int64_t c
     return NULL;
 }
 
-static void filter_failed(mg_req_t *r, mg_task_t *t, const char *phase, const char *why)
+static void filter_failed(mg_req_t *r, mg_task_t *t, const char *why)
 {
-    mg_log_error(r->trace_id, "route %s: %s failed: %s", r->route->name, phase, why);
+    mg_req_log_failure(r, why);
     mg_task_release(t, 0);
     mg_forward_cancel(r);
     mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL, 0);
@@ -262,7 +262,7 @@ static void on_filter_done(mg_task_t *t, int status)
     lua_State *co = t->co;
     const char *bad = status != 0 ? lua_tostring(co, -1) : filtered_head(r, co, 2, r->upstream_cl);
     if (bad) {
-        filter_failed(r, t, "header_filter", bad);
+        filter_failed(r, t, bad);
         return;
     }
     mg_req_send_head(r, &r->resp); /* while the filter's results (the values) are on co */
@@ -364,7 +364,7 @@ static void on_chunk_done(mg_task_t *t, int status)
     r->task_running = 0;
     r->chunk_filtering = 0;
     if (status != 0) {
-        mg_log_error(r->trace_id, "route %s: body_filter failed: %s", r->route->name, lua_tostring(t->co, -1));
+        mg_req_log_failure(r, lua_tostring(t->co, -1));
         mg_task_release(t, 0);
         r->error_kind = MG_E(LUA_ERROR);
         mg_forward_cancel(r);
@@ -401,7 +401,7 @@ static void on_whole_done(mg_task_t *t, int status)
     const char *body = status == 0 ? lua_tolstring(co, 3, &n) : NULL;
     const char *bad = status != 0 ? lua_tostring(co, -1) : filtered_head(r, co, 2, (int64_t)n);
     if (bad) {
-        mg_log_error(r->trace_id, "route %s: response filters failed: %s", r->route->name, bad);
+        mg_req_log_failure(r, bad);
         mg_task_release(t, 0);
         mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, !r->body_complete, NULL, 0);
         return;

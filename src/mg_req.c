@@ -325,9 +325,41 @@ const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl,
     return NULL;
 }
 
+void mg_req_log_failure(mg_req_t *r, const char *why)
+{
+    char who[192] = "handler";
+    if (r->ctx_ref != LUA_NOREF) {
+        lua_State *L = r->gen->vm->L;
+        mg_req_push_ctx(r);
+        lua_pushliteral(L, "_step");
+        lua_rawget(L, -2);
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "phase");
+            lua_getfield(L, -2, "name");
+            snprintf(who, sizeof(who), "%s of plugin %s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "?",
+                     lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+            lua_pop(L, 2);
+        }
+        lua_pop(L, 2);
+    }
+    if (!why)
+        why = "(error object is not a string)";
+    /* the message on the line, the traceback (if any) as a field */
+    const char *tb = strstr(why, "\nstack traceback:");
+    size_t mlen = tb ? (size_t)(tb - why) : strlen(why);
+    char fields[4096] = "";
+    if (tb) {
+        char esc[4000];
+        mg_json_escape(esc, sizeof(esc), tb + 1, strlen(tb + 1));
+        snprintf(fields, sizeof(fields), "\"traceback\":\"%s\"", esc);
+    }
+    mg_log_write(MG_LOG_ERROR, r->trace_id, tb ? fields : NULL, "route %s: %s: %.*s", r->route ? r->route->name : "-",
+                 who, (int)mlen, why);
+}
+
 static void fail_500(mg_req_t *r, const char *why)
 {
-    mg_log_error(r->trace_id, "route %s: %s", r->route ? r->route->name : "-", why);
+    mg_req_log_failure(r, why);
     mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL, 0);
 }
 
@@ -421,8 +453,7 @@ static void on_handler_done(mg_task_t *t, int status)
     mg_req_t *r = t->owner;
     r->task_running = 0;
     if (status != 0) {
-        const char *tb = lua_tostring(t->co, -1);
-        mg_log_error(r->trace_id, "route %s: handler failed: %s", r->route->name, tb ? tb : "?");
+        mg_req_log_failure(r, lua_tostring(t->co, -1));
         mg_task_release(t, 0);
         mg_req_error(r, 0, MG_E(LUA_ERROR), NULL, 0, NULL, 0);
         return;

@@ -195,6 +195,13 @@ const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl,
 /* Appends "name: value\r\n" as is. */
 void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl);
 
+/*
+ * Logs a failure of the request's Lua code in one format for every phase:
+ * "route R: access of plugin key-auth: file:line: message" ("handler: ..."
+ * for the route's handler), with the trace id, the traceback as a field.
+ */
+void mg_req_log_failure(mg_req_t *r, const char *why);
+
 /* Pushes the request's ctx (creating it on first use) on the VM's main stack. */
 void mg_req_push_ctx(mg_req_t *r);
 

@@ -101,49 +101,79 @@ int mg_resp_named_by_connection(const mg_header_t *hs, size_t n, const mg_header
     return 0;
 }
 
-/* One pass over a Lua headers table: check only (out NULL), or append. */
+/* One field of a Lua headers table: name at -2, value at -1 (left there). */
+static const char *field(mg_resp_t *out, lua_State *L, size_t before, const mg_resp_t *seen)
+{
+    if (lua_type(L, -2) != LUA_TSTRING)
+        return "response header names must be strings";
+    size_t nl;
+    const char *name = lua_tolstring(L, -2, &nl);
+    if (!mg_resp_valid_name(name, nl))
+        return "invalid response header name";
+    int skip = mg_resp_framing_field(name, nl); /* framing is the gateway's, not Lua's */
+    if (!skip && seen) {
+        for (size_t i = 0; i < before && !skip; i++)
+            skip = seen->h[i].name_len == nl && strncasecmp(seen->h[i].name, name, nl) == 0;
+    }
+    int array = lua_istable(L, -1);
+    int n = array ? (int)lua_objlen(L, -1) : 1;
+    for (int i = 1; i <= n; i++) {
+        if (array)
+            lua_rawgeti(L, -1, i);
+        else
+            lua_pushvalue(L, -1);
+        int t = lua_type(L, -1);
+        if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+            lua_pop(L, 1);
+            return "response header values must be strings or numbers";
+        }
+        size_t vl;
+        const char *v = lua_tolstring(L, -1, &vl);
+        if (!mg_resp_valid_value(v, vl)) {
+            lua_pop(L, 1);
+            return "response header value contains CR, LF or another control character";
+        }
+        if (out && !skip) /* a number's string lives on the stack only: copied */
+            mg_resp_add(out, name, nl, t == LUA_TNUMBER ? mg_pool_strndup(out->pool, v, vl) : v, vl);
+        lua_pop(L, 1);
+    }
+    return NULL;
+}
+
+/*
+ * One pass over a Lua headers table: check only (out NULL), or append. A
+ * table from moongate.ctx's new_headers is walked in the order its fields
+ * were added (its metatable's `order`), any other in pairs() order.
+ */
 static const char *walk(mg_resp_t *out, lua_State *L, int idx, size_t before, const mg_resp_t *seen)
 {
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 2);
-            return "response header names must be strings";
-        }
-        size_t nl;
-        const char *name = lua_tolstring(L, -2, &nl);
-        if (!mg_resp_valid_name(name, nl)) {
-            lua_pop(L, 2);
-            return "invalid response header name";
-        }
-        int skip = mg_resp_framing_field(name, nl); /* framing is the gateway's, not Lua's */
-        if (!skip && seen) {
-            for (size_t i = 0; i < before && !skip; i++)
-                skip = seen->h[i].name_len == nl && strncasecmp(seen->h[i].name, name, nl) == 0;
-        }
-        int array = lua_istable(L, -1);
-        int n = array ? (int)lua_objlen(L, -1) : 1;
-        for (int i = 1; i <= n; i++) {
-            if (array)
-                lua_rawgeti(L, -1, i);
-            else
+    const char *bad = NULL;
+    if (lua_getmetatable(L, idx)) {
+        lua_getfield(L, -1, "order");
+        lua_remove(L, -2);
+        if (lua_istable(L, -1)) {
+            int order = lua_gettop(L), n = (int)lua_objlen(L, order);
+            for (int i = 1; i <= n && !bad; i++) {
+                lua_rawgeti(L, order, i);
                 lua_pushvalue(L, -1);
-            int t = lua_type(L, -1);
-            if (t != LUA_TSTRING && t != LUA_TNUMBER) {
-                lua_pop(L, 3);
-                return "response header values must be strings or numbers";
+                lua_rawget(L, idx);
+                if (!lua_isnil(L, -1))
+                    bad = field(out, L, before, seen);
+                lua_pop(L, 2);
             }
-            size_t vl;
-            const char *v = lua_tolstring(L, -1, &vl); /* a number becomes a string in place: kept alive by the table */
-            if (!mg_resp_valid_value(v, vl)) {
-                lua_pop(L, 3);
-                return "response header value contains CR, LF or another control character";
-            }
-            if (out && !skip)
-                mg_resp_add(out, name, nl, v, vl);
             lua_pop(L, 1);
+            return bad;
         }
         lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        bad = field(out, L, before, seen);
+        lua_pop(L, 1);
+        if (bad) {
+            lua_pop(L, 1);
+            return bad;
+        }
     }
     return NULL;
 }

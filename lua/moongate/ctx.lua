@@ -112,8 +112,9 @@ end
 -- seen: h["x-tag"] and h["X-Tag"] are one field, written as it was first
 -- set (the upstream's spelling on proxied responses), so setting X-Tag when
 -- the upstream sent x-tag replaces it instead of adding a second field. The
--- fields are real keys (pairs() sees them as spelled); a side table maps
--- lowercase names to the spelling in use.
+-- fields are real keys (pairs() sees them as spelled); the metatable keeps
+-- lowercase name -> spelling, and the order fields were added in, which is
+-- the order they are written in.
 local function hdr_index(t, k)
   if type(k) ~= "string" then return nil end
   local spelled = getmetatable(t).names[lower(k)]
@@ -122,31 +123,39 @@ end
 
 local function hdr_newindex(t, k, v)
   if type(k) ~= "string" then return rawset(t, k, v) end
-  local names = getmetatable(t).names
-  local lk = lower(k)
+  local mt = getmetatable(t)
+  local names, lk = mt.names, lower(k)
   local spelled = names[lk]
   if spelled then
     rawset(t, spelled, v)
-    if v == nil then names[lk] = nil end
+    if v == nil then
+      names[lk] = nil
+      local order = mt.order
+      for i = 1, #order do
+        if order[i] == spelled then table.remove(order, i) break end
+      end
+    end
   elseif v ~= nil then
     names[lk] = k
+    mt.order[#mt.order + 1] = k
     rawset(t, k, v)
   end
 end
 
 --- A new case-insensitive header table (ctx.response.headers is one).
 function M.new_headers()
-  return setmetatable({}, { __index = hdr_index, __newindex = hdr_newindex, names = {} })
+  return setmetatable({}, { __index = hdr_index, __newindex = hdr_newindex, names = {}, order = {} })
 end
 local new_headers = M.new_headers
 
---- Merges the fields of a response (flat { name, value, name, value, ... },
--- in order) into ctx.response: a field that repeats becomes an array, and
--- the response's fields replace headers plugins set as defaults before.
+--- Puts a response (status, and its fields flat { name, value, ... } in
+-- order) into ctx.response: a field that repeats becomes an array, and the
+-- headers plugins set before the response stay only as defaults for names
+-- the response does not have, after its own fields (as on the fast path).
 function M.merge_response(ctx, status, flat)
   local resp = ctx.response
   resp.status = status
-  local h, seen = resp.headers, {}
+  local defaults, h, seen = resp.headers, new_headers(), {}
   for i = 1, #flat, 2 do
     local name, v = flat[i], flat[i + 1]
     local lk = lower(name)
@@ -158,6 +167,19 @@ function M.merge_response(ctx, status, flat)
       h[name] = v
     end
   end
+  local mt = getmetatable(defaults)
+  local order = mt and mt.order
+  if order then
+    for i = 1, #order do
+      local k = order[i]
+      if h[k] == nil then h[k] = rawget(defaults, k) end
+    end
+  else
+    for k, v in pairs(defaults) do
+      if h[k] == nil then h[k] = v end
+    end
+  end
+  resp.headers = h
 end
 
 local REQ_METHODS = {}

@@ -185,7 +185,7 @@ function M.chain(ordered)
       if fn and e.plugin.uses and not e.plugin.uses(phase, e.conf) then fn = nil end
       if fn then
         local list = c[phase]
-        list[#list + 1] = { fn = fn, conf = e.conf, name = e.plugin.name }
+        list[#list + 1] = { fn = fn, conf = e.conf, name = e.plugin.name, phase = phase }
       end
     end
   end
@@ -203,9 +203,12 @@ end
 
 -- ---- running ----
 
+-- ctx._step is the step running now: when it raises, the gateway's error
+-- names its phase and plugin ("access of plugin key-auth: file:line: ...").
 local function run_phase(list, ctx)
   for i = 1, #list do
     local step = list[i]
+    ctx._step = step
     local status, body, headers = step.fn(ctx, step.conf)
     if status ~= nil then
       if type(status) ~= "number" then
@@ -228,10 +231,12 @@ local function filter_response(ctx, chain, status, body, headers)
   end
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
+    ctx._step = step
     step.fn(ctx, step.conf)
   end
   for i = 1, #chain.body_filter do
     local step = chain.body_filter[i]
+    ctx._step = step
     -- the whole body is one chunk here: eof = true
     local b = step.fn(ctx, step.conf, resp.body, true)
     if b ~= nil then resp.body = b end
@@ -244,6 +249,7 @@ end
 local function run_balancer(ctx, chain)
   for i = 1, #chain.balancer do
     local step = chain.balancer[i]
+    ctx._step = step
     local target = step.fn(ctx, step.conf)
     if target ~= nil then
       if type(target) ~= "string" then
@@ -262,6 +268,7 @@ function M.run(ctx, chain, handler)
   if status == nil then status, body, headers = run_phase(chain.access, ctx) end
   if status == nil then
     if not handler then return true, run_balancer(ctx, chain) end
+    ctx._step = nil -- the handler's own errors are the handler's
     status, body, headers = handler(ctx)
     if status == nil then
       local r = rawget(ctx, "response")
@@ -279,6 +286,7 @@ function M.filter_upstream_head(ctx, chain)
   local resp = ctx.response
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
+    ctx._step = step
     step.fn(ctx, step.conf)
   end
   return resp.status, resp.headers
@@ -289,6 +297,7 @@ end
 function M.filter_upstream_chunk(ctx, chain, chunk, eof)
   for i = 1, #chain.body_filter do
     local step = chain.body_filter[i]
+    ctx._step = step
     local out = step.fn(ctx, step.conf, chunk, eof)
     if out ~= nil then
       if type(out) ~= "string" then
@@ -306,6 +315,7 @@ function M.filter_whole(ctx, chain, body)
   local resp = ctx.response
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
+    ctx._step = step
     step.fn(ctx, step.conf)
   end
   resp.body = M.filter_upstream_chunk(ctx, chain, body, true)
@@ -334,7 +344,8 @@ function M.log(ctx, chain)
     local step = chain.log[i]
     local ok, err = pcall(step.fn, ctx, step.conf)
     if not ok then
-      gw.log("error", "plugin " .. step.name .. " failed in the log phase: " .. tostring(err))
+      -- the format of every phase's failure (src/mg_req.c mg_req_log_failure)
+      gw.log("error", fmt("route %s: log of plugin %s: %s", ctx.route.name, step.name, tostring(err)))
     end
   end
 end

@@ -28,16 +28,12 @@ function Transformer.access(ctx, conf)
   for k, v in pairs(conf.add) do h[k] = v end
 end
 
+-- ctx.response.headers is case-insensitive: one assignment replaces the
+-- field whatever its spelling, in its place.
 function Transformer.header_filter(ctx, conf)
   local h = ctx.response.headers
-  for _, name in ipairs(conf.remove) do
-    h[name] = nil
-    h[name:lower()] = nil
-  end
-  for k, v in pairs(conf.set) do
-    h[k:lower()] = nil
-    h[k] = v
-  end
+  for _, name in ipairs(conf.remove) do h[name] = nil end
+  for k, v in pairs(conf.set) do h[k] = v end
 end
 
 return Transformer
