@@ -110,12 +110,9 @@ static int l_exe(lua_State *L)
     return 1;
 }
 
-static void spec_task_done(mg_task_t *t, int status)
+static void spec_task_failed(const char *traceback)
 {
-    if (status != 0)
-        fprintf(stderr, "spec task failed: %s\n", lua_tostring(t->co, -1));
-    mg_task_release(t, status == 0);
-    free(t);
+    fprintf(stderr, "spec task failed: %s\n", traceback);
 }
 
 /* gw.process.task(fn): runs fn concurrently as a task on the loop (specs only). */
@@ -126,8 +123,7 @@ static int l_task(lua_State *L)
     lua_pushvalue(L, 1);
     if (L != vm->L)
         lua_xmove(L, vm->L, 1);
-    mg_task_t *t = mg_calloc(1, sizeof(*t));
-    mg_task_start(t, vm, 0, spec_task_done, NULL);
+    mg_vm_task_start(vm, 0, spec_task_failed); /* the VM's: cancelled when it is freed */
     return 0;
 }
 
