@@ -218,6 +218,28 @@ void mg_plugins_init_worker(mg_vm_t *vm)
     mg_vm_task_start(vm, 0, init_worker_failed);
 }
 
+struct event_base *mg_event_base_new(void)
+{
+    /*
+     * The cost, measured on a loop pass of one read, one write and four
+     * timer adds (1.39 us): +0.28 us for the precise clock (libevent then
+     * arms a timerfd each pass), +0.10 us more without the time cache (a
+     * vDSO clock read per timer add and per pass). wrk against a hello route
+     * shows no difference beyond noise; 1 ms sleeps take 1.1 ms instead of
+     * up to a tick.
+     * NOLOCK: a worker's loop is single-threaded (other threads only write
+     * to its eventfds).
+     */
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER |
+                                  EVENT_BASE_FLAG_NO_CACHE_TIME);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
+}
+
 void mg_vm_stop(mg_vm_t *vm)
 {
     if (vm->stopped)

@@ -22,6 +22,9 @@
  * and the response; the log phase, gw.timer runs, init_worker and spawned
  * tasks keep their own. The VM's ledger (vm->ledger) holds its timers, its
  * background tasks and what its main thread took; mg_vm_stop runs it.
+ *
+ * Timers: every wait is armed on a loop made by mg_event_base_new (precise
+ * monotonic clock, no cached time), so no wait ends before the time asked.
  */
 #ifndef MG_LUA_H
 #define MG_LUA_H
@@ -67,6 +70,7 @@ struct mg_task {
                                            Set by the owner before mg_task_start; kept across starts */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
+    uint64_t sleep_due_us;              /* gw.sleep ends at this monotonic time, not before */
     mg_sema_waiter_t sema_waiter;       /* gw.semaphore:acquire */
     struct event sema_timer;
     mg_wait_t sema_wait;
@@ -109,6 +113,14 @@ void mg_vm_free(mg_vm_t *vm);
  */
 void mg_vm_stop(mg_vm_t *vm);
 
+/*
+ * A new event loop for workers and specs: libevent's precise monotonic clock
+ * (CLOCK_MONOTONIC instead of the coarse one, which lags by up to a tick) and
+ * no cached time (a timer armed late in a loop pass, after Lua ran for a
+ * while, would otherwise count from the start of the pass). With both, a
+ * timer never fires before the time asked for. NULL on failure.
+ */
+struct event_base *mg_event_base_new(void);
 
 /* Registers metatable `name` with __index = methods and an optional __gc. */
 void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
@@ -144,6 +156,15 @@ void mg_task_release(mg_task_t *t, int reusable);
 
 /* The task running on L, or NULL (main thread or a foreign coroutine). */
 mg_task_t *mg_task_current(lua_State *L);
+
+/* seconds -> timeval, rounded up to the microsecond: a wait is never armed shorter than asked. */
+static inline struct timeval mg_tv_from_s(double s)
+{
+    uint64_t us = (uint64_t)(s * 1e6);
+    if ((double)us < s * 1e6)
+        us++;
+    return (struct timeval){ (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
+}
 
 /* Where gw.* calls made by t register what they take (see the file comment). */
 static inline mg_ledger_t *mg_task_scope(mg_task_t *t) { return t->scope ? t->scope : &t->ledger; }

@@ -160,7 +160,7 @@ static int l_acquire(lua_State *L)
         return 2;
     }
     /* queued: on_granted records the permit for the task's owner */
-    struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - floor(timeout)) * 1e6) };
+    struct timeval tv = mg_tv_from_s(timeout);
     evtimer_assign(&t->sema_timer, vm->base, on_sema_timeout, t);
     evtimer_add(&t->sema_timer, &tv);
     t->sema_wait.cancel = on_cancel;

@@ -15,7 +15,6 @@
  * with live reload, the generation): a run still going is cancelled then.
  */
 #include <lauxlib.h>
-#include <math.h>
 
 #include "mg_log.h"
 #include "mg_lua.h"
@@ -111,8 +110,7 @@ static int start(lua_State *L, int periodic)
         lua_rawseti(L, -2, i - 1);
     }
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    t->interval.tv_sec = (time_t)s;
-    t->interval.tv_usec = (suseconds_t)((s - floor(s)) * 1e6);
+    t->interval = mg_tv_from_s(s);
     event_assign(&t->ev, vm->base, -1, periodic ? EV_PERSIST : 0, on_fire, t);
     event_add(&t->ev, &t->interval);
     mg_ledger_add(&vm->ledger, &t->in_vm, vm_stopped);
