@@ -3,7 +3,6 @@
  * the log entry point. The Lua half lives in lua/moongate/gw.lua.
  */
 #include <lauxlib.h>
-#include <math.h>
 
 #include "mg_error.h"
 #include "mg_log.h"
@@ -11,14 +10,31 @@
 
 #define VM(L) ((mg_vm_t *)lua_touserdata((L), lua_upvalueindex(1)))
 
+/*
+ * gw.sleep never returns before the time asked for, measured on the
+ * monotonic clock. The loop's own clock is precise (mg_event_base_new); this
+ * check covers a loop made otherwise (config checks, an embedding): a timer
+ * that fires early is re-armed for the rest.
+ */
 static void sleep_fired(evutil_socket_t fd, short what, void *arg)
 {
-    mg_wait_wake(arg, 0);
+    mg_task_t *t = arg;
+    uint64_t now = mg_now_us();
+    if (now < t->sleep_due_us) {
+        struct timeval tv = { 0, 0 };
+        uint64_t left = t->sleep_due_us - now;
+        tv.tv_sec = (time_t)(left / 1000000u);
+        tv.tv_usec = (suseconds_t)(left % 1000000u);
+        evtimer_add(&t->timer, &tv);
+        return;
+    }
+    mg_wait_wake(&t->sleep_wait, 0);
 }
 
 static void sleep_cancel(mg_wait_t *w)
 {
-    event_del(&w->task->timer);
+    mg_task_t *t = (mg_task_t *)(void *)((char *)w - offsetof(mg_task_t, sleep_wait));
+    event_del(&t->timer);
 }
 
 /* gw.sleep(seconds): yields to the event loop; other requests run meanwhile. */
@@ -27,26 +43,27 @@ static int l_sleep(lua_State *L)
     double s = luaL_checknumber(L, 1);
     if (!(s >= 0) || s > 1e7)
         return luaL_argerror(L, 1, "seconds must be a non-negative number");
-    struct timeval tv = { (time_t)s, (suseconds_t)((s - floor(s)) * 1e6) };
+    struct timeval tv = mg_tv_from_s(s);
     mg_vm_t *vm = VM(L);
     mg_task_t *t = mg_task_current(L);
-    if (t) {
-        evtimer_assign(&t->timer, vm->base, sleep_fired, &t->sleep_wait);
-        t->sleep_wait.cancel = sleep_cancel;
-        evtimer_add(&t->timer, &tv);
-        return mg_wait_yield(L, &t->sleep_wait);
-    }
-    /* main thread (specs): the frame outlives the nested loop in mg_wait_yield */
-    struct event ev;
-    mg_wait_t w = { .cancel = NULL };
-    evtimer_assign(&ev, vm->base, sleep_fired, &w);
-    evtimer_add(&ev, &tv);
-    int n = mg_wait_yield(L, &w);
-    event_del(&ev);
+    /*
+     * Not in a task (the VM's main thread in specs, or a coroutine of the
+     * user's own, which mg_wait_yield refuses after cancelling): the timer
+     * lives in this frame, which outlives the nested loop in mg_wait_yield.
+     */
+    mg_task_t local;
+    mg_task_t *st = t ? t : &local;
+    st->sleep_due_us = mg_now_us() + (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+    evtimer_assign(&st->timer, vm->base, sleep_fired, st);
+    st->sleep_wait.cancel = sleep_cancel;
+    evtimer_add(&st->timer, &tv);
+    int n = mg_wait_yield(L, &st->sleep_wait);
+    if (!t)
+        event_del(&local.timer);
     return n;
 }
 
-/* gw.now(): wall-clock seconds (float), cached per event-loop iteration. */
+/* gw.now(): wall-clock seconds (float); fresh, since worker loops keep no time cache. */
 static int l_now(lua_State *L)
 {
     struct timeval tv;

@@ -284,7 +284,6 @@ static int filter_head(mg_req_t *r, const mg_http1_response_t *u)
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
     r->head_filtering = 1;
     r->task.trace_id = r->trace_id;
-    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 2, on_filter_done, r);
     if (!r->head_filtering)
@@ -425,7 +424,6 @@ static void run_whole_filter(mg_req_t *r)
     lua_pushlstring(L, n ? (const char *)evbuffer_pullup(r->body, -1) : "", n);
     evbuffer_drain(r->body, n);
     r->task.trace_id = r->trace_id;
-    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 3, on_whole_done, r);
 }
@@ -443,7 +441,6 @@ static void run_chunk_filter(mg_req_t *r, const char *data, size_t len, int eof)
     r->chunk_filtering = 1;
     r->chunk_eof = eof;
     r->task.trace_id = r->trace_id;
-    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, 4, on_chunk_done, r);
 }

@@ -168,12 +168,43 @@ fail:
     return NULL;
 }
 
-static void init_worker_done(mg_task_t *t, int status)
+/* A task nothing else owns (init_worker, a spec's gw.process.task): the VM's. */
+typedef struct bg_task {
+    mg_task_t task;
+    mg_ledger_entry_t in_vm;            /* cancelled by mg_vm_stop if still running */
+    void (*on_fail)(const char *traceback);
+} bg_task_t;
+
+static void bg_done(mg_task_t *t, int status)
 {
-    if (status != 0)
-        mg_log_error(NULL, "init_worker failed: %s", lua_tostring(t->co, -1));
+    bg_task_t *b = (bg_task_t *)t;
+    if (status != 0 && b->on_fail) {
+        const char *tb = lua_tostring(t->co, -1);
+        b->on_fail(tb ? tb : "?");
+    }
+    mg_ledger_remove(&b->in_vm);
     mg_task_release(t, status == 0);
-    free(t);
+    free(b);
+}
+
+static void bg_stop(mg_ledger_entry_t *e)
+{
+    bg_task_t *b = mg_ledger_of(e, bg_task_t, in_vm);
+    mg_task_cancel(&b->task);
+    free(b);
+}
+
+void mg_vm_task_start(mg_vm_t *vm, int nargs, void (*on_fail)(const char *traceback))
+{
+    bg_task_t *b = mg_calloc(1, sizeof(*b));
+    b->on_fail = on_fail;
+    mg_ledger_add(&vm->ledger, &b->in_vm, bg_stop); /* before the start: it may finish at once */
+    mg_task_start(&b->task, vm, nargs, bg_done, NULL);
+}
+
+static void init_worker_failed(const char *traceback)
+{
+    mg_log_error(NULL, "init_worker failed: %s", traceback);
 }
 
 void mg_plugins_init_worker(mg_vm_t *vm)
@@ -184,8 +215,29 @@ void mg_plugins_init_worker(mg_vm_t *vm)
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "init_worker");
     lua_remove(L, -2);
-    mg_task_t *t = mg_calloc(1, sizeof(*t));
-    mg_task_start(t, vm, 0, init_worker_done, NULL);
+    mg_vm_task_start(vm, 0, init_worker_failed);
+}
+
+struct event_base *mg_event_base_new(void)
+{
+    /*
+     * The cost, measured on a loop pass of one read, one write and four
+     * timer adds (1.39 us): +0.28 us for the precise clock (libevent then
+     * arms a timerfd each pass), +0.10 us more without the time cache (a
+     * vDSO clock read per timer add and per pass). wrk against a hello route
+     * shows no difference beyond noise; 1 ms sleeps take 1.1 ms instead of
+     * up to a tick.
+     * NOLOCK: a worker's loop is single-threaded (other threads only write
+     * to its eventfds).
+     */
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER |
+                                  EVENT_BASE_FLAG_NO_CACHE_TIME);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
 }
 
 void mg_vm_stop(mg_vm_t *vm)
@@ -193,7 +245,7 @@ void mg_vm_stop(mg_vm_t *vm)
     if (vm->stopped)
         return;
     vm->stopped = 1;
-    mg_timer_free_all(vm);
+    mg_ledger_run(&vm->ledger);
     for (int i = 0; i < vm->nadhoc; i++)
         mg_upstream_free(&vm->adhoc[i]);
 }
@@ -217,6 +269,25 @@ mg_task_t *mg_task_current(lua_State *L)
     mg_task_t *t = lua_touserdata(L, -1);
     lua_pop(L, 2);
     return t;
+}
+
+mg_task_t *mg_task_owner(lua_State *L, const char *what)
+{
+    mg_task_t *t = mg_task_current(L);
+    if (t)
+        return t;
+    int main_thread = lua_pushthread(L);
+    lua_pop(L, 1);
+    if (!main_thread)
+        luaL_error(L, "%s: call it from a handler, a plugin phase, a timer or a spawned task, not from a "
+                      "coroutine of your own (nothing would give back what it takes)", what);
+    return NULL;
+}
+
+mg_ledger_t *mg_lua_ledger(lua_State *L, const char *what)
+{
+    mg_task_t *t = mg_task_owner(L, what);
+    return t ? mg_task_scope(t) : &mg_vm_of(L)->ledger;
 }
 
 static void tasks_set(mg_vm_t *vm, mg_task_t *t, int present)
@@ -261,9 +332,7 @@ void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done
     t->on_done = on_done;
     t->owner = owner;
     t->wait = NULL;
-    t->children = NULL;
-    if (!owner)
-        t->holds = NULL;
+    mg_assert(mg_ledger_empty(&t->ledger)); /* released (or fresh) before it starts again */
     if (vm->pool_n > 0) {
         vm->pool_n--;
         t->co = vm->pool_co[vm->pool_n];
@@ -282,8 +351,8 @@ void mg_task_release(mg_task_t *t, int reusable)
     mg_vm_t *vm = t->vm;
     if (!t->co)
         return;
-    if (t->children)
-        mg_spawn_end_children(t);
+    /* whatever way the task ended, what it holds goes back now (children first if newest) */
+    mg_ledger_run(&t->ledger);
     tasks_set(vm, t, 0);
     if (reusable && lua_status(t->co) == 0 && vm->pool_n < (int)mg_countof(vm->pool_co)) {
         lua_settop(t->co, 0);

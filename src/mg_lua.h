@@ -9,6 +9,22 @@
  * the coroutine. On the VM's main thread (spec mode, config load) there is no
  * coroutine to yield: mg_wait_yield runs the event loop until the wake, so the
  * same API works in specs. Anywhere else (a user coroutine) it raises an error.
+ *
+ * Ownership (mg_ledger): a task owns what it holds. Its ledger (t->ledger)
+ * lists its children (gw.spawn) and what it took for itself; mg_task_release
+ * runs it, so it is given back however the task ends: it returned, raised,
+ * was cancelled (deadline, client gone) or its VM stopped. What a gw.* call
+ * takes (a semaphore permit, later a pooled connection or a stream) goes to
+ * the task's scope (mg_task_scope): its own ledger, unless its owner bound it
+ * to a longer-lived one before starting it. A request binds its phase tasks
+ * (handler, rewrite/access/balancer, header_filter, body_filter) to the
+ * request's ledger, so a permit taken in access covers the upstream exchange
+ * and the response; the log phase, gw.timer runs, init_worker and spawned
+ * tasks keep their own. The VM's ledger (vm->ledger) holds its timers, its
+ * background tasks and what its main thread took; mg_vm_stop runs it.
+ *
+ * Timers: every wait is armed on a loop made by mg_event_base_new (precise
+ * monotonic clock, no cached time), so no wait ends before the time asked.
  */
 #ifndef MG_LUA_H
 #define MG_LUA_H
@@ -19,6 +35,7 @@
 #include <lua.h>
 
 #include "mg_core.h"
+#include "mg_ledger.h"
 #include "mg_sema.h"
 
 typedef struct mg_task mg_task_t;
@@ -48,10 +65,12 @@ struct mg_task {
     mg_task_done_cb on_done;
     void *owner;                        /* e.g. the mg_req_t */
     const char *trace_id;               /* for logs written by this task; owned by owner */
+    mg_ledger_t ledger;                 /* what the task holds: run by mg_task_release (see the file comment) */
+    mg_ledger_t *scope;                 /* where gw.* calls register what they take; NULL: &ledger.
+                                           Set by the owner before mg_task_start; kept across starts */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
-    struct mg_spawn *children;          /* tasks started with gw.spawn; they end with this one */
-    mg_holds_t *holds;                  /* where permits taken with gw.semaphore are recorded (the request's) */
+    uint64_t sleep_due_us;              /* gw.sleep ends at this monotonic time, not before */
     mg_sema_waiter_t sema_waiter;       /* gw.semaphore:acquire */
     struct event sema_timer;
     mg_wait_t sema_wait;
@@ -71,7 +90,7 @@ struct mg_vm {
     int plugins_log_ref;
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
-    void *timers;                       /* gw.timer timers (mg_timer.c) */
+    mg_ledger_t ledger;                 /* its timers, background tasks, what its main thread took: run by mg_vm_stop */
     mg_mailbox_t *mailbox;              /* the worker's, for gw.semaphore waits (NULL in specs) */
     int stopped;
     int nadhoc;
@@ -87,8 +106,21 @@ struct mg_vm {
  */
 mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, size_t errlen);
 void mg_vm_free(mg_vm_t *vm);
-/* Stops the VM's loop work (timers, URL upstream pools); it stays usable as memory. */
+/*
+ * Stops the VM's loop work: runs its ledger (timers cancelled, background
+ * tasks cancelled, what its main thread took given back), closes the URL
+ * upstream pools. It stays usable as memory.
+ */
 void mg_vm_stop(mg_vm_t *vm);
+
+/*
+ * A new event loop for workers and specs: libevent's precise monotonic clock
+ * (CLOCK_MONOTONIC instead of the coarse one, which lags by up to a tick) and
+ * no cached time (a timer armed late in a loop pass, after Lua ran for a
+ * while, would otherwise count from the start of the pass). With both, a
+ * timer never fires before the time asked for. NULL on failure.
+ */
+struct event_base *mg_event_base_new(void);
 
 /* Registers metatable `name` with __index = methods and an optional __gc. */
 void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
@@ -103,21 +135,54 @@ mg_vm_t *mg_vm_of(lua_State *L);
  */
 void mg_task_start(mg_task_t *t, mg_vm_t *vm, int nargs, mg_task_done_cb on_done, void *owner);
 
-/* Cancels the pending wait and drops the coroutine without resuming it. */
+/*
+ * Runs the function below nargs arguments on vm->L in a task the VM owns
+ * (init_worker, background work in specs): freed when it ends, cancelled by
+ * mg_vm_stop if it is still running then. on_fail (may be NULL) gets the
+ * traceback of a task that raised.
+ */
+void mg_vm_task_start(mg_vm_t *vm, int nargs, void (*on_fail)(const char *traceback));
+
+/* Cancels the pending wait and drops the coroutine without resuming it; runs the task's ledger. */
 void mg_task_cancel(mg_task_t *t);
 
-/* Hands a finished task's coroutine back to the pool (or to the GC). */
+/*
+ * Ends a finished task: runs its ledger (children ended, what it holds given
+ * back), then hands its coroutine back to the pool (or to the GC). Does
+ * nothing for a task already released. Never runs the scope it was bound to:
+ * that is its owner's to run.
+ */
 void mg_task_release(mg_task_t *t, int reusable);
 
 /* The task running on L, or NULL (main thread or a foreign coroutine). */
 mg_task_t *mg_task_current(lua_State *L);
 
+/* seconds -> timeval, rounded up to the microsecond: a wait is never armed shorter than asked. */
+static inline struct timeval mg_tv_from_s(double s)
+{
+    uint64_t us = (uint64_t)(s * 1e6);
+    if ((double)us < s * 1e6)
+        us++;
+    return (struct timeval){ (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
+}
+
+/* Where gw.* calls made by t register what they take (see the file comment). */
+static inline mg_ledger_t *mg_task_scope(mg_task_t *t) { return t->scope ? t->scope : &t->ledger; }
+
+/*
+ * For a gw.* call that takes something (`what`, for the message): the task
+ * running on L, or NULL on the VM's main thread (config load, specs: the
+ * VM's ledger owns it then). In a coroutine of the user's own nothing would
+ * give it back: raises a Lua error (may longjmp).
+ */
+mg_task_t *mg_task_owner(lua_State *L, const char *what);
+
+/* What a gw.* call on L takes is registered here (task scope or VM ledger); raises like mg_task_owner. */
+mg_ledger_t *mg_lua_ledger(lua_State *L, const char *what);
+
 /* See the file comment. Use as `return mg_wait_yield(L, w);` */
 int mg_wait_yield(lua_State *L, mg_wait_t *w);
 void mg_wait_wake(mg_wait_t *w, int nret);
-
-/* Cancels or releases every task t started with gw.spawn (mg_spawn.c). */
-void mg_spawn_end_children(mg_task_t *t);
 
 /* Registers the gw.* functions implemented in C into the table on top of L. */
 void mg_api_register(lua_State *L, mg_vm_t *vm, int spec);
@@ -128,8 +193,6 @@ void mg_spawn_register(lua_State *L, mg_vm_t *vm);
 void mg_shared_register(lua_State *L, mg_vm_t *vm);
 void mg_timer_register(lua_State *L, mg_vm_t *vm);
 void mg_sema_register(lua_State *L, mg_vm_t *vm);
-/* Stops every gw.timer of the VM (before it is closed). */
-void mg_timer_free_all(mg_vm_t *vm);
 /* Runs init_worker of every plugin loaded in the VM, in a task (it may yield). */
 void mg_plugins_init_worker(mg_vm_t *vm);
 /* Declares (or resizes, unless if_absent) the process-wide shared dict `name`. */

@@ -36,6 +36,7 @@ mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
     r->body = body;
     r->ctx_ref = LUA_NOREF;
     r->task.co_ref = LUA_NOREF;
+    r->task.scope = &r->ledger; /* what the phases take lasts as long as the request; log_task keeps its own */
     r->start_us = mg_now_us();
     r->content_length = -1;
     mg_resp_init(&r->resp, &r->pool, 200);
@@ -60,8 +61,8 @@ static void req_quiesce(mg_req_t *r)
             mg_task_release(&r->task, 1);
         r->task_running = 0;
     }
-    /* permits a plugin took (and did not release) go back here, on every path */
-    mg_holds_release_all(&r->holds);
+    /* what the phases took (permits a plugin did not release) goes back here, on every path */
+    mg_ledger_run(&r->ledger);
 }
 
 /* Frees what is left (ctx, arena, body) and recycles the object. */
@@ -151,8 +152,7 @@ static void req_end(mg_req_t *r)
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->plugins_log_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
-    r->log_task.trace_id = r->trace_id;
-    r->log_task.holds = NULL; /* permits were released before the log phase */
+    r->log_task.trace_id = r->trace_id; /* it owns what it takes: its ledger runs when it ends */
     mg_task_start(&r->log_task, vm, 2, on_log_done, r);
 }
 
@@ -605,7 +605,6 @@ void mg_req_run(mg_req_t *r)
         mg_req_push_ctx(r);
     }
     r->task.trace_id = r->trace_id;
-    r->task.holds = &r->holds;
     r->task_running = 1;
     mg_task_start(&r->task, vm, nargs, on_handler_done, r);
 }

@@ -69,7 +69,7 @@ struct mg_req {
     mg_task_t task;
     int task_running;
     mg_task_t log_task;           /* the log phase, after the response */
-    mg_holds_t holds;             /* semaphore permits taken from Lua: released by the teardown */
+    mg_ledger_t ledger;           /* what its phase tasks took (task.scope): run by the teardown */
     int ctx_ref;
     struct event deadline;
     int deadline_set;

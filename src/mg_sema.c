@@ -36,7 +36,7 @@ mg_sema_t *mg_sema_get(const char *name, int64_t capacity)
     if (!s) {
         s = mg_calloc(1, sizeof(*s));
         s->name = strdup(name);
-        s->permanent = strncmp(name, "upstream:", 9) == 0;
+        s->permanent = mg_sema_config_name(name);
         pthread_mutex_init(&s->lock, NULL);
         s->next = registry;
         registry = s;
@@ -72,7 +72,12 @@ void mg_sema_put(mg_sema_t *s)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static void ref(mg_sema_t *s)
+int mg_sema_config_name(const char *name)
+{
+    return strncmp(name, "upstream:", 9) == 0 || strncmp(name, "route:", 6) == 0;
+}
+
+void mg_sema_ref(mg_sema_t *s)
 {
     pthread_mutex_lock(&registry_lock);
     s->refs++;
@@ -277,48 +282,4 @@ void mg_mailbox_free(mg_mailbox_t *m)
     event_del(&m->ev);
     close(m->fd);
     pthread_mutex_destroy(&m->lock);
-}
-
-int mg_holds_add(mg_holds_t *h, mg_sema_t *s, int64_t weight)
-{
-    for (int i = 0; i < h->n; i++)
-        if (h->sema[i] == s) {
-            h->weight[i] += weight;
-            return MG_OK;
-        }
-    if (h->n == MG_HOLDS_MAX)
-        return MG_ERROR;
-    ref(s); /* the semaphore outlives every handle while permits are held */
-    h->sema[h->n] = s;
-    h->weight[h->n] = weight;
-    h->n++;
-    return MG_OK;
-}
-
-int mg_holds_remove(mg_holds_t *h, mg_sema_t *s, int64_t weight)
-{
-    for (int i = 0; i < h->n; i++) {
-        if (h->sema[i] != s)
-            continue;
-        if (h->weight[i] < weight)
-            return 0;
-        h->weight[i] -= weight;
-        if (h->weight[i] == 0) {
-            h->sema[i] = h->sema[h->n - 1];
-            h->weight[i] = h->weight[h->n - 1];
-            h->n--;
-            mg_sema_put(s);
-        }
-        return 1;
-    }
-    return 0;
-}
-
-void mg_holds_release_all(mg_holds_t *h)
-{
-    for (int i = 0; i < h->n; i++) {
-        mg_sema_release(h->sema[i], h->weight[i]);
-        mg_sema_put(h->sema[i]);
-    }
-    h->n = 0;
 }

@@ -7,8 +7,13 @@
  * semaphore's lock, and wakes only that waiter's worker through its mailbox
  * (an eventfd): no thundering herd, and FIFO order across workers.
  *
- * Ownership: whoever acquired releases, on every path; mg_holds_t collects
- * what a request (or task) holds so its teardown releases it all.
+ * Ownership: whoever acquired releases, on every path. Lua's permits are
+ * entries in the owning task's (or request's) ledger (mg_sema_lua.c,
+ * mg_ledger.h); the proxy's permit is the exchange's (mg_proxy.c).
+ *
+ * Namespaces: names starting with "upstream:" or "route:" belong to the
+ * config (max_concurrency); gw.semaphore refuses them, so Lua code can
+ * neither resize nor take a config limit. Every other name is the plugins'.
  */
 #ifndef MG_SEMA_H
 #define MG_SEMA_H
@@ -55,11 +60,15 @@ typedef struct mg_sema_stats {
  * The semaphore `name`, created with `capacity` or given this new capacity,
  * with a reference for the caller (mg_sema_put drops it). A semaphore with no
  * references, nothing in use and nobody queued is freed: per-key semaphores
- * (one per client address, say) do not accumulate. Names prefixed "upstream:"
- * are kept for the process's life.
+ * (one per client address, say) do not accumulate. The config's names
+ * (mg_sema_config_name) are kept for the process's life.
  */
 mg_sema_t *mg_sema_get(const char *name, int64_t capacity);
+/* Another reference to s (e.g. for as long as permits of it are held); mg_sema_put drops it. */
+void mg_sema_ref(mg_sema_t *s);
 void mg_sema_put(mg_sema_t *s);
+/* Is name in the config's namespace ("upstream:...", "route:...")? */
+int mg_sema_config_name(const char *name);
 const char *mg_sema_name(const mg_sema_t *s);
 
 /* Takes weight permits now if they are free and nobody queues before us. */
@@ -81,19 +90,5 @@ void mg_sema_each(void (*fn)(mg_sema_t *s, void *arg), void *arg);
 
 int mg_mailbox_init(mg_mailbox_t *m, struct event_base *base);
 void mg_mailbox_free(mg_mailbox_t *m);
-
-/* What a request or task holds; released all at once by its teardown. */
-#define MG_HOLDS_MAX 8
-typedef struct mg_holds {
-    int n;
-    mg_sema_t *sema[MG_HOLDS_MAX];
-    int64_t weight[MG_HOLDS_MAX];
-} mg_holds_t;
-
-/* Records a held permit; returns MG_ERROR when the holder already holds MG_HOLDS_MAX. */
-int mg_holds_add(mg_holds_t *h, mg_sema_t *s, int64_t weight);
-/* Forgets weight of s (an explicit release); returns 0 when not held. */
-int mg_holds_remove(mg_holds_t *h, mg_sema_t *s, int64_t weight);
-void mg_holds_release_all(mg_holds_t *h);
 
 #endif

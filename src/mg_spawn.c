@@ -7,8 +7,11 @@
  *   local ra, rb = gw.wait(a), gw.wait(b)
  *
  * A spawned task is a child of the task that spawned it: it inherits its
- * trace id (so its logs carry it) and it ends when its parent ends: a child
- * still running then is cancelled, like everything else a request holds.
+ * trace id (so its logs carry it) and it is an entry in its parent's ledger,
+ * so it ends when its parent ends: a child still running then is cancelled.
+ * A child owns what it takes (its own ledger): a permit it did not release
+ * goes back when it ends, returned, raised or cancelled with its parent.
+ * Spawned on the VM's main thread (specs), the VM owns the child.
  * gw.wait returns what the function returned, or nil and "spawned task failed:
  * <error>" when it raised.
  */
@@ -20,30 +23,17 @@
 
 typedef struct mg_spawn {
     mg_task_t task;
-    mg_task_t *parent;
-    struct mg_spawn *next;        /* parent's children */
+    mg_ledger_entry_t in_parent;  /* the parent's ledger (or the VM's): the child ends with it */
     int self_ref;                 /* keeps this userdata alive while the task holds it */
     int done, status, consumed;
     mg_wait_t *waiter;            /* gw.wait waiting for us (&join) */
     mg_wait_t join;
 } mg_spawn_t;
 
-static void unlink_child(mg_spawn_t *s)
-{
-    if (!s->parent)
-        return;
-    for (mg_spawn_t **pp = &s->parent->children; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    s->parent = NULL;
-}
-
 static void drop(mg_spawn_t *s, int reusable)
 {
     mg_vm_t *vm = s->task.vm;
-    unlink_child(s);
+    mg_ledger_remove(&s->in_parent);
     mg_task_release(&s->task, reusable);
     if (s->self_ref != LUA_NOREF) {
         luaL_unref(vm->L, LUA_REGISTRYINDEX, s->self_ref);
@@ -83,20 +73,18 @@ static void on_child_done(mg_task_t *t, int status)
     }
 }
 
-void mg_spawn_end_children(mg_task_t *t)
+/* The parent ended (its ledger runs): a finished child is dropped, a running one cancelled. */
+static void parent_ended(mg_ledger_entry_t *e)
 {
-    while (t->children) {
-        mg_spawn_t *s = t->children;
-        s->waiter = NULL;
-        if (s->done)
-            drop(s, s->status == 0);
-        else {
-            unlink_child(s);
-            mg_task_cancel(&s->task);
-            luaL_unref(s->task.vm->L, LUA_REGISTRYINDEX, s->self_ref);
-            s->self_ref = LUA_NOREF;
-        }
+    mg_spawn_t *s = mg_ledger_of(e, mg_spawn_t, in_parent);
+    s->waiter = NULL;
+    if (s->done) {
+        drop(s, s->status == 0);
+        return;
     }
+    mg_task_cancel(&s->task); /* runs the child's own ledger: its children, its permits */
+    luaL_unref(s->task.vm->L, LUA_REGISTRYINDEX, s->self_ref);
+    s->self_ref = LUA_NOREF;
 }
 
 static int l_spawn(lua_State *L)
@@ -104,20 +92,17 @@ static int l_spawn(lua_State *L)
     luaL_checktype(L, 1, LUA_TFUNCTION);
     mg_vm_t *vm = mg_vm_of(L);
     int nargs = lua_gettop(L) - 1;
-    mg_task_t *parent = mg_task_current(L);
+    mg_task_t *parent = mg_task_owner(L, "gw.spawn");
     mg_spawn_t *s = lua_newuserdata(L, sizeof(*s));
     memset(s, 0, sizeof(*s));
     luaL_getmetatable(L, SPAWN_MT);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    s->parent = parent;
-    if (parent) {
-        s->next = parent->children;
-        parent->children = s;
+    /* the child's own ledger (scope NULL) holds what it takes; the parent's holds the child */
+    mg_ledger_add(parent ? &parent->ledger : &vm->ledger, &s->in_parent, parent_ended);
+    if (parent)
         s->task.trace_id = parent->trace_id;
-        s->task.holds = parent->holds; /* permits a child takes belong to the request */
-    }
     /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
     lua_insert(L, 1);
     if (L != vm->L)

@@ -110,12 +110,9 @@ static int l_exe(lua_State *L)
     return 1;
 }
 
-static void spec_task_done(mg_task_t *t, int status)
+static void spec_task_failed(const char *traceback)
 {
-    if (status != 0)
-        fprintf(stderr, "spec task failed: %s\n", lua_tostring(t->co, -1));
-    mg_task_release(t, status == 0);
-    free(t);
+    fprintf(stderr, "spec task failed: %s\n", traceback);
 }
 
 /* gw.process.task(fn): runs fn concurrently as a task on the loop (specs only). */
@@ -126,8 +123,7 @@ static int l_task(lua_State *L)
     lua_pushvalue(L, 1);
     if (L != vm->L)
         lua_xmove(L, vm->L, 1);
-    mg_task_t *t = mg_calloc(1, sizeof(*t));
-    mg_task_start(t, vm, 0, spec_task_done, NULL);
+    mg_vm_task_start(vm, 0, spec_task_failed); /* the VM's: cancelled when it is freed */
     return 0;
 }
 
@@ -153,7 +149,7 @@ int mg_spec_main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     setenv("MOONGATE_DIE_WITH_PARENT", "1", 1);
-    struct event_base *base = event_base_new();
+    struct event_base *base = mg_event_base_new(); /* the workers' clock: specs measure what they get */
     char err[1024];
     mg_vm_t *vm = mg_vm_new(base, NULL, 1, err, sizeof(err));
     if (!vm) {

@@ -9,10 +9,12 @@
  * Each run is a task of its own (no request, no trace id); a run that raises
  * is logged and, for `every`, the next run still happens. A periodic run does
  * not overlap the previous one: if it is still running, that tick is skipped.
- * Timers end with their VM (worker shutdown; with live reload, the generation).
+ * A run owns what it takes (its task's ledger): a permit it did not release
+ * goes back when the run ends, returned, raised or cancelled.
+ * Timers are entries in their VM's ledger and end with it (worker shutdown;
+ * with live reload, the generation): a run still going is cancelled then.
  */
 #include <lauxlib.h>
-#include <math.h>
 
 #include "mg_log.h"
 #include "mg_lua.h"
@@ -29,22 +31,18 @@ typedef struct mg_gwtimer {
     int self_ref;                /* keeps the handle alive while armed */
     int running, cancelled;
     mg_task_t task;
-    struct mg_gwtimer *next;     /* the VM's timers */
+    mg_ledger_entry_t in_vm;     /* the VM's ledger: stopped with it */
 } mg_gwtimer_t;
 
 static void timer_release(mg_gwtimer_t *t)
 {
     lua_State *L = t->vm->L;
     event_del(&t->ev);
+    mg_ledger_remove(&t->in_vm);
     if (t->fn_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
         t->fn_ref = LUA_NOREF;
     }
-    for (mg_gwtimer_t **pp = (mg_gwtimer_t **)&t->vm->timers; *pp; pp = &(*pp)->next)
-        if (*pp == t) {
-            *pp = t->next;
-            break;
-        }
     if (t->self_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, t->self_ref);
         t->self_ref = LUA_NOREF;
@@ -77,6 +75,18 @@ static void on_fire(evutil_socket_t fd, short what, void *arg)
     mg_task_start(&t->task, t->vm, t->nargs, on_run_done, t);
 }
 
+/* The VM stops (its ledger runs): no more ticks, and a run still waiting is cancelled (its ledger runs). */
+static void vm_stopped(mg_ledger_entry_t *e)
+{
+    mg_gwtimer_t *t = mg_ledger_of(e, mg_gwtimer_t, in_vm);
+    event_del(&t->ev);
+    t->cancelled = 1;
+    if (t->running) {
+        t->running = 0;
+        mg_task_cancel(&t->task);
+    }
+}
+
 static int start(lua_State *L, int periodic)
 {
     double s = luaL_checknumber(L, 1);
@@ -100,12 +110,10 @@ static int start(lua_State *L, int periodic)
         lua_rawseti(L, -2, i - 1);
     }
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    t->interval.tv_sec = (time_t)s;
-    t->interval.tv_usec = (suseconds_t)((s - floor(s)) * 1e6);
+    t->interval = mg_tv_from_s(s);
     event_assign(&t->ev, vm->base, -1, periodic ? EV_PERSIST : 0, on_fire, t);
     event_add(&t->ev, &t->interval);
-    t->next = vm->timers;
-    vm->timers = t;
+    mg_ledger_add(&vm->ledger, &t->in_vm, vm_stopped);
     return 1;
 }
 
@@ -122,17 +130,6 @@ static int l_cancel(lua_State *L)
     if (!t->running)
         timer_release(t);
     return 0;
-}
-
-void mg_timer_free_all(mg_vm_t *vm)
-{
-    while (vm->timers) {
-        mg_gwtimer_t *t = vm->timers;
-        vm->timers = t->next;
-        event_del(&t->ev);
-        if (t->running)
-            mg_task_cancel(&t->task);
-    }
 }
 
 void mg_timer_register(lua_State *L, mg_vm_t *vm)

@@ -347,11 +347,8 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     w->cfg = cfg;
     w->stop_fd = -1;
     w->reload_fd = -1;
-    /* single-threaded loop: no locks (the main thread only writes to stop_fd) */
-    struct event_config *ec = event_config_new();
-    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-    w->base = event_base_new_with_config(ec);
-    event_config_free(ec);
+    /* single-threaded loop, no locks (the main thread only writes to stop_fd); timers never early */
+    w->base = mg_event_base_new();
     if (!w->base) {
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return MG_ERROR;

@@ -17,7 +17,7 @@ end
 gw.json = setmetatable({ encode = json_encode }, { __index = cjson })
 gw.VERSION = "0.1.0"
 
---- gw.time() -> wall-clock seconds as a float (cached per loop iteration).
+--- gw.time() -> wall-clock seconds as a float.
 gw.time = gw.now
 
 local LEVELS = { debug = true, info = true, warn = true, error = true }

@@ -89,20 +89,46 @@ static void cancel_in_every_state(void **state)
     event_base_free(base);
 }
 
-static void capacity_change_and_holds(void **state)
+static void count_named(mg_sema_t *s, void *arg)
+{
+    if (strcmp(mg_sema_name(s), "t-cap") == 0)
+        (*(int *)arg)++;
+}
+
+static void capacity_change_and_refs(void **state)
 {
     mg_sema_t *s = mg_sema_get("t-cap", 2);
-    mg_holds_t h = { 0 };
     assert_true(mg_sema_try(s, 2));
-    assert_int_equal(mg_holds_add(&h, s, 2), MG_OK);
+    mg_sema_ref(s); /* a holder of permits keeps the semaphore */
     mg_sema_t *again = mg_sema_get("t-cap", 1); /* lowered: the 2 in use drain naturally */
     assert_ptr_equal(again, s);
     assert_false(mg_sema_try(s, 1));
-    mg_holds_release_all(&h);
+    mg_sema_put(again);
+    mg_sema_put(s); /* every handle gone: the holder's reference keeps it */
+    int n = 0;
+    mg_sema_each(count_named, &n);
+    assert_int_equal(n, 1);
+    mg_sema_release(s, 2);
     assert_true(mg_sema_try(s, 1));
     assert_false(mg_sema_try(s, 1));
     mg_sema_release(s, 1);
-    mg_sema_put(again);
+    mg_sema_put(s); /* the holder's: nothing in use, nobody queued, no references: freed */
+    n = 0;
+    mg_sema_each(count_named, &n);
+    assert_int_equal(n, 0);
+}
+
+static void config_namespace(void **state)
+{
+    assert_true(mg_sema_config_name("upstream:app"));
+    assert_true(mg_sema_config_name("route:/reports"));
+    assert_false(mg_sema_config_name("limit-conn:/r:1.2.3.4"));
+    assert_false(mg_sema_config_name("upstreams"));
+    assert_false(mg_sema_config_name("lua:upstream:app"));
+    /* the config's semaphores stay for the process's life, unused or not */
+    mg_sema_t *s = mg_sema_get("upstream:t-ns", 3);
+    mg_sema_put(s);
+    assert_ptr_equal(mg_sema_get("upstream:t-ns", 3), s);
     mg_sema_put(s);
 }
 
@@ -146,7 +172,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fifo_and_weights), cmocka_unit_test(cancel_in_every_state),
-        cmocka_unit_test(capacity_change_and_holds), cmocka_unit_test(threads_never_exceed_capacity),
+        cmocka_unit_test(capacity_change_and_refs), cmocka_unit_test(config_namespace), cmocka_unit_test(threads_never_exceed_capacity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

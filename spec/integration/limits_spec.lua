@@ -185,3 +185,209 @@ describe("concurrency limits", function()
     end
   end)
 end)
+
+-- Every task owns what it takes and gives it back when it ends, however it
+-- ends: the log phase, gw.timer runs, init_worker, header/body filter tasks,
+-- spawned children; a request's phases hand theirs to the request.
+describe("permits in every task", function()
+  local up, g
+
+  setup(function()
+    up = upstream.start(function(req) return 200, { ["Content-Type"] = "text/plain" }, ("b"):rep(3000) end)
+    local function hold(phase, how, sema)
+      return ('{ hold = { phase = "%s", how = "%s", sema = "%s" } }'):format(phase, how, sema)
+    end
+    local routes = {}
+    for _, how in ipairs({ "error", "keep", "spawn", "many", "release" }) do
+      routes[#routes + 1] = ('route { path = "/log/%s", plugins = %s, handler = function() return 200, "ok" end }')
+        :format(how, hold("log", how, "log-" .. how))
+    end
+    for _, phase in ipairs({ "header_filter", "body_filter" }) do
+      for _, how in ipairs({ "error", "keep" }) do
+        routes[#routes + 1] = ('route { path = "/%s/%s/{x*}", upstream = "app", plugins = %s }')
+          :format(phase, how, hold(phase, how, phase .. "-" .. how))
+        routes[#routes + 1] = ('route { path = "/%s-handler/%s", plugins = %s, handler = function() return 200, "ok" end }')
+          :format(phase, how, hold(phase, how, phase .. "-handler-" .. how))
+      end
+    end
+    g = helpers.start(([[
+      plugins_dir "%s/spec/fixtures/plugins"
+      upstream "app" { targets = { "127.0.0.1:%d" }, max_concurrency = 7 }
+      %s
+      route { path = "/stats/{name}", handler = function(ctx) return 200, gw.semaphore(ctx.params.name, 100):stats() end }
+      route { path = "/many", plugins = %s, handler = function() return 200, "ok" end }
+      route { path = "/access-sleep", plugins = %s, handler = function() return 200, "ok" end }
+      route { path = "/access-deadline", timeout = "50ms", plugins = %s, handler = function() return 200, "ok" end }
+      route { path = "/header_filter-sleep/{x*}", upstream = "app", plugins = %s }
+      route { path = "/child", handler = function()
+        gw.spawn(function()
+          assert(gw.semaphore("child", 100):acquire(1, 1))
+          gw.sleep(30)
+        end)
+        gw.sleep(0.01)
+        return 200, "the child outlives this handler"
+      end }
+      route { path = "/timer/{how}", handler = function(ctx)
+        local how = ctx.params.how
+        local t
+        t = gw.timer[how == "every" and "every" or "at"](0.001, function()
+          local sem = gw.semaphore("timer-" .. how, 100)
+          if how == "spawn" then
+            gw.spawn(function() assert(sem:acquire(1, 1)); gw.sleep(30) end)
+            gw.sleep(0.01)
+            return
+          end
+          assert(sem:acquire(1, 1))
+          if how == "error" then error("timer failing while holding a permit") end
+          if how == "every" then gw.sleep(0.002); t:cancel() end
+        end)
+        return 200, "started"
+      end }
+      route { path = "/coroutine", handler = function()
+        coroutine.wrap(function() gw.semaphore("own-coroutine", 100):try_acquire(1) end)()
+        return 200, "taken in a coroutine nobody owns"
+      end }
+      route { path = "/resize", handler = function()
+        local ok, err = pcall(gw.semaphore, "upstream:app", 1000)
+        local ok2, err2 = pcall(gw.semaphore, "route:/x", 5)
+        return 200, { ok = ok, err = err, route_ok = ok2 }
+      end }
+    ]]):format(os.getenv("PWD"), up.port, table.concat(routes, "\n"), hold("access", "many", "many-"),
+      hold("access", "sleep", "access-sleep"), hold("access", "sleep", "access-deadline"),
+      hold("header_filter", "sleep", "header_filter-sleep")))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  local function in_use(name)
+    return g:request("GET", "/stats/" .. name).json.in_use
+  end
+  local function logged(text) -- the error log is written by a thread of its own: wait for the line
+    for _ = 1, 100 do
+      if g:error_log():find(text, 1, true) then return true end
+      gw.sleep(0.02)
+    end
+    return false
+  end
+  local function five(path, status)
+    for _ = 1, 5 do
+      local r = g:request("GET", path)
+      if status then assert.equal(status, r.status, path) end
+    end
+    gw.sleep(0.1) -- log phases and timers end after the response
+  end
+
+  it("gives back what the log phase took, whether it raised, returned or left it to a child", function()
+    for _, how in ipairs({ "error", "keep", "spawn" }) do
+      five("/log/" .. how, 200)
+      assert.equal(0, in_use("log-" .. how), "log phase: " .. how)
+    end
+    local _, out = g:ctl("status", "--json")
+    assert.equal(0, gw.json.decode(out).semaphores["log-error"].in_use)
+  end)
+
+  it("holds any number of semaphores in one task, and gives them all back", function()
+    five("/log/many", 200)
+    five("/many", 200)
+    for i = 1, 12 do
+      assert.equal(0, in_use("log-many-" .. i))
+      assert.equal(0, in_use("many-" .. i))
+    end
+  end)
+
+  it("refuses to release in the log phase a permit the request already gave back", function()
+    five("/log/release", 200)
+    assert.equal(0, in_use("log-release"))
+    assert.is_true(logged("releasing 1 permits but this task holds 0"))
+    assert.equal(200, g:request("GET", "/log/release").status) -- the gateway is still there
+  end)
+
+  it("gives back what a gw.timer run took: raised, returned, periodic, or left to a child", function()
+    for _, how in ipairs({ "error", "keep", "every", "spawn" }) do
+      five("/timer/" .. how, 200)
+      gw.sleep(0.05)
+      assert.equal(0, in_use("timer-" .. how), "timer: " .. how)
+    end
+  end)
+
+  it("gives back what init_worker took", function()
+    assert.equal(0, in_use("hold-init"))
+    assert.is_true(g:request("GET", "/stats/hold-init").json.acquired >= 1, "init_worker took it")
+  end)
+
+  it("gives back what header_filter and body_filter tasks took", function()
+    for _, phase in ipairs({ "header_filter", "body_filter" }) do
+      for _, how in ipairs({ "error", "keep" }) do
+        five(("/%s/%s/x"):format(phase, how))
+        five(("/%s-handler/%s"):format(phase, how))
+        assert.equal(0, in_use(phase .. "-" .. how), phase .. " " .. how)
+        assert.equal(0, in_use(phase .. "-handler-" .. how), phase .. " handler " .. how)
+      end
+    end
+  end)
+
+  it("gives back what a spawned child took when it is cancelled with its parent", function()
+    five("/child", 200)
+    assert.equal(0, in_use("child"))
+  end)
+
+  it("gives back a permit held while the client goes away or the deadline passes", function()
+    for _, path in ipairs({ "/access-sleep", "/header_filter-sleep/x" }) do
+      local s = g:connect()
+      s:send("GET " .. path .. " HTTP/1.1\r\nHost: a\r\n\r\n")
+      gw.sleep(0.1)
+      assert.equal(1, in_use(path:match("^/([%w_-]+)")), path .. " holds it meanwhile")
+      s:close()
+      gw.sleep(0.1)
+      assert.equal(0, in_use(path:match("^/([%w_-]+)")), path)
+    end
+    five("/access-deadline", 504)
+    assert.equal(0, in_use("access-deadline"))
+    local _, out = g:ctl("status", "--json")
+    assert.equal(0, gw.json.decode(out).semaphores["upstream:app"].in_use)
+  end)
+
+  it("refuses a permit taken in a coroutine nobody owns", function()
+    assert.equal(500, g:request("GET", "/coroutine").status)
+    assert.is_true(logged("not from a coroutine of your own"))
+    assert.equal(0, in_use("own-coroutine"))
+  end)
+
+  it("keeps the config's semaphores out of Lua's reach", function()
+    local r = g:request("GET", "/resize").json
+    assert.is_false(r.ok)
+    assert.is_false(r.route_ok)
+    assert.truthy(r.err:find("the config's limits", 1, true), r.err)
+    local _, out = g:ctl("status", "--json")
+    assert.equal(7, gw.json.decode(out).semaphores["upstream:app"].capacity)
+  end)
+end)
+
+describe("permits of a retired generation", function()
+  it("come back when a reload ends the timer runs and init_worker tasks still holding them", function()
+    local g = helpers.start(([[
+      plugins_dir "%s/spec/fixtures/plugins"
+      route { path = "/stats/{name}", plugins = { ["hold-init"] = true },
+              handler = function(ctx) return 200, gw.semaphore(ctx.params.name, 100):stats() end }
+      route { path = "/timer", handler = function()
+        gw.timer.at(0, function()
+          assert(gw.semaphore("retired-timer", 100):acquire(1, 1))
+          gw.sleep(30)
+        end)
+        return 200, "started"
+      end }
+    ]]):format(os.getenv("PWD")))
+    local function in_use(name) return g:request("GET", "/stats/" .. name).json.in_use end
+    assert.equal(200, g:request("GET", "/timer").status)
+    gw.sleep(0.05)
+    assert.equal(1, in_use("retired-timer"))
+    assert.equal(1, in_use("retired-init"))
+    assert.equal(0, (g:ctl("reload")))
+    gw.sleep(0.3)
+    assert.equal(0, in_use("retired-timer"))
+    assert.equal(1, in_use("retired-init")) -- the new generation's init_worker holds one; the old one's is back
+    g:stop()
+  end)
+end)
