@@ -171,7 +171,7 @@ static void attempt(mg_proxy_t *p)
     if (p->preferred && p->attempts == 1 && mg_target_usable(p->preferred))
         t = p->preferred; /* a balancer plugin's choice; retries go back to the balancer */
     else
-        t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
+        t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target ? mg_target_bit(p->target) : 0, 0);
     if (!t) {
         end(p, MG_E(NO_TARGET));
         return;
@@ -592,6 +592,8 @@ void mg_proxy_cancel(mg_proxy_t *p)
     if (!p->running)
         return;
     p->running = 0;
+    if (p->uc)
+        mg_target_unpick(p->target); /* no verdict on the target: a trial it carried is free again */
     drop_conn(p, 0);
     drop_permit(p);
 }
