@@ -20,8 +20,29 @@
  * connect_timeout, send_timeout, read_timeout (no byte for timeouts.read),
  * protocol (a malformed response), tls_handshake, tls_verify,
  * no_healthy_target, busy (max_concurrency; p->busy_status says which status),
- * deadline and client_abort (set by the owner when it cancels).
+ * deadline (p->deadline_us left no time for an attempt; the owner's own
+ * deadline timer cancels a running one) and client_abort (set by the owner
+ * when it cancels).
+ *
+ * Resending (docs/proxy.md "Retries" is the user's version): an attempt that
+ * failed before any of the response reached the owner, whose request can be
+ * sent again (no body, a replayable p->body, or no streamed byte consumed),
+ * is resent when that is safe:
+ *   - the request never left (connect refused, reset or timed out, TLS
+ *     handshake failed, or not one byte of it was written): any method;
+ *   - it was written: only an idempotent method, or any when the upstream
+ *     has retry_non_idempotent;
+ * and where:
+ *   - a pooled connection that ended with no response byte (the upstream
+ *     closed it, idle) is replaced by a new connection to the same target,
+ *     outside the retries budget and without counting against the target;
+ *   - otherwise (within `retries`) on a target not tried yet; one already
+ *     tried only once, after its connect was refused or reset; never again
+ *     after a timeout (that would double the wait) or a bad response;
+ *   - no attempt starts with less than MG_PROXY_MIN_ATTEMPT_MS before
+ *     p->deadline_us.
  */
+#define MG_PROXY_MIN_ATTEMPT_MS 10
 
 typedef struct mg_proxy mg_proxy_t;
 
@@ -68,12 +89,17 @@ struct mg_proxy {
     int64_t body_len;            /* MG_BODY_LENGTH */
     struct evbuffer *body;       /* a complete, replayable body, or NULL when the owner streams it */
     mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
+    uint64_t deadline_us;        /* monotonic (mg_now_us); no attempt starts too close to it; 0: none */
 
     /* state */
     mg_target_t *target;
     mg_upconn_t *uc;
-    int attempts;
-    int stale_retried;           /* a dead pooled connection was replaced once for free */
+    int attempts;                /* attempts started (the access log's "attempts") */
+    int free_attempts;           /* of which replaced a dead pooled connection (not counted as retries) */
+    int same_retried;            /* a target was tried again after a refused connect */
+    uint64_t tried;              /* the targets tried (mg_target_bit): retries go to others */
+    int got_byte;                /* this attempt read a byte of response */
+    int wrote;                   /* this attempt wrote a byte of request */
     int64_t body_sent;           /* streamed body bytes written */
     int body_done;
     int body_wanted;

@@ -467,13 +467,33 @@ void mg_upconn_release(mg_upconn_t *uc)
     t->nidle++;
 }
 
-mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner)
+/*
+ * Has the upstream closed (or written on) this idle connection since its last
+ * event? Its read event would say so at the next loop pass; a peek says now.
+ * Bytes on an idle TLS connection may be a session ticket: only EOF and
+ * errors count there.
+ */
+static int idle_dead(const mg_upconn_t *uc)
 {
-    mg_upconn_t *uc = t->idle;
-    if (uc) {
+    char b;
+    ssize_t n = recv(uc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0)
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    return n == 0 || !uc->ssl;
+}
+
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner,
+                               unsigned flags)
+{
+    mg_upconn_t *uc;
+    while (!(flags & MG_LEASE_FRESH) && (uc = t->idle)) {
         t->idle = uc->next_idle;
         t->nidle--;
         uc->next_idle = NULL;
+        if ((flags & MG_LEASE_CHECK) && idle_dead(uc)) {
+            conn_destroy(uc);
+            continue;
+        }
         uc->reused = 1;
         uc->handler = handler;
         uc->owner = owner;

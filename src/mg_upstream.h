@@ -103,6 +103,7 @@ struct mg_upstream {
     int max_requests;
     uint32_t connect_ms, send_ms, read_ms;
     int retries;
+    int retry_non_idempotent;         /* POST, PATCH, ... may be resent after they were written */
     int passive_failures;
     uint32_t eject_ms;
     char *active_path;
@@ -175,14 +176,22 @@ void mg_target_report(mg_target_t *t, int ok);
 /* A request picked for t ended without an outcome (cancelled): a trial it carried is free again. */
 void mg_target_unpick(mg_target_t *t);
 
+/* mg_upstream_lease flags */
+#define MG_LEASE_FRESH 0x1u           /* a new connection, never a pooled one */
+#define MG_LEASE_CHECK 0x2u           /* look (one MSG_PEEK) whether a pooled one was closed meanwhile */
+
 /*
  * Leases a connection to t for handler/owner: the most recently pooled one,
  * or a new non-blocking connect (check `connected`; a MG_UC_WRITE tells when
  * it completes). Returns NULL with errno set when connect fails at once.
- * A pooled connection may have been closed by the upstream a moment ago: a
- * lessee must treat EOF before any response byte on a `reused` one as stale.
+ * A pooled connection may have been closed by the upstream a moment ago (its
+ * close not yet seen by the loop): a lessee must treat EOF before any
+ * response byte on a `reused` one as stale. MG_LEASE_CHECK narrows that
+ * window for requests that could not be resent (pooled connections found
+ * closed are discarded); MG_LEASE_FRESH closes it.
  */
-mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner);
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner,
+                               unsigned flags);
 /* Read interest on/off (back-pressure), send wait, and the phase timer. */
 void mg_upconn_read(mg_upconn_t *uc, int on);
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t timeout_ms);
