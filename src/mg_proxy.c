@@ -343,7 +343,13 @@ static int deliver(mg_proxy_t *p)
                     fail(p, MG_E(PROTOCOL), 0); /* upgrades are not proxied */
                     return 1;
                 }
-                continue; /* interim response (100 Continue): the client got ours already */
+                /* 100 Continue: the client got ours already; others (103 Early Hints) are the owner's */
+                if (status != 100 && p->ops->on_interim) {
+                    p->ops->on_interim(p, &p->resp);
+                    if (!p->running)
+                        return 1;
+                }
+                continue;
             }
             p->head_seen = 1;
             int ka = p->resp.minor_version == 1 && !(p->resp.flags & MG_HTTP1_F_CONN_CLOSE);
@@ -353,6 +359,8 @@ static int deliver(mg_proxy_t *p)
             } else if (p->resp.flags & MG_HTTP1_F_CHUNKED) {
                 p->framing = MG_BODY_CHUNKED;
                 mg_chunked_init(&p->chunk);
+                if (p->ops->on_trailers)
+                    mg_chunked_capture_trailers(&p->chunk, p->trailers, MG_PROXY_MAX_TRAILERS);
             } else if (p->resp.content_length >= 0) {
                 p->framing = MG_BODY_LENGTH;
                 p->resp_left = p->resp.content_length;
@@ -409,6 +417,12 @@ static int deliver(mg_proxy_t *p)
             if (rc == MG_CHUNKED_DONE) {
                 if (uc->in_off != uc->in_len)
                     p->resp_keepalive = 0;
+                if (p->chunk.num_trailers) {
+                    /* borrowed from uc->in, which stays as it is until succeed() */
+                    p->ops->on_trailers(p, p->trailers, p->chunk.num_trailers);
+                    if (!p->running)
+                        return 1;
+                }
                 succeed(p);
                 return 1;
             }

@@ -50,6 +50,14 @@ typedef struct mg_proxy_ops {
     /* Writes the request head for this attempt into out (the target differs between attempts). */
     void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
     /*
+     * Optional: an interim response other than 100 and 101 (102, 103 Early
+     * Hints, ...), borrowed: valid during the call only. 100 Continue is
+     * absorbed (the gateway answers Expect itself) and 101 is a protocol
+     * error. More interim responses, the final head or on_done follow; a
+     * retry may follow too (another attempt's responses then come).
+     */
+    void (*on_interim)(mg_proxy_t *p, const mg_http1_response_t *resp);
+    /*
      * The final response head (borrowed: valid during the call only). Return 1
      * to pause before the body (the owner calls mg_proxy_resume when ready).
      */
@@ -68,6 +76,16 @@ typedef struct mg_proxy_ops {
     void (*on_wait)(mg_proxy_t *p);
     /* A streaming request body may be written now (again after a pause). May be NULL. */
     void (*on_body_wanted)(mg_proxy_t *p);
+    /*
+     * Optional: the trailer fields of a chunked response, in order, right
+     * before a successful on_done (only when there were any). Borrowed: valid
+     * during the call only. They are checked like head fields but passed as
+     * received: the owner drops what must not be forwarded (framing, routing,
+     * hop-by-hop fields; RFC 9110 section 6.5.1). Set, it bounds a response's
+     * trailers to MG_PROXY_MAX_TRAILERS fields (more is a protocol error);
+     * NULL, they are checked and dropped.
+     */
+    void (*on_trailers)(mg_proxy_t *p, const mg_header_t *h, size_t n);
     /* The exchange ended: err is NULL on success or an error kind. No callback follows. */
     void (*on_done)(mg_proxy_t *p, const mg_error_t *err);
 } mg_proxy_ops_t;
@@ -75,6 +93,7 @@ typedef struct mg_proxy_ops {
 enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
 
 #define MG_PROXY_MAX_HEADERS 100
+#define MG_PROXY_MAX_TRAILERS 64
 
 struct mg_proxy {
     /* set by the owner before mg_proxy_start */
@@ -94,7 +113,7 @@ struct mg_proxy {
     /* state */
     mg_target_t *target;
     mg_upconn_t *uc;
-    int attempts;                /* attempts started (the access log's "attempts") */
+    int attempts;                /* attempts started (mg_proxy_attempts) */
     int free_attempts;           /* of which replaced a dead pooled connection (not counted as retries) */
     int same_retried;            /* a target was tried again after a refused connect */
     uint64_t tried;              /* the targets tried (mg_target_bit): retries go to others */
@@ -120,7 +139,15 @@ struct mg_proxy {
     uint32_t queue_us, connect_us, ttfb_us;
     mg_http1_response_t resp;
     mg_header_t headers[MG_PROXY_MAX_HEADERS];
+    mg_header_t trailers[MG_PROXY_MAX_TRAILERS]; /* filled by the chunked decoder when on_trailers is set */
 };
+
+/*
+ * The attempts the exchange started so far (the access log's "attempts"):
+ * every connection the request was sent on or tried, including a new one
+ * that replaced a dead pooled connection.
+ */
+static inline int mg_proxy_attempts(const mg_proxy_t *p) { return p->attempts; }
 
 /* Starts the exchange; callbacks may run before this returns. */
 void mg_proxy_start(mg_proxy_t *p);
