@@ -8,8 +8,17 @@
 --   up:stop()
 --
 -- A handler gets req = { method, target, path, headers (lowercase keys), body }
--- and res (the connection: res.sock, res:close(), res:reset()). It returns
--- status, headers, body -- or nil after writing/closing by itself.
+-- and res (the connection: res.sock, res:close(), res:reset(), res.served: the
+-- requests this connection answered before). It returns status, headers,
+-- body -- or nil after writing/closing by itself.
+--
+-- Counters: up.connections, up.requests, up.methods[method], up.max_inflight.
+-- Fault modes (fields, set any time):
+--   up.close_reused = true   a request that arrives on a connection that already
+--                            answered one is read, counted, and the connection
+--                            closed without an answer: what a gateway sees when
+--                            it writes on a pooled connection the upstream was
+--                            closing (the keep-alive race)
 local M = {}
 
 local function read_request(sock, raw_body)
@@ -79,7 +88,7 @@ Upstream.__index = Upstream
 function M.start(handler, opts)
   opts = opts or {}
   local self = setmetatable({
-    connections = 0, requests = 0, inflight = 0, max_inflight = 0,
+    connections = 0, requests = 0, inflight = 0, max_inflight = 0, methods = {},
     received = {}, socks = {}, handler = handler, running = true,
   }, Upstream)
   self.listener = assert(gw.tcp_listen("127.0.0.1", opts.port or 0))
@@ -87,14 +96,19 @@ function M.start(handler, opts)
   local function serve(sock)
     self.socks[sock] = true
     sock:settimeout(opts.timeout or 30000)
-    local res = { sock = sock }
+    local res = { sock = sock, served = 0 }
     function res:close() sock:close(); self.closed = true end
     function res:reset() sock:reset(); self.closed = true end
     while self.running do
       local req = read_request(sock, opts.raw_body)
       if not req then break end
       self.requests = self.requests + 1
+      self.methods[req.method] = (self.methods[req.method] or 0) + 1
       self.received[#self.received + 1] = req
+      if self.close_reused and res.served > 0 then
+        res:close()
+        break
+      end
       self.inflight = self.inflight + 1
       if self.inflight > self.max_inflight then self.max_inflight = self.inflight end
       local ok, status, headers, body = pcall(self.handler, req, res)
@@ -107,6 +121,7 @@ function M.start(handler, opts)
       if status then
         if not M.write_response(sock, status, headers, body) then break end
       end
+      res.served = res.served + 1
       if (req.headers["connection"] or ""):lower() == "close" then break end
     end
     self.socks[sock] = nil

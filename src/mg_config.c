@@ -327,6 +327,9 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char 
         up->send_ms = (uint32_t)get_int(L, u, "send_timeout");
         up->read_ms = (uint32_t)get_int(L, u, "read_timeout");
         up->retries = get_int(L, u, "retries");
+        lua_getfield(L, u, "retry_non_idempotent");
+        up->retry_non_idempotent = lua_toboolean(L, -1);
+        lua_pop(L, 1);
         up->passive_failures = get_int(L, u, "passive_failures");
         up->eject_ms = (uint32_t)get_int(L, u, "passive_eject");
         up->active_path = get_str(L, u, "active_path");

@@ -542,6 +542,7 @@ void mg_forward_start(mg_req_t *r, mg_target_t *target)
     mg_proxy_t *p = r->proxy;
     memset(p, 0, offsetof(mg_proxy_t, headers));
     p->preferred = target;
+    p->deadline_us = r->deadline_us; /* no attempt starts that the request's deadline would cut short */
     p->ops = &forward_ops;
     p->owner = r;
     p->up = r->route->upstream;

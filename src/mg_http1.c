@@ -108,6 +108,7 @@ typedef struct head_state {
     int te_chunked_seen_before_last;
     int te_unknown;
     int expect_other;
+    int trailer;         /* a trailer section: fields are checked, their meaning is the caller's */
     const char *error;
 } head_state_t;
 
@@ -257,7 +258,7 @@ static int parse_fields(const char *buf, const char *p, const char *end, head_st
         h->name_len = name_len;
         h->value = value;
         h->value_len = (size_t)(vend - value);
-        int rc = on_field(st, h);
+        int rc = st->trailer ? 0 : on_field(st, h);
         if (rc)
             return rc;
     }
@@ -463,7 +464,8 @@ enum {
     CH_DATA_CR,
     CH_DATA_LF,
     CH_TRAILER,    /* at the start of a trailer line (or the final CRLF) */
-    CH_TRAILER_LINE,
+    CH_TRAILER_NAME,
+    CH_TRAILER_VALUE,
     CH_TRAILER_LF,
     CH_END_LF,
     CH_DONE,
@@ -472,6 +474,40 @@ enum {
 void mg_chunked_init(mg_chunked_t *d)
 {
     memset(d, 0, sizeof(*d));
+}
+
+void mg_chunked_capture_trailers(mg_chunked_t *d, mg_header_t *h, size_t max)
+{
+    d->trailers = h;
+    d->max_trailers = max;
+    d->num_trailers = 0;
+}
+
+/*
+ * Captured trailers: the section is parsed whole by the head-field parser
+ * (the same rules, the same code), from buf + i, the start of its first line.
+ * Incomplete, it stays unconsumed and is parsed again with more bytes, as a
+ * head is; MG_CHUNKED_MAX_TRAILER bounds that.
+ */
+static int capture_trailers(mg_chunked_t *d, const char *buf, size_t len, size_t i, size_t *consumed)
+{
+    head_state_t st;
+    state_init(&st, d->trailers);
+    st.trailer = 1;
+    const mg_http1_limits_t lim = { .max_head = MG_CHUNKED_MAX_TRAILER, .max_headers = d->max_trailers };
+    int rc = parse_fields(buf + i, buf + i, buf + len, &st, &lim);
+    *consumed = i;
+    if (rc == MG_HTTP1_AGAIN)
+        return MG_CHUNKED_AGAIN;
+    if (rc < 0) {
+        d->error = rc == MG_HTTP1_EHEADER_SIZE ? "trailer section too large"
+                 : rc == MG_HTTP1_EHEADER_COUNT ? "too many trailer fields" : st.error;
+        return MG_CHUNKED_ERROR;
+    }
+    d->num_trailers = st.num_headers;
+    d->state = CH_DONE;
+    *consumed = i + (size_t)rc;
+    return MG_CHUNKED_DONE;
 }
 
 static int hexval(unsigned char c)
@@ -555,34 +591,53 @@ int mg_chunked_decode(mg_chunked_t *d, const char *buf, size_t len, size_t *cons
             i++;
             d->state = CH_SIZE;
             break;
+        /*
+         * Trailer fields, dropped: the grammar of parse_fields (what capture
+         * uses) byte by byte, so both ways accept exactly the same sections.
+         * Every byte of the section counts towards MG_CHUNKED_MAX_TRAILER.
+         */
         case CH_TRAILER:
-            if (c == '\r') {
-                d->state = CH_END_LF;
-            } else if (is_token(c)) {
-                d->state = CH_TRAILER_LINE;
-            } else {
-                CH_FAIL("invalid trailer field");
-            }
+            if (d->trailers)
+                return capture_trailers(d, buf, len, i, consumed);
             if (++d->trailer_len > MG_CHUNKED_MAX_TRAILER)
                 CH_FAIL("trailer section too large");
+            if (c == '\r')
+                d->state = CH_END_LF;
+            else if (is_token(c))
+                d->state = CH_TRAILER_NAME;
+            else
+                CH_FAIL(is_ows(c) ? "obsolete line folding in trailer" : "invalid trailer field name");
             i++;
             break;
-        case CH_TRAILER_LINE:
+        case CH_TRAILER_NAME:
+            if (++d->trailer_len > MG_CHUNKED_MAX_TRAILER)
+                CH_FAIL("trailer section too large");
+            if (c == ':')
+                d->state = CH_TRAILER_VALUE;
+            else if (!is_token(c))
+                CH_FAIL(is_ows(c) ? "whitespace before colon in trailer" : "invalid trailer field name");
+            i++;
+            break;
+        case CH_TRAILER_VALUE:
             if (++d->trailer_len > MG_CHUNKED_MAX_TRAILER)
                 CH_FAIL("trailer section too large");
             if (c == '\r')
                 d->state = CH_TRAILER_LF;
             else if (!is_field_char(c))
-                CH_FAIL("invalid character in trailer");
+                CH_FAIL(c == '\n' ? "bare LF in trailer" : "invalid character in trailer");
             i++;
             break;
         case CH_TRAILER_LF:
+            if (++d->trailer_len > MG_CHUNKED_MAX_TRAILER)
+                CH_FAIL("trailer section too large");
             if (c != '\n')
                 CH_FAIL("bare CR in trailer");
             i++;
             d->state = CH_TRAILER;
             break;
         case CH_END_LF:
+            if (++d->trailer_len > MG_CHUNKED_MAX_TRAILER)
+                CH_FAIL("trailer section too large");
             if (c != '\n')
                 CH_FAIL("bare CR at end of chunked body");
             i++;

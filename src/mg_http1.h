@@ -99,7 +99,7 @@ int mg_http1_error_status(int rc);
 #define MG_CHUNKED_ERROR  (-1)
 
 #define MG_CHUNKED_MAX_LINE     4096  /* chunk-size line with extensions */
-#define MG_CHUNKED_MAX_TRAILER  8192
+#define MG_CHUNKED_MAX_TRAILER  8192  /* the trailer section, its final CRLF included */
 
 typedef struct mg_chunked {
     uint64_t remaining;   /* bytes left in the current chunk */
@@ -109,15 +109,39 @@ typedef struct mg_chunked {
     uint8_t digits;
     uint8_t in_ext;       /* past the ';' that starts chunk extensions */
     const char *error;
+    /* trailer capture (mg_chunked_capture_trailers); NULL: validated and dropped */
+    mg_header_t *trailers;
+    size_t max_trailers;
+    size_t num_trailers;  /* out: the fields captured, valid on MG_CHUNKED_DONE */
 } mg_chunked_t;
 
-/* Start a decoder (all-zero is also a valid start state). */
+/* Start a decoder (all-zero is also a valid start state: trailers are dropped). */
 void mg_chunked_init(mg_chunked_t *d);
+
+/*
+ * Asks an initialised decoder to hand the trailer fields back instead of
+ * dropping them: on MG_CHUNKED_DONE, h[0..d->num_trailers) hold them in
+ * order, pointing into the buffer of that last mg_chunked_decode call
+ * (borrowed: valid as long as that buffer is). The caller's array has room
+ * for max fields; more is an error ("too many trailer fields").
+ *
+ * Capture changes one rule of mg_chunked_decode: the trailer section is
+ * parsed whole, so while it is incomplete MG_CHUNKED_AGAIN leaves it
+ * unconsumed (*consumed < len): the caller keeps buf[*consumed..len) and
+ * calls again with those bytes followed by the new ones (as for a head).
+ */
+void mg_chunked_capture_trailers(mg_chunked_t *d, mg_header_t *h, size_t max);
 
 /*
  * Decode from buf[0..len). Sets *consumed to the bytes used. On MG_CHUNKED_DATA
  * the span [*data, *data + *data_len) lies inside buf (borrowed, zero-copy) and
- * the caller calls again with the rest. Trailer fields are validated and dropped.
+ * the caller calls again with the rest. On MG_CHUNKED_AGAIN every byte was
+ * consumed (unless trailers are captured, see above). Trailer fields follow
+ * the rules of head fields (a token name, no whitespace before the colon, no
+ * obs-fold, no bare CR/LF, no NUL or other controls in values) and the whole
+ * section is bounded by MG_CHUNKED_MAX_TRAILER; they are checked and dropped,
+ * or captured. Their meaning (e.g. a forbidden Content-Length) is the
+ * caller's to judge. On MG_CHUNKED_ERROR, d->error says why.
  */
 int mg_chunked_decode(mg_chunked_t *d, const char *buf, size_t len, size_t *consumed,
                       const char **data, size_t *data_len);

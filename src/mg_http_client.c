@@ -356,6 +356,7 @@ static int l_request(lua_State *L)
     p->body = sr->body;
     sr->wait.cancel = on_cancel;
     if (timeout > 0) {
+        p->deadline_us = mg_now_us() + (uint64_t)(timeout * 1e6); /* no retry starts that could not finish */
         struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };
         evtimer_assign(&sr->timer, vm->base, on_timeout, sr);
         evtimer_add(&sr->timer, &tv);

@@ -5,7 +5,8 @@
  * write event's timeout, per write that has to wait: timeouts.send), read
  * (uc->timer re-armed on every read once the request is out: timeouts.read,
  * per read, not total). The owner's request deadline bounds all of them and
- * the retries: it calls mg_proxy_cancel.
+ * the retries: its timer calls mg_proxy_cancel, and p->deadline_us keeps an
+ * attempt from starting when it could not finish anyway.
  */
 #include "mg_proxy.h"
 
@@ -24,6 +25,7 @@ static const mg_http1_limits_t RESP_LIMITS = { .max_line = 8192, .max_head = 327
                                                .max_headers = MG_PROXY_MAX_HEADERS };
 
 static void attempt(mg_proxy_t *p);
+static void attempt_on(mg_proxy_t *p, mg_target_t *t, unsigned lease);
 static void on_event(mg_upconn_t *uc, int what);
 static void handshake(mg_proxy_t *p);
 
@@ -72,36 +74,73 @@ static const mg_error_t *errno_kind(int e)
     return e == ECONNREFUSED ? MG_E(REFUSED) : MG_E(RESET);
 }
 
+/* Is there time for one more attempt before the owner's deadline? */
+static int time_left(const mg_proxy_t *p)
+{
+    return !p->deadline_us || mg_now_us() + MG_PROXY_MIN_ATTEMPT_MS * 1000ull <= p->deadline_us;
+}
+
 /*
- * The retry rule: never once any of the response reached the owner; only while
- * the request can be sent again (no streamed body bytes were consumed, or the
- * body is a replayable buffer); and only when resending is safe: an idempotent
- * method, or the request never left (connect failed), or a pooled connection
- * that the upstream had closed before reading anything (stale: free retry).
+ * An attempt failed: resend or end (the rule is in mg_proxy.h). never_left:
+ * the upstream cannot have seen the request (not connected, or not one byte
+ * of it written).
+ *
+ * A reused connection that ends with no response byte is the keep-alive
+ * race: the upstream closed it while idle, and we wrote before the loop saw
+ * the close. Whether it read the request first cannot be told (both look
+ * like EOF), so only a request safe to resend is resent; on a new connection
+ * (another pooled one may be just as dead), free of the retries budget and
+ * of the target's failure count (the target did nothing wrong).
  */
-static void fail(mg_proxy_t *p, const mg_error_t *kind, int sent_nothing)
+static void fail(mg_proxy_t *p, const mg_error_t *kind, int never_left)
 {
     mg_target_t *t = p->target;
-    int stale = p->uc && p->uc->reused && p->uc->in_len == 0 && kind == MG_E(RESET) && !p->stale_retried;
+    if (p->uc && !p->wrote)
+        never_left = 1;
+    int stale = p->uc && p->uc->reused && !p->got_byte && kind == MG_E(RESET);
     drop_conn(p, 0);
-    if (!stale)
-        mg_target_report(t, 0);
-    int replayable = p->body != NULL || p->body_mode == MG_BODY_NONE || p->body_sent == 0;
-    int safe = p->idempotent || sent_nothing || stale;
-    if (!p->head_seen && replayable && safe) {
-        if (stale) {
-            p->stale_retried = 1;
-            p->attempts--; /* a dead pooled connection is not a failed attempt */
-            attempt(p);
+    int resendable = p->body != NULL || p->body_mode == MG_BODY_NONE || p->body_sent == 0;
+    int safe = never_left || p->idempotent || p->up->retry_non_idempotent;
+    int may = !p->head_seen && resendable && safe;
+    if (stale) {
+        if (may && time_left(p)) {
+            p->free_attempts++;
+            attempt_on(p, t, MG_LEASE_FRESH);
             return;
         }
-        if (p->attempts <= p->up->retries) {
-            mg_log_info(NULL, "upstream %s: %s from %s, retrying", p->up->name, kind->name, t->text);
-            attempt(p);
-            return;
-        }
+        mg_target_unpick(t);
+        if (!safe)
+            mg_log_info(NULL, "upstream %s: a pooled connection to %s closed with no response; the request "
+                        "is not idempotent: not resent", p->up->name, t->text);
+        end(p, kind);
+        return;
     }
-    end(p, kind);
+    mg_target_report(t, 0);
+    if (!may || p->attempts - p->free_attempts > p->up->retries) {
+        end(p, kind);
+        return;
+    }
+    if (!time_left(p)) {
+        mg_log_info(NULL, "upstream %s: %s from %s; no retry: the request's deadline is too close", p->up->name,
+                    kind->name, t->text);
+        end(p, kind);
+        return;
+    }
+    /*
+     * A target not tried yet; one already tried only once, after it refused
+     * the connection (it may be restarting): a timeout or a bad response
+     * there would only repeat, doubling the wait and the upstream's work.
+     */
+    int same_ok = never_left && !p->same_retried && (kind == MG_E(REFUSED) || kind == MG_E(RESET));
+    mg_target_t *next = mg_upstream_pick(p->up, p->hash, p->hash_len, p->tried, same_ok ? 0 : MG_PICK_OTHER);
+    if (!next) {
+        end(p, kind);
+        return;
+    }
+    if (mg_target_bit(next) & p->tried)
+        p->same_retried = 1;
+    mg_log_info(NULL, "upstream %s: %s from %s, retrying on %s", p->up->name, kind->name, t->text, next->text);
+    attempt_on(p, next, 0);
 }
 
 static void succeed(mg_proxy_t *p)
@@ -121,8 +160,10 @@ static int flush_up(mg_proxy_t *p, int notify)
     mg_upconn_t *uc = p->uc;
     while (evbuffer_get_length(uc->out) > 0) {
         int n = mg_upconn_send(uc);
-        if (n > 0)
+        if (n > 0) {
+            p->wrote = 1;
             continue;
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -163,22 +204,36 @@ static void send_request(mg_proxy_t *p)
     flush_up(p, 1);
 }
 
+/* The first attempt: the balancer's (or a balancer plugin's) target. */
 static void attempt(mg_proxy_t *p)
 {
-    p->attempts++;
-    p->t_attempt = mg_now_us();
+    if (!time_left(p)) {
+        end(p, MG_E(DEADLINE)); /* e.g. the permit came too late */
+        return;
+    }
     mg_target_t *t = NULL;
-    if (p->preferred && p->attempts == 1 && mg_target_usable(p->preferred))
+    if (p->preferred && mg_target_usable(p->preferred))
         t = p->preferred; /* a balancer plugin's choice; retries go back to the balancer */
     else
-        t = mg_upstream_pick(p->up, p->hash, p->hash_len, p->target);
+        t = mg_upstream_pick(p->up, p->hash, p->hash_len, 0, 0);
     if (!t) {
         end(p, MG_E(NO_TARGET));
         return;
     }
+    attempt_on(p, t, 0);
+}
+
+static void attempt_on(mg_proxy_t *p, mg_target_t *t, unsigned lease)
+{
+    p->attempts++;
+    p->t_attempt = mg_now_us();
     p->target = t;
+    p->tried |= mg_target_bit(t);
+    p->got_byte = p->wrote = 0;
     t->requests++;
-    mg_upconn_t *uc = mg_upstream_lease(t, on_event, p);
+    if (!p->idempotent && !p->up->retry_non_idempotent)
+        lease |= MG_LEASE_CHECK; /* it could not be resent: do not write it on a connection known closed */
+    mg_upconn_t *uc = mg_upstream_lease(t, on_event, p, lease);
     if (!uc) {
         fail(p, errno_kind(errno), 1); /* e.g. refused at once on loopback */
         return;
@@ -223,7 +278,8 @@ void mg_proxy_start(mg_proxy_t *p)
     p->t_start = mg_now_us();
     p->queue_us = p->connect_us = p->ttfb_us = 0;
     p->running = 1;
-    p->attempts = 0;
+    p->attempts = p->free_attempts = p->same_retried = 0;
+    p->tried = 0;
     p->target = NULL;
     mg_upstream_t *up = p->up;
     if (!up->sema) {
@@ -287,7 +343,13 @@ static int deliver(mg_proxy_t *p)
                     fail(p, MG_E(PROTOCOL), 0); /* upgrades are not proxied */
                     return 1;
                 }
-                continue; /* interim response (100 Continue): the client got ours already */
+                /* 100 Continue: the client got ours already; others (103 Early Hints) are the owner's */
+                if (status != 100 && p->ops->on_interim) {
+                    p->ops->on_interim(p, &p->resp);
+                    if (!p->running)
+                        return 1;
+                }
+                continue;
             }
             p->head_seen = 1;
             int ka = p->resp.minor_version == 1 && !(p->resp.flags & MG_HTTP1_F_CONN_CLOSE);
@@ -297,6 +359,8 @@ static int deliver(mg_proxy_t *p)
             } else if (p->resp.flags & MG_HTTP1_F_CHUNKED) {
                 p->framing = MG_BODY_CHUNKED;
                 mg_chunked_init(&p->chunk);
+                if (p->ops->on_trailers)
+                    mg_chunked_capture_trailers(&p->chunk, p->trailers, MG_PROXY_MAX_TRAILERS);
             } else if (p->resp.content_length >= 0) {
                 p->framing = MG_BODY_LENGTH;
                 p->resp_left = p->resp.content_length;
@@ -353,6 +417,12 @@ static int deliver(mg_proxy_t *p)
             if (rc == MG_CHUNKED_DONE) {
                 if (uc->in_off != uc->in_len)
                     p->resp_keepalive = 0;
+                if (p->chunk.num_trailers) {
+                    /* borrowed from uc->in, which stays as it is until succeed() */
+                    p->ops->on_trailers(p, p->trailers, p->chunk.num_trailers);
+                    if (!p->running)
+                        return 1;
+                }
                 succeed(p);
                 return 1;
             }
@@ -400,6 +470,7 @@ static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
     }
     ssize_t n = mg_upconn_readv(uc, iov, nv);
     if (n > 0) {
+        p->got_byte = 1;
         size_t left = (size_t)n;
         for (int i = 0; i < nv; i++) {
             v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
@@ -477,6 +548,7 @@ static void on_readable(mg_proxy_t *p)
         return;
     }
     uc->in_len += (size_t)n;
+    p->got_byte = 1;
     if (!p->ttfb_us)
         p->ttfb_us = (uint32_t)(mg_now_us() - p->t_start);
     if (p->body_done || p->head_seen)
@@ -592,6 +664,8 @@ void mg_proxy_cancel(mg_proxy_t *p)
     if (!p->running)
         return;
     p->running = 0;
+    if (p->uc)
+        mg_target_unpick(p->target); /* no verdict on the target: a trial it carried is free again */
     drop_conn(p, 0);
     drop_permit(p);
 }

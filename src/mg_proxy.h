@@ -20,14 +20,43 @@
  * connect_timeout, send_timeout, read_timeout (no byte for timeouts.read),
  * protocol (a malformed response), tls_handshake, tls_verify,
  * no_healthy_target, busy (max_concurrency; p->busy_status says which status),
- * deadline and client_abort (set by the owner when it cancels).
+ * deadline (p->deadline_us left no time for an attempt; the owner's own
+ * deadline timer cancels a running one) and client_abort (set by the owner
+ * when it cancels).
+ *
+ * Resending (docs/proxy.md "Retries" is the user's version): an attempt that
+ * failed before any of the response reached the owner, whose request can be
+ * sent again (no body, a replayable p->body, or no streamed byte consumed),
+ * is resent when that is safe:
+ *   - the request never left (connect refused, reset or timed out, TLS
+ *     handshake failed, or not one byte of it was written): any method;
+ *   - it was written: only an idempotent method, or any when the upstream
+ *     has retry_non_idempotent;
+ * and where:
+ *   - a pooled connection that ended with no response byte (the upstream
+ *     closed it, idle) is replaced by a new connection to the same target,
+ *     outside the retries budget and without counting against the target;
+ *   - otherwise (within `retries`) on a target not tried yet; one already
+ *     tried only once, after its connect was refused or reset; never again
+ *     after a timeout (that would double the wait) or a bad response;
+ *   - no attempt starts with less than MG_PROXY_MIN_ATTEMPT_MS before
+ *     p->deadline_us.
  */
+#define MG_PROXY_MIN_ATTEMPT_MS 10
 
 typedef struct mg_proxy mg_proxy_t;
 
 typedef struct mg_proxy_ops {
     /* Writes the request head for this attempt into out (the target differs between attempts). */
     void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
+    /*
+     * Optional: an interim response other than 100 and 101 (102, 103 Early
+     * Hints, ...), borrowed: valid during the call only. 100 Continue is
+     * absorbed (the gateway answers Expect itself) and 101 is a protocol
+     * error. More interim responses, the final head or on_done follow; a
+     * retry may follow too (another attempt's responses then come).
+     */
+    void (*on_interim)(mg_proxy_t *p, const mg_http1_response_t *resp);
     /*
      * The final response head (borrowed: valid during the call only). Return 1
      * to pause before the body (the owner calls mg_proxy_resume when ready).
@@ -47,6 +76,16 @@ typedef struct mg_proxy_ops {
     void (*on_wait)(mg_proxy_t *p);
     /* A streaming request body may be written now (again after a pause). May be NULL. */
     void (*on_body_wanted)(mg_proxy_t *p);
+    /*
+     * Optional: the trailer fields of a chunked response, in order, right
+     * before a successful on_done (only when there were any). Borrowed: valid
+     * during the call only. They are checked like head fields but passed as
+     * received: the owner drops what must not be forwarded (framing, routing,
+     * hop-by-hop fields; RFC 9110 section 6.5.1). Set, it bounds a response's
+     * trailers to MG_PROXY_MAX_TRAILERS fields (more is a protocol error);
+     * NULL, they are checked and dropped.
+     */
+    void (*on_trailers)(mg_proxy_t *p, const mg_header_t *h, size_t n);
     /* The exchange ended: err is NULL on success or an error kind. No callback follows. */
     void (*on_done)(mg_proxy_t *p, const mg_error_t *err);
 } mg_proxy_ops_t;
@@ -54,6 +93,7 @@ typedef struct mg_proxy_ops {
 enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
 
 #define MG_PROXY_MAX_HEADERS 100
+#define MG_PROXY_MAX_TRAILERS 64
 
 struct mg_proxy {
     /* set by the owner before mg_proxy_start */
@@ -68,12 +108,17 @@ struct mg_proxy {
     int64_t body_len;            /* MG_BODY_LENGTH */
     struct evbuffer *body;       /* a complete, replayable body, or NULL when the owner streams it */
     mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
+    uint64_t deadline_us;        /* monotonic (mg_now_us); no attempt starts too close to it; 0: none */
 
     /* state */
     mg_target_t *target;
     mg_upconn_t *uc;
-    int attempts;
-    int stale_retried;           /* a dead pooled connection was replaced once for free */
+    int attempts;                /* attempts started (mg_proxy_attempts) */
+    int free_attempts;           /* of which replaced a dead pooled connection (not counted as retries) */
+    int same_retried;            /* a target was tried again after a refused connect */
+    uint64_t tried;              /* the targets tried (mg_target_bit): retries go to others */
+    int got_byte;                /* this attempt read a byte of response */
+    int wrote;                   /* this attempt wrote a byte of request */
     int64_t body_sent;           /* streamed body bytes written */
     int body_done;
     int body_wanted;
@@ -94,7 +139,15 @@ struct mg_proxy {
     uint32_t queue_us, connect_us, ttfb_us;
     mg_http1_response_t resp;
     mg_header_t headers[MG_PROXY_MAX_HEADERS];
+    mg_header_t trailers[MG_PROXY_MAX_TRAILERS]; /* filled by the chunked decoder when on_trailers is set */
 };
+
+/*
+ * The attempts the exchange started so far (the access log's "attempts"):
+ * every connection the request was sent on or tried, including a new one
+ * that replaced a dead pooled connection.
+ */
+static inline int mg_proxy_attempts(const mg_proxy_t *p) { return p->attempts; }
 
 /* Starts the exchange; callbacks may run before this returns. */
 void mg_proxy_start(mg_proxy_t *p);

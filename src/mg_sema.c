@@ -1,7 +1,7 @@
 /*
  * mg_sema — see mg_sema.h.
  *
- * Lock order: a semaphore's lock, then a mailbox's lock. Grants happen under
+ * Lock order: the registry's lock, a semaphore's lock, then a mailbox's lock. Grants happen under
  * the semaphore's lock (so a permit is never both free and granted); the
  * grantee's worker only learns of it through its mailbox.
  */
@@ -26,6 +26,8 @@ struct mg_sema {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static mg_sema_t *registry;
 
+static void grant_waiters(mg_sema_t *s);
+
 mg_sema_t *mg_sema_get(const char *name, int64_t capacity)
 {
     pthread_mutex_lock(&registry_lock);
@@ -42,9 +44,14 @@ mg_sema_t *mg_sema_get(const char *name, int64_t capacity)
         registry = s;
     }
     s->refs++;
-    /* a new capacity applies to new acquisitions; permits above it drain as they are released */
+    /*
+     * A lower capacity applies to new acquisitions (permits above it drain as
+     * they are released); a higher one frees room at once, so the waiters
+     * already queued get it now instead of waiting out their queue timeout.
+     */
     pthread_mutex_lock(&s->lock);
     s->capacity = capacity;
+    grant_waiters(s);
     pthread_mutex_unlock(&s->lock);
     pthread_mutex_unlock(&registry_lock);
     return s;

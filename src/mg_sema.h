@@ -58,7 +58,10 @@ typedef struct mg_sema_stats {
 
 /*
  * The semaphore `name`, created with `capacity` or given this new capacity,
- * with a reference for the caller (mg_sema_put drops it). A semaphore with no
+ * with a reference for the caller (mg_sema_put drops it). A raised capacity
+ * grants the freed room to queued waiters at once (FIFO, through their
+ * mailboxes); a lowered one applies to new acquisitions while the permits
+ * in use above it drain. A semaphore with no
  * references, nothing in use and nobody queued is freed: per-key semaphores
  * (one per client address, say) do not accumulate. The config's names
  * (mg_sema_config_name) are kept for the process's life.

@@ -159,16 +159,31 @@ static int usable(const mg_target_t *t, uint64_t now)
 
 int mg_target_usable(const mg_target_t *t) { return usable(t, mg_now_ms()); }
 
-mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid)
+/* No target is usable: the ejected one whose ejection ends first, as nginx keeps trying a single server. */
+static mg_target_t *fallback(mg_upstream_t *up)
 {
-    uint64_t now = mg_now_ms();
+    mg_target_t *best = NULL;
+    for (int i = 0; i < up->ntargets; i++) {
+        mg_target_t *t = &up->targets[i];
+        if (t->active_down || t->len == 0 || !t->ejected_until)
+            continue;
+        if (!best || t->ejected_until < best->ejected_until)
+            best = t;
+    }
+    return best;
+}
+
+/* The balancer's choice among the usable targets outside `avoid` (NULL: none). */
+static mg_target_t *choose(mg_upstream_t *up, const char *hash, size_t hash_len, uint64_t avoid, uint64_t now)
+{
     int n = up->ntargets;
     mg_target_t *best = NULL;
+#define SKIP(t) (!usable((t), now) || (mg_target_bit(t) & avoid))
     if (up->balance == MG_BALANCE_LEAST_CONN) {
         for (int i = 0; i < n; i++) {
             /* rotate the start so ties spread like round robin */
             mg_target_t *t = &up->targets[(up->rr + (unsigned)i) % (unsigned)n];
-            if (!usable(t, now) || (t == avoid && n > 1))
+            if (SKIP(t))
                 continue;
             if (!best || t->inflight < best->inflight)
                 best = t;
@@ -178,16 +193,42 @@ mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_l
         unsigned start = up->balance == MG_BALANCE_HASH && hash ? mg_hash(hash, hash_len) : up->rr++;
         for (int i = 0; i < n && !best; i++) {
             mg_target_t *t = &up->targets[(start + (unsigned)i) % (unsigned)n];
-            if (usable(t, now) && (t != avoid || n == 1))
+            if (!SKIP(t))
                 best = t;
         }
     }
-    if (!best && avoid && usable(avoid, now))
-        best = avoid;
+#undef SKIP
+    return best;
+}
+
+mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, uint64_t avoid,
+                              unsigned flags)
+{
+    uint64_t now = mg_now_ms();
+    mg_target_t *best = choose(up, hash, hash_len, avoid, now);
+    /* a retry that must go elsewhere (MG_PICK_OTHER) gets a usable target outside `avoid` or none */
+    if (!best && !(flags & MG_PICK_OTHER)) {
+        if (avoid)
+            best = choose(up, hash, hash_len, 0, now);
+        if (!best)
+            return fallback(up); /* not a trial: the trial rule is for when others carry the load */
+    }
     if (best && best->ejected_until)
         best->trial = 1;
     return best;
 }
+
+/* Would another target of t's upstream take a request now? */
+static int others_usable(const mg_target_t *t, uint64_t now)
+{
+    const mg_upstream_t *up = t->up;
+    for (int i = 0; i < up->ntargets; i++)
+        if (&up->targets[i] != t && usable(&up->targets[i], now))
+            return 1;
+    return 0;
+}
+
+void mg_target_unpick(mg_target_t *t) { t->trial = 0; }
 
 void mg_target_report(mg_target_t *t, int ok)
 {
@@ -203,6 +244,20 @@ void mg_target_report(mg_target_t *t, int ok)
     t->failures++;
     t->fails++;
     if (up->passive_failures > 0 && t->fails >= up->passive_failures) {
+        uint64_t now = mg_now_ms();
+        if (!others_usable(t, now)) {
+            /*
+             * The last usable target is never ejected: refusing every request
+             * with 503 for the ejection time would be worse than trying it
+             * (it may be back at the next request). It stays in service, with
+             * no trial gate (one request at a time would starve it).
+             */
+            if (t->fails == up->passive_failures || t->ejected_until)
+                mg_log_warn(NULL, "upstream %s: target %s failed %d times in a row; not ejected: it is the "
+                            "upstream's last usable target", up->name, t->text, t->fails);
+            t->ejected_until = 0;
+            return;
+        }
         if (!t->ejected_until)
             mg_log_warn(NULL, "upstream %s: target %s ejected for %u ms after %d consecutive failures",
                         up->name, t->text, up->eject_ms, t->fails);
@@ -412,13 +467,33 @@ void mg_upconn_release(mg_upconn_t *uc)
     t->nidle++;
 }
 
-mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner)
+/*
+ * Has the upstream closed (or written on) this idle connection since its last
+ * event? Its read event would say so at the next loop pass; a peek says now.
+ * Bytes on an idle TLS connection may be a session ticket: only EOF and
+ * errors count there.
+ */
+static int idle_dead(const mg_upconn_t *uc)
 {
-    mg_upconn_t *uc = t->idle;
-    if (uc) {
+    char b;
+    ssize_t n = recv(uc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0)
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    return n == 0 || !uc->ssl;
+}
+
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner,
+                               unsigned flags)
+{
+    mg_upconn_t *uc;
+    while (!(flags & MG_LEASE_FRESH) && (uc = t->idle)) {
         t->idle = uc->next_idle;
         t->nidle--;
         uc->next_idle = NULL;
+        if ((flags & MG_LEASE_CHECK) && idle_dead(uc)) {
+            conn_destroy(uc);
+            continue;
+        }
         uc->reused = 1;
         uc->handler = handler;
         uc->owner = owner;

@@ -103,6 +103,7 @@ struct mg_upstream {
     int max_requests;
     uint32_t connect_ms, send_ms, read_ms;
     int retries;
+    int retry_non_idempotent;         /* POST, PATCH, ... may be resent after they were written */
     int passive_failures;
     uint32_t eject_ms;
     char *active_path;
@@ -139,28 +140,58 @@ void mg_upstream_start(mg_upstream_t *up, struct event_base *base, struct evdns_
 /* Closes pooled connections and frees everything. */
 void mg_upstream_free(mg_upstream_t *up);
 
+/* mg_upstream_pick flags */
+#define MG_PICK_OTHER 0x1u            /* never a target in `avoid`, even when only those are usable */
+
+/* t's bit in a set of targets (the first 64 of an upstream; 0 beyond: such sets cannot name it). */
+static inline uint64_t mg_target_bit(const mg_target_t *t);
+
 /*
- * Picks a target for a request: healthy ones first by the balancer; `avoid`
- * (may be NULL) is skipped when another is available (retries go elsewhere).
- * `hash` is the request's hash key (NULL/0 unless balance = hash). Returns
- * NULL when no target is usable (all ejected or down).
+ * Picks a target for a request: usable ones by the balancer; those in the
+ * set `avoid` (mg_target_bit; 0: none) are skipped when another is usable
+ * (retries go elsewhere), and never returned with MG_PICK_OTHER. `hash` is
+ * the request's hash key (NULL/0 unless balance = hash). When no target is
+ * usable, falls back to the passively ejected target whose ejection ends
+ * first (nginx's single-server rule: trying beats refusing), except with
+ * MG_PICK_OTHER. Returns NULL when nothing can be tried: every target is
+ * down by its active health check or not resolved (or, with MG_PICK_OTHER,
+ * no target outside `avoid` is usable).
+ * Picking an ejected target whose time is up makes this request its one
+ * trial: report the outcome (mg_target_report) or mg_target_unpick it.
  */
-mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, mg_target_t *avoid);
+mg_target_t *mg_upstream_pick(mg_upstream_t *up, const char *hash, size_t hash_len, uint64_t avoid,
+                              unsigned flags);
 
 /* May t take a request now (resolved, not ejected or down)? */
 int mg_target_usable(const mg_target_t *t);
 
-/* Records the outcome of a request on t (passive health; success resets). */
+/*
+ * Records the outcome of a request on t (passive health; success resets).
+ * Consecutive failures eject t for health.passive.eject, except when t is
+ * the upstream's last usable target: that one is never ejected (it keeps
+ * being tried, so its errors, not 503s, reach the clients, and it is back
+ * the moment it recovers).
+ */
 void mg_target_report(mg_target_t *t, int ok);
+/* A request picked for t ended without an outcome (cancelled): a trial it carried is free again. */
+void mg_target_unpick(mg_target_t *t);
+
+/* mg_upstream_lease flags */
+#define MG_LEASE_FRESH 0x1u           /* a new connection, never a pooled one */
+#define MG_LEASE_CHECK 0x2u           /* look (one MSG_PEEK) whether a pooled one was closed meanwhile */
 
 /*
  * Leases a connection to t for handler/owner: the most recently pooled one,
  * or a new non-blocking connect (check `connected`; a MG_UC_WRITE tells when
  * it completes). Returns NULL with errno set when connect fails at once.
- * A pooled connection may have been closed by the upstream a moment ago: a
- * lessee must treat EOF before any response byte on a `reused` one as stale.
+ * A pooled connection may have been closed by the upstream a moment ago (its
+ * close not yet seen by the loop): a lessee must treat EOF before any
+ * response byte on a `reused` one as stale. MG_LEASE_CHECK narrows that
+ * window for requests that could not be resent (pooled connections found
+ * closed are discarded); MG_LEASE_FRESH closes it.
  */
-mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner);
+mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, int), void *owner,
+                               unsigned flags);
 /* Read interest on/off (back-pressure), send wait, and the phase timer. */
 void mg_upconn_read(mg_upconn_t *uc, int on);
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t timeout_ms);
@@ -188,5 +219,11 @@ int mg_upconn_send(mg_upconn_t *uc);
 
 /* Counts for status and tests. */
 int mg_upstream_idle_count(const mg_upstream_t *up);
+
+static inline uint64_t mg_target_bit(const mg_target_t *t)
+{
+    ptrdiff_t i = t - t->up->targets;
+    return i < 64 ? (uint64_t)1 << i : 0;
+}
 
 #endif

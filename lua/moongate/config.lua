@@ -21,7 +21,7 @@ local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
                        plugins = true }
 local UPSTREAM_FIELDS = { targets = true, tls = true, balance = true, hash_key = true, pool = true,
                           timeouts = true, retries = true, health = true, host_header = true,
-                          max_concurrency = true, on_busy = true }
+                          max_concurrency = true, on_busy = true, retry_non_idempotent = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
 local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
 local HEALTH_FIELDS = { passive = true, active = true }
@@ -398,6 +398,10 @@ local function make_env(st)
       u.send_timeout = dur(t.timeouts, "send", 10000, "timeouts.send")
       u.read_timeout = dur(t.timeouts, "read", 30000, "timeouts.read")
       u.retries = int(t, "retries", 1, 0, "retries")
+      if t.retry_non_idempotent ~= nil and type(t.retry_non_idempotent) ~= "boolean" then
+        fail("upstream %s: retry_non_idempotent must be true or false", name)
+      end
+      u.retry_non_idempotent = t.retry_non_idempotent == true
       local health = t.health or {}
       check_fields(health, HEALTH_FIELDS, "upstream " .. name .. " health")
       if health.passive ~= nil then check_fields(health.passive, PASSIVE_FIELDS, "health.passive") end

@@ -231,6 +231,123 @@ static void chunked_rejects(void **state)
     assert_int_equal(mg_chunked_decode(&d, line, sizeof(line), &used, &data, &dlen), MG_CHUNKED_ERROR);
 }
 
+/* Feeds in byte by byte (every split point at once), capturing trailers into text. */
+static int decode_bytewise(const char *in, size_t len, char *out, size_t *outlen, char *text)
+{
+    size_t *cuts = malloc((len ? len : 1) * sizeof(size_t));
+    for (size_t i = 0; i + 1 < len; i++)
+        cuts[i] = i + 1;
+    int rc = decode_pieces(in, len, cuts, len ? len - 1 : 0, out, outlen, text);
+    free(cuts);
+    return rc;
+}
+
+static void chunked_trailers_captured(void **state)
+{
+    const char *in = "4\r\nWiki\r\n0\r\nX-Checksum: abc123\r\nServer-Timing:  db;dur=53 \r\nX-Empty:\r\n\r\n";
+    const char *want = "X-Checksum: abc123\nServer-Timing: db;dur=53\nX-Empty: \n";
+    size_t len = strlen(in);
+    char out[64], text[256];
+    size_t outlen;
+    /* two pieces, at every split point */
+    for (size_t cut = 0; cut <= len; cut++) {
+        int rc = decode_pieces(in, len, &cut, 1, out, &outlen, text);
+        if (rc != MG_CHUNKED_DONE)
+            fail_msg("split at %zu: rc %d", cut, rc);
+        assert_int_equal(outlen, 4);
+        assert_memory_equal(out, "Wiki", 4);
+        assert_string_equal(text, want);
+    }
+    /* one byte at a time */
+    assert_int_equal(decode_bytewise(in, len, out, &outlen, text), MG_CHUNKED_DONE);
+    assert_string_equal(text, want);
+    /* no trailers: nothing captured */
+    const char *plain = "1\r\na\r\n0\r\n\r\n";
+    assert_int_equal(decode_bytewise(plain, strlen(plain), out, &outlen, text), MG_CHUNKED_DONE);
+    assert_string_equal(text, "");
+    /* what follows the body (a pipelined response) is not consumed */
+    const char *more = "0\r\nX-A: 1\r\n\r\nHTTP/1.1 200 OK\r\n";
+    mg_header_t th[4];
+    mg_chunked_t d;
+    mg_chunked_init(&d);
+    mg_chunked_capture_trailers(&d, th, 4);
+    size_t used;
+    const char *data;
+    size_t dlen;
+    assert_int_equal(mg_chunked_decode(&d, more, strlen(more), &used, &data, &dlen), MG_CHUNKED_DONE);
+    assert_int_equal(used, strlen("0\r\nX-A: 1\r\n\r\n"));
+    assert_int_equal(d.num_trailers, 1);
+    assert_true(mg_http1_name_is(&th[0], "x-a", 3));
+    /* an incomplete section stays unconsumed: the caller hands it again with more */
+    mg_chunked_init(&d);
+    mg_chunked_capture_trailers(&d, th, 4);
+    const char *part = "0\r\nX-A: 1\r\n";
+    assert_int_equal(mg_chunked_decode(&d, part, strlen(part), &used, &data, &dlen), MG_CHUNKED_AGAIN);
+    assert_int_equal(used, 3);
+}
+
+static void chunked_trailer_rejects(void **state)
+{
+    static const char *bad_trailers[] = {
+        "0\r\nX-T : 1\r\n\r\n",        /* whitespace before the colon */
+        "0\r\nX-T 1\r\n\r\n",          /* no colon */
+        "0\r\n: 1\r\n\r\n",            /* empty name */
+        "0\r\nX(T): 1\r\n\r\n",        /* not a token */
+        "0\r\nX-T: 1\r\n folded\r\n\r\n", /* obs-fold */
+        "0\r\nX-T: 1\nX-U: 2\r\n\r\n", /* bare LF */
+        "0\r\nX-T: 1\rX\r\n\r\n",      /* bare CR */
+        "0\r\nX-T: a\x01b\r\n\r\n",     /* a control character */
+        "0\r\nX-T: 1\r\n\rX",           /* bare CR ending the section */
+    };
+    for (size_t i = 0; i < sizeof(bad_trailers) / sizeof(bad_trailers[0]); i++) {
+        char out[64], text[256];
+        size_t outlen;
+        size_t len = strlen(bad_trailers[i]);
+        /* dropped or captured, whole or byte by byte: refused every way */
+        if (decode_split(bad_trailers[i], len, len, out, &outlen) != MG_CHUNKED_ERROR)
+            fail_msg("dropped: %s accepted", bad_trailers[i]);
+        size_t cut = len;
+        if (decode_pieces(bad_trailers[i], len, &cut, 1, out, &outlen, text) != MG_CHUNKED_ERROR)
+            fail_msg("captured: %s accepted", bad_trailers[i]);
+        if (decode_bytewise(bad_trailers[i], len, out, &outlen, text) != MG_CHUNKED_ERROR)
+            fail_msg("captured byte by byte: %s accepted", bad_trailers[i]);
+    }
+    /* a NUL in a value (not a C string) */
+    const char nul[] = "0\r\nX-T: a\0b\r\n\r\n";
+    char out[64], text[256];
+    size_t outlen;
+    assert_int_equal(decode_split(nul, sizeof(nul) - 1, 0, out, &outlen), MG_CHUNKED_ERROR);
+    assert_int_equal(decode_bytewise(nul, sizeof(nul) - 1, out, &outlen, text), MG_CHUNKED_ERROR);
+
+    /* the section is bounded by MG_CHUNKED_MAX_TRAILER, final CRLF included, both ways */
+    for (int over = 0; over <= 1; over++) {
+        size_t total = 3 + MG_CHUNKED_MAX_TRAILER + (size_t)over; /* "0\r\n" + section */
+        char *big = malloc(total + 1);
+        memcpy(big, "0\r\nX-Big: ", 10);
+        memset(big + 10, 'v', total - 10 - 4);
+        memcpy(big + total - 4, "\r\n\r\n", 4);
+        char *o = malloc(total), *t = malloc(2 * total + 1);
+        int want = over ? MG_CHUNKED_ERROR : MG_CHUNKED_DONE;
+        assert_int_equal(decode_split(big, total, total / 2, o, &outlen), want);
+        size_t cut = total / 3;
+        assert_int_equal(decode_pieces(big, total, &cut, 1, o, &outlen, t), want);
+        free(big);
+        free(o);
+        free(t);
+    }
+    /* more fields than the caller's array holds */
+    const char *many = "0\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    mg_header_t th[2];
+    mg_chunked_t d;
+    mg_chunked_init(&d);
+    mg_chunked_capture_trailers(&d, th, 2);
+    size_t used;
+    const char *data;
+    size_t dlen;
+    assert_int_equal(mg_chunked_decode(&d, many, strlen(many), &used, &data, &dlen), MG_CHUNKED_ERROR);
+    assert_string_equal(d.error, "too many trailer fields");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -242,6 +359,8 @@ int main(void)
         cmocka_unit_test(response_heads),
         cmocka_unit_test(chunked_every_boundary),
         cmocka_unit_test(chunked_rejects),
+        cmocka_unit_test(chunked_trailers_captured),
+        cmocka_unit_test(chunked_trailer_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

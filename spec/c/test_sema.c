@@ -1,4 +1,4 @@
-/* mg_sema: FIFO grants, weights, cancel in every state, capacity changes, threads. */
+/* mg_sema: FIFO grants, weights, cancel in every state, capacity changes (a raise wakes the queue), threads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -132,6 +132,50 @@ static void config_namespace(void **state)
     mg_sema_put(s);
 }
 
+static void raised_capacity_grants_queued(void **state)
+{
+    struct event_base *base = event_base_new();
+    mg_mailbox_t mb;
+    mg_mailbox_init(&mb, base);
+    mg_sema_t *s = mg_sema_get("t-raise", 1);
+    assert_true(mg_sema_try(s, 1));
+    mg_sema_waiter_t w[3];
+    memset(w, 0, sizeof(w));
+    for (int i = 0; i < 3; i++) {
+        w[i].mailbox = &mb;
+        w[i].on_grant = on_grant;
+        w[i].data = (void *)(intptr_t)i;
+        assert_int_equal(mg_sema_acquire(s, 1, &w[i], 10), MG_AGAIN);
+    }
+    norder = 0;
+    /* a reload raises the capacity while the first permit is still held: two waiters fit now */
+    mg_sema_t *again = mg_sema_get("t-raise", 3);
+    run_loop(base);
+    assert_int_equal(norder, 2);
+    assert_int_equal(order[0], 0);
+    assert_int_equal(order[1], 1);
+    mg_sema_stats_t st;
+    mg_sema_stats(s, &st);
+    assert_int_equal(st.in_use, 3);
+    assert_int_equal(st.queued, 1);
+    /* a lowered capacity grants nothing and takes nothing back */
+    mg_sema_t *lower = mg_sema_get("t-raise", 1);
+    mg_sema_release(s, 1);
+    run_loop(base);
+    assert_int_equal(norder, 2);
+    mg_sema_release(s, 1);
+    mg_sema_release(s, 1); /* in use 0 < 1: the last waiter gets its permit */
+    run_loop(base);
+    assert_int_equal(norder, 3);
+    assert_int_equal(order[2], 2);
+    mg_sema_release(s, 1);
+    mg_sema_put(lower);
+    mg_sema_put(again);
+    mg_sema_put(s);
+    mg_mailbox_free(&mb);
+    event_base_free(base);
+}
+
 static mg_sema_t *shared;
 static int in_use_now, max_seen;
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -172,7 +216,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fifo_and_weights), cmocka_unit_test(cancel_in_every_state),
-        cmocka_unit_test(capacity_change_and_refs), cmocka_unit_test(config_namespace), cmocka_unit_test(threads_never_exceed_capacity),
+        cmocka_unit_test(capacity_change_and_refs), cmocka_unit_test(config_namespace), cmocka_unit_test(raised_capacity_grants_queued),
+        cmocka_unit_test(threads_never_exceed_capacity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,13 +116,28 @@ describe("load balancing and health", function()
     assert.equal(1, a.requests)
   end)
 
-  it("answers 503 no_healthy_target when every target is ejected", function()
+  it("never ejects the last usable target: with every target failing, clients get its errors, not 503", function()
     start('retries = 0, health = { passive = { failures = 1, eject = "10s" } },')
     a.handler = function(req, res) res:reset() end
     b.handler = function(req, res) res:reset() end
-    g:request("GET", "/p/1")
-    g:request("GET", "/p/2")
-    local res = g:request("GET", "/p/3")
+    g:request("GET", "/p/1") -- a fails: ejected, b carries the load
+    for i = 2, 5 do
+      local res = g:request("GET", "/p/" .. i)
+      assert.equal(502, res.status)
+      assert.equal("reset", res.headers["x-gateway-error"])
+    end
+    assert.equal(1, a.requests)
+    b.handler = function() return 200, {}, "b" end
+    assert.equal("b", g:request("GET", "/p/healed").body) -- back at once
+    assert.truthy(g:error_log():find("last usable target", 1, true))
+  end)
+
+  it("answers 503 no_healthy_target when every target fails its active health check", function()
+    start('health = { active = { path = "/health", interval = "100ms", timeout = "200ms" } },')
+    a.handler = function(req) return 500, {}, "sick" end
+    b.handler = function(req) return 500, {}, "sick" end
+    gw.sleep(0.3)
+    local res = g:request("GET", "/p/1")
     assert.equal(503, res.status)
     assert.equal("no_healthy_target", res.headers["x-gateway-error"])
   end)

@@ -391,3 +391,49 @@ describe("permits of a retired generation", function()
     g:stop()
   end)
 end)
+
+describe("a reload that raises max_concurrency", function()
+  local up, g
+
+  local function config(maxc)
+    return ([[
+      upstream "narrow" { targets = { "127.0.0.1:%d" }, max_concurrency = %d,
+                          on_busy = { queue = 10, queue_timeout = "5s" } }
+      route { path = "/n/{x*}", upstream = "narrow" }
+    ]]):format(up.port, maxc)
+  end
+
+  setup(function()
+    up = upstream.start(function(req)
+      if req.path == "/n/hold" then gw.sleep(2) end
+      return 200, {}, "ok"
+    end)
+    g = helpers.start(config(1))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  it("wakes the requests already queued at once", function()
+    local results = helpers.parallel({
+      function() return g:request("GET", "/n/hold").status end,   -- holds the only permit for 2 s
+      function()
+        gw.sleep(0.2)
+        local t0 = gw.monotonic_ms()
+        local res = g:request("GET", "/n/queued")                 -- queues behind it
+        return { status = res.status, waited = gw.monotonic_ms() - t0 }
+      end,
+      function()
+        gw.sleep(0.5)
+        helpers.write_file(g.file, ('listen "127.0.0.1:%d"\nadmin_socket "%s"\n'):format(g.port, g.socket) .. config(2))
+        return (g:ctl("reload"))
+      end,
+    })
+    assert.equal(200, results[1])
+    assert.equal(0, results[3])
+    assert.equal(200, results[2].status)
+    -- granted by the reload (about 0.3 s after it queued), not when the holder finished (1.8 s)
+    assert.is_true(results[2].waited < 1200, "the queued request waited " .. results[2].waited .. " ms")
+  end)
+end)

@@ -150,7 +150,7 @@ describe("reverse proxy", function()
     up = upstream.start(function() return 200 end, { port = port })
   end)
 
-  it("maps a connect that never completes to 504 connect_timeout", function()
+  it("maps a connect that never completes to 504 connect_timeout, without retrying the same target", function()
     -- a listener whose accept queue is full drops new SYNs: the connect hangs
     local hole = gw.tcp_listen("127.0.0.1", 0, 0)
     local filler = gw.tcp()
@@ -165,7 +165,8 @@ describe("reverse proxy", function()
     local took = gw.monotonic_ms() - t0
     assert.equal(504, res.status)
     assert.equal("connect_timeout", res.headers["x-gateway-error"])
-    assert.is_true(took >= 290 and took < 1000, "two attempts of 150 ms took " .. took)
+    -- one attempt: trying the only target again would double the client's wait for nothing
+    assert.is_true(took >= 140 and took < 290, "one attempt of 150 ms took " .. took)
     g2:stop()
     filler:close()
     hole:close()
