@@ -70,7 +70,9 @@ def pump(s, c, until, timeout=10.0, ack=True, stall=()):
         for ev in events:
             out["events"] += 1
             sid = str(getattr(ev, "stream_id", 0))
-            if isinstance(ev, h2.events.ResponseReceived):
+            if isinstance(ev, h2.events.InformationalResponseReceived):
+                out.setdefault("interim", {}).setdefault(sid, []).append(dict(ev.headers))
+            elif isinstance(ev, h2.events.ResponseReceived):
                 out["statuses"][sid] = dict(ev.headers).get(":status")
                 out.setdefault("headers", {})[sid] = dict(ev.headers)
             elif isinstance(ev, h2.events.DataReceived):

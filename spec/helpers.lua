@@ -203,9 +203,14 @@ function M.read_response(s, method)
     res.raw_headers[#res.raw_headers + 1] = h
     res.headers[k:lower()] = v
   end
-  if res.status == 100 then
+  if res.status >= 100 and res.status < 200 and res.status ~= 101 then
+    -- interim responses (100 Continue, 103 Early Hints) come before the final one
     local final, ferr = M.read_response(s, method)
-    if final then final.continued = true end
+    if final then
+      final.continued = res.status == 100 or final.continued
+      final.interim = final.interim or {}
+      table.insert(final.interim, 1, res)
+    end
     return final, ferr
   end
   if method == "HEAD" or res.status == 204 or res.status == 304 then

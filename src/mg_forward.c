@@ -328,6 +328,52 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
     return 0;
 }
 
+/* An interim response (103 Early Hints): relayed before the final head, where the client can take it. */
+static void on_interim(mg_proxy_t *p, const mg_http1_response_t *u)
+{
+    mg_req_t *r = p->owner;
+    if (r->resp_started)
+        return;
+    mg_resp_t resp;
+    mg_resp_init(&resp, &r->pool, u->status);
+    for (size_t i = 0; i < u->num_headers; i++)
+        if (relayed(u, &u->headers[i]))
+            mg_resp_add(&resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
+                        u->headers[i].value_len);
+    mg_req_send_interim(r, &resp);
+}
+
+/* A field that may go in trailers to the client (RFC 9110 §6.5.1: not framing, routing or hop-by-hop). */
+static int trailer_ok(const mg_header_t *h)
+{
+    static const char *never[] = { "host", "content-type", "content-encoding", "content-range", "authorization",
+                                   "set-cookie", "cache-control", "expect", "max-forwards", "pragma", "range",
+                                   "x-request-id" };
+    if (mg_resp_hop_by_hop(h))
+        return 0;
+    for (size_t i = 0; i < mg_countof(never); i++)
+        if (mg_http1_name_is(h, never[i], strlen(never[i])))
+            return 0;
+    return 1;
+}
+
+/* The upstream's trailers, kept (in the arena: they are borrowed) until the response ends. */
+static void on_trailers(mg_proxy_t *p, const mg_header_t *h, size_t n)
+{
+    mg_req_t *r = p->owner;
+    r->trailers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (n ? n : 1));
+    r->ntrailers = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!trailer_ok(&h[i]))
+            continue;
+        mg_header_t *t = &r->trailers[r->ntrailers++];
+        t->name = mg_pool_strndup(&r->pool, h[i].name, h[i].name_len);
+        t->name_len = h[i].name_len;
+        t->value = mg_pool_strndup(&r->pool, h[i].value, h[i].value_len);
+        t->value_len = h[i].value_len;
+    }
+}
+
 static struct evbuffer *body_sink(mg_proxy_t *p)
 {
     mg_req_t *r = p->owner;
@@ -529,7 +575,9 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
 
 static const mg_proxy_ops_t forward_ops = {
     .write_head = write_head,
+    .on_interim = on_interim,
     .on_head = on_head,
+    .on_trailers = on_trailers,
     .on_body = on_body,
     .body_sink = body_sink,
     .on_wait = on_wait,

@@ -93,6 +93,12 @@ describe("HTTP/2", function()
         end
         return 200, {}, tostring(uploaded)
       end
+      if req.path == "/up/trailers" then
+        res.sock:send("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" ..
+                      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n" ..
+                      "grpc-status: 0\r\nX-Checksum: abc\r\n\r\n")
+        return
+      end
       if req.path:find("^/one/") then gw.sleep(0.3) end
       return 200, { ["X-Up"] = "yes" },
              gw.json.encode({ method = req.method, target = req.target, host = req.headers["host"],
@@ -144,6 +150,14 @@ describe("HTTP/2", function()
     assert.equal(0, code, out)
     assert.equal("5", out)
     assert.equal("chunked", up.received[#up.received].headers["transfer-encoding"])
+  end)
+
+  it("relays 103 Early Hints and the upstream's trailers (a trailing HEADERS frame)", function()
+    local r = peer(g, "get", "/up/trailers")
+    assert.equal("200", r.statuses["1"])
+    assert.equal("body", r.bodies["1"])
+    assert.same({ ["grpc-status"] = "0", ["x-checksum"] = "abc" }, r.trailers["1"])
+    assert.equal("103", r.interim["1"][1][":status"])
   end)
 
   it("applies limits and deadlines to streams", function()

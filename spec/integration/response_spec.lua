@@ -25,6 +25,12 @@ describe("the response writer", function()
 
   setup(function()
     up = upstream.start(function(req, res)
+      if req.path:find("early%-hints") then
+        res.sock:send("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" ..
+                      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n" ..
+                      "4\r\nbody\r\n0\r\nX-Checksum: abc123\r\nSet-Cookie: no=1\r\n\r\n")
+        return
+      end
       if req.path:find("close%-delimited") then
         res.sock:send("HTTP/1.1 200 OK\r\nConnection: close\r\nX-Kind: eof\r\n\r\nuntil the end")
         res:close()
@@ -120,6 +126,25 @@ describe("the response writer", function()
     assert.is_true(ms >= 950 and ms < 2000, "answered after " .. ms .. " ms")
     assert.equal("close", res.headers["connection"])
     s:close()
+  end)
+
+  it("relays 103 Early Hints and trailers to the clients that can take them", function()
+    local s = g:connect()
+    s:send("GET /cd/early-hints HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+    local lines = {}
+    repeat
+      local line = s:receive("*l")
+      lines[#lines + 1] = line
+    until not line or line == "0"
+    local trailer = s:receive("*l")
+    assert.equal("", s:receive("*l"))
+    s:close()
+    local text = table.concat(lines, "\n")
+    assert.truthy(text:find("^HTTP/1.1 103 Early Hints\nLink: </style.css>; rel=preload\n\nHTTP/1.1 200 OK\n"), text)
+    assert.equal("X-Checksum: abc123", trailer) -- Set-Cookie may not be a trailer: dropped
+    -- without TE: trailers, the body ends with the last chunk and no fields
+    local res = g:request("GET", "/cd/early-hints")
+    assert.equal("body", res.body)
   end)
 
   it("names the phase and the plugin of a failure, in one format", function()
