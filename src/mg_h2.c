@@ -26,6 +26,7 @@
  */
 #include "mg_h2.h"
 
+#include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <strings.h>
@@ -76,10 +77,25 @@ struct mg_h2 {
     int goaway;                   /* GOAWAY sent: no new streams */
     uint64_t flood_since;
     int resets, empty_data, control;
+    struct event send_ev;         /* a send later in this loop pass (see h2_schedule) */
 };
 
 static void h2_send(mg_h2_t *h2);
 static void h2_arm(mg_h2_t *h2);
+
+/*
+ * Sends at the end of this loop pass instead of now: the responses of many
+ * streams (each upstream read finishes one) leave in one write, as pipelined
+ * HTTP/1.1 responses do. The event is active, not timed: it runs in this
+ * pass, after the events already queued.
+ */
+static void h2_schedule(mg_h2_t *h2)
+{
+    if (!(event_pending(&h2->send_ev, EV_TIMEOUT, NULL)))
+        event_active(&h2->send_ev, EV_TIMEOUT, 0);
+}
+
+static void on_send_ev(evutil_socket_t fd, short what, void *arg) { h2_send(arg); }
 
 static mg_h2_stream_t *stream_of(mg_h2_t *h2, int32_t id)
 {
@@ -620,6 +636,7 @@ static void h2_closing(mg_conn_t *c)
         stream_abort(s);
         stream_free(s);
     }
+    event_del(&h2->send_ev);
     nghttp2_session_del(h2->session);
     free(h2);
     c->h2 = NULL;
@@ -674,6 +691,7 @@ int mg_h2_start(mg_conn_t *c)
     nghttp2_submit_settings(h2->session, NGHTTP2_FLAG_NONE, iv, mg_countof(iv));
     nghttp2_session_set_local_window_size(h2->session, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
     c->h2 = h2;
+    event_assign(&h2->send_ev, c->worker->base, -1, 0, on_send_ev, h2);
     c->proto = &mg_h2_proto;
     c->in_max = 256 * 1024; /* nghttp2 takes all of it each pass: frames are never re-parsed */
     mg_conn_disarm(c);
@@ -806,13 +824,13 @@ static void h2_end(mg_req_t *r, const mg_header_t *trailers, size_t n)
 
 static size_t h2_pending(mg_req_t *r) { return evbuffer_get_length(stream(r)->out); }
 
-static void h2_flush(mg_req_t *r) { h2_send(stream(r)->h2); }
+static void h2_flush(mg_req_t *r) { h2_schedule(stream(r)->h2); }
 
 static void h2_resume_body(mg_req_t *r)
 {
     mg_h2_stream_t *s = stream(r);
     feed(s);
-    h2_send(s->h2); /* window updates */
+    h2_schedule(s->h2); /* window updates */
 }
 
 static void h2_done(void *conn, void *sp, int how)
@@ -830,7 +848,7 @@ static void h2_done(void *conn, void *sp, int how)
     }
     if (!s->submitted) /* an abort path that answered nothing */
         nghttp2_submit_rst_stream(h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
-    h2_send(h2);
+    h2_schedule(h2);
 }
 
 const mg_wire_t mg_h2_wire = {
