@@ -117,6 +117,21 @@ function M.check_config(body)
   return code, read_file(dir .. "/err"), file
 end
 
+--- Validates conf for plugin `name` as a config load would (env: { upstreams = {...}, dir = ... });
+-- returns the normalized conf, or nil and the message.
+function M.configure(name, conf, env)
+  local plugins = require "moongate.plugins"
+  local p = assert(plugins.load(name))
+  return plugins.configure(p, conf, env)
+end
+
+--- The message configure gives for a conf that must be refused (fails the spec when it is accepted).
+function M.conf_error(name, conf, env)
+  local ok, err = M.configure(name, conf, env)
+  assert(ok == nil, ("plugin %s accepted a conf it must refuse"):format(name))
+  return err
+end
+
 --- Waits for pid to exit; returns "exit"/"signal", code, or nil on timeout.
 function M.wait_exit(pid, seconds)
   local deadline = gw.monotonic_ms() + seconds * 1000

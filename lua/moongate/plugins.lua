@@ -17,8 +17,8 @@ M.PHASES = { "rewrite", "access", "header_filter", "body_filter", "log" }
 local PHASE_SET = { init_worker = true, balancer = true }
 for _, p in ipairs(M.PHASES) do PHASE_SET[p] = true end
 
-local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true,
-                     before = true, after = true, description = true, uses = true, whole_body = true }
+local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true, before = true, after = true,
+                     description = true, uses = true, whole_body = true, proxy_only = true }
 
 local loaded = {}     -- name -> plugin (per VM)
 
@@ -77,9 +77,19 @@ local function check_plugin(name, p, where)
   for k, v in pairs(p) do
     if PHASE_SET[k] then
       if type(v) ~= "function" then return nil, fmt("plugin %s: phase %s must be a function", name, k) end
-    elseif not KNOWN_KEYS[k] and type(v) == "function" then
-      return nil, fmt("plugin %s (%s): unknown phase '%s' (phases: %s)", name, where, k, concat(M.PHASES, ", "))
+    elseif not KNOWN_KEYS[k] then
+      if type(v) == "function" then
+        return nil, fmt("plugin %s (%s): unknown phase '%s' (phases: %s)", name, where, k, concat(M.PHASES, ", "))
+      end
+      local known = {}
+      for key in pairs(KNOWN_KEYS) do known[#known + 1] = key end
+      sort(known)
+      return nil, fmt("plugin %s (%s): unknown field '%s' (known: %s, and the phases)", name, where,
+                      tostring(k), concat(known, ", "))
     end
+  end
+  if p.proxy_only ~= nil and type(p.proxy_only) ~= "boolean" then
+    return nil, fmt("plugin %s: proxy_only must be true or false", name)
   end
   for _, rel in ipairs({ "before", "after" }) do
     if p[rel] ~= nil then
@@ -89,8 +99,9 @@ local function check_plugin(name, p, where)
       end
     end
   end
-  if p.schema ~= nil and type(p.schema) ~= "table" then
-    return nil, fmt("plugin %s: schema must be a table", name)
+  if p.schema ~= nil then
+    local ok, err = schema_mod.check_schema(p.schema)
+    if not ok then return nil, fmt("plugin %s (%s): %s", name, where, err) end
   end
   if p.whole_body ~= nil then
     local n = type(p.whole_body) == "number" and p.whole_body
@@ -122,10 +133,15 @@ function M.load(name, dirs)
   return checked
 end
 
---- Validates a plugin's conf against its schema (defaults filled in).
-function M.configure(plugin, conf)
-  return schema_mod.validate(plugin.schema, conf)
+--- Validates a plugin's conf against its schema (defaults filled in). env:
+-- what the config declares ({ upstreams = { name = true } }), see moongate.schema.
+function M.configure(plugin, conf, env)
+  return schema_mod.validate(plugin.schema, conf, env)
 end
+
+--- The loader of modules embedded at build time (set by the C side: it
+-- returns the module's chunk, or a "no embedded module" string).
+M.embedded = function() return nil end
 
 --- Orders entries { plugin, conf } : priority high to low, ties by name, then
 -- the before/after constraints (a cycle is an error naming the plugins).
