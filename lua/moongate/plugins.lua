@@ -31,11 +31,13 @@ local function read_chunk(path)
   return chunk
 end
 
+-- A module bundled into gatewayd (plugins/ at build time), run once; nil when
+-- there is none. Not `require`: its search path has "./?.lua", and a plugin
+-- must never come from whatever directory the gateway was started in.
 local function try_embedded(modname)
-  local ok, mod = pcall(require, modname)
-  if ok then return mod end
-  if type(mod) == "string" and mod:find("module '" .. modname .. "' not found", 1, true) then return nil end
-  error(mod, 0)
+  local chunk = M.embedded(modname)
+  if type(chunk) ~= "function" then return nil end
+  return chunk(modname)
 end
 
 --- Finds plugin `name`: plugins dirs first (in order), then the bundled ones.
@@ -126,7 +128,10 @@ function M.load(name, dirs)
   end
   local ok, p, where = pcall(find, name, dirs)
   if not ok then return nil, fmt("plugin %s: %s", name, tostring(p)) end
-  if not p then return nil, fmt("no plugin named '%s' (searched: %s, bundled)", name, concat(dirs or {}, ", ")) end
+  if not p then
+    local where = (dirs and #dirs > 0) and (concat(dirs, ", ") .. " and the bundled plugins") or "the bundled plugins"
+    return nil, fmt("no plugin named '%s' (searched: %s)", name, where)
+  end
   local checked, err = check_plugin(name, p, where)
   if not checked then return nil, err end
   loaded[name] = checked
