@@ -90,6 +90,7 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
         return NULL;
     }
     luaL_openlibs(L);
+    mg_api_seed_random(L);
     mg_vm_t *vm = mg_calloc(1, sizeof(*vm));
     vm->L = L;
     vm->base = base;
