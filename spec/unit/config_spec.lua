@@ -233,6 +233,7 @@ describe("config values that would be ignored", function()
       "upstream u: health.passive.eject has no effect with failures = 0" },
     { 'workers(2)\nworkers(3)', "workers is already set at " },
     { 'timeouts { header = "1s" }\ntimeouts { header = "2s" }', "timeouts.header is already set at " },
+    { 'http2 { max_concurrent_streams = 10 }\nhttp2 { stream_window = "1m" }', "http2 is already set at " },
     { 'group "/g" { routes = { route { path = "/a", handler = print } }, route { path = "/b", handler = print } }',
       "group /g: give its routes in routes = { ... } or as the list, not both" },
   }
