@@ -10,7 +10,7 @@ local Transformer = {
     fields = {
       add = { type = "map", keys = { type = "header_name", direction = "response" },
               values = { type = "header_value" }, default = {},
-              description = "headers added to the response" },
+              description = "headers the response gets when it does not have them (defaults)" },
       set = { type = "map", keys = { type = "header_name", direction = "response" },
               values = { type = "header_value" }, default = {},
               description = "headers to set, replacing the response's" },
