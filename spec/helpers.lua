@@ -68,7 +68,7 @@ Gateway.__index = Gateway
 
 --- Starts gatewayd with a config body. "{{PORT}}" in it is replaced by a free port;
 -- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." };
--- environment: opts.env = { "NAME=value", ... }.
+-- environment: opts.env = { "NAME=value", ... }; working directory: opts.cwd.
 function M.start(config, opts)
   opts = opts or {}
   local dir = M.tmpdir()
@@ -92,7 +92,7 @@ function M.start(config, opts)
     local argv = opts.env and { "/usr/bin/env", unpack(opts.env) } or {}
     for _, a in ipairs({ M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }) do argv[#argv + 1] = a end
     for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
-    local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log" }))
+    local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log", cwd = opts.cwd }))
     local ok = wait_port(port, pid, 10)
     if ok then
       return setmetatable({ pid = pid, port = port, dir = dir, file = file, socket = dir .. "/admin.sock" }, Gateway)
@@ -108,13 +108,30 @@ function M.start(config, opts)
 end
 
 --- Runs `gatewayd -t` on a config body; returns its exit code, its stderr and the config file.
-function M.check_config(body)
-  local dir = M.tmpdir()
+-- opts.cwd: the working directory to run it in; opts.dir: where to write the config.
+function M.check_config(body, opts)
+  opts = opts or {}
+  local dir = opts.dir or M.tmpdir()
   local file = dir .. "/gateway.lua"
   write_file(file, body)
-  local pid = assert(gw.process.spawn({ M.gatewayd, "-t", "-c", file }, { stderr = dir .. "/err" }))
+  local pid = assert(gw.process.spawn({ M.gatewayd, "-t", "-c", file }, { stderr = dir .. "/err", cwd = opts.cwd }))
   local _, code = M.wait_exit(pid, 10)
   return code, read_file(dir .. "/err"), file
+end
+
+--- Validates conf for plugin `name` as a config load would (env: { upstreams = {...}, dir = ... });
+-- returns the normalized conf, or nil and the message.
+function M.configure(name, conf, env)
+  local plugins = require "moongate.plugins"
+  local p = assert(plugins.load(name))
+  return plugins.configure(p, conf, env)
+end
+
+--- The message configure gives for a conf that must be refused (fails the spec when it is accepted).
+function M.conf_error(name, conf, env)
+  local ok, err = M.configure(name, conf, env)
+  assert(ok == nil, ("plugin %s accepted a conf it must refuse"):format(name))
+  return err
 end
 
 --- Waits for pid to exit; returns "exit"/"signal", code, or nil on timeout.

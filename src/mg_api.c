@@ -1,8 +1,13 @@
 /*
- * mg_api — the gw.* functions implemented in C: waits (gw.sleep), clocks and
- * the log entry point. The Lua half lives in lua/moongate/gw.lua.
+ * mg_api — the gw.* functions implemented in C: waits (gw.sleep), clocks,
+ * randomness and the log entry point. The Lua half lives in lua/moongate/gw.lua.
  */
+#include <errno.h>
 #include <lauxlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "mg_error.h"
 #include "mg_log.h"
@@ -90,6 +95,65 @@ static int l_trace_id(lua_State *L)
     return 1;
 }
 
+/* Fills buf with n bytes from the kernel's CSPRNG (getrandom(2), blocking only
+ * until the pool is first initialised at boot). Returns 0, or -1 with errno. */
+static int os_random(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t got = getrandom(p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+#define RANDOM_BYTES_MAX 65536
+
+/* gw.random_bytes(n) -> n bytes from the OS CSPRNG (for secrets, tokens,
+ * nonces), or nil, "random_bytes: <why>". math.random is not for secrets. */
+static int l_random_bytes(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 1 || n > RANDOM_BYTES_MAX)
+        return luaL_argerror(L, 1, "n must be between 1 and 65536");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (lua_Integer left = n; left > 0;) {
+        size_t k = left < LUAL_BUFFERSIZE ? (size_t)left : LUAL_BUFFERSIZE;
+        if (os_random(luaL_prepbuffer(&b), k) < 0) {
+            lua_pushnil(L); /* what the buffer left on the stack is dropped with the call */
+            lua_pushfstring(L, "random_bytes: %s", strerror(errno));
+            return 2;
+        }
+        luaL_addsize(&b, k);
+        left -= (lua_Integer)k;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+void mg_api_seed_random(lua_State *L)
+{
+    uint64_t seed;
+    if (os_random(&seed, sizeof(seed)) < 0) {
+        /* no getrandom (very old kernel): still differ per process and VM */
+        mg_log_warn(NULL, "getrandom failed (%s): math.random seeded from the clock", strerror(errno));
+        seed = (uint64_t)mg_now_us() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)L;
+    }
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "randomseed");
+    /* LuaJIT seeds from a double: keep 53 bits so every bit of it is random */
+    lua_pushnumber(L, (double)(seed >> 11));
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+}
+
 /* gw._log(level, message, fields_json): the trace id is found from the running coroutine. */
 static int l_log(lua_State *L)
 {
@@ -132,6 +196,7 @@ void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
         { "now", l_now },
         { "monotonic_ms", l_monotonic_ms },
         { "trace_id", l_trace_id },
+        { "random_bytes", l_random_bytes },
         { "_log", l_log },
         { NULL, NULL },
     };

@@ -260,10 +260,28 @@ static int l_request(lua_State *L)
     lua_getfield(L, 1, "upstream");
     if (lua_isstring(L, -1)) {
         up = vm->gen ? mg_gen_upstream(vm->gen, lua_tostring(L, -1)) : NULL;
-        if (!up)
-            return luaL_error(L, "gw.http.request: no upstream named '%s'", lua_tostring(L, -1));
+        if (!up) {
+            /* a failure like any other (the name may come from data): nil, err, not a raise */
+            lua_pushnil(L);
+            lua_pushfstring(L, "no upstream named '%s'", lua_tostring(L, -2));
+            return 2;
+        }
     }
     lua_pop(L, 1);
+    /* nothing given is ignored: a url carries its own path and query */
+    lua_getfield(L, 1, "url");
+    int has_url = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (has_url) {
+        if (up)
+            return luaL_error(L, "gw.http.request: give upstream or url, not both");
+        lua_getfield(L, 1, "path");
+        lua_getfield(L, 1, "query");
+        int extra = !lua_isnil(L, -1) || !lua_isnil(L, -2);
+        lua_pop(L, 2);
+        if (extra)
+            return luaL_error(L, "gw.http.request: path and query go in the url (they are for upstream = ...)");
+    }
     if (!up) {
         char *url = opt_str(L, "url", NULL);
         if (!url)

@@ -90,6 +90,7 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
         return NULL;
     }
     luaL_openlibs(L);
+    mg_api_seed_random(L);
     mg_vm_t *vm = mg_calloc(1, sizeof(*vm));
     vm->L = L;
     vm->base = base;
@@ -155,6 +156,8 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     vm->plugins_whole_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "log");
     vm->plugins_log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushcfunction(L, embedded_loader); /* plugins are found there, never through require's path */
+    lua_setfield(L, -2, "embedded");
     lua_pop(L, 1);
     if (require_module(L, "moongate.config", err, errlen) < 0)
         goto fail;

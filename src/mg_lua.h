@@ -186,6 +186,10 @@ void mg_wait_wake(mg_wait_t *w, int nret);
 
 /* Registers the gw.* functions implemented in C into the table on top of L. */
 void mg_api_register(lua_State *L, mg_vm_t *vm, int spec);
+/* Seeds the VM's math.random from the OS CSPRNG (getrandom(2)), so workers and
+ * restarts do not share a sequence. math.random is still not for secrets:
+ * gw.random_bytes is. */
+void mg_api_seed_random(lua_State *L);
 void mg_tcp_register(lua_State *L, mg_vm_t *vm);
 void mg_tcp_register_listen(lua_State *L, mg_vm_t *vm); /* specs only */
 void mg_spec_register(lua_State *L, mg_vm_t *vm);

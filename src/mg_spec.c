@@ -3,6 +3,7 @@
  * so specs use the real gw API (gw.sleep, gw.tcp, ...) and can start real
  * gatewayd processes. gw.process is only present in this mode.
  */
+#define _GNU_SOURCE /* posix_spawn_file_actions_addchdir_np */
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -18,7 +19,8 @@
 
 extern char **environ;
 
-/* gw.process.spawn({argv...}, {stdout = path, stderr = path}) -> pid */
+/* gw.process.spawn({argv...}, {stdout = path, stderr = path, cwd = dir}) -> pid
+ * (cwd: the child's working directory; default ours) */
 static int l_spawn(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -42,6 +44,13 @@ static int l_spawn(lua_State *L)
                                                  O_WRONLY | O_CREAT | O_TRUNC, 0644);
             lua_pop(L, 1);
         }
+    }
+    if (lua_istable(L, 2)) {
+        /* after the opens: stdout/stderr paths are relative to our directory, argv[0] to the new one */
+        lua_getfield(L, 2, "cwd");
+        if (lua_isstring(L, -1))
+            posix_spawn_file_actions_addchdir_np(&fa, lua_tostring(L, -1));
+        lua_pop(L, 1); /* the string stays referenced by the options table */
     }
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     /* the child starts with no blocked signals whatever our mask is */

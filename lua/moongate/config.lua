@@ -5,112 +5,57 @@
 -- and line it was written on, so every error names them. Loading produces a
 -- plain table; mg_config.c reads the settings and compiles the routes into the
 -- C router.
+-- Split in three: this file (settings, listeners, routes, groups),
+-- config_upstream.lua (the upstream directive) and config_resolve.lua (groups
+-- flattened into routes, plugin chains); config_check.lua is their shared
+-- vocabulary (located errors, the one unknown-field check).
+local check = require "moongate.config_check"
+local upstream_mod = require "moongate.config_upstream"
+local resolve_mod = require "moongate.config_resolve"
+
+check.dsl_module()
+
 local M = {}
 
-local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local setmetatable, setfenv, loadfile, error, pcall = setmetatable, setfenv, loadfile, error, pcall
-local fmt, concat = string.format, table.concat
+local fmt = string.format
+local fail, where, Located = check.fail, check.where, check.Located
+local check_fields, list_field = check.check_fields, check.list_field
+local size_value = check.size
+
+--- Parses "250ms", "10s", "2m", "1h" or a number of seconds into milliseconds.
+M.duration = check.duration
 
 local METHODS = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true,
   PATCH = true, OPTIONS = true, TRACE = true, CONNECT = true,
 }
 
+-- The fields each config table takes (true: a named field; the positional
+-- entries some take are checked by their directive).
+local LISTEN_FIELDS = { tls = true, http2 = true }
+local LISTEN_TLS_FIELDS = { cert = true, key = true, certificates = true, client_ca = true, client_auth = true }
+local CERT_FIELDS = { cert = true, key = true, client_ca = true, client_auth = true }
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
                        handler = true, upstream = true, name = true, timeout = true, max_body = true,
                        plugins = true }
-local UPSTREAM_FIELDS = { targets = true, tls = true, balance = true, hash_key = true, pool = true,
-                          timeouts = true, retries = true, health = true, host_header = true,
-                          max_concurrency = true, on_busy = true, retry_non_idempotent = true }
-local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
-local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
-local HEALTH_FIELDS = { passive = true, active = true }
-local PASSIVE_FIELDS = { failures = true, eject = true }
-local ACTIVE_FIELDS = { path = true, interval = true, timeout = true }
-local GROUP_FIELDS = { routes = true, host = true, timeout = true, name = true, max_body = true,
-                       plugins = true }
+local GROUP_FIELDS = { routes = true, host = true, timeout = true, max_body = true, plugins = true }
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
                          request = true, drain = true, watchdog = true, tls_session = true }
 
--- An error raised with this marker carries its own "file:line: " prefix.
-local Located = {}
-
-local THIS_FILE = debug.getinfo(1, "S").source
-
--- The config file and line that called into this module: the first stack
--- frame outside it (directives call helpers, so a fixed level would be wrong).
-local function where()
-  for level = 2, 50 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if info.source ~= THIS_FILE and info.what ~= "C" then
-      local src = info.source
-      if src:sub(1, 1) == "@" then src = src:sub(2) end
-      return src, info.currentline
-    end
-  end
-  return "?", 0
-end
-
-local function fail_at(file, line, msg, ...)
-  error(setmetatable({ msg = fmt("%s:%d: " .. msg, file, line, ...) }, Located), 0)
-end
-
--- Raises an error located at the config line that called the directive.
-local function fail(msg, ...)
-  local file, line = where()
-  fail_at(file, line, msg, ...)
-end
-
---- Parses "250ms", "10s", "2m", "1h" or a number of seconds into milliseconds.
-function M.duration(v)
-  if type(v) == "number" then
-    if v < 0 then return nil end
-    return math.floor(v * 1000 + 0.5)
-  end
-  if type(v) ~= "string" then return nil end
-  local num, unit = v:match("^%s*([%d%.]+)%s*(%a*)%s*$")
-  num = tonumber(num)
-  if not num then return nil end
-  local scale = ({ ms = 1, s = 1000, [""] = 1000, m = 60000, h = 3600000 })[unit]
-  if not scale then return nil end
-  return math.floor(num * scale + 0.5)
-end
-
-local function size_value(v)
-  if type(v) == "number" and v >= 0 then return math.floor(v) end
-  if type(v) ~= "string" then return nil end
-  local num, unit = v:lower():match("^%s*(%d+)%s*(%a*)%s*$")
-  num = tonumber(num)
-  local scale = ({ [""] = 1, b = 1, k = 1024, kb = 1024, m = 1048576, mb = 1048576,
-                   g = 1073741824, gb = 1073741824 })[unit or ""]
-  if not num or not scale then return nil end
-  return num * scale
-end
-
 local function check_plugins_field(p, what)
   if p == nil then return nil end
-  if type(p) ~= "table" then fail("%s 'plugins' must be a table { [\"name\"] = conf, ... }", what) end
+  if type(p) ~= "table" then fail("%s: plugins must be a table { [\"name\"] = conf, ... }", what) end
   for k, v in pairs(p) do
-    if type(k) ~= "string" then fail("%s 'plugins' must be keyed by plugin name", what) end
+    if type(k) ~= "string" then fail("%s: plugins must be keyed by plugin name (found [%s])", what, tostring(k)) end
     if v ~= false and v ~= true and type(v) ~= "table" then
-      fail("%s plugin %s: the value must be a table (its conf), true, or false (disable)", what, k)
+      fail("%s: plugin %s: the value must be a table (its conf), true, or false (turns off an inherited one)", what, k)
     end
   end
   return p
-end
-
-local function check_fields(t, allowed, what)
-  for k in pairs(t) do
-    if type(k) ~= "number" and not allowed[k] then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      fail("unknown field '%s' in %s (known: %s)", tostring(k), what, concat(names, ", "))
-    end
-  end
 end
 
 local function normalize_methods(spec)
@@ -144,8 +89,11 @@ local function new_state(path)
     routes = {},     -- in declaration order
     upstreams = {},  -- by name
     upstream_list = {},
-    global_plugins = {},
+    global_plugins = {}, -- name -> { conf, file, line }
     groups = {},     -- open function-style groups (a stack)
+    group_list = {}, -- every group, in declaration order
+    unfinished = {}, -- `group "/x"` / `upstream "x"` still waiting for their body
+    set_at = {},     -- directive or setting -> "file:line" where it was given
   }
 end
 
@@ -153,10 +101,15 @@ local function make_env(st)
   local env = {}
   local s = st.settings
 
-  -- a path from the config, relative to the config file's directory
-  local function from_config_dir(p)
-    return p:sub(1, 1) == "/" and p or st.dir .. "/" .. p
+  -- A setting given twice would silently drop the first: refuse it.
+  local function once(name)
+    local file, line = where()
+    if st.set_at[name] then fail("%s is already set at %s", name, st.set_at[name]) end
+    st.set_at[name] = file .. ":" .. line
   end
+
+  -- a path from the config, relative to the config file's directory
+  local function from_config_dir(p) return check.from_dir(st.dir, p) end
 
   local function path_of(p, what)
     if type(p) ~= "string" or p == "" then fail("listen tls: '%s' expects a file path", what) end
@@ -188,10 +141,7 @@ local function make_env(st)
   -- turns the listener's off for that name)
   local function tls_conf(tls)
     if type(tls) ~= "table" then fail("listen tls expects a table { cert = ..., key = ... }") end
-    local known = { cert = true, key = true, certificates = true, client_ca = true, client_auth = true }
-    for k in pairs(tls) do
-      if not known[k] then fail("listen tls: unknown field '%s'", tostring(k)) end
-    end
+    check_fields(tls, LISTEN_TLS_FIELDS, "listen tls")
     if tls.client_auth == "off" then fail("listen tls: client_auth = \"off\" is for a certificate; leave it out here") end
     local listener_auth = client_auth_of(tls, false, "listen tls")
     local list = tls.certificates or { { cert = tls.cert, key = tls.key } }
@@ -199,14 +149,11 @@ local function make_env(st)
       fail("listen tls: give either cert/key or certificates, not both")
     end
     if type(list) ~= "table" or #list == 0 then fail("listen tls: certificates expects a list of { cert = ..., key = ... }") end
+    list_field(list, "listen tls certificates")
     local certs = {}
     for i, c in ipairs(list) do
       if type(c) ~= "table" then fail("listen tls: certificates[%d] expects { cert = ..., key = ... }", i) end
-      for k in pairs(c) do
-        if k ~= "cert" and k ~= "key" and k ~= "client_ca" and k ~= "client_auth" then
-          fail("listen tls: certificates[%d]: unknown field '%s'", i, tostring(k))
-        end
-      end
+      check_fields(c, CERT_FIELDS, ("listen tls certificates[%d]"):format(i))
       local auth = listener_auth
       if tls.certificates then auth = client_auth_of(c, listener_auth, ("listen tls: certificates[%d]"):format(i)) end
       certs[i] = { cert = path_of(c.cert, "cert"), key = path_of(c.key, "key"),
@@ -216,52 +163,44 @@ local function make_env(st)
     return { certificates = certs, where = file .. ":" .. line }
   end
 
-  -- upstream "x" { tls = { ca = "ca.pem", server_name = "orders.internal",
-  --   cert = "client.pem", key = "client.key", verify = true } }: TLS to the targets
-  local function upstream_tls(tls, name)
-    local what = "upstream " .. name .. " tls"
-    if type(tls) ~= "table" then fail("%s expects a table { ca = ..., server_name = ... }", what) end
-    local known = { ca = true, server_name = true, cert = true, key = true, verify = true }
-    for k in pairs(tls) do
-      if not known[k] then fail("%s: unknown field '%s' (ca, server_name, cert, key, verify)", what, tostring(k)) end
-    end
-    if tls.verify ~= nil and type(tls.verify) ~= "boolean" then fail("%s: verify must be true or false", what) end
-    if (tls.cert == nil) ~= (tls.key == nil) then fail("%s: a client certificate needs both cert and key", what) end
-    if tls.server_name ~= nil and (type(tls.server_name) ~= "string" or not tls.server_name:match("^[%w.%-:]+$")) then
-      fail("%s: server_name must be a host name", what)
-    end
-    local function file(k)
-      local p = tls[k]
-      if p == nil then return nil end
-      if type(p) ~= "string" or p == "" then fail("%s: '%s' expects a file path", what, k) end
-      return from_config_dir(p)
-    end
-    local f, l = where()
-    return { ca = file("ca"), cert = file("cert"), key = file("key"), server_name = tls.server_name,
-             verify = tls.verify ~= false, where = f .. ":" .. l }
-  end
-
-  function env.listen(addr)
-    if type(addr) == "table" then
-      local tls = addr.tls ~= nil and tls_conf(addr.tls) or nil
-      if addr.http2 ~= nil and type(addr.http2) ~= "boolean" then fail("listen http2 must be true or false") end
-      if #addr == 0 then fail("listen expects at least one \"host:port\"") end
-      for _, a in ipairs(addr) do
-        env.listen(a)
-        if tls or addr.http2 ~= nil then s.listen[#s.listen] = { addr = a, tls = tls, http2 = addr.http2 } end
-      end
-      return
-    end
+  local function listen_addr(addr)
     if type(addr) ~= "string" or not addr:match(":%d+$") then
       fail("listen expects \"host:port\" (e.g. \"0.0.0.0:8080\" or \"[::1]:8080\"), got %s", tostring(addr))
     end
-    s.listen[#s.listen + 1] = addr
+    return addr
+  end
+
+  -- listen "ip:port" | listen { "ip:port", ..., tls = {...}, http2 = bool }: an
+  -- entry is the address string, or { addr, tls, http2 } when either is given
+  function env.listen(addr)
+    if type(addr) ~= "table" then
+      s.listen[#s.listen + 1] = listen_addr(addr)
+      return
+    end
+    check_fields(addr, LISTEN_FIELDS, "listen", true)
+    if #addr == 0 then fail("listen expects at least one \"host:port\"") end
+    for k in pairs(addr) do
+      if type(k) == "number" and (k < 1 or k > #addr or k % 1 ~= 0) then
+        fail("listen: entry [%s] is outside the list 1..%d", tostring(k), #addr)
+      end
+    end
+    if addr.http2 ~= nil and type(addr.http2) ~= "boolean" then fail("listen: http2 must be true or false") end
+    local tls = addr.tls ~= nil and tls_conf(addr.tls) or nil
+    for _, a in ipairs(addr) do
+      a = listen_addr(a)
+      if tls or addr.http2 ~= nil then
+        s.listen[#s.listen + 1] = { addr = a, tls = tls, http2 = addr.http2 }
+      else
+        s.listen[#s.listen + 1] = a
+      end
+    end
   end
 
   function env.workers(n)
     if type(n) ~= "number" or n < 1 or n > 256 or n % 1 ~= 0 then
       fail("workers expects an integer between 1 and 256")
     end
+    once("workers")
     s.workers = n
   end
 
@@ -273,11 +212,13 @@ local function make_env(st)
 
   function env.access_log(path)
     if type(path) ~= "string" then fail("access_log expects a path, \"stdout\", \"stderr\" or \"off\"") end
+    once("access_log")
     s.access_log = path
   end
 
   function env.error_log(path)
     if type(path) ~= "string" then fail("error_log expects a path, \"stdout\" or \"stderr\"") end
+    once("error_log")
     s.error_log = path
   end
 
@@ -287,6 +228,7 @@ local function make_env(st)
     for k, v in pairs(t) do
       local n = size_value(v)
       if not n or n < 1 then fail("limits.%s must be a positive size (e.g. 8192 or \"8k\")", k) end
+      once("limits." .. k)
       s.limits[k] = n
     end
   end
@@ -310,6 +252,7 @@ local function make_env(st)
       end
       h.stream_window = n
     end
+    once("http2")
     s.http2 = h
   end
 
@@ -319,140 +262,24 @@ local function make_env(st)
     for k, v in pairs(t) do
       local ms = M.duration(v)
       if not ms or ms < 1 then fail("timeouts.%s must be a duration like \"10s\" or \"250ms\"", k) end
+      once("timeouts." .. k)
       s.timeouts[k] = ms
     end
   end
 
-  -- upstream "name" { targets = { "127.0.0.1:9001", ... }, ... }: see docs/proxy.md
-  function env.upstream(name)
-    if type(name) ~= "string" or not name:match("^[%w_.%-]+$") then
-      fail("upstream expects a name made of letters, digits, '_', '.' or '-'")
-    end
-    local file, line = where()
-    return function(t)
-      if type(t) ~= "table" then fail("upstream %s expects a table", name) end
-      if st.upstreams[name] then
-        fail("upstream %s is already defined at %s:%d", name, st.upstreams[name].file, st.upstreams[name].line)
-      end
-      check_fields(t, UPSTREAM_FIELDS, "upstream " .. name)
-      local u = { name = name, file = file, line = line, targets = {} }
-      if type(t.targets) ~= "table" or #t.targets == 0 then
-        fail("upstream %s needs targets = { \"host:port\", ... }", name)
-      end
-      local schemes = {}
-      for i, target in ipairs(t.targets) do
-        if type(target) ~= "string" then fail("upstream %s: target %d must be a \"host:port\" string", name, i) end
-        local scheme, rest = target:match("^(%a+)://(.*)$")
-        if scheme and scheme ~= "http" and scheme ~= "https" then
-          fail("upstream %s: target '%s': the scheme must be http:// or https://", name, target)
-        end
-        rest = rest or target
-        if scheme and not rest:match(":%d+$") then rest = rest .. (scheme == "https" and ":443" or ":80") end
-        local host, port = rest:match("^%[?([^%]/]+)%]?:(%d+)$")
-        port = tonumber(port)
-        if not host or not port or port < 1 or port > 65535 then
-          fail("upstream %s: target '%s' must be \"host:port\" or \"https://host:port\"", name, target)
-        end
-        schemes[scheme or (t.tls ~= nil and "https" or "http")] = true
-        u.targets[i] = { host = host, port = port }
-      end
-      if schemes.http and schemes.https then
-        fail("upstream %s: its targets mix http:// and https://; one upstream speaks one", name)
-      end
-      if schemes.http and t.tls ~= nil then
-        fail("upstream %s: tls is given but the targets are http://", name)
-      end
-      if schemes.https then u.tls = upstream_tls(t.tls or {}, name) end
-      u.balance = t.balance or "round_robin"
-      if u.balance ~= "round_robin" and u.balance ~= "least_conn" and u.balance ~= "hash" then
-        fail("upstream %s: balance must be \"round_robin\", \"least_conn\" or \"hash\"", name)
-      end
-      if u.balance == "hash" then
-        local k = t.hash_key
-        if type(k) ~= "string" or not (k == "ip" or k:match("^header:.+") or k:match("^param:.+")) then
-          fail("upstream %s: balance = \"hash\" needs hash_key = \"ip\", \"header:Name\" or \"param:name\"", name)
-        end
-        u.hash_key = k
-      end
-      local function dur(tbl, key, default, what)
-        local v = tbl and tbl[key]
-        if v == nil then return default end
-        local ms = M.duration(v)
-        if not ms or ms < 1 then fail("upstream %s: %s must be a duration like \"500ms\"", name, what) end
-        return ms
-      end
-      local function int(tbl, key, default, min, what)
-        local v = tbl and tbl[key]
-        if v == nil then return default end
-        if type(v) ~= "number" or v % 1 ~= 0 or v < min then
-          fail("upstream %s: %s must be an integer >= %d", name, what, min)
-        end
-        return v
-      end
-      if t.pool ~= nil then check_fields(t.pool, POOL_FIELDS, "upstream " .. name .. " pool") end
-      u.max_idle = int(t.pool, "max_idle", 64, 0, "pool.max_idle")
-      u.idle_timeout = dur(t.pool, "idle_timeout", 60000, "pool.idle_timeout")
-      u.max_requests = int(t.pool, "max_requests", 1000, 1, "pool.max_requests")
-      if t.timeouts ~= nil then check_fields(t.timeouts, UP_TIMEOUT_FIELDS, "upstream " .. name .. " timeouts") end
-      u.connect_timeout = dur(t.timeouts, "connect", 2000, "timeouts.connect")
-      u.send_timeout = dur(t.timeouts, "send", 10000, "timeouts.send")
-      u.read_timeout = dur(t.timeouts, "read", 30000, "timeouts.read")
-      u.retries = int(t, "retries", 1, 0, "retries")
-      if t.retry_non_idempotent ~= nil and type(t.retry_non_idempotent) ~= "boolean" then
-        fail("upstream %s: retry_non_idempotent must be true or false", name)
-      end
-      u.retry_non_idempotent = t.retry_non_idempotent == true
-      local health = t.health or {}
-      check_fields(health, HEALTH_FIELDS, "upstream " .. name .. " health")
-      if health.passive ~= nil then check_fields(health.passive, PASSIVE_FIELDS, "health.passive") end
-      u.passive_failures = int(health.passive, "failures", 3, 0, "health.passive.failures")
-      u.passive_eject = dur(health.passive, "eject", 10000, "health.passive.eject")
-      if health.active ~= nil then
-        check_fields(health.active, ACTIVE_FIELDS, "health.active")
-        local path = health.active.path
-        if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
-          fail("upstream %s: health.active.path must be a path like \"/health\"", name)
-        end
-        u.active_path = path
-        u.active_interval = dur(health.active, "interval", 5000, "health.active.interval")
-        u.active_timeout = dur(health.active, "timeout", 1000, "health.active.timeout")
-      end
-      if t.max_concurrency ~= nil then
-        u.max_concurrency = int(t, "max_concurrency", nil, 1, "max_concurrency")
-        local ob = t.on_busy or "reject"
-        if ob == "reject" then
-          u.queue, u.queue_timeout, u.busy_status = 0, 0, 429
-        elseif type(ob) == "table" then
-          for k in pairs(ob) do
-            if k ~= "queue" and k ~= "queue_timeout" and k ~= "status" then
-              fail("upstream %s: unknown field '%s' in on_busy (queue, queue_timeout, status)", name, tostring(k))
-            end
-          end
-          u.queue = int(ob, "queue", 100, 1, "on_busy.queue")
-          u.queue_timeout = dur(ob, "queue_timeout", 1000, "on_busy.queue_timeout")
-          u.busy_status = int(ob, "status", 503, 400, "on_busy.status")
-        else
-          fail("upstream %s: on_busy must be \"reject\" or { queue = 100, queue_timeout = \"200ms\" }", name)
-        end
-      elseif t.on_busy ~= nil then
-        fail("upstream %s: on_busy needs max_concurrency", name)
-      end
-      local hh = t.host_header or "pass"
-      if type(hh) ~= "string" or hh == "" then
-        fail("upstream %s: host_header must be \"pass\", \"target\" or a host name", name)
-      end
-      u.host_header = hh
-      st.upstreams[name] = u
-      st.upstream_list[#st.upstream_list + 1] = u
-      return u
-    end
-  end
+  env.upstream = upstream_mod.directive(st)
 
   -- plugins { ["key-auth"] = { ... }, ... }: plugins for every route (routes and groups override)
   function env.plugins(t)
-    check_plugins_field(t, "global")
+    if t == nil then fail("plugins expects a table { [\"name\"] = conf, ... }") end
+    check_plugins_field(t, "plugins")
     local file, line = where()
-    for k, v in pairs(t) do st.global_plugins[k] = { conf = v, file = file, line = line } end
+    for k, v in pairs(t) do
+      local old = st.global_plugins[k]
+      if old then fail("plugins: %s is already configured at %s:%d", k, old.file, old.line) end
+      if v == false then fail("plugins: %s = false removes nothing here (false turns off an inherited plugin in a group or route)", k) end
+      st.global_plugins[k] = { conf = v, file = file, line = line }
+    end
   end
 
   -- shared_dict("name", "10m"): a dict shared by all workers (gw.shared.name)
@@ -469,12 +296,14 @@ local function make_env(st)
   function env.admin_socket(path)
     if type(path) ~= "string" then fail("admin_socket expects a path or \"off\"") end
     if path ~= "off" then path = from_config_dir(path) end
+    once("admin_socket")
     s.admin_socket = path
   end
 
   -- admin_listen "127.0.0.1:9901": GET /metrics (Prometheus) and /status over HTTP
   function env.admin_listen(addr)
     if type(addr) ~= "string" or not addr:match(":%d+$") then fail("admin_listen expects \"host:port\"") end
+    once("admin_listen")
     s.admin_listen = addr
   end
 
@@ -485,20 +314,23 @@ local function make_env(st)
     if type(list) ~= "table" or #list == 0 or #list > 4 then
       fail("tls_ticket_keys expects a list of 1 to 4 key files")
     end
-    local keys = {}
+    list_field(list, "tls_ticket_keys")
+    local files = {}
     for i, p in ipairs(list) do
       if type(p) ~= "string" or p == "" then fail("tls_ticket_keys: entry %d must be a file path", i) end
-      keys[i] = from_config_dir(p)
+      files[i] = from_config_dir(p)
     end
+    once("tls_ticket_keys")
     local f, l = where()
-    keys.where = f .. ":" .. l
-    s.tls_ticket_keys = keys
+    files.where = f .. ":" .. l
+    s.tls_ticket_keys = files
   end
 
   -- hosts_file "/etc/hosts": where upstream host names are looked up before DNS
   function env.hosts_file(path)
     if type(path) ~= "string" then fail("hosts_file expects a path") end
     path = from_config_dir(path)
+    once("hosts_file")
     s.hosts_file = path
   end
 
@@ -507,6 +339,7 @@ local function make_env(st)
     if type(name) ~= "string" or not name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
       fail("error_header expects a header name")
     end
+    once("error_header")
     s.error_header = name
   end
 
@@ -519,11 +352,7 @@ local function make_env(st)
       fail("trusted_proxies expects a list of addresses or CIDRs, e.g. { \"10.0.0.0/8\", \"::1\" }")
     end
     if s.trusted_proxies then fail("trusted_proxies is already given at %s", s.trusted_proxies.where) end
-    for k in pairs(list) do
-      if type(k) ~= "number" or k < 1 or k > #list or k % 1 ~= 0 then
-        fail("trusted_proxies expects a list, not a table with key '%s'", tostring(k))
-      end
-    end
+    list_field(list, "trusted_proxies")
     local out = {}
     for i, v in ipairs(list) do
       if type(v) ~= "string" then fail("trusted_proxies: entry %d must be a string like \"10.0.0.0/8\"", i) end
@@ -549,6 +378,10 @@ local function make_env(st)
     if spec.upstream == nil and type(spec.handler) ~= "function" then
       fail("route %s needs a handler function or an upstream", spec.path)
     end
+    if spec.method ~= nil and spec.methods ~= nil then
+      fail("route %s: give method or methods, not both", spec.path)
+    end
+    if type(spec.methods or spec.method) == "table" then list_field(spec.methods or spec.method, "route methods") end
     if spec.host ~= nil and type(spec.host) ~= "string" then fail("route 'host' must be a string") end
     if spec.name ~= nil and type(spec.name) ~= "string" then fail("route 'name' must be a string") end
     local timeout
@@ -563,7 +396,8 @@ local function make_env(st)
     end
     local file, line = where()
     local r = {
-      kind = "route", max_body = max_body, plugins = check_plugins_field(spec.plugins, "route " .. spec.path), path = spec.path, host = spec.host, name = spec.name,
+      kind = "route", max_body = max_body, plugins = check_plugins_field(spec.plugins, "route " .. spec.path),
+      path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
     }
@@ -581,14 +415,26 @@ local function make_env(st)
     local file, line = where()
     local g = { kind = "group", prefix = prefix:gsub("/$", ""), file = file, line = line,
                 parent = st.groups[#st.groups] }
+    local pending = { what = ("group %s has no body: write group \"%s\" { routes = { ... } }"):format(prefix, prefix),
+                      file = file, line = line }
+    st.unfinished[pending] = true
     return function(body)
+      st.unfinished[pending] = nil
+      if not g.listed then
+        g.listed = true
+        st.group_list[#st.group_list + 1] = g
+      end
       if type(body) == "function" then
         st.groups[#st.groups + 1] = g
         body()
         st.groups[#st.groups] = nil
       elseif type(body) == "table" then
-        check_fields(body, GROUP_FIELDS, "group")
-        g.host, g.name = body.host, body.name
+        check_fields(body, GROUP_FIELDS, "group " .. prefix, true)
+        if body.routes ~= nil and #body > 0 then
+          fail("group %s: give its routes in routes = { ... } or as the list, not both", prefix)
+        end
+        if body.host ~= nil and type(body.host) ~= "string" then fail("group 'host' must be a string") end
+        g.host = body.host
         g.plugins = check_plugins_field(body.plugins, "group " .. prefix)
         if body.max_body ~= nil then
           g.max_body = size_value(body.max_body)
@@ -599,12 +445,18 @@ local function make_env(st)
           if not g.timeout then fail("group 'timeout' must be a duration") end
         end
         local items = body.routes or body
+        if body.routes ~= nil then list_field(body.routes, "group " .. prefix .. " routes") end
         for _, item in ipairs(items) do
           if type(item) ~= "table" or (item.kind ~= "route" and item.kind ~= "group") then
             fail("group %s: 'routes' must hold route{...} or group(...) entries", prefix)
           end
           -- the nearest enclosing group wins: re-parent items created just outside us
-          if item.parent == g.parent then item.parent = g end
+          if item.parent == g.parent then
+            item.parent = g
+          elseif item.parent ~= g then
+            fail("group %s: %s %s was declared in %s, not where this group is", prefix, item.kind,
+                 item.path or item.prefix, item.parent and ("group " .. item.parent.prefix) or "no group")
+          end
         end
       else
         fail("group %s expects a table { routes = {...} } or a function", prefix)
@@ -634,82 +486,6 @@ local function make_env(st)
   return setmetatable(env, { __index = _G })
 end
 
--- The effective plugins of route r: global, then groups outer to inner, then
--- the route; a later level replaces a plugin's conf, false removes it.
-local function effective_plugins(st, r)
-  local levels, g = {}, r.parent
-  while g do
-    if g.plugins then table.insert(levels, 1, g.plugins) end
-    g = g.parent
-  end
-  local merged = {}
-  for name, e in pairs(st.global_plugins) do merged[name] = e.conf end
-  for _, lv in ipairs(levels) do for name, conf in pairs(lv) do merged[name] = conf end end
-  for name, conf in pairs(r.plugins or {}) do merged[name] = conf end
-  return merged
-end
-
--- Builds (and shares) the plugin chain of route r; errors name the route's file:line.
-local function route_chain(st, r, path)
-  local plugins = require "moongate.plugins"
-  local merged = effective_plugins(st, r)
-  local entries, key = {}, {}
-  local names = {}
-  for name, conf in pairs(merged) do if conf ~= false then names[#names + 1] = name end end
-  if #names == 0 then return nil end
-  table.sort(names)
-  for _, name in ipairs(names) do
-    local plugin, err = plugins.load(name, st.settings.plugins_dirs)
-    if not plugin then fail_at(r.file, r.line, "route %s: %s", path, err) end
-    local raw = merged[name]
-    st.conf_cache[plugin] = st.conf_cache[plugin] or setmetatable({}, { __mode = "k" })
-    local conf = type(raw) == "table" and st.conf_cache[plugin][raw]
-    if not conf then
-      local cerr
-      conf, cerr = plugins.configure(plugin, raw)
-      if not conf then fail_at(r.file, r.line, "route %s: plugin %s: %s", path, name, cerr) end
-      if type(raw) == "table" then st.conf_cache[plugin][raw] = conf end
-    end
-    entries[#entries + 1] = { plugin = plugin, conf = conf }
-    key[#key + 1] = name .. "=" .. tostring(conf)
-  end
-  key = table.concat(key, ";")
-  if st.chains[key] then return st.chains[key] end
-  local ordered, oerr = plugins.order(entries)
-  if not ordered then fail_at(r.file, r.line, "route %s: %s", path, oerr) end
-  local chain = plugins.chain(ordered)
-  st.chains[key] = chain
-  return chain
-end
-
--- Flattens groups into full paths, hosts and timeouts.
-local function resolve(st)
-  local out = {}
-  st.conf_cache, st.chains = {}, {}
-  for i, r in ipairs(st.routes) do
-    local path, host, timeout, max_body = r.path, r.host, r.timeout, r.max_body
-    local g = r.parent
-    while g do
-      path = g.prefix .. path
-      host = host or g.host
-      timeout = timeout or g.timeout
-      if max_body == nil then max_body = g.max_body end
-      g = g.parent
-    end
-    if #path > 1 and path:sub(-1) == "/" and r.path == "/" then path = path:sub(1, -2) end
-    if r.upstream and not st.upstreams[r.upstream] then
-      fail_at(r.file, r.line, "route %s: no upstream named '%s'", r.path, r.upstream)
-    end
-    out[i] = {
-      id = i, path = path, host = host, methods = r.methods, handler = r.handler,
-      chain = route_chain(st, r, path),
-      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body,
-      file = r.file, line = r.line,
-    }
-  end
-  return out
-end
-
 --- Loads a config file. Returns the config table, or nil and "file:line: message".
 function M.load(path)
   local chunk, err = loadfile(path)
@@ -723,7 +499,7 @@ function M.load(path)
   end
   local cfg = st.settings
   cfg.file = path
-  local rok, routes = pcall(resolve, st)
+  local rok, routes = pcall(resolve_mod.resolve, st)
   if not rok then
     if getmetatable(routes) == Located then return nil, routes.msg end
     return nil, tostring(routes)

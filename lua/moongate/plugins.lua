@@ -17,8 +17,8 @@ M.PHASES = { "rewrite", "access", "header_filter", "body_filter", "log" }
 local PHASE_SET = { init_worker = true, balancer = true }
 for _, p in ipairs(M.PHASES) do PHASE_SET[p] = true end
 
-local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true,
-                     before = true, after = true, description = true, uses = true, whole_body = true }
+local KNOWN_KEYS = { name = true, version = true, priority = true, schema = true, before = true, after = true,
+                     description = true, uses = true, whole_body = true, proxy_only = true }
 
 local loaded = {}     -- name -> plugin (per VM)
 
@@ -31,11 +31,13 @@ local function read_chunk(path)
   return chunk
 end
 
+-- A module bundled into gatewayd (plugins/ at build time), run once; nil when
+-- there is none. Not `require`: its search path has "./?.lua", and a plugin
+-- must never come from whatever directory the gateway was started in.
 local function try_embedded(modname)
-  local ok, mod = pcall(require, modname)
-  if ok then return mod end
-  if type(mod) == "string" and mod:find("module '" .. modname .. "' not found", 1, true) then return nil end
-  error(mod, 0)
+  local chunk = M.embedded(modname)
+  if type(chunk) ~= "function" then return nil end
+  return chunk(modname)
 end
 
 --- Finds plugin `name`: plugins dirs first (in order), then the bundled ones.
@@ -77,9 +79,19 @@ local function check_plugin(name, p, where)
   for k, v in pairs(p) do
     if PHASE_SET[k] then
       if type(v) ~= "function" then return nil, fmt("plugin %s: phase %s must be a function", name, k) end
-    elseif not KNOWN_KEYS[k] and type(v) == "function" then
-      return nil, fmt("plugin %s (%s): unknown phase '%s' (phases: %s)", name, where, k, concat(M.PHASES, ", "))
+    elseif not KNOWN_KEYS[k] then
+      if type(v) == "function" then
+        return nil, fmt("plugin %s (%s): unknown phase '%s' (phases: %s)", name, where, k, concat(M.PHASES, ", "))
+      end
+      local known = {}
+      for key in pairs(KNOWN_KEYS) do known[#known + 1] = key end
+      sort(known)
+      return nil, fmt("plugin %s (%s): unknown field '%s' (known: %s, and the phases)", name, where,
+                      tostring(k), concat(known, ", "))
     end
+  end
+  if p.proxy_only ~= nil and type(p.proxy_only) ~= "boolean" then
+    return nil, fmt("plugin %s: proxy_only must be true or false", name)
   end
   for _, rel in ipairs({ "before", "after" }) do
     if p[rel] ~= nil then
@@ -89,8 +101,9 @@ local function check_plugin(name, p, where)
       end
     end
   end
-  if p.schema ~= nil and type(p.schema) ~= "table" then
-    return nil, fmt("plugin %s: schema must be a table", name)
+  if p.schema ~= nil then
+    local ok, err = schema_mod.check_schema(p.schema)
+    if not ok then return nil, fmt("plugin %s (%s): %s", name, where, err) end
   end
   if p.whole_body ~= nil then
     local n = type(p.whole_body) == "number" and p.whole_body
@@ -115,17 +128,25 @@ function M.load(name, dirs)
   end
   local ok, p, where = pcall(find, name, dirs)
   if not ok then return nil, fmt("plugin %s: %s", name, tostring(p)) end
-  if not p then return nil, fmt("no plugin named '%s' (searched: %s, bundled)", name, concat(dirs or {}, ", ")) end
+  if not p then
+    local where = (dirs and #dirs > 0) and (concat(dirs, ", ") .. " and the bundled plugins") or "the bundled plugins"
+    return nil, fmt("no plugin named '%s' (searched: %s)", name, where)
+  end
   local checked, err = check_plugin(name, p, where)
   if not checked then return nil, err end
   loaded[name] = checked
   return checked
 end
 
---- Validates a plugin's conf against its schema (defaults filled in).
-function M.configure(plugin, conf)
-  return schema_mod.validate(plugin.schema, conf)
+--- Validates a plugin's conf against its schema (defaults filled in). env:
+-- what the config declares ({ upstreams = { name = true } }), see moongate.schema.
+function M.configure(plugin, conf, env)
+  return schema_mod.validate(plugin.schema, conf, env)
 end
+
+--- The loader of modules embedded at build time (set by the C side: it
+-- returns the module's chunk, or a "no embedded module" string).
+M.embedded = function() return nil end
 
 --- Orders entries { plugin, conf } : priority high to low, ties by name, then
 -- the before/after constraints (a cycle is an error naming the plugins).

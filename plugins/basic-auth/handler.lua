@@ -8,11 +8,24 @@ local BasicAuth = {
   priority = 1100,
   schema = {
     fields = {
-      users = { type = "map", keys = { type = "string" }, values = { type = "string" }, required = true,
-                description = "user -> \"sha256:<hex digest>\" or a clear password" },
-      realm = { type = "string", default = "moongate" },
+      users = { type = "map", required = true, non_empty = true,
+                -- Basic credentials split at the first ':', so a user name with one could never log in
+                keys = { type = "string", match = "^[^:%c]+$" },
+                values = { type = "string", non_empty = true },
+                description = "user -> \"sha256:<64 hex digits>\" or a clear password" },
+      realm = { type = "string", default = "moongate", match = "^[^\"\\%c]*$",
+                description = "the realm in WWW-Authenticate (no quotes, backslashes or controls)" },
       hide_credentials = { type = "boolean", default = true },
     },
+    check = function(conf)
+      for user, expected in pairs(conf.users) do
+        -- a mistyped digest would otherwise be taken for a clear password
+        if expected:sub(1, 7) == "sha256:" and not expected:match("^sha256:" .. ("%x"):rep(64) .. "$") then
+          return nil, ("field 'users.%s': a sha256: digest is 64 hex digits"):format(user)
+        end
+      end
+      return true
+    end,
   },
 }
 
@@ -56,7 +69,7 @@ function BasicAuth.access(ctx, conf)
   local expected = user and conf.users[user]
   local ok = false
   if expected then
-    local hex = expected:match("^sha256:(%x+)$")
+    local hex = expected:match("^sha256:(%x+)$") -- exactly 64 digits (checked at load)
     ok = hex and sha256_hex(pass) == hex:lower() or (not hex and pass == expected)
   end
   if not ok then

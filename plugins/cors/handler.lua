@@ -6,16 +6,28 @@ local Cors = {
   priority = 2000, -- before authentication: a preflight carries no credentials
   schema = {
     fields = {
-      origins = { type = "array", elements = { type = "string" }, default = { "*" },
-                  description = "allowed origins, or \"*\"" },
-      methods = { type = "array", elements = { type = "string" },
+      origins = { type = "array", non_empty = true, elements = { type = "string" }, default = { "*" },
+                  description = "allowed origins (\"https://app.example.com\", scheme://host[:port] as "
+                                .. "browsers send it), or \"*\"" },
+      methods = { type = "array", non_empty = true,
+                  -- methods are case-sensitive: "get" is not GET
+                  elements = { type = "string", match = "^[!#$%%&'*+%-.^_`|~%u%d]+$" },
                   default = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" } },
-      headers = { type = "array", elements = { type = "string" }, default = {},
+      headers = { type = "array", elements = { type = "header_name" }, default = {},
                   description = "allowed request headers (default: whatever the preflight asks for)" },
-      expose_headers = { type = "array", elements = { type = "string" }, default = {} },
+      expose_headers = { type = "array", elements = { type = "header_name" }, default = {} },
       credentials = { type = "boolean", default = false },
       max_age = { type = "integer", default = 3600, between = { 0, 86400 } },
     },
+    check = function(conf)
+      for i, o in ipairs(conf.origins) do
+        -- an Origin header is exactly scheme://host[:port]: a path or a trailing '/' never matches
+        if o ~= "*" and not o:match("^%a[%w+.%-]*://[^/%s]+$") then
+          return nil, ("field 'origins[%d]': '%s' is not an origin (scheme://host[:port], no path) or \"*\""):format(i, o)
+        end
+      end
+      return true
+    end,
   },
 }
 

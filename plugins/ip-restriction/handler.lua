@@ -1,45 +1,67 @@
 -- ip-restriction: allow or deny clients by address, IPv4 and IPv6 CIDRs.
--- With an allow list only those may pass; deny wins over allow. The address
--- is ctx.request.client_ip (see trusted_proxies in docs/proxy.md).
+-- With an allow list only those may pass; deny wins over allow. The client
+-- address is the one every plugin uses (moongate.keys.client_ip: the peer, or
+-- behind trusted_proxies the client they name; see docs/proxy.md).
+local keys = require "moongate.keys"
+
 local IpRestriction = {
   name = "ip-restriction",
   version = "1.0.0",
   priority = 3000,
   schema = {
     fields = {
-      allow = { type = "array", elements = { type = "string" }, default = {} },
-      deny = { type = "array", elements = { type = "string" }, default = {} },
+      allow = { type = "array", elements = { type = "string" }, default = {},
+                description = "addresses or CIDRs that may pass (with a list, only they do)" },
+      deny = { type = "array", elements = { type = "string" }, default = {},
+               description = "addresses or CIDRs refused (wins over allow)" },
       status = { type = "integer", default = 403, between = { 400, 599 } },
     },
   },
 }
 
--- Parses an address into a list of 16 bytes (IPv4 as IPv4-mapped IPv6).
-local function parse(ip)
+local function ipv4_bytes(ip)
   local a, b, c, d = ip:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  if a then
-    local bytes = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255 }
-    for _, x in ipairs({ a, b, c, d }) do
-      x = tonumber(x)
-      if x > 255 then return nil end
-      bytes[#bytes + 1] = x
-    end
-    return bytes, 96
+  if not a then return nil end
+  local out = {}
+  for i, x in ipairs({ a, b, c, d }) do
+    x = tonumber(x)
+    if x > 255 then return nil end
+    out[i] = x
+  end
+  return out
+end
+
+-- Parses an address into a list of 16 bytes (IPv4 as IPv4-mapped IPv6, so a
+-- dual-stack listener's "::ffff:10.0.0.1" matches 10.0.0.0/8) and the bits
+-- of the prefix that are implied (96 for IPv4).
+local function parse(ip)
+  local v4 = ipv4_bytes(ip)
+  if v4 then
+    return { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, v4[1], v4[2], v4[3], v4[4] }, 96
   end
   if not ip:find(":", 1, true) then return nil end
+  -- an embedded IPv4 tail ("::ffff:1.2.3.4") becomes two groups
+  local lead, dotted = ip:match("^(.*:)(%d+%.%d+%.%d+%.%d+)$")
+  if lead then
+    v4 = ipv4_bytes(dotted)
+    if not v4 then return nil end
+    ip = lead .. ("%x:%x"):format(v4[1] * 256 + v4[2], v4[3] * 256 + v4[4])
+  end
   local head, tail = ip:match("^(.-)::(.*)$")
+  if ip:find(":::", 1, true) or ip:match("^:[^:]") or ip:match("[^:]:$") then return nil end
+  if head and tail:find("::", 1, true) then return nil end -- "::" at most once
   local groups = {}
   local function add(part, into)
     for g in part:gmatch("[^:]+") do
-      local v = tonumber(g, 16)
-      if not v or #g > 4 then return false end
-      into[#into + 1] = v
+      if not g:match("^%x%x?%x?%x?$") then return false end
+      into[#into + 1] = tonumber(g, 16)
     end
     return true
   end
   if head then
     local h, t = {}, {}
     if not add(head, h) or not add(tail, t) then return nil end
+    if #h + #t > 7 then return nil end
     for _, v in ipairs(h) do groups[#groups + 1] = v end
     for _ = 1, 8 - #h - #t do groups[#groups + 1] = 0 end
     for _, v in ipairs(t) do groups[#groups + 1] = v end
@@ -57,9 +79,12 @@ end
 
 local function cidr(spec)
   local ip, bits = spec:match("^([^/]+)/(%d+)$")
+  if not ip and spec:find("/", 1, true) then return nil end
   local bytes, offset = parse(ip or spec)
   if not bytes then return nil end
-  bits = tonumber(bits) or (offset == 96 and 32 or 128)
+  local max = offset == 96 and 32 or 128
+  bits = tonumber(bits) or max
+  if bits > max then return nil, ("'%s': a prefix is at most /%d"):format(spec, max) end
   return { bytes = bytes, bits = bits + offset }
 end
 
@@ -81,14 +106,17 @@ end
 local function compile(list)
   local out = {}
   for i, spec in ipairs(list) do
-    local net = cidr(spec)
-    if not net then return nil, ("'%s' is not an address or CIDR"):format(spec) end
+    local net, why = cidr(spec)
+    if not net then return nil, why or ("'%s' is not an address or CIDR"):format(spec) end
     out[i] = net
   end
   return out
 end
 
 IpRestriction.schema.check = function(conf)
+  if #conf.allow == 0 and #conf.deny == 0 then
+    return nil, "give allow or deny (with neither, every client passes)"
+  end
   local allow, err = compile(conf.allow)
   if not allow then return nil, "field 'allow': " .. err end
   local deny, err2 = compile(conf.deny)
@@ -98,9 +126,8 @@ IpRestriction.schema.check = function(conf)
 end
 
 function IpRestriction.access(ctx, conf)
-  -- the client address: the peer, or behind trusted_proxies the client their
-  -- X-Forwarded-For names (never a header an untrusted client wrote)
-  local ip = ctx.request.client_ip
+  -- never a header an untrusted client wrote: see keys.client_ip
+  local ip = keys.client_ip(ctx)
   local bytes = ip and parse(ip)
   if not bytes then return conf.status, { error = "forbidden" } end
   for _, net in ipairs(conf._deny) do

@@ -9,11 +9,18 @@ local JwtAuth = {
   priority = 1200,
   schema = {
     fields = {
-      keys = { type = "map", required = true,
+      keys = { type = "map", required = true, non_empty = true,
+               keys = { type = "string", non_empty = true },
+               values = { type = "record", fields = {
+                 alg = { type = "string", required = true, one_of = { "HS256", "RS256" } },
+                 secret = { type = "string", non_empty = true, description = "HS256: the shared secret" },
+                 public_key = { type = "string", description = "RS256: the PEM public key" },
+               } },
                description = "kid (or \"default\") -> { alg = \"HS256\", secret = ... } | { alg = \"RS256\", public_key = PEM }" },
-      query = { type = "string", description = "query argument with the token (when no Authorization header)" },
-      issuer = { type = "string", description = "required iss" },
-      audience = { type = "string", description = "required aud (a string or one of an array)" },
+      query = { type = "string", non_empty = true,
+                description = "query argument with the token (when no Authorization header)" },
+      issuer = { type = "string", non_empty = true, description = "required iss" },
+      audience = { type = "string", non_empty = true, description = "required aud (a string or one of an array)" },
       leeway = { type = "number", default = 0, between = { 0, 3600 }, description = "clock skew allowed, seconds" },
       require_exp = { type = "boolean", default = true },
     },
@@ -77,17 +84,15 @@ end
 
 JwtAuth.schema.check = function(conf)
   for kid, k in pairs(conf.keys) do
-    if type(k) ~= "table" then return nil, ("field 'keys.%s': expected a table"):format(kid) end
+    -- each algorithm takes its own key material; the other one would be ignored
     if k.alg == "HS256" then
-      if type(k.secret) ~= "string" or #k.secret == 0 then
-        return nil, ("field 'keys.%s.secret': required for HS256"):format(kid)
-      end
-    elseif k.alg == "RS256" then
-      if type(k.public_key) ~= "string" then return nil, ("field 'keys.%s.public_key': required for RS256"):format(kid) end
+      if not k.secret then return nil, ("field 'keys.%s.secret': required for HS256"):format(kid) end
+      if k.public_key then return nil, ("field 'keys.%s.public_key': only for RS256 (HS256 uses secret)"):format(kid) end
+    else
+      if not k.public_key then return nil, ("field 'keys.%s.public_key': required for RS256"):format(kid) end
+      if k.secret then return nil, ("field 'keys.%s.secret': only for HS256 (RS256 uses public_key)"):format(kid) end
       k._pkey = load_pubkey(k.public_key)
       if not k._pkey then return nil, ("field 'keys.%s.public_key': not a PEM public key"):format(kid) end
-    else
-      return nil, ("field 'keys.%s.alg': HS256 or RS256"):format(kid)
     end
   end
   return true

@@ -10,32 +10,36 @@ local LimitConn = {
   schema = {
     fields = {
       max = { type = "integer", required = true, between = { 1, 1000000 } },
-      key = { type = "string", default = "route", match = "^[%w:_%-]+$",
-              description = "route | ip | consumer | header:<Name>" },
+      key = { type = "key", default = "route",
+              description = "what is counted: \"route\", \"ip\", \"consumer\" or \"header:<Name>\"" },
       weight = { type = "integer", default = 1, between = { 1, 1000000 },
-                 description = "permits this route costs" },
+                 description = "permits this route costs (at most max)" },
       queue = { type = "integer", default = 0, between = { 0, 1000000 },
                 description = "requests that may wait (0: reject at once)" },
-      queue_timeout = { type = "number", default = 1, between = { 0.001, 600 }, description = "seconds" },
+      queue_timeout = { type = "number", default = 1, between = { 0.001, 600 },
+                        description = "seconds a queued request waits (needs queue > 0)" },
       status = { type = "integer", default = 429, between = { 400, 599 } },
     },
+    check = function(conf, given)
+      if conf.weight > conf.max then
+        return nil, ("field 'weight': %d is more than max (%d): no request could ever pass"):format(conf.weight, conf.max)
+      end
+      if given.queue_timeout and conf.queue == 0 then
+        return nil, "field 'queue_timeout': only used with queue > 0 (requests are rejected at once)"
+      end
+      return true
+    end,
   },
 }
 
-local tostring = tostring
-
-local function key_of(ctx, conf)
-  local k = conf.key
-  if k == "route" then return "" end
-  if k == "ip" then return ctx.request.client_ip end -- the peer, or the client trusted_proxies name
-  if k == "consumer" then return ctx.consumer end
-  return ctx.request:header(k:sub(8))
-end
-
 function LimitConn.access(ctx, conf)
-  local key = key_of(ctx, conf)
-  if not key then return end
-  local sem = gw.semaphore("limit-conn:" .. ctx.route.declared_at .. ":" .. key, conf.max)
+  local key = conf.key.resolve(ctx)
+  if not key then return end -- nothing to count by (e.g. no consumer): not limited here
+  -- one semaphore per route and key: "limit-conn:gw.lua:12" for the route itself,
+  -- "limit-conn:gw.lua:12:<value>" per ip, consumer or header
+  local name = "limit-conn:" .. ctx.route.declared_at
+  if conf.key.kind ~= "route" then name = name .. ":" .. key end
+  local sem = gw.semaphore(name, conf.max)
   local ok
   if conf.queue > 0 then
     ok = sem:acquire(conf.weight, conf.queue_timeout, conf.queue)

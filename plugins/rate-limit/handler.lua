@@ -8,21 +8,16 @@ local RateLimit = {
   priority = 910, -- after authentication (key-auth 1250), so "consumer" is known
   schema = {
     fields = {
-      rate = { type = "number", required = true, description = "tokens added per second" },
-      burst = { type = "number", description = "bucket size (default: rate, at least 1)" },
-      key = { type = "string", default = "ip", match = "^[%w:_%-]+$",
-              description = "consumer | ip | route | header:<Name>" },
-      dict = { type = "string", default = "rate_limit", description = "the gw.shared dict holding the buckets" },
+      rate = { type = "number", required = true, between = { 1e-6, 1e9 }, description = "tokens added per second" },
+      burst = { type = "number", between = { 1, 1e9 }, description = "bucket size (default: rate, at least 1)" },
+      key = { type = "key", default = "ip",
+              description = "what is counted: \"ip\", \"consumer\", \"route\" or \"header:<Name>\"" },
+      dict = { type = "string", default = "rate_limit", match = "^[%w_]+$",
+               description = "the gw.shared dict holding the buckets" },
       status = { type = "integer", default = 429, between = { 400, 599 } },
     },
     check = function(conf)
-      if conf.rate <= 0 then return nil, "field 'rate': must be > 0" end
       conf.burst = conf.burst or math.max(conf.rate, 1)
-      if conf.burst < 1 then return nil, "field 'burst': must be >= 1" end
-      local k = conf.key
-      if k ~= "consumer" and k ~= "ip" and k ~= "route" and not k:match("^header:.+") then
-        return nil, "field 'key': consumer, ip, route or header:<Name>"
-      end
       gw._define_shared(conf.dict, 1024 * 1024, true) -- 1 MiB unless shared_dict() declared it
       return true
     end,
@@ -31,19 +26,11 @@ local RateLimit = {
 
 local floor, ceil, tostring = math.floor, math.ceil, tostring
 
-local function key_of(ctx, conf)
-  local k = conf.key
-  if k == "ip" then return ctx.request.client_ip end -- the peer, or the client trusted_proxies name
-  if k == "consumer" then return ctx.consumer end
-  if k == "route" then return ctx.route.declared_at end
-  return ctx.request:header(k:sub(8))
-end
-
 function RateLimit.access(ctx, conf)
-  local key = key_of(ctx, conf)
+  local key = conf.key.resolve(ctx)
   if not key then return end -- nothing to count by (e.g. no consumer): not limited here
   local dict = gw.shared[conf.dict]
-  local bucket = ctx.route.declared_at .. "|" .. conf.key .. "|" .. key
+  local bucket = ctx.route.declared_at .. "|" .. conf.key.spec .. "|" .. key
   local allowed, remaining, retry = dict:token_bucket(bucket, conf.rate, conf.burst, 1)
   local h = ctx.response.headers
   h["RateLimit-Limit"] = tostring(conf.burst)

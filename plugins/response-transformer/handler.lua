@@ -8,13 +8,33 @@ local Transformer = {
   priority = 800,
   schema = {
     fields = {
-      add = { type = "map", keys = { type = "string" }, values = { type = "string" }, default = {},
-              description = "headers to add when the response does not have them" },
-      set = { type = "map", keys = { type = "string" }, values = { type = "string" }, default = {},
+      add = { type = "map", keys = { type = "header_name", direction = "response" },
+              values = { type = "header_value" }, default = {},
+              description = "headers the response gets when it does not have them (defaults)" },
+      set = { type = "map", keys = { type = "header_name", direction = "response" },
+              values = { type = "header_value" }, default = {},
               description = "headers to set, replacing the response's" },
-      remove = { type = "array", elements = { type = "string" }, default = {},
+      remove = { type = "array", elements = { type = "header_name", direction = "response" }, default = {},
                  description = "headers to remove" },
     },
+    check = function(conf)
+      if next(conf.add) == nil and next(conf.set) == nil and #conf.remove == 0 then
+        return nil, "give add, set or remove"
+      end
+      -- one header in two lists: one of them would be ignored (set replaces what add adds,
+      -- set wins over remove, remove takes away what add adds)
+      local seen = {}
+      for name in pairs(conf.add) do seen[name:lower()] = "add" end
+      for name in pairs(conf.set) do
+        if seen[name:lower()] then return nil, ("field 'set.%s': also in add; give it once"):format(name) end
+        seen[name:lower()] = "set"
+      end
+      for i, name in ipairs(conf.remove) do
+        local other = seen[name:lower()]
+        if other then return nil, ("field 'remove[%d]': %s is also in %s; give it once"):format(i, name, other) end
+      end
+      return true
+    end,
   },
 }
 

@@ -111,13 +111,13 @@ listen { "127.0.0.1:1", tls = { client_ca = "ca.pem", certificates = {
   it("rejects a malformed tls table with the line", function()
     local cases = {
       { 'tls = { cert = "a.pem" }', "listen tls: 'key' expects a file path" },
-      { 'tls = { crt = "a.pem", key = "a.key" }', "listen tls: unknown field 'crt'" },
+      { 'tls = { crt = "a.pem", key = "a.key" }', "unknown field 'crt' in listen tls (known: cert, certificates, client_auth, client_ca, key)" },
       { 'tls = { cert = "a", key = "b", certificates = { { cert = "c", key = "d" } } }', "listen tls: give either cert/key or certificates" },
       { 'tls = { certificates = {} }', "listen tls: certificates expects a list" },
       { 'tls = { cert = "a", key = "b", client_auth = "required" }', "listen tls: client_auth needs client_ca" },
       { 'tls = { cert = "a", key = "b", client_ca = "c", client_auth = "maybe" }', "listen tls: client_auth must be \"required\", \"optional\" or \"off\"" },
       { 'tls = { cert = "a", key = "b", client_auth = "off" }', "listen tls: client_auth = \"off\" is for a certificate" },
-      { 'tls = { certificates = { { cert = "a", key = "b", sni = "x" } } }', "listen tls: certificates[1]: unknown field 'sni'" },
+      { 'tls = { certificates = { { cert = "a", key = "b", sni = "x" } } }', "unknown field 'sni' in listen tls certificates[1] (known: cert, client_auth, client_ca, key)" },
       { 'tls = { certificates = { { cert = "a", key = "b", client_auth = "optional" } } }', "listen tls: certificates[1]: client_auth needs client_ca" },
     }
     for _, case in ipairs(cases) do
@@ -160,7 +160,7 @@ route { path = "/", upstream = "a" }
     local cases = {
       { '{ targets = { "ftp://a:1" } }', "the scheme must be http:// or https://" },
       { '{ targets = { "http://a:1" }, tls = {} }', "tls is given but the targets are http://" },
-      { '{ targets = { "a:1" }, tls = { ca = "x", verfy = false } }', "upstream u tls: unknown field 'verfy'" },
+      { '{ targets = { "a:1" }, tls = { ca = "x", verfy = false } }', "unknown field 'verfy' in upstream u tls (known: ca, cert, key, server_name, verify)" },
       { '{ targets = { "a:1" }, tls = { verify = "no" } }', "verify must be true or false" },
       { '{ targets = { "a:1" }, tls = { key = "k" } }', "a client certificate needs both cert and key" },
     }
@@ -169,5 +169,171 @@ route { path = "/", upstream = "a" }
       assert.matches(":2: ", err, 1, true)
       assert.matches(case[2], err, 1, true)
     end
+  end)
+end)
+
+describe("config tables refuse unknown fields", function()
+  -- every table a directive takes: one message shape, at the directive's line
+  local cases = {
+    { 'listen { "127.0.0.1:8080", http2 = true, bogus = 3 }', "unknown field 'bogus' in listen (known: http2, tls)" },
+    { 'listen { "127.0.0.1:1", tls = { cert = "a", key = "b", crt = "c" } }',
+      "unknown field 'crt' in listen tls (known: cert, certificates, client_auth, client_ca, key)" },
+    { 'listen { "127.0.0.1:1", tls = { certificates = { { cert = "a", key = "b", sni = "x" } } } }',
+      "unknown field 'sni' in listen tls certificates[1] (known: cert, client_auth, client_ca, key)" },
+    { 'listen { "127.0.0.1:1", tls = { certificates = { { cert = "a", key = "b" }, x = 1 } } }',
+      "unknown field 'x' in listen tls certificates (known: none: it is a list)" },
+    { 'upstream "u" { targets = { "a:1" }, retrys = 2 }', "unknown field 'retrys' in upstream u (known: balance, hash_key," },
+    { 'upstream "u" { targets = { "a:1" }, "b:2" }', "unknown field '[1]' in upstream u (known: " },
+    { 'upstream "u" { targets = { "a:1", backup = "b:2" } }', "unknown field 'backup' in upstream u targets (known: none: it is a list)" },
+    { 'upstream "u" { targets = { "a:1" }, tls = { ca = "x", verfy = false } }',
+      "unknown field 'verfy' in upstream u tls (known: ca, cert, key, server_name, verify)" },
+    { 'upstream "u" { targets = { "a:1" }, pool = { max_idel = 1 } }',
+      "unknown field 'max_idel' in upstream u pool (known: idle_timeout, max_idle, max_requests)" },
+    { 'upstream "u" { targets = { "a:1" }, timeouts = { conect = "1s" } }',
+      "unknown field 'conect' in upstream u timeouts (known: connect, read, send)" },
+    { 'upstream "u" { targets = { "a:1" }, health = { pasive = {} } }',
+      "unknown field 'pasive' in upstream u health (known: active, passive)" },
+    { 'upstream "u" { targets = { "a:1" }, health = { passive = { failure = 2 } } }',
+      "unknown field 'failure' in upstream u health.passive (known: eject, failures)" },
+    { 'upstream "u" { targets = { "a:1" }, health = { active = { path = "/h", intervl = "1s" } } }',
+      "unknown field 'intervl' in upstream u health.active (known: interval, path, timeout)" },
+    { 'upstream "u" { targets = { "a:1" }, max_concurrency = 2, on_busy = { queue = 1, wait = "1s" } }',
+      "unknown field 'wait' in upstream u on_busy (known: queue, queue_timeout, status)" },
+    { 'upstream "u" { targets = { "a:1" }, pool = 5 }', "upstream u pool expects a table" },
+    { 'limits { max_bdy = "1m" }', "unknown field 'max_bdy' in limits (known: max_body, max_header_size, max_headers, max_request_line)" },
+    { 'limits { "8k" }', "unknown field '[1]' in limits (known: " },
+    { 'timeouts { reqest = "1s" }', "unknown field 'reqest' in timeouts (known: body, drain, header, keepalive, request, send, tls_session, watchdog)" },
+    { 'route { path = "/", handler = print, "extra" }', "unknown field '[1]' in route (known: " },
+    { 'route { path = "/", methods = { "GET", other = "POST" }, handler = print }',
+      "unknown field 'other' in route methods (known: none: it is a list)" },
+    { 'group "/g" { name = "api", routes = { route { path = "/", handler = print } } }',
+      "unknown field 'name' in group /g (known: host, max_body, plugins, routes, timeout)" },
+    { 'group "/g" { routes = { route { path = "/", handler = print }, x = 1 } }',
+      "unknown field 'x' in group /g routes (known: none: it is a list)" },
+    { 'tls_ticket_keys { "a.key", where = "x" }', "unknown field 'where' in tls_ticket_keys (known: none: it is a list)" },
+    { 'trusted_proxies { "10.0.0.0/8", via = "x" }', "unknown field 'via' in trusted_proxies (known: none: it is a list)" },
+    { 'http2 { max_streams = 10 }', "unknown field 'max_streams' in http2 (known: max_concurrent_streams, stream_window)" },
+  }
+  for _, case in ipairs(cases) do
+    it("refuses: " .. case[1], function()
+      local _, err = load('\n' .. case[1] .. '\n')
+      assert.is_string(err)
+      assert.matches(":2: " .. case[2], err, 1, true)
+    end)
+  end
+end)
+
+describe("config values that would be ignored", function()
+  local cases = {
+    { 'route { path = "/", method = "GET", methods = { "POST" }, handler = print }', "route /: give method or methods, not both" },
+    { 'upstream "u" { targets = { "a:1" }, hash_key = "ip" }', 'upstream u: hash_key is only used with balance = "hash"' },
+    { 'upstream "u" { targets = { "a:1" }, balance = "hash", hash_key = "header-X" }',
+      [[upstream u: hash_key: 'header-X' is not a key: use "ip", "header:<Name>" or "param:<name>"]] },
+    { 'upstream "u" { targets = { "a:1" }, health = { passive = { failures = 0, eject = "5s" } } }',
+      "upstream u: health.passive.eject has no effect with failures = 0" },
+    { 'workers(2)\nworkers(3)', "workers is already set at " },
+    { 'timeouts { header = "1s" }\ntimeouts { header = "2s" }', "timeouts.header is already set at " },
+    { 'http2 { max_concurrent_streams = 10 }\nhttp2 { stream_window = "1m" }', "http2 is already set at " },
+    { 'group "/g" { routes = { route { path = "/a", handler = print } }, route { path = "/b", handler = print } }',
+      "group /g: give its routes in routes = { ... } or as the list, not both" },
+  }
+  for _, case in ipairs(cases) do
+    it("refuses: " .. case[1]:gsub("\n", "; "), function()
+      local _, err = load('\n' .. case[1] .. '\n')
+      assert.is_string(err)
+      assert.matches(case[2], err, 1, true)
+      assert.matches(":%d+: ", err)
+    end)
+  end
+
+  it("refuses a group or an upstream without a body, and a group without routes", function()
+    local _, err = load('\ngroup "/api"\nroute { path = "/", handler = print }\n')
+    assert.matches(':2: group /api has no body: write group "/api" { routes = { ... } }', err, 1, true)
+    _, err = load('\nupstream "orders"\n')
+    assert.matches(':2: upstream orders has no body', err, 1, true)
+    _, err = load('\ngroup "/api" { routes = {} }\n')
+    assert.matches(':2: group /api has no routes', err, 1, true)
+  end)
+
+  it("checks that a hash upstream's param:name is in the paths of its routes", function()
+    local _, err = load([[
+upstream "u" { targets = { "a:1" }, balance = "hash", hash_key = "param:user" }
+route { path = "/users/{user}", upstream = "u" }
+route { path = "/orders/{id}", upstream = "u" }
+]])
+    assert.matches(":3: route /orders/{id}: upstream u hashes on param:user, which this path does not have", err, 1, true)
+  end)
+end)
+
+describe("listen http2", function()
+  it("passes http2 through into the listen entries", function()
+    local cfg, err = load([[
+listen { "127.0.0.1:1", http2 = true }
+listen { "127.0.0.1:2", "127.0.0.1:3", http2 = false, tls = { cert = "a.pem", key = "a.key" } }
+listen "127.0.0.1:4"
+]])
+    assert.is_nil(err)
+    assert.same({ addr = "127.0.0.1:1", http2 = true }, cfg.listen[1])
+    assert.is_false(cfg.listen[2].http2)
+    assert.equal("127.0.0.1:3", cfg.listen[3].addr)
+    assert.is_false(cfg.listen[3].http2)
+    assert.is_table(cfg.listen[3].tls)
+    assert.equal("127.0.0.1:4", cfg.listen[4]) -- nil http2: a plain entry, as before
+    local _, e = load('\nlisten { "127.0.0.1:1", http2 = "yes" }\n')
+    assert.matches(":2: listen: http2 must be true or false", e, 1, true)
+  end)
+end)
+
+describe("plugins tables", function()
+  it("checks a plugin named with false (a typo would leave the real one on)", function()
+    local _, err = load([[
+plugins { ["key-auth"] = { keys = { k = "c" } } }
+route { path = "/", plugins = { ["key-auht"] = false }, handler = print }
+]])
+    assert.matches(":2: route /: no plugin named 'key-auht'", err, 1, true)
+  end)
+
+  it("refuses false where nothing is inherited", function()
+    local _, err = load('\nroute { path = "/", plugins = { cors = false }, handler = print }\n')
+    assert.matches(":2: route /: cors = false turns off nothing", err, 1, true)
+    _, err = load('\nplugins { cors = false }\n')
+    assert.matches(":2: plugins: cors = false removes nothing here", err, 1, true)
+  end)
+
+  it("validates a group's conf at the group's line even when every route overrides it", function()
+    local _, err = load([[
+group "/g" {
+  plugins = { cors = { origin = "*" } },
+  routes = { route { path = "/", plugins = { cors = true }, handler = print } },
+}
+]])
+    assert.matches(":1: group /g: plugin cors: field 'origin': unknown field (known: ", err, 1, true)
+  end)
+
+  it("names the plugins directive's line for a global conf", function()
+    local _, err = load('route { path = "/", handler = print }\n\nplugins { cors = { max_age = "1h" } }\n')
+    assert.matches(":3: plugins: plugin cors: field 'max_age': expected a number", err, 1, true)
+  end)
+
+  it("refuses a plugin configured twice globally", function()
+    local _, err = load('plugins { cors = true }\nplugins { cors = { max_age = 1 } }\n')
+    assert.matches(":2: plugins: cors is already configured at ", err, 1, true)
+  end)
+
+  it("refuses a proxy-only plugin whose conf reaches only handler routes", function()
+    local _, err = load([[
+upstream "u" { targets = { "a:1" } }
+route { path = "/h", plugins = { ["request-transformer"] = { set = { ["X-A"] = "1" } } }, handler = print }
+]])
+    assert.matches(":2: route /h: plugin request-transformer changes only what a proxy route sends upstream", err, 1, true)
+    -- globally, with some proxy route, it is fine
+    local cfg, e = load([[
+upstream "u" { targets = { "a:1" } }
+plugins { ["request-transformer"] = { set = { ["X-A"] = "1" } } }
+route { path = "/h", handler = print }
+route { path = "/p", upstream = "u" }
+]])
+    assert.is_nil(e)
+    assert.equal(2, #cfg.routes)
   end)
 end)
