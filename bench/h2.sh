@@ -36,7 +36,7 @@ listen { "127.0.0.1:${TLS_PORT[moongate]}", tls = { cert = "cert.pem", key = "ke
 listen { "127.0.0.1:${H2C_PORT[moongate]}", http2 = true }
 access_log "off"
 admin_socket "off"
-upstream "up" { targets = { "127.0.0.1:$UP_PORT" }, pool = { max_idle = 256 } }
+upstream "up" { targets = { "127.0.0.1:$UP_PORT" }, pool = { max_idle = 1024 } }
 route { path = "/{rest*}", upstream = "up" }
 LUA
 cat > "$dir/nginx.conf" <<NGX
@@ -45,7 +45,7 @@ events { worker_connections 4096; }
 http {
   access_log off; keepalive_requests 1000000;
   client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; }
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 1024; }
   server {
     listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2;
     listen 127.0.0.1:${H2C_PORT[nginx]} http2;
