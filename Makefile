@@ -18,7 +18,7 @@ TEST_PACKAGES  = lua-busted libcmocka-dev clang wrk curl openssl nghttp2-client 
                  python3-grpcio python3-websockets redis-server
 DEBIAN_PACKAGES = $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: all deps check-deps build run test test-c test-asan test-spec test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
+.PHONY: all deps check-deps build run test test-c test-asan test-spec test-spec-h2 test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean
 
 all: build
 
@@ -59,7 +59,7 @@ run: deps
 # C unit tests (release build), the same tests under ASan+UBSan, the busted
 # specs (unit + integration, inside gatewayd's runtime), and a short fuzz run.
 test: deps
-	@$(MAKE) --no-print-directory build test-c test-asan test-spec test-spec-asan fuzz-smoke
+	@$(MAKE) --no-print-directory build test-c test-asan test-spec test-spec-h2 test-spec-asan fuzz-smoke
 	@echo "make test: all suites passed"
 
 test-c: build
@@ -73,6 +73,14 @@ test-asan: check-deps
 
 test-spec: build
 	GATEWAYD=$(CURDIR)/$(BUILD)/gatewayd $(BUILD)/gatewayd --spec
+
+# The integration specs again with g:request over HTTP/2 (h2c, curl): every
+# spec that talks through the helpers' request() runs on both wires, against
+# the release and the ASan gatewayd.
+test-spec-h2: build test-asan
+	MOONGATE_SPEC_WIRE=h2 GATEWAYD=$(CURDIR)/$(BUILD)/gatewayd $(BUILD)/gatewayd --spec spec/integration
+	MOONGATE_SPEC_WIRE=h2 ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=8 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  GATEWAYD=$(CURDIR)/$(ASAN_BUILD)/gatewayd $(BUILD)/gatewayd --spec spec/integration
 
 # The same specs against the ASan+UBSan gatewayd: a memory error aborts a
 # request and fails its spec; a leak makes gatewayd exit non-zero on SIGTERM.

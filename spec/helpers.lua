@@ -66,6 +66,9 @@ end
 local Gateway = {}
 Gateway.__index = Gateway
 
+--- "h1" (default) or "h2": the protocol g:request speaks (MOONGATE_SPEC_WIRE).
+M.wire = os.getenv("MOONGATE_SPEC_WIRE") or "h1"
+
 --- Starts gatewayd with a config body. "{{PORT}}" in it is replaced by a free port;
 -- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." };
 -- environment: opts.env = { "NAME=value", ... }; working directory: opts.cwd.
@@ -81,8 +84,11 @@ function M.start(config, opts)
     -- below Linux's ephemeral range (32768-60999), where client sockets would collide
     local port = M.free_port()
     local body = config:gsub("{{PORT}}", tostring(port))
+    local h2 = false
     if not (body:find("^%s*listen[%s(\"]") or body:find("\n%s*listen[%s(\"]")) then
-      body = ('listen "127.0.0.1:%d"\n'):format(port) .. body
+      -- MOONGATE_SPEC_WIRE=h2: the same specs with g:request over HTTP/2 (h2c) on the same port
+      h2 = M.wire == "h2"
+      body = (h2 and 'listen { "127.0.0.1:%d", http2 = true }\n' or 'listen "127.0.0.1:%d"\n'):format(port) .. body
     end
     if not body:find("admin_socket", 1, true) then
       body = ('admin_socket "%s/admin.sock"\n'):format(dir) .. body
@@ -95,7 +101,8 @@ function M.start(config, opts)
     local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log", cwd = opts.cwd }))
     local ok = wait_port(port, pid, 10)
     if ok then
-      return setmetatable({ pid = pid, port = port, dir = dir, file = file, socket = dir .. "/admin.sock" }, Gateway)
+      return setmetatable({ pid = pid, port = port, dir = dir, file = file, socket = dir .. "/admin.sock", h2 = h2 },
+                          Gateway)
     end
     gw.process.kill(pid, gw.process.SIGKILL)
     M.wait_exit(pid, 5)
@@ -262,9 +269,63 @@ function Gateway:raw(bytes, method)
   return res, err
 end
 
+-- g:request over HTTP/2 with curl (prior knowledge), run without blocking the
+-- loop (an upstream in this process may have to answer meanwhile).
+local function h2_request(g, method, path, opts)
+  local dir = M.tmpdir()
+  local argv = { "/usr/bin/curl", "-sS", "--max-time", "30", "--http2-prior-knowledge", "--path-as-is", "-X", method,
+                 "-H", "Host: " .. (opts.host or "localhost"), "-D", dir .. "/head", "-o", dir .. "/res" }
+  for k, v in pairs(opts.headers or {}) do argv[#argv + 1] = "-H"; argv[#argv + 1] = k .. ": " .. v end
+  if opts.body then
+    write_file(dir .. "/body", opts.body)
+    argv[#argv + 1] = "--data-binary"; argv[#argv + 1] = "@" .. dir .. "/body"
+  end
+  if method == "HEAD" then argv[#argv + 1] = "-I" end
+  argv[#argv + 1] = ("http://127.0.0.1:%d%s"):format(g.port, path)
+  local pid = assert(gw.process.spawn(argv, { stderr = dir .. "/err" }))
+  local _, code = M.wait_exit(pid, 35)
+  local heads, body = read_file(dir .. "/head"), read_file(dir .. "/res")
+  os.execute("rm -rf '" .. dir .. "'")
+  if code ~= 0 then return nil, "curl exit " .. tostring(code) end
+  -- -D holds the interim heads, the final head, then the trailers, each ended by a blank line
+  local blocks = {}
+  for block in heads:gsub("\r", ""):gmatch("(.-)\n\n") do blocks[#blocks + 1] = block end
+  local res = { reason = "", headers = {}, raw_headers = {}, body = body, wire = "h2", interim = {}, trailers = {} }
+  local final
+  for _, block in ipairs(blocks) do
+    local status = block:match("^HTTP/2 (%d%d%d)")
+    if status and not final then
+      if status:sub(1, 1) == "1" then
+        res.interim[#res.interim + 1] = { status = tonumber(status) }
+      else
+        final = true
+        res.status = tonumber(status)
+        for line in block:gmatch("[^\n]+") do
+          local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+          if k and not line:match("^HTTP/") then
+            res.raw_headers[#res.raw_headers + 1] = line
+            res.headers[k:lower()] = v
+          end
+        end
+      end
+    elseif final then
+      for line in block:gmatch("[^\n]+") do
+        local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+        if k then res.trailers[k:lower()] = v end
+      end
+    end
+  end
+  if not res.status then return nil, "no response head" end
+  if res.headers["content-type"] and res.headers["content-type"]:find("json", 1, true) then
+    res.json = gw.json.decode(res.body)
+  end
+  return res
+end
+
 --- request(method, path, { headers = {...}, body = "..." }) -> response table
 function Gateway:request(method, path, opts)
   opts = opts or {}
+  if self.h2 and not opts.h1 then return h2_request(self, method, path, opts) end
   local lines = { ("%s %s HTTP/1.1"):format(method, path), "Host: " .. (opts.host or "localhost") }
   local headers = opts.headers or {}
   for k, v in pairs(headers) do lines[#lines + 1] = k .. ": " .. v end

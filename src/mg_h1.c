@@ -45,19 +45,6 @@ static void response_done(mg_conn_t *c, int keepalive)
         process_input(c);
 }
 
-/* The message of a client error the parser or the limits chose the status of. */
-static const char *status_message(int status)
-{
-    switch (status) {
-    case 414: return "request line or URI too long";
-    case 417: return "expectation failed";
-    case 431: return "request header fields too large";
-    case 501: return "transfer coding not implemented";
-    case 505: return "HTTP version not supported";
-    default: return NULL; /* the kind's */
-    }
-}
-
 /* Rejects the request in progress (or a new one) and closes if asked. */
 static void reject(mg_conn_t *c, mg_req_t *r, int status, const mg_error_t *kind, int close)
 {
@@ -65,14 +52,7 @@ static void reject(mg_conn_t *c, mg_req_t *r, int status, const mg_error_t *kind
         r = mg_req_new(c, &mg_h1_wire, NULL);
         c->req = r;
     }
-    mg_header_t allow = { "Allow", 5, NULL, 0 };
-    char m[128];
-    if (status == 405) {
-        mg_methods_format(r->match.allow, m, sizeof(m));
-        allow.value = m;
-        allow.value_len = strlen(m);
-    }
-    mg_req_error(r, status, kind, status_message(status), close, status == 405 ? &allow : NULL, status == 405);
+    mg_req_reject(r, status, kind, close);
 }
 
 /* Is the input the start of the HTTP/2 client preface? 1 yes (complete), 0 not yet known, -1 no. */
@@ -148,9 +128,7 @@ static int read_head(mg_conn_t *c)
             c->trailers_ok = 1;
     if (status) {
         /* the body was not read: the connection cannot be reused */
-        reject(c, r, status,
-               status == 404 ? MG_E(NO_ROUTE) : status == 405 ? MG_E(METHOD_NOT_ALLOWED) : MG_E(BAD_REQUEST),
-               has_body || status == 400);
+        reject(c, r, status, NULL, has_body || status == 400);
         return go_on(c);
     }
     if (!has_body) {

@@ -51,6 +51,7 @@ typedef struct mg_h2_stream {
     mg_http1_request_t head;      /* the request head being collected (fields in the request arena) */
     size_t head_bytes;
     int cookie;                   /* index of the merged cookie field, or -1 */
+    int too_large;                /* the header list went over the limits: 431 */
     int headers_done, body_done;
     int64_t body_total;
     struct evbuffer *held;        /* request body bytes the request could not take yet (not consumed) */
@@ -310,11 +311,16 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     const mg_config_t *cfg = h2->conn->worker->cfg;
     s->head_bytes += nl + vl + 32; /* RFC 9113 §6.5.2's accounting */
     if (s->head_bytes > cfg->limits.max_head || s->head.num_headers >= cfg->limits.max_headers) {
-        /* a header list past the limit (an HPACK bomb expands to one): the connection goes */
-        mg_log_info(NULL, "client %s: HTTP/2 header list over the limits", h2->conn->remote);
-        nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
-        h2->goaway = 1;
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        /* over the limits: 431 for the stream (RFC 9113 §10.5.1), fields no longer kept; far over
+         * them, a small header block that expands to megabytes (an HPACK bomb): the connection goes */
+        s->too_large = 1;
+        if (s->head_bytes > 4 * cfg->limits.max_head + 65536) {
+            mg_log_info(NULL, "client %s: HTTP/2 header list far over the limits (HPACK bomb?)", h2->conn->remote);
+            nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+            h2->goaway = 1;
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        return 0;
     }
     mg_http1_request_t *p = &s->head;
     if (nl > 0 && name[0] == ':') {
@@ -404,11 +410,11 @@ static void head_done(mg_h2_stream_t *s, int end_stream)
     add_host(s);
     for (size_t i = 0; i < p->num_headers; i++)
         r->bytes_in += p->headers[i].name_len + p->headers[i].value_len + 4;
-    int status = mg_req_route(r, p);
+    /* the request line's limit, as HTTP/1.1 has it (RFC 9113 leaves the length to the server) */
+    int status = s->too_large ? 431
+               : p->method_len + p->target_len + 10 > c->worker->cfg->limits.max_line ? 414 : mg_req_route(r, p);
     if (status) {
-        mg_req_error(r, status,
-                     status == 404 ? MG_E(NO_ROUTE) : status == 405 ? MG_E(METHOD_NOT_ALLOWED) : MG_E(BAD_REQUEST),
-                     NULL, !end_stream, NULL, 0);
+        mg_req_reject(r, status, NULL, !end_stream);
         return;
     }
     int64_t max = r->route->max_body >= 0 ? r->route->max_body : (int64_t)c->worker->cfg->max_body;

@@ -304,6 +304,33 @@ void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp)
     lua_pop(L, 2);
 }
 
+/* The message of a client error the parser, the limits or the router chose the status of. */
+static const char *status_message(int status)
+{
+    switch (status) {
+    case 414: return "request line or URI too long";
+    case 417: return "expectation failed";
+    case 431: return "request header fields too large";
+    case 501: return "transfer coding not implemented";
+    case 505: return "HTTP version not supported";
+    default: return NULL; /* the kind's */
+    }
+}
+
+void mg_req_reject(mg_req_t *r, int status, const mg_error_t *kind, int close)
+{
+    if (!kind)
+        kind = status == 404 ? MG_E(NO_ROUTE) : status == 405 ? MG_E(METHOD_NOT_ALLOWED) : MG_E(BAD_REQUEST);
+    mg_header_t allow = { "Allow", 5, NULL, 0 };
+    char m[128];
+    if (status == 405) {
+        mg_methods_format(r->match.allow, m, sizeof(m));
+        allow.value = m;
+        allow.value_len = strlen(m);
+    }
+    mg_req_error(r, status, kind, status_message(status), close, status == 405 ? &allow : NULL, status == 405);
+}
+
 /* ---- headers Lua sets on upstream requests (gw.http.request, set_header) ---- */
 
 void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)

@@ -219,6 +219,13 @@ void mg_req_end_detached(mg_worker_t *w);
 void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
                   const mg_header_t *extra, size_t nextra);
 
+/*
+ * A request refused before it ran: a status from the parser, the limits or
+ * routing (400, 404, 405 with Allow, 413, 414, 431, ...). kind NULL: the
+ * status's (no_route, method_not_allowed, bad_request).
+ */
+void mg_req_reject(mg_req_t *r, int status, const mg_error_t *kind, int close);
+
 /* The client went away: cancel everything, log, release. */
 void mg_req_abort(mg_req_t *r);
 

@@ -112,7 +112,9 @@ describe("plugins", function()
   it("streams a proxied body through body_filter chunk by chunk (it may yield)", function()
     local res = g:request("GET", "/stream")
     assert.equal(200, res.status)
-    assert.equal("chunked", res.headers["transfer-encoding"])   -- the length may change: re-framed
+    if res.wire ~= "h2" then -- HTTP/2 has no Transfer-Encoding: DATA frames carry it
+      assert.equal("chunked", res.headers["transfer-encoding"])   -- the length may change: re-framed
+    end
     assert.is_nil(res.headers["content-length"])
     local body, tail = res.body:match("^(.-)\n%-%- (%d+) calls$")
     assert.equal(("ABCDEFGHIJ"):rep(30000), body)
