@@ -95,6 +95,13 @@ void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms)
         shutdown(w->fds[i], SHUT_RD);
 }
 
+uint64_t mg_worker_stuck_ms(const mg_worker_t *w)
+{
+    if (!w->stuck_reported)
+        return 0;
+    uint64_t beat = __atomic_load_n(&w->beat, __ATOMIC_RELAXED), now = mg_now_ms();
+    return now > beat ? now - beat : 1;
+}
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_reap(arg);
@@ -226,11 +233,16 @@ static void render_upstreams(mg_worker_t *w, mg_text_t *o)
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
             int healthy = t->len && !t->active_down && (!t->ejected_until || now >= t->ejected_until);
-            mg_text_add(o, "moongate_upstream_pool_idle{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
-                           "moongate_upstream_inflight{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
-                           "moongate_upstream_target_healthy{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n",
-                        w->id, up->name, t->text, t->nidle, w->id, up->name, t->text, t->inflight,
-                        w->id, up->name, t->text, healthy);
+            static const char *gauges[] = { "moongate_upstream_pool_idle", "moongate_upstream_inflight",
+                                            "moongate_upstream_target_healthy" };
+            int values[] = { t->nidle, t->inflight, healthy };
+            for (int g = 0; g < 3; g++) {
+                mg_text_add(o, "%s{worker=\"%d\",upstream=\"", gauges[g], w->id);
+                mg_text_label(o, up->name);
+                mg_text_add(o, "\",target=\"");
+                mg_text_label(o, t->text);
+                mg_text_add(o, "\"} %d\n", values[g]);
+            }
         }
     }
 }
@@ -248,12 +260,15 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
                 (unsigned long long)mg_worker_generation(w));
     for (int i = 0; i < w->gen->nupstreams; i++) {
         mg_upstream_t *up = &w->gen->upstreams[i];
-        mg_text_add(o, "%s{\"name\":\"%s\",\"targets\":[", i ? "," : "", up->name);
+        mg_text_add(o, "%s{\"name\":\"", i ? "," : "");
+        mg_text_json(o, up->name);
+        mg_text_add(o, "\",\"targets\":[");
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
-            mg_text_add(o, "%s{\"target\":\"%s\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,"
-                           "\"requests\":%llu,\"failures\":%llu}",
-                        k ? "," : "", t->text, target_health(t, now), t->inflight, t->nidle,
+            mg_text_add(o, "%s{\"target\":\"", k ? "," : "");
+            mg_text_json(o, t->text);
+            mg_text_add(o, "\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,\"requests\":%llu,\"failures\":%llu}",
+                        target_health(t, now), t->inflight, t->nidle,
                         (unsigned long long)t->requests, (unsigned long long)t->failures);
         }
         mg_text_add(o, "]}");
@@ -264,28 +279,38 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
 static void upstream_table(mg_worker_t *w, mg_text_t *o)
 {
     uint64_t now = mg_now_ms();
-    if (w->render_upstreams_text == 2) {
-        upstream_json(w, o);
-        return;
-    }
     mg_text_add(o, "worker %d:\n", w->id);
     for (int i = 0; i < w->gen->nupstreams; i++) {
         mg_upstream_t *up = &w->gen->upstreams[i];
-        mg_text_add(o, "  upstream %s (%s)\n", up->name,
-                    up->balance == MG_BALANCE_LEAST_CONN ? "least_conn" : up->balance == MG_BALANCE_HASH ? "hash"
-                                                                                                    : "round_robin");
+        mg_text_add(o, "  upstream ");
+        mg_text_json(o, up->name);
+        mg_text_add(o, " (%s)\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
+                                  : up->balance == MG_BALANCE_HASH    ? "hash"
+                                                                      : "round_robin");
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
-            mg_text_add(o, "    %-28s %-20s in flight %d, idle %d, requests %llu, failures %llu\n", t->text,
-                        target_health(t, now),
-                        t->inflight, t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
+            size_t at = o->len;
+            mg_text_add(o, "    ");
+            mg_text_json(o, t->text);
+            mg_text_add(o, "%*s %-20s in flight %d, idle %d, requests %llu, failures %llu\n",
+                        (int)(o->len - at < 32 ? 32 - (o->len - at) : 0), "", target_health(t, now), t->inflight,
+                        t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
         }
     }
 }
 
-static int render(mg_worker_t *w, mg_text_t *out, int upstreams);
-
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json) { return render(w, out, json ? 2 : 1); }
+static void render_one(mg_worker_t *w, mg_render_t *r)
+{
+    if (r->kind == MG_RENDER_UPSTREAMS_JSON) {
+        upstream_json(w, &r->out);
+    } else if (r->kind == MG_RENDER_UPSTREAMS_TEXT) {
+        upstream_table(w, &r->out);
+    } else {
+        mg_text_add(&r->out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
+        mg_metrics_render(&w->metrics, w->id, &r->out);
+        render_upstreams(w, &r->out);
+    }
+}
 
 static void on_metrics(evutil_socket_t fd, short what, void *arg)
 {
@@ -295,43 +320,46 @@ static void on_metrics(evutil_socket_t fd, short what, void *arg)
         /* readable was enough */
     }
     pthread_mutex_lock(&w->metrics_lock);
-    if (w->metrics_out && w->render_upstreams_text) {
-        upstream_table(w, w->metrics_out);
-        w->metrics_out = NULL;
-        pthread_cond_signal(&w->metrics_cond);
-    } else if (w->metrics_out) {
-        mg_text_add(w->metrics_out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
-        mg_metrics_render(&w->metrics, w->id, w->metrics_out);
-        render_upstreams(w, w->metrics_out);
-        w->metrics_out = NULL;
-        pthread_cond_signal(&w->metrics_cond);
-    }
+    mg_render_t *r = w->renders;
+    w->renders = NULL;
     pthread_mutex_unlock(&w->metrics_lock);
+    while (r) {
+        mg_render_t *next = r->next;
+        render_one(w, r);
+        __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        if (write(r->notify_fd, &one, sizeof(one)) < 0) {
+            /* the asker's eventfd is full or gone: it sees done on its timeout */
+        }
+        mg_render_put(r);
+        r = next;
+    }
 }
 
-int mg_worker_metrics(mg_worker_t *w, mg_text_t *out) { return render(w, out, 0); }
-
-static int render(mg_worker_t *w, mg_text_t *out, int upstreams)
+mg_render_t *mg_worker_render(mg_worker_t *w, int kind, int notify_fd)
 {
+    mg_render_t *r = mg_calloc(1, sizeof(*r));
+    r->kind = kind;
+    r->notify_fd = notify_fd;
+    r->refs = 2;
     pthread_mutex_lock(&w->metrics_lock);
-    w->render_upstreams_text = upstreams;
-    w->metrics_out = out;
-    uint64_t one = 1;
-    if (write(w->metrics_fd, &one, sizeof(one)) < 0) {
-        w->metrics_out = NULL;
-        pthread_mutex_unlock(&w->metrics_lock);
-        return MG_ERROR;
-    }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 1;
-    int rc = 0;
-    while (w->metrics_out && rc == 0)
-        rc = pthread_cond_timedwait(&w->metrics_cond, &w->metrics_lock, &until);
-    int ok = w->metrics_out == NULL;
-    w->metrics_out = NULL; /* a stuck worker: give up on its figures */
+    r->next = w->renders;
+    w->renders = r;
     pthread_mutex_unlock(&w->metrics_lock);
-    return ok ? MG_OK : MG_ERROR;
+    uint64_t one = 1;
+    if (write(w->metrics_fd, &one, sizeof(one)) < 0)
+        mg_log_error(NULL, "cannot ask worker %d for its figures: %s", w->id, strerror(errno));
+    return r;
+}
+
+int mg_render_done(mg_render_t *r) { return __atomic_load_n(&r->done, __ATOMIC_ACQUIRE); }
+
+void mg_render_put(mg_render_t *r)
+{
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(r->out.p);
+        free(r);
+    }
 }
 
 void mg_worker_conn_closed(mg_worker_t *w)
@@ -383,7 +411,6 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     event_add(w->reload_ev, NULL);
     w->retire_ev = event_new(w->base, -1, 0, on_retire, w);
     pthread_mutex_init(&w->metrics_lock, NULL);
-    pthread_cond_init(&w->metrics_cond, NULL);
     w->metrics_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->metrics_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, on_metrics, w);
     event_add(w->metrics_ev, NULL);
@@ -438,6 +465,11 @@ void mg_worker_free(mg_worker_t *w)
         event_free(w->reload_ev);
     if (w->metrics_ev)
         event_free(w->metrics_ev);
+    while (w->renders) { /* asked for after the loop stopped: nobody renders them now */
+        mg_render_t *r = w->renders;
+        w->renders = r->next;
+        mg_render_put(r);
+    }
     if (w->metrics_fd > 0)
         close(w->metrics_fd);
     mg_metrics_free(&w->metrics);

@@ -33,12 +33,10 @@ typedef struct mg_worker {
     int stuck_reported;
     uint64_t requests;                    /* requests ended (atomic: main reads it) */
     mg_metrics_t metrics;                 /* written and rendered by this worker only */
-    int metrics_fd;                       /* eventfd: the main thread asks for a rendering */
+    int metrics_fd;                       /* eventfd: the main thread queued a rendering */
     struct event *metrics_ev;
     pthread_mutex_t metrics_lock;
-    pthread_cond_t metrics_cond;
-    mg_text_t *metrics_out;               /* where to render; NULL when done */
-    int render_upstreams_text;            /* render the human upstream table instead */
+    struct mg_render *renders;            /* renderings asked for (under metrics_lock) */
     uint32_t drain_ms;                    /* set by mg_worker_stop */
     struct event *listeners[MG_MAX_LISTEN]; /* accept events on fds[i] (closed with them) */
     int nlisteners;
@@ -82,6 +80,8 @@ void *mg_worker_run(void *arg);
  * the watchdog logs it once and stops routing new connections to it.
  */
 void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
+/* Main thread: how long the worker has been stuck (0 when it is not). */
+uint64_t mg_worker_stuck_ms(const mg_worker_t *w);
 
 /*
  * Main thread: hands the worker its next generation (built for its loop).
@@ -91,10 +91,29 @@ void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
 void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen);
 uint64_t mg_worker_generation(mg_worker_t *w);
 
-/* Main thread: the worker renders its metrics into out (waits at most 1 s). */
-int mg_worker_metrics(mg_worker_t *w, mg_text_t *out);
-/* Main thread: the worker describes its upstreams (targets, health, pools) into out, as text or JSON. */
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json);
+enum { MG_RENDER_METRICS, MG_RENDER_UPSTREAMS_TEXT, MG_RENDER_UPSTREAMS_JSON };
+
+/*
+ * A rendering of a worker's figures (its metrics, or its upstreams: targets,
+ * health, pools), asked for by the main thread without waiting for it: the
+ * worker renders on its own loop, sets done and writes to notify_fd (an
+ * eventfd of the asker's). Two references, the asker's and the worker's; the
+ * last mg_render_put frees it, so the asker may give up (timeout, client
+ * gone) before the worker answers.
+ */
+typedef struct mg_render {
+    int kind;                             /* MG_RENDER_* */
+    mg_text_t out;                        /* the worker's until done, then the asker's */
+    int done;                             /* atomic */
+    int refs;                             /* atomic */
+    int notify_fd;
+    struct mg_render *next;               /* the worker's queue */
+} mg_render_t;
+
+/* Main thread: queues a rendering; the caller owns one reference. */
+mg_render_t *mg_worker_render(mg_worker_t *w, int kind, int notify_fd);
+int mg_render_done(mg_render_t *r);
+void mg_render_put(mg_render_t *r);
 
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);
