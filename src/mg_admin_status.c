@@ -159,20 +159,58 @@ static void sema_text(mg_text_t *o, const sema_row_t *r)
                 (unsigned long long)r->st.timed_out, (unsigned long long)r->st.longest_wait_ms);
 }
 
+static const char *kill_state(const mg_worker_t *w)
+{
+    return !w->kill_sent_ms                                                            ? "none"
+           : w->kill_ineffective || mg_now_ms() - w->kill_sent_ms >= MG_WATCHDOG_KILL_MS ? "ineffective"
+                                                                                        : "pending";
+}
+
 static void worker_json(mg_text_t *o, mg_worker_t *w)
 {
-    mg_text_add(o, "{\"id\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu,\"stuck\":%s}", w->id,
-                (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
+    mg_text_add(o, "{\"id\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu,\"watchdog_kills\":%llu,",
+                w->id, (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
                 (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED),
-                mg_worker_stuck_ms(w) ? "true" : "false");
+                (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
+    uint64_t stuck = mg_worker_stuck_ms(w);
+    if (!stuck) {
+        mg_text_add(o, "\"stuck\":false}");
+        return;
+    }
+    mg_text_add(o, "\"stuck\":true,\"stuck_ms\":%llu,\"trace_id\":\"", (unsigned long long)stuck);
+    mg_text_json(o, w->stuck_trace);
+    mg_text_add(o, "\",\"route\":\"");
+    mg_text_json(o, w->stuck_route);
+    mg_text_add(o, "\",\"kill\":\"%s\"}", kill_state(w));
 }
 
 static void worker_text(mg_text_t *o, mg_worker_t *w)
 {
-    mg_text_add(o, "worker %d: generation %llu, %zu connections, %llu requests%s\n", w->id,
+    mg_text_add(o, "worker %d: generation %llu, %zu connections, %llu requests", w->id,
                 (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
-                (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED),
-                mg_worker_stuck_ms(w) ? ", STUCK (fenced off)" : "");
+                (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED));
+    uint64_t kills = __atomic_load_n(&w->running.kills, __ATOMIC_RELAXED);
+    if (kills)
+        mg_text_add(o, ", %llu ended by the watchdog", (unsigned long long)kills);
+    uint64_t stuck = mg_worker_stuck_ms(w);
+    if (!stuck) {
+        mg_text_add(o, "\n");
+        return;
+    }
+    mg_text_add(o, "\n  STUCK for %llu ms, fenced off (takes no new connections)", (unsigned long long)stuck);
+    if (w->stuck_route[0] || w->stuck_trace[0]) {
+        mg_text_add(o, ": route ");
+        mg_text_json(o, w->stuck_route[0] ? w->stuck_route : "-");
+        mg_text_add(o, ", trace id ");
+        mg_text_json(o, w->stuck_trace[0] ? w->stuck_trace : "-");
+    }
+    const char *k = kill_state(w);
+    mg_text_add(o, "\n  %s\n",
+                strcmp(k, "pending") == 0 ? "the watchdog's hook ends the request when it next runs interpreted Lua"
+                : strcmp(k, "ineffective") == 0
+                    ? "the watchdog's hook cannot end it (a JIT-compiled loop or a blocking call): it stays "
+                      "fenced off until it returns (restart to recover)"
+                    : "outside any request task: nothing to end");
 }
 
 void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
@@ -239,6 +277,12 @@ void mg__admin_metrics(mg_admin_t *a, mg_text_t *o)
                    "moongate_reloads_total{result=\"refused\"} %llu\nmoongate_log_lines_dropped_total %llu\n",
                 MG_VERSION, mg_wall_time() - a->started, (unsigned long long)a->reloads,
                 (unsigned long long)a->reload_failures, (unsigned long long)mg_log_dropped());
+    for (int i = 0; i < a->nworkers; i++) {
+        mg_worker_t *w = &a->workers[i];
+        mg_text_add(o, "moongate_worker_stuck{worker=\"%d\"} %d\nmoongate_watchdog_kills_total{worker=\"%d\"} %llu\n",
+                    i, mg_worker_stuck_ms(w) ? 1 : 0, i,
+                    (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
+    }
     sema_view_t v;
     view_build(&v);
     for (size_t i = 0; i < v.nlisted; i++)

@@ -30,7 +30,15 @@ typedef struct mg_worker {
     int nfds;
     struct event *heartbeat;
     uint64_t beat;                        /* loop liveness, written by the worker, read by main (atomic) */
-    int stuck_reported;
+    mg_running_t running;                 /* the task its VMs run now, for the watchdog (mg_lua.h) */
+    /* the watchdog's view of this worker: main thread only */
+    int stuck_reported;                   /* reported stuck, fenced off */
+    uint64_t stuck_beat;                  /* the heartbeat it is stuck after */
+    uint64_t kill_sent_ms;                /* when the hook that ends the task was set; 0: none */
+    int kill_ineffective;                 /* the worker is still stuck a second after the hook was set */
+    uint64_t kills_at_arm;                /* running.kills then: did the hook fire? */
+    char stuck_trace[129];                /* the stuck task's trace id and route ("" when none) */
+    char stuck_route[256];
     uint64_t requests;                    /* requests ended (atomic: main reads it) */
     mg_metrics_t metrics;                 /* written and rendered by this worker only */
     int metrics_fd;                       /* eventfd: the main thread queued a rendering */
@@ -75,11 +83,17 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
 /* Thread body: runs the loop until stopped and drained. */
 void *mg_worker_run(void *arg);
 /*
- * Main thread: checks the worker's heartbeat. A worker that has not returned
- * to its loop for longer than limit_ms is running Lua that does not yield:
- * the watchdog logs it once and stops routing new connections to it.
+ * Main thread, once a second: checks the worker's heartbeat. A worker that
+ * has not returned to its loop for longer than limit_ms is running code that
+ * does not yield: the watchdog logs it with the running task's route and
+ * trace id, shuts its listening sockets (new connections go to the other
+ * workers) and sets a Lua hook that ends the task with an error the next time
+ * it runs interpreted Lua (a JIT-compiled loop or a blocking C call never
+ * reaches the hook). When the worker is back in its loop it listens again.
  */
 void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
+/* A hook that has not ended the stuck task this long after it was set cannot (status: "ineffective"). */
+#define MG_WATCHDOG_KILL_MS 1000
 /* Main thread: how long the worker has been stuck (0 when it is not). */
 uint64_t mg_worker_stuck_ms(const mg_worker_t *w);
 
