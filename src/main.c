@@ -3,7 +3,11 @@
  *
  * The main thread loads and validates the config (refusing a broken one with
  * file:line), binds one SO_REUSEPORT socket per worker and address, starts
- * the workers, then only waits for signals.
+ * the workers, then runs the control loop: a libevent loop of its own for
+ * signals (a signalfd), the watchdog (every second), freeing retired
+ * generations and the admin side (mg_admin). Nothing on it blocks on a
+ * client; the signals and the watchdog run at a higher priority than the
+ * admin connections, so a flood of those cannot starve them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,7 +16,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
-#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -23,6 +26,49 @@
 #include "mg_config.h"
 #include "mg_log.h"
 #include "mg_worker.h"
+
+/* The main thread's loop: what its callbacks need. */
+typedef struct control {
+    struct event_base *base;
+    mg_admin_t *admin;
+    mg_worker_t *workers;
+    int nworkers;
+    mg_config_t *cfg;
+    int sfd;
+    uint32_t drain_ms;
+} control_t;
+
+enum { PRIO_CONTROL, PRIO_ADMIN, PRIO_COUNT };
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    control_t *c = arg;
+    for (int i = 0; i < c->nworkers; i++)
+        mg_worker_watchdog(&c->workers[i], c->cfg->watchdog_ms);
+    mg_gen_graveyard_empty();
+}
+
+static void on_signal(evutil_socket_t fd, short what, void *arg)
+{
+    control_t *c = arg;
+    struct signalfd_siginfo si;
+    if (read(fd, &si, sizeof(si)) != sizeof(si))
+        return;
+    int sig = (int)si.ssi_signo;
+    char err[2048];
+    if (sig == SIGHUP) {
+        if (mg_admin_reload(c->admin, err, sizeof(err)) != MG_OK)
+            mg_log_error(NULL, "SIGHUP: reload refused, the running configuration is unchanged: %s", err);
+        return;
+    }
+    if (sig == SIGUSR1) {
+        if (mg_log_reopen(err, sizeof(err)) != MG_OK)
+            mg_log_error(NULL, "SIGUSR1: %s", err);
+        return;
+    }
+    mg_log_info(NULL, "signal %d: draining (up to %u ms) and stopping", sig, c->drain_ms);
+    event_base_loopbreak(c->base);
+}
 
 static void usage(FILE *f)
 {
@@ -192,29 +238,32 @@ int main(int argc, char **argv)
             goto fail;
         }
     }
-    mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
-    for (int i = 0; i < nworkers; i++) {
-        int fds[MG_MAX_LISTEN];
-        for (int k = 0; k < cfg.nlisten; k++) {
-            fds[k] = bind_socket(&cfg.listen[k], err, sizeof(err));
-            if (fds[k] < 0) {
-                fprintf(stderr, "gatewayd: %s\n", err);
-                goto fail;
-            }
-        }
-        if (mg_worker_init(&workers[i], i, &cfg, fds, cfg.nlisten) != MG_OK) {
-            fprintf(stderr, "gatewayd: worker %d: %s\n", i, workers[i].error);
-            goto fail;
-        }
-    }
-    /* the control side first: gatewayctl works as soon as requests are served */
-    mg_admin_t admin = { .file = file, .cfg = &cfg, .workers = workers, .nworkers = nworkers,
+    /* the control side first: gatewayctl works as soon as requests are served (it is answered once the loop runs) */
+    mg_admin_t admin = { .file = file, .cfg = &cfg, .nworkers = nworkers,
                          .started = mg_wall_time(), .listen_fd = -1, .http_fd = -1 };
     if (cfg.admin_listen && mg_admin_open_http(&admin, cfg.admin_listen, err, sizeof(err)) != MG_OK)
         mg_log_error(NULL, "%s", err);
     const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
     if (strcmp(sock, "off") != 0 && mg_admin_open(&admin, sock, err, sizeof(err)) != MG_OK)
         mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
+    mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
+    admin.workers = workers;
+    for (int i = 0; i < nworkers; i++) {
+        int fds[MG_MAX_LISTEN];
+        for (int k = 0; k < cfg.nlisten; k++) {
+            fds[k] = bind_socket(&cfg.listen[k], err, sizeof(err));
+            if (fds[k] < 0) {
+                fprintf(stderr, "gatewayd: %s\n", err);
+                mg_admin_close(&admin);
+                goto fail;
+            }
+        }
+        if (mg_worker_init(&workers[i], i, &cfg, fds, cfg.nlisten) != MG_OK) {
+            fprintf(stderr, "gatewayd: worker %d: %s\n", i, workers[i].error);
+            mg_admin_close(&admin);
+            goto fail;
+        }
+    }
     for (int i = 0; i < nworkers; i++)
         pthread_create(&workers[i].thread, NULL, mg_worker_run, &workers[i]);
     char addrs[512] = "";
@@ -223,45 +272,29 @@ int main(int argc, char **argv)
     mg_log_info(NULL, "gatewayd %s started: %d workers, %d routes, listening on %s", MG_VERSION, nworkers,
                 nroutes, addrs);
 
-    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
-    uint32_t drain_ms = cfg.drain_timeout_ms;
-    /* the main thread's loop: signals, the admin socket, the watchdog once a second */
-    for (;;) {
-        /* a negative fd is ignored by poll: the admin socket and listener are optional */
-        struct pollfd pf[3] = { { sfd, POLLIN, 0 }, { admin.listen_fd, POLLIN, 0 }, { admin.http_fd, POLLIN, 0 } };
-        int n = poll(pf, 3, 1000);
-        for (int i = 0; i < nworkers; i++)
-            mg_worker_watchdog(&workers[i], cfg.watchdog_ms);
-        mg_gen_graveyard_empty();
-        if (n > 0 && (pf[1].revents & POLLIN))
-            mg_admin_serve(&admin);
-        if (n > 0 && (pf[2].revents & POLLIN))
-            mg_admin_serve_http(&admin);
-        if (admin.stop_requested) {
-            drain_ms = admin.stop_drain_ms;
-            mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
-            break;
-        }
-        if (n <= 0 || !(pf[0].revents & POLLIN))
-            continue;
-        struct signalfd_siginfo si;
-        if (read(sfd, &si, sizeof(si)) != sizeof(si))
-            continue;
-        int sig = (int)si.ssi_signo;
-        if (sig == SIGHUP) {
-            if (mg_admin_reload(&admin, err, sizeof(err)) != MG_OK)
-                mg_log_error(NULL, "SIGHUP: reload refused, the running configuration is unchanged: %s", err);
-            continue;
-        }
-        if (sig == SIGUSR1) {
-            if (mg_log_reopen(err, sizeof(err)) != MG_OK)
-                mg_log_error(NULL, "SIGUSR1: %s", err);
-            continue;
-        }
-        mg_log_info(NULL, "signal %d: draining (up to %u ms) and stopping", sig, drain_ms);
-        break;
+    control_t ctl = { .admin = &admin, .workers = workers, .nworkers = nworkers, .cfg = &cfg,
+                      .drain_ms = cfg.drain_timeout_ms };
+    ctl.base = event_base_new();
+    event_base_priority_init(ctl.base, PRIO_COUNT);
+    int sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+    struct event *sig_ev = event_new(ctl.base, sfd, EV_READ | EV_PERSIST, on_signal, &ctl);
+    struct event *tick = event_new(ctl.base, -1, EV_PERSIST, on_tick, &ctl);
+    event_priority_set(sig_ev, PRIO_CONTROL);
+    event_priority_set(tick, PRIO_CONTROL);
+    struct timeval second = { 1, 0 };
+    event_add(sig_ev, NULL);
+    event_add(tick, &second);
+    mg_admin_start(&admin, ctl.base, PRIO_ADMIN);
+    event_base_dispatch(ctl.base);
+    uint32_t drain_ms = ctl.drain_ms;
+    if (admin.stop_requested) {
+        drain_ms = admin.stop_drain_ms;
+        mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
     }
     mg_admin_close(&admin);
+    event_free(sig_ev);
+    event_free(tick);
+    event_base_free(ctl.base);
     close(sfd);
     for (int i = 0; i < nworkers; i++)
         mg_worker_stop(&workers[i], drain_ms);

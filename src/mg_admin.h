@@ -1,16 +1,38 @@
 /*
- * mg_admin — the control side of gatewayd, run by the main thread: the admin
- * Unix socket that gatewayctl talks to, reload, status and stop.
+ * mg_admin — the control side of gatewayd, run by the main thread on its
+ * event loop: the admin Unix socket that gatewayctl talks to, the admin HTTP
+ * listener (metrics, status), reload, status and stop.
  *
- * Protocol (one exchange per connection): the client sends one line
- * "<command> [args...]\n"; the server answers "OK\n" or "ERR\n", then the
- * text of the answer, then closes. Commands: status [json], routes, reload,
- * check [FILE], reopen-logs, stop [DRAIN_SECONDS].
+ * Both listeners are event-driven: any number of clients are read and
+ * answered at once, without blocking, so no client (one that trickles its
+ * request, one that never reads its answer) delays signals, reloads, the
+ * watchdog or another client. Each listener takes at most
+ * MG_ADMIN_MAX_CONNS connections (more are told so and closed at once); a
+ * request must arrive whole within MG_ADMIN_HEAD_TIMEOUT_MS of the
+ * connection; an answer is closed when the client reads none of it for
+ * MG_ADMIN_SEND_TIMEOUT_S, or has not read it all MG_ADMIN_ANSWER_TIMEOUT_S
+ * after it was ready; answers queued on all connections together are kept
+ * below MG_ADMIN_MAX_QUEUED bytes (beyond, a client is asked to retry).
+ *
+ * Admin socket protocol (one exchange per connection): the client sends one
+ * line "<command> [args]\n"; the server answers "OK <length>\n" or
+ * "ERR <length>\n", then <length> bytes of text, then closes. Commands:
+ * status [json], routes [json], upstreams [json], reload, check [FILE],
+ * reopen-logs, stop [DRAIN_SECONDS].
  */
 #ifndef MG_ADMIN_H
 #define MG_ADMIN_H
 
 #include "mg_worker.h"
+
+#define MG_ADMIN_MAX_CONNS 32           /* per listener */
+#define MG_ADMIN_HEAD_TIMEOUT_MS 2000   /* the request line (socket) or head (HTTP), from the connection */
+#define MG_ADMIN_SEND_TIMEOUT_S 10      /* no byte of the answer read for this long: closed */
+#define MG_ADMIN_ANSWER_TIMEOUT_S 30    /* the answer not read whole this long after it was ready: closed */
+#define MG_ADMIN_MAX_QUEUED (64u << 20) /* answer bytes queued on all admin connections */
+#define MG_ADMIN_SEMA_LISTED 100        /* semaphores listed one by one besides the config's (mg_admin_status.c) */
+
+typedef struct mg_admin_conn mg_admin_conn_t;
 
 typedef struct mg_admin {
     const char *file;             /* the config file reloads read */
@@ -22,25 +44,41 @@ typedef struct mg_admin {
     int listen_fd;                /* the admin socket, -1 when none */
     int http_fd;                  /* the admin HTTP listener (metrics, status), -1 when none */
     char *socket_path;
-    int stop_requested;
+    int stop_requested;           /* by `gatewayctl stop`: the loop was broken */
     uint32_t stop_drain_ms;
+    /* set by mg_admin_start */
+    struct event_base *base;
+    struct event *accept_ev[2];   /* the admin socket, admin_listen */
+    int nconns[2];
+    mg_admin_conn_t *conns;
+    int notify_fd;                /* eventfd: a worker finished a rendering */
+    struct event *notify_ev;
 } mg_admin_t;
 
 /* Binds the admin socket (mode 0600; a stale socket file is replaced). */
 int mg_admin_open(mg_admin_t *a, const char *path, char *err, size_t errlen);
-/* Serves one waiting client on the admin socket. */
-void mg_admin_serve(mg_admin_t *a);
-
-/* The admin HTTP listener: GET /metrics (Prometheus text), GET /status (JSON). */
+/* Binds the admin HTTP listener: GET /metrics (Prometheus text), GET /status (JSON). */
 int mg_admin_open_http(mg_admin_t *a, const char *addr, char *err, size_t errlen);
-void mg_admin_serve_http(mg_admin_t *a);
+/*
+ * Serves the opened listeners on base, the main thread's loop, at the given
+ * libevent priority. `gatewayctl stop` sets a->stop_requested and breaks the
+ * loop.
+ */
+int mg_admin_start(mg_admin_t *a, struct event_base *base, int priority);
 /*
  * Loads `a->file` again: validated completely, then built for every worker
- * and published. On error nothing changes; the message (file:line) is in err.
+ * (on this thread) and published; returns without waiting for the workers to
+ * switch. On error nothing changes; the message (file:line) is in err.
  */
 int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen);
+/* Closes the listeners (removing the socket file) and every admin connection. */
 void mg_admin_close(mg_admin_t *a);
 /* The compiled routes of `file` as text (malloc'd), or NULL with err. */
 char *mg_admin_routes_text(const char *file, char *err, size_t errlen);
+
+/* Internal to mg_admin*.c: the answers (mg_admin_status.c). */
+void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json);
+void mg__admin_metrics(mg_admin_t *a, mg_text_t *o);
+int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen);
 
 #endif

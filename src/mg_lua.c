@@ -310,7 +310,17 @@ static void task_resume(mg_task_t *t, int nargs)
 {
     lua_State *co = t->co;
     t->wait = NULL;
+    /* the watchdog reads which task runs (mg_worker.c); seq_cst pairs with its MG_RUNNING_INSPECTING */
+    mg_running_t *run = t->vm->running;
+    mg_task_t *outer = run ? run->task : NULL;
+    if (run)
+        __atomic_store_n(&run->task, t, __ATOMIC_SEQ_CST);
     int rc = lua_resume(co, nargs);
+    if (run) {
+        __atomic_store_n(&run->task, outer, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&run->watch, __ATOMIC_SEQ_CST))
+            mg_running_settle(run, t);
+    }
     if (rc == LUA_YIELD) {
         if (t->wait)
             return; /* a gw.* operation is pending; its completion resumes us */

@@ -68,6 +68,7 @@ struct mg_task {
     mg_ledger_t ledger;                 /* what the task holds: run by mg_task_release (see the file comment) */
     mg_ledger_t *scope;                 /* where gw.* calls register what they take; NULL: &ledger.
                                            Set by the owner before mg_task_start; kept across starts */
+    const char *route;                  /* the route's name, for the watchdog; owned by the generation */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
     uint64_t sleep_due_us;              /* gw.sleep ends at this monotonic time, not before */
@@ -75,6 +76,28 @@ struct mg_task {
     struct event sema_timer;
     mg_wait_t sema_wait;
 };
+
+/*
+ * What a worker is running right now, for the watchdog on the main thread
+ * (the protocol is in mg_worker.c, at mg_worker_watchdog). task_resume stores
+ * the task it resumes and restores the outer one when lua_resume returns;
+ * only while the watchdog looks does the worker take the slow path
+ * (mg_running_settle), so the hot path is one store each way and a load.
+ */
+typedef struct mg_running {
+    mg_task_t *task;                    /* the innermost task being resumed, NULL between tasks (atomic) */
+    int watch;                          /* MG_RUNNING_* set by the main thread (atomic) */
+    mg_task_t *kill;                    /* the task the watchdog's hook ends (atomic) */
+    uint32_t late_ms;                   /* how late the worker was when the hook was set (atomic) */
+    int kill_logged;                    /* worker thread only: the hook said what it killed */
+    uint64_t kills;                     /* requests the hook ended (atomic: main reads it) */
+} mg_running_t;
+
+#define MG_RUNNING_INSPECTING 1         /* the main thread reads *task: it must not end meanwhile */
+#define MG_RUNNING_ARMED 2              /* a hook is set to end `kill` */
+
+/* Worker thread: the slow path of leaving task t (mg_worker.c). */
+void mg_running_settle(mg_running_t *run, mg_task_t *t);
 
 struct mg_vm {
     lua_State *L;
@@ -92,6 +115,7 @@ struct mg_vm {
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
     mg_ledger_t ledger;                 /* its timers, background tasks, what its main thread took: run by mg_vm_stop */
     mg_mailbox_t *mailbox;              /* the worker's, for gw.semaphore waits (NULL in specs) */
+    mg_running_t *running;              /* the worker's, once it runs this VM (NULL on the main thread) */
     int stopped;
     int nadhoc;
     int pool_n;

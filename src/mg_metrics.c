@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "mg_log.h"
+
 static const double bounds[MG_METRICS_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5 };
 
 void mg_text_add(mg_text_t *t, const char *fmt, ...)
@@ -23,6 +25,78 @@ void mg_text_add(mg_text_t *t, const char *fmt, ...)
         }
         t->cap = (t->cap ? t->cap * 2 : 8192) + (size_t)n;
         t->p = mg_realloc(t->p, t->cap);
+    }
+}
+
+void mg_text_append(mg_text_t *t, const char *p, size_t n)
+{
+    if (t->len + n + 1 > t->cap) {
+        t->cap = (t->cap ? t->cap * 2 : 8192) + n;
+        t->p = mg_realloc(t->p, t->cap);
+    }
+    memcpy(t->p + t->len, p, n);
+    t->len += n;
+    t->p[t->len] = '\0';
+}
+
+/* The length of the valid UTF-8 sequence at s (not overlong, no surrogates), or 0. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    if (s[0] < 0x80)
+        return 1;
+    size_t n = s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+             : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((n == 3 && s[0] == 0xe0 && s[1] < 0xa0) || (n == 3 && s[0] == 0xed && s[1] >= 0xa0) ||
+        (n == 4 && s[0] == 0xf0 && s[1] < 0x90) || (n == 4 && s[0] == 0xf4 && s[1] >= 0x90))
+        return 0;
+    return n;
+}
+
+void mg_text_label(mg_text_t *t, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = utf8_seq(p);
+        if (n == 0) {
+            mg_text_append(t, "\xef\xbf\xbd", 3);
+            p++;
+        } else if (*p == '"' || *p == '\\') {
+            char esc[2] = { '\\', (char)*p };
+            mg_text_append(t, esc, 2);
+            p++;
+        } else if (*p == '\n') {
+            mg_text_append(t, "\\n", 2);
+            p++;
+        } else {
+            mg_text_append(t, (const char *)p, n);
+            p += n;
+        }
+    }
+}
+
+void mg_text_json(mg_text_t *t, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t run = 0, n;
+        while (p[run] && (n = utf8_seq(p + run)) != 0)
+            run += n;
+        if (run) {
+            /* worst case: every byte becomes \u00XX */
+            if (t->len + 6 * run + 1 > t->cap) {
+                t->cap = (t->cap ? t->cap * 2 : 8192) + 6 * run;
+                t->p = mg_realloc(t->p, t->cap);
+            }
+            t->len += mg_json_escape(t->p + t->len, t->cap - t->len, (const char *)p, run);
+            p += run;
+        }
+        if (*p) {
+            mg_text_append(t, "\\ufffd", 6);
+            p++;
+        }
     }
 }
 
@@ -67,34 +141,22 @@ void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double se
         u->errors[error->id]++;
 }
 
-static void label(mg_text_t *o, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            mg_text_add(o, "\\%c", *s);
-        else if (*s == '\n')
-            mg_text_add(o, "\\n");
-        else
-            mg_text_add(o, "%c", *s);
-    }
-}
-
 static void histogram(mg_text_t *o, const char *metric, const char *key, const mg_series_t *s, int worker)
 {
     uint64_t cum = 0;
     for (int b = 0; b <= MG_METRICS_BUCKETS; b++) {
         cum += s->hist[b];
         mg_text_add(o, "%s_bucket{worker=\"%d\",%s=\"", metric, worker, key);
-        label(o, s->name);
+        mg_text_label(o, s->name);
         if (b < MG_METRICS_BUCKETS)
             mg_text_add(o, "\",le=\"%g\"} %llu\n", bounds[b], (unsigned long long)cum);
         else
             mg_text_add(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     }
     mg_text_add(o, "%s_sum{worker=\"%d\",%s=\"", metric, worker, key);
-    label(o, s->name);
+    mg_text_label(o, s->name);
     mg_text_add(o, "\"} %.6f\n%s_count{worker=\"%d\",%s=\"", s->sum_s, metric, worker, key);
-    label(o, s->name);
+    mg_text_label(o, s->name);
     mg_text_add(o, "\"} %llu\n", (unsigned long long)cum);
 }
 
@@ -109,7 +171,7 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
                 if (!s->by_class[c])
                     continue;
                 mg_text_add(o, "%s{worker=\"%d\",%s=\"", metric, worker, key);
-                label(o, s->name);
+                mg_text_label(o, s->name);
                 mg_text_add(o, "\",status=\"%s\"} %llu\n", classes[c], (unsigned long long)s->by_class[c]);
             }
             if (!s->is_upstream) {
@@ -121,7 +183,7 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
                 if (!s->errors[k])
                     continue;
                 mg_text_add(o, "moongate_upstream_errors_total{worker=\"%d\",upstream=\"", worker);
-                label(o, s->name);
+                mg_text_label(o, s->name);
                 mg_text_add(o, "\",kind=\"%s\"} %llu\n", mg_errors[k].name, (unsigned long long)s->errors[k]);
             }
         }

@@ -36,6 +36,17 @@ typedef struct mg_text {
 } mg_text_t;
 
 void mg_text_add(mg_text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mg_text_append(mg_text_t *t, const char *p, size_t n);
+/*
+ * The escapers every name from a config or a request goes through on its way
+ * to an answer. mg_text_label: a Prometheus label value (without the quotes):
+ * \\, \" and \n escaped, as the text format requires. mg_text_json: a JSON
+ * string body (without the quotes), by mg_json_escape; also for the text
+ * answers, where it keeps one name on one line. Both replace bytes that are
+ * not UTF-8 with U+FFFD: a parser of either format would refuse them.
+ */
+void mg_text_label(mg_text_t *t, const char *s);
+void mg_text_json(mg_text_t *t, const char *s);
 
 /* Appends the worker's series with a worker="id" label. */
 void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *out);

@@ -153,6 +153,7 @@ static void req_end(mg_req_t *r)
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->chain_ref);
     r->log_task.trace_id = r->trace_id; /* it owns what it takes: its ledger runs when it ends */
+    r->log_task.route = r->route->name;
     mg_task_start(&r->log_task, vm, 2, on_log_done, r);
 }
 
@@ -632,6 +633,7 @@ void mg_req_run(mg_req_t *r)
         mg_req_push_ctx(r);
     }
     r->task.trace_id = r->trace_id;
+    r->task.route = route->name; /* kept for the filter tasks that reuse r->task */
     r->task_running = 1;
     mg_task_start(&r->task, vm, nargs, on_handler_done, r);
 }

@@ -101,8 +101,10 @@ static int l_spawn(lua_State *L)
     s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     /* the child's own ledger (scope NULL) holds what it takes; the parent's holds the child */
     mg_ledger_add(parent ? &parent->ledger : &vm->ledger, &s->in_parent, parent_ended);
-    if (parent)
+    if (parent) {
         s->task.trace_id = parent->trace_id;
+        s->task.route = parent->route;
+    }
     /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
     lua_insert(L, 1);
     if (L != vm->L)

@@ -11,6 +11,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <stdio.h>
+#include <sched.h>
+#include <stddef.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -46,6 +48,14 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && errno == EINVAL && !w->draining) {
+            /* the watchdog shut it while we were stuck, and we are back: rejoin the SO_REUSEPORT group */
+            if (listen(lfd, 4096) == 0)
+                mg_log_info(NULL, "worker %d is back in its event loop: it takes new connections again", w->id);
+            else
+                mg_log_error(NULL, "worker %d: cannot listen again: %s", w->id, strerror(errno));
+            return;
+        }
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 /* EMFILE and friends: log and keep the listener; the loop retries on the next pass */
@@ -72,29 +82,196 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     __atomic_store_n(&w->beat, mg_now_ms(), __ATOMIC_RELAXED);
 }
 
+/*
+ * The watchdog: mg_worker_watchdog runs on the main thread once a second.
+ *
+ * Looking inside a stuck worker. task_resume (mg_lua.c) stores the task it
+ * resumes in w->running.task and restores the outer one when lua_resume
+ * returns. Right after that the worker may free the task (timers, spawned
+ * children and init_worker are heap objects), so the main thread looks inside
+ * a task only while the worker cannot leave it: main sets
+ * MG_RUNNING_INSPECTING, then loads running.task; the worker stores the outer
+ * task, then loads running.watch and, while INSPECTING is set, waits in
+ * mg_running_settle. All four accesses are sequentially consistent (Dekker's
+ * pattern): either main loads a task that is already left, never a freed
+ * one, or the worker sees INSPECTING and waits, so the task main loaded stays
+ * alive until main clears the flag. Main holds it for two short copies and one
+ * lua_sethook, never across I/O or a lock.
+ *
+ * Ending the stuck task. lua_sethook may be called asynchronously (LuaJIT's
+ * lua.c calls it from a signal handler): it stores the hook and its count in
+ * the VM's global state and switches the interpreter's dispatch entries, each
+ * an aligned pointer store (it also aborts a trace being recorded; by the time
+ * a worker is late, a loop that reaches the interpreter is long blacklisted).
+ * Main sets the hook on the VM the task runs on (task->vm->L: hooks belong to
+ * the VM, not to a coroutine), inside the window. That VM cannot be closed
+ * meanwhile, or at all while the watchdog runs: only the main thread closes
+ * VMs (mg_gen_graveyard_empty, reload's never-installed generations,
+ * mg_worker_free after the join), and it is busy here. The hook runs on the
+ * worker thread and touches only worker state. The worker removes it when the
+ * task it was aimed at leaves its resume, however it leaves (mg_running_settle,
+ * which never overlaps main's lua_sethook: main sets a hook only inside a
+ * window and only when none is armed), so a late hook never ends a later
+ * request.
+ */
+void mg_running_settle(mg_running_t *run, mg_task_t *t)
+{
+    while (__atomic_load_n(&run->watch, __ATOMIC_SEQ_CST) & MG_RUNNING_INSPECTING)
+        sched_yield(); /* the main thread's window lasts microseconds */
+    if ((__atomic_load_n(&run->watch, __ATOMIC_ACQUIRE) & MG_RUNNING_ARMED) &&
+        __atomic_load_n(&run->kill, __ATOMIC_ACQUIRE) == t) {
+        lua_sethook(t->vm->L, NULL, 0, 0);
+        run->kill_logged = 0;
+        __atomic_store_n(&run->kill, NULL, __ATOMIC_RELEASE);
+        __atomic_and_fetch(&run->watch, ~MG_RUNNING_ARMED, __ATOMIC_SEQ_CST);
+    }
+}
+
+/* The plugin step running on co's stack (plugins.lua runs each from a local `step`). */
+static int find_step(lua_State *co, char *plugin, size_t plen, char *phase, size_t phlen)
+{
+    lua_Debug d;
+    if (!lua_checkstack(co, 4))
+        return 0;
+    for (int level = 0; lua_getstack(co, level, &d); level++) {
+        const char *name;
+        for (int i = 1; (name = lua_getlocal(co, &d, i)) != NULL; i++) {
+            int found = strcmp(name, "step") == 0 && lua_istable(co, -1);
+            if (found) {
+                lua_pushliteral(co, "name");
+                lua_rawget(co, -2);
+                snprintf(plugin, plen, "%s", lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : "?");
+                lua_pushliteral(co, "phase");
+                lua_rawget(co, -3);
+                snprintf(phase, phlen, "%s", lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : "?");
+                lua_pop(co, 2);
+            }
+            lua_pop(co, 1);
+            if (found)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* The watchdog's count hook: on the worker thread, inside the resume of the task it is aimed at. */
+static void on_watchdog_hook(lua_State *L, lua_Debug *ar)
+{
+    mg_vm_t *vm = mg_vm_of(L);
+    mg_running_t *run = vm ? vm->running : NULL;
+    mg_task_t *t = run ? __atomic_load_n(&run->kill, __ATOMIC_ACQUIRE) : NULL;
+    if (!t)
+        return; /* not armed: the hook is removed with the arm, so this does not happen */
+    mg_worker_t *w = (mg_worker_t *)((char *)run - offsetof(mg_worker_t, running));
+    uint64_t ms = mg_now_ms() - w->beat;
+    char where[512] = "?";
+    if (lua_getinfo(L, "Sl", ar))
+        snprintf(where, sizeof(where), "%s:%d", ar->source[0] == '@' ? ar->source + 1 : ar->short_src,
+                 ar->currentline);
+    if (!run->kill_logged) {
+        run->kill_logged = 1;
+        __atomic_add_fetch(&run->kills, 1, __ATOMIC_RELAXED);
+        char plugin[128], phase[64], what[256];
+        /* a coroutine of the handler's own runs on L; the plugin steps are on the task's */
+        if (find_step(L, plugin, sizeof(plugin), phase, sizeof(phase)) ||
+            (L != t->co && find_step(t->co, plugin, sizeof(plugin), phase, sizeof(phase))))
+            snprintf(what, sizeof(what), "plugin %s, phase %s", plugin, phase);
+        else
+            snprintf(what, sizeof(what), "%s", t->route ? "the route's handler" : "a background task");
+        mg_log_error(t->trace_id, "watchdog: worker %d ended the request on route %s after %llu ms without "
+                                  "yielding: %s, running %s",
+                     w->id, t->route ? t->route : "-", (unsigned long long)ms, what, where);
+    }
+    /* a handler that catches this with pcall gets it again every 1000 instructions, until it returns */
+    lua_pushfstring(L, "killed by the watchdog after %d ms without yielding (at %s)", (int)ms, where);
+    lua_error(L);
+}
+
+/* Main thread: what the stuck worker runs (see above); sets the hook that ends it. */
+static int look_inside(mg_worker_t *w, uint64_t now)
+{
+    mg_running_t *run = &w->running;
+    __atomic_or_fetch(&run->watch, MG_RUNNING_INSPECTING, __ATOMIC_SEQ_CST);
+    mg_task_t *t = __atomic_load_n(&run->task, __ATOMIC_SEQ_CST);
+    if (t) {
+        /* t cannot be left, so not freed, until INSPECTING is cleared below */
+        snprintf(w->stuck_trace, sizeof(w->stuck_trace), "%s", t->trace_id ? t->trace_id : "");
+        snprintf(w->stuck_route, sizeof(w->stuck_route), "%s", t->route ? t->route : "");
+        if (!(__atomic_load_n(&run->watch, __ATOMIC_SEQ_CST) & MG_RUNNING_ARMED)) {
+            __atomic_store_n(&run->kill, t, __ATOMIC_RELEASE);
+            __atomic_or_fetch(&run->watch, MG_RUNNING_ARMED, __ATOMIC_SEQ_CST);
+            lua_sethook(t->vm->L, on_watchdog_hook, LUA_MASKCOUNT, 1000);
+            w->kills_at_arm = __atomic_load_n(&run->kills, __ATOMIC_RELAXED);
+            w->kill_sent_ms = now;
+            w->kill_ineffective = 0;
+        }
+    }
+    __atomic_and_fetch(&run->watch, ~MG_RUNNING_INSPECTING, __ATOMIC_SEQ_CST);
+    return t != NULL;
+}
+
 void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms)
 {
     uint64_t beat = __atomic_load_n(&w->beat, __ATOMIC_RELAXED);
-    uint64_t late = mg_now_ms() - beat;
-    if (late <= limit_ms) {
-        if (w->stuck_reported) {
-            mg_log_warn(NULL, "worker %d is responsive again", w->id);
-            w->stuck_reported = 0;
+    uint64_t now = mg_now_ms();
+    uint64_t late = now > beat ? now - beat : 0;
+    if (w->stuck_reported && (late <= limit_ms || beat != w->stuck_beat)) {
+        mg_log_warn(NULL, "worker %d is responsive again", w->id);
+        w->stuck_reported = 0;
+        w->kill_sent_ms = 0;
+        w->kill_ineffective = 0;
+        w->stuck_trace[0] = w->stuck_route[0] = '\0';
+    }
+    if (late <= limit_ms)
+        return;
+    if (w->stuck_reported) {
+        int armed = __atomic_load_n(&w->running.watch, __ATOMIC_SEQ_CST) & MG_RUNNING_ARMED;
+        if (!armed)
+            look_inside(w, now); /* the task it was aimed at ended, the worker is still away: the next one */
+        else if (!w->kill_ineffective && w->kill_sent_ms && now - w->kill_sent_ms + 100 >= MG_WATCHDOG_KILL_MS) {
+            w->kill_ineffective = 1;
+            if (__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED) != w->kills_at_arm)
+                mg_log_error(w->stuck_trace[0] ? w->stuck_trace : NULL,
+                             "watchdog: worker %d is still stuck on route %s: the code catches the watchdog's error "
+                             "(pcall) and keeps running; it gets it again until it returns",
+                             w->id, w->stuck_route[0] ? w->stuck_route : "-");
+            else
+            mg_log_error(w->stuck_trace[0] ? w->stuck_trace : NULL,
+                         "watchdog: worker %d is still stuck on route %s %llu ms after the watchdog set its hook: "
+                         "the code is a loop LuaJIT compiled, or a blocking call, which the hook cannot "
+                         "interrupt; the worker stays fenced off (restart the gateway to recover it)",
+                         w->id, w->stuck_route[0] ? w->stuck_route : "-", (unsigned long long)(now - w->kill_sent_ms));
         }
         return;
     }
-    if (w->stuck_reported)
-        return;
     w->stuck_reported = 1;
-    mg_log_error(NULL, "worker %d has not returned to its event loop for %llu ms: a handler or plugin is "
-                       "running code that does not yield (a loop, or blocking I/O); its listening sockets are "
-                       "shut so new connections go to the other workers",
-                 w->id, (unsigned long long)late);
+    w->stuck_beat = beat;
+    int in_task = look_inside(w, now);
+    const char *tid = w->stuck_trace[0] ? w->stuck_trace : NULL;
+    if (in_task)
+        mg_log_error(tid, "worker %d has not returned to its event loop for %llu ms: route %s (trace id %s) is running "
+                          "code that does not yield (a loop, or blocking I/O); its listening sockets are shut so new "
+                          "connections go to the other workers, and the request is ended when it next runs "
+                          "interpreted Lua",
+                     w->id, (unsigned long long)late, w->stuck_route[0] ? w->stuck_route : "-",
+                     tid ? tid : "-");
+    else
+        mg_log_error(NULL, "worker %d has not returned to its event loop for %llu ms, outside any request task (a "
+                           "blocking call?); its listening sockets are shut so new connections go to the other "
+                           "workers",
+                     w->id, (unsigned long long)late);
     /* leaves the SO_REUSEPORT group: the kernel stops handing this worker connections */
     for (int i = 0; i < w->nfds; i++)
         shutdown(w->fds[i], SHUT_RD);
 }
 
+uint64_t mg_worker_stuck_ms(const mg_worker_t *w)
+{
+    if (!w->stuck_reported)
+        return 0;
+    uint64_t beat = __atomic_load_n(&w->beat, __ATOMIC_RELAXED), now = mg_now_ms();
+    return now > beat ? now - beat : 1;
+}
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_reap(arg);
@@ -151,6 +328,7 @@ static void gen_activate(mg_worker_t *w, mg_gen_t *gen)
             mg_log_warn(NULL, "cannot read hosts_file %s", cfg->hosts_file);
     }
     gen->vm->mailbox = &w->mailbox;
+    gen->vm->running = &w->running; /* from now on this thread runs it */
     for (int i = 0; i < gen->nupstreams; i++) {
         gen->upstreams[i].mailbox = &w->mailbox;
         mg_upstream_start(&gen->upstreams[i], w->base, w->dns);
@@ -226,11 +404,16 @@ static void render_upstreams(mg_worker_t *w, mg_text_t *o)
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
             int healthy = t->len && !t->active_down && (!t->ejected_until || now >= t->ejected_until);
-            mg_text_add(o, "moongate_upstream_pool_idle{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
-                           "moongate_upstream_inflight{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n"
-                           "moongate_upstream_target_healthy{worker=\"%d\",upstream=\"%s\",target=\"%s\"} %d\n",
-                        w->id, up->name, t->text, t->nidle, w->id, up->name, t->text, t->inflight,
-                        w->id, up->name, t->text, healthy);
+            static const char *gauges[] = { "moongate_upstream_pool_idle", "moongate_upstream_inflight",
+                                            "moongate_upstream_target_healthy" };
+            int values[] = { t->nidle, t->inflight, healthy };
+            for (int g = 0; g < 3; g++) {
+                mg_text_add(o, "%s{worker=\"%d\",upstream=\"", gauges[g], w->id);
+                mg_text_label(o, up->name);
+                mg_text_add(o, "\",target=\"");
+                mg_text_label(o, t->text);
+                mg_text_add(o, "\"} %d\n", values[g]);
+            }
         }
     }
 }
@@ -248,12 +431,15 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
                 (unsigned long long)mg_worker_generation(w));
     for (int i = 0; i < w->gen->nupstreams; i++) {
         mg_upstream_t *up = &w->gen->upstreams[i];
-        mg_text_add(o, "%s{\"name\":\"%s\",\"targets\":[", i ? "," : "", up->name);
+        mg_text_add(o, "%s{\"name\":\"", i ? "," : "");
+        mg_text_json(o, up->name);
+        mg_text_add(o, "\",\"targets\":[");
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
-            mg_text_add(o, "%s{\"target\":\"%s\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,"
-                           "\"requests\":%llu,\"failures\":%llu}",
-                        k ? "," : "", t->text, target_health(t, now), t->inflight, t->nidle,
+            mg_text_add(o, "%s{\"target\":\"", k ? "," : "");
+            mg_text_json(o, t->text);
+            mg_text_add(o, "\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,\"requests\":%llu,\"failures\":%llu}",
+                        target_health(t, now), t->inflight, t->nidle,
                         (unsigned long long)t->requests, (unsigned long long)t->failures);
         }
         mg_text_add(o, "]}");
@@ -264,28 +450,38 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
 static void upstream_table(mg_worker_t *w, mg_text_t *o)
 {
     uint64_t now = mg_now_ms();
-    if (w->render_upstreams_text == 2) {
-        upstream_json(w, o);
-        return;
-    }
     mg_text_add(o, "worker %d:\n", w->id);
     for (int i = 0; i < w->gen->nupstreams; i++) {
         mg_upstream_t *up = &w->gen->upstreams[i];
-        mg_text_add(o, "  upstream %s (%s)\n", up->name,
-                    up->balance == MG_BALANCE_LEAST_CONN ? "least_conn" : up->balance == MG_BALANCE_HASH ? "hash"
-                                                                                                    : "round_robin");
+        mg_text_add(o, "  upstream ");
+        mg_text_json(o, up->name);
+        mg_text_add(o, " (%s)\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
+                                  : up->balance == MG_BALANCE_HASH    ? "hash"
+                                                                      : "round_robin");
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
-            mg_text_add(o, "    %-28s %-20s in flight %d, idle %d, requests %llu, failures %llu\n", t->text,
-                        target_health(t, now),
-                        t->inflight, t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
+            size_t at = o->len;
+            mg_text_add(o, "    ");
+            mg_text_json(o, t->text);
+            mg_text_add(o, "%*s %-20s in flight %d, idle %d, requests %llu, failures %llu\n",
+                        (int)(o->len - at < 32 ? 32 - (o->len - at) : 0), "", target_health(t, now), t->inflight,
+                        t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
         }
     }
 }
 
-static int render(mg_worker_t *w, mg_text_t *out, int upstreams);
-
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json) { return render(w, out, json ? 2 : 1); }
+static void render_one(mg_worker_t *w, mg_render_t *r)
+{
+    if (r->kind == MG_RENDER_UPSTREAMS_JSON) {
+        upstream_json(w, &r->out);
+    } else if (r->kind == MG_RENDER_UPSTREAMS_TEXT) {
+        upstream_table(w, &r->out);
+    } else {
+        mg_text_add(&r->out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
+        mg_metrics_render(&w->metrics, w->id, &r->out);
+        render_upstreams(w, &r->out);
+    }
+}
 
 static void on_metrics(evutil_socket_t fd, short what, void *arg)
 {
@@ -295,43 +491,46 @@ static void on_metrics(evutil_socket_t fd, short what, void *arg)
         /* readable was enough */
     }
     pthread_mutex_lock(&w->metrics_lock);
-    if (w->metrics_out && w->render_upstreams_text) {
-        upstream_table(w, w->metrics_out);
-        w->metrics_out = NULL;
-        pthread_cond_signal(&w->metrics_cond);
-    } else if (w->metrics_out) {
-        mg_text_add(w->metrics_out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
-        mg_metrics_render(&w->metrics, w->id, w->metrics_out);
-        render_upstreams(w, w->metrics_out);
-        w->metrics_out = NULL;
-        pthread_cond_signal(&w->metrics_cond);
-    }
+    mg_render_t *r = w->renders;
+    w->renders = NULL;
     pthread_mutex_unlock(&w->metrics_lock);
+    while (r) {
+        mg_render_t *next = r->next;
+        render_one(w, r);
+        __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        if (write(r->notify_fd, &one, sizeof(one)) < 0) {
+            /* the asker's eventfd is full or gone: it sees done on its timeout */
+        }
+        mg_render_put(r);
+        r = next;
+    }
 }
 
-int mg_worker_metrics(mg_worker_t *w, mg_text_t *out) { return render(w, out, 0); }
-
-static int render(mg_worker_t *w, mg_text_t *out, int upstreams)
+mg_render_t *mg_worker_render(mg_worker_t *w, int kind, int notify_fd)
 {
+    mg_render_t *r = mg_calloc(1, sizeof(*r));
+    r->kind = kind;
+    r->notify_fd = notify_fd;
+    r->refs = 2;
     pthread_mutex_lock(&w->metrics_lock);
-    w->render_upstreams_text = upstreams;
-    w->metrics_out = out;
-    uint64_t one = 1;
-    if (write(w->metrics_fd, &one, sizeof(one)) < 0) {
-        w->metrics_out = NULL;
-        pthread_mutex_unlock(&w->metrics_lock);
-        return MG_ERROR;
-    }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 1;
-    int rc = 0;
-    while (w->metrics_out && rc == 0)
-        rc = pthread_cond_timedwait(&w->metrics_cond, &w->metrics_lock, &until);
-    int ok = w->metrics_out == NULL;
-    w->metrics_out = NULL; /* a stuck worker: give up on its figures */
+    r->next = w->renders;
+    w->renders = r;
     pthread_mutex_unlock(&w->metrics_lock);
-    return ok ? MG_OK : MG_ERROR;
+    uint64_t one = 1;
+    if (write(w->metrics_fd, &one, sizeof(one)) < 0)
+        mg_log_error(NULL, "cannot ask worker %d for its figures: %s", w->id, strerror(errno));
+    return r;
+}
+
+int mg_render_done(mg_render_t *r) { return __atomic_load_n(&r->done, __ATOMIC_ACQUIRE); }
+
+void mg_render_put(mg_render_t *r)
+{
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(r->out.p);
+        free(r);
+    }
 }
 
 void mg_worker_conn_closed(mg_worker_t *w)
@@ -383,7 +582,6 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
     event_add(w->reload_ev, NULL);
     w->retire_ev = event_new(w->base, -1, 0, on_retire, w);
     pthread_mutex_init(&w->metrics_lock, NULL);
-    pthread_cond_init(&w->metrics_cond, NULL);
     w->metrics_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->metrics_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, on_metrics, w);
     event_add(w->metrics_ev, NULL);
@@ -438,6 +636,11 @@ void mg_worker_free(mg_worker_t *w)
         event_free(w->reload_ev);
     if (w->metrics_ev)
         event_free(w->metrics_ev);
+    while (w->renders) { /* asked for after the loop stopped: nobody renders them now */
+        mg_render_t *r = w->renders;
+        w->renders = r->next;
+        mg_render_put(r);
+    }
     if (w->metrics_fd > 0)
         close(w->metrics_fd);
     mg_metrics_free(&w->metrics);

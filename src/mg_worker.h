@@ -30,15 +30,21 @@ typedef struct mg_worker {
     int nfds;
     struct event *heartbeat;
     uint64_t beat;                        /* loop liveness, written by the worker, read by main (atomic) */
-    int stuck_reported;
+    mg_running_t running;                 /* the task its VMs run now, for the watchdog (mg_lua.h) */
+    /* the watchdog's view of this worker: main thread only */
+    int stuck_reported;                   /* reported stuck, fenced off */
+    uint64_t stuck_beat;                  /* the heartbeat it is stuck after */
+    uint64_t kill_sent_ms;                /* when the hook that ends the task was set; 0: none */
+    int kill_ineffective;                 /* the worker is still stuck a second after the hook was set */
+    uint64_t kills_at_arm;                /* running.kills then: did the hook fire? */
+    char stuck_trace[129];                /* the stuck task's trace id and route ("" when none) */
+    char stuck_route[256];
     uint64_t requests;                    /* requests ended (atomic: main reads it) */
     mg_metrics_t metrics;                 /* written and rendered by this worker only */
-    int metrics_fd;                       /* eventfd: the main thread asks for a rendering */
+    int metrics_fd;                       /* eventfd: the main thread queued a rendering */
     struct event *metrics_ev;
     pthread_mutex_t metrics_lock;
-    pthread_cond_t metrics_cond;
-    mg_text_t *metrics_out;               /* where to render; NULL when done */
-    int render_upstreams_text;            /* render the human upstream table instead */
+    struct mg_render *renders;            /* renderings asked for (under metrics_lock) */
     uint32_t drain_ms;                    /* set by mg_worker_stop */
     struct event *listeners[MG_MAX_LISTEN]; /* accept events on fds[i] (closed with them) */
     int nlisteners;
@@ -77,11 +83,19 @@ int mg_worker_init(mg_worker_t *w, int id, const mg_config_t *cfg, const int *fd
 /* Thread body: runs the loop until stopped and drained. */
 void *mg_worker_run(void *arg);
 /*
- * Main thread: checks the worker's heartbeat. A worker that has not returned
- * to its loop for longer than limit_ms is running Lua that does not yield:
- * the watchdog logs it once and stops routing new connections to it.
+ * Main thread, once a second: checks the worker's heartbeat. A worker that
+ * has not returned to its loop for longer than limit_ms is running code that
+ * does not yield: the watchdog logs it with the running task's route and
+ * trace id, shuts its listening sockets (new connections go to the other
+ * workers) and sets a Lua hook that ends the task with an error the next time
+ * it runs interpreted Lua (a JIT-compiled loop or a blocking C call never
+ * reaches the hook). When the worker is back in its loop it listens again.
  */
 void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
+/* A hook that has not ended the stuck task this long after it was set cannot (status: "ineffective"). */
+#define MG_WATCHDOG_KILL_MS 1000
+/* Main thread: how long the worker has been stuck (0 when it is not). */
+uint64_t mg_worker_stuck_ms(const mg_worker_t *w);
 
 /*
  * Main thread: hands the worker its next generation (built for its loop).
@@ -91,10 +105,29 @@ void mg_worker_watchdog(mg_worker_t *w, uint32_t limit_ms);
 void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen);
 uint64_t mg_worker_generation(mg_worker_t *w);
 
-/* Main thread: the worker renders its metrics into out (waits at most 1 s). */
-int mg_worker_metrics(mg_worker_t *w, mg_text_t *out);
-/* Main thread: the worker describes its upstreams (targets, health, pools) into out, as text or JSON. */
-int mg_worker_upstreams(mg_worker_t *w, mg_text_t *out, int json);
+enum { MG_RENDER_METRICS, MG_RENDER_UPSTREAMS_TEXT, MG_RENDER_UPSTREAMS_JSON };
+
+/*
+ * A rendering of a worker's figures (its metrics, or its upstreams: targets,
+ * health, pools), asked for by the main thread without waiting for it: the
+ * worker renders on its own loop, sets done and writes to notify_fd (an
+ * eventfd of the asker's). Two references, the asker's and the worker's; the
+ * last mg_render_put frees it, so the asker may give up (timeout, client
+ * gone) before the worker answers.
+ */
+typedef struct mg_render {
+    int kind;                             /* MG_RENDER_* */
+    mg_text_t out;                        /* the worker's until done, then the asker's */
+    int done;                             /* atomic */
+    int refs;                             /* atomic */
+    int notify_fd;
+    struct mg_render *next;               /* the worker's queue */
+} mg_render_t;
+
+/* Main thread: queues a rendering; the caller owns one reference. */
+mg_render_t *mg_worker_render(mg_worker_t *w, int kind, int notify_fd);
+int mg_render_done(mg_render_t *r);
+void mg_render_put(mg_render_t *r);
 
 /* Worker thread: a request stopped using gen (frees a retired one that is no longer used). */
 void mg_worker_gen_unref(mg_worker_t *w, mg_gen_t *gen);

@@ -5,10 +5,15 @@
  *              | reopen-logs | stop [--drain SECONDS]
  *
  * Exit status: 0 done, 1 the gateway refused (the message says why, e.g. a
- * config error with file:line), 2 usage, 3 no gateway answers on the socket.
+ * config error with file:line), 2 usage, 3 no gateway answers on the socket
+ * (or its answer was cut short).
+ *
+ * The answer is read to the end, whatever its length ("OK <length>\n" says
+ * how long it is, so a cut answer is an error, not a short one).
  */
 #include <errno.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,33 +62,68 @@ static int exchange(const char *path, const char *line)
         close(fd);
         return 3;
     }
-    if (write(fd, line, strlen(line)) < 0) {
+    if (write(fd, line, strlen(line)) < 0 && errno != EPIPE) {
         fprintf(stderr, "gatewayctl: %s\n", strerror(errno));
         close(fd);
         return 3;
     }
-    char buf[65536];
-    size_t len = 0;
+    /* EPIPE: the gateway refused the connection (too many); its answer says so */
+    /* the whole answer, however long: "OK <length>\n" or "ERR <length>\n", the text, EOF */
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap);
     for (;;) {
-        ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
-        if (n <= 0)
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        if (!buf) {
+            fprintf(stderr, "gatewayctl: out of memory\n");
+            close(fd);
+            return 3;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "gatewayctl: reading the answer: %s\n", strerror(errno));
+            free(buf);
+            close(fd);
+            return 3;
+        }
+        if (n == 0)
             break;
         len += (size_t)n;
-        if (len == sizeof(buf) - 1) {
-            fwrite(buf, 1, len, stdout);
-            len = 0;
-        }
     }
     close(fd);
-    buf[len] = '\0';
-    int ok = strncmp(buf, "OK\n", 3) == 0;
-    const char *text = strchr(buf, '\n') ? strchr(buf, '\n') + 1 : buf;
-    fputs(text, ok ? stdout : stderr);
+    char *nl = memchr(buf, '\n', len);
+    int ok = len >= 3 && strncmp(buf, "OK", 2) == 0 && (buf[2] == ' ' || buf[2] == '\n');
+    int refused = len >= 4 && strncmp(buf, "ERR", 3) == 0 && (buf[3] == ' ' || buf[3] == '\n');
+    if (!nl || (!ok && !refused)) {
+        fprintf(stderr, "gatewayctl: the gateway on %s closed the connection without an answer\n", path);
+        free(buf);
+        return 3;
+    }
+    size_t head = (size_t)(nl - buf) + 1, want = len - head;
+    char *end;
+    if (buf[ok ? 2 : 3] == ' ') {
+        want = strtoul(buf + (ok ? 3 : 4), &end, 10);
+        if (end != nl)
+            want = len - head;
+    }
+    if (len - head < want) {
+        fwrite(buf + head, 1, len - head, ok ? stdout : stderr);
+        fprintf(stderr, "\ngatewayctl: the answer was cut after %zu of its %zu bytes\n", len - head, want);
+        free(buf);
+        return 3;
+    }
+    fwrite(buf + head, 1, want, ok ? stdout : stderr);
+    free(buf);
     return ok ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN);
     const char *sock = getenv("MOONGATE_SOCKET");
     if (!sock)
         sock = DEFAULT_SOCKET;

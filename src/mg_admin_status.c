@@ -1,0 +1,343 @@
+/*
+ * mg_admin_status — what the control side answers: status (text and JSON),
+ * the main thread's part of /metrics, the route table. Main thread only; it
+ * reads worker figures with atomic loads (and the watchdog's view, which the
+ * main thread owns).
+ *
+ * Every name in an answer goes through one escaper: mg_text_json in JSON and
+ * in the text answers (a name stays on one line, quotes and braces cannot
+ * close what they are in), mg_text_label in Prometheus label values.
+ *
+ * Semaphores are bounded here: clients create per-key ones (limit-conn keyed
+ * by a header, say), so listing each would let a client grow every answer
+ * and the exposition without limit. The config's ("upstream:...",
+ * "route:...", one per max_concurrency it declares) are always listed; of
+ * the others, the MG_ADMIN_SEMA_LISTED with the most permits in use (then
+ * the most queued, then by name) are listed, and the rest are summed into
+ * one entry per family, the part of the name before its first ':'
+ * ("limit-conn:*"), with how many were folded.
+ */
+#include "mg_admin.h"
+
+#include <lua.h>
+#include <stdio.h>
+
+#include "mg_log.h"
+#include "mg_sema.h"
+
+#define MAX_FAMILIES 32 /* beyond: one "*" entry (a family name could come from a request too) */
+
+typedef struct sema_row {
+    char *name;
+    mg_sema_stats_t st;
+    size_t folded; /* aggregates: how many semaphores it sums */
+} sema_row_t;
+
+typedef struct sema_view {
+    sema_row_t *rows;     /* listed first (rows[0..nlisted)), then the folded ones */
+    size_t n, cap, nlisted;
+    sema_row_t agg[MAX_FAMILIES + 1];
+    size_t nagg, folded;
+} sema_view_t;
+
+static void collect(mg_sema_t *s, void *arg)
+{
+    sema_view_t *v = arg;
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 64;
+        v->rows = mg_realloc(v->rows, v->cap * sizeof(*v->rows));
+    }
+    sema_row_t *r = &v->rows[v->n++];
+    r->name = strdup(mg_sema_name(s));
+    mg_sema_stats(s, &r->st);
+    r->folded = 0;
+}
+
+/* The config's (upstream:*, route:*): as many as it declares, always listed. */
+static int is_config(const sema_row_t *r) { return mg_sema_config_name(r->name); }
+
+/* the config's first by name, then the busiest first */
+static int by_rank(const void *pa, const void *pb)
+{
+    const sema_row_t *a = pa, *b = pb;
+    if (is_config(a) != is_config(b))
+        return is_config(a) ? -1 : 1;
+    if (!is_config(a)) {
+        if (a->st.in_use != b->st.in_use)
+            return a->st.in_use > b->st.in_use ? -1 : 1;
+        if (a->st.queued != b->st.queued)
+            return a->st.queued > b->st.queued ? -1 : 1;
+    }
+    return strcmp(a->name, b->name);
+}
+
+static sema_row_t *family_of(sema_view_t *v, const char *name)
+{
+    for (size_t i = 0; i < v->nagg; i++)
+        if (strcmp(v->agg[i].name, name) == 0)
+            return &v->agg[i];
+    if (v->nagg == MAX_FAMILIES && strcmp(name, "*") != 0)
+        return family_of(v, "*"); /* too many families: the catch-all (the array has room for it) */
+    sema_row_t *a = &v->agg[v->nagg++];
+    memset(a, 0, sizeof(*a));
+    a->name = strdup(name);
+    return a;
+}
+
+/* Adds r to its family's total: "limit-conn:*" for "limit-conn:...", "*" for a name without ':'. */
+static void fold(sema_view_t *v, const sema_row_t *r)
+{
+    const char *colon = strchr(r->name, ':');
+    char *family = colon ? mg_alloc((size_t)(colon - r->name) + 3) : NULL;
+    if (family)
+        sprintf(family, "%.*s:*", (int)(colon - r->name), r->name);
+    sema_row_t *a = family_of(v, family ? family : "*");
+    free(family);
+    a->st.capacity += r->st.capacity;
+    a->st.in_use += r->st.in_use;
+    a->st.queued += r->st.queued;
+    a->st.acquired += r->st.acquired;
+    a->st.rejected += r->st.rejected;
+    a->st.timed_out += r->st.timed_out;
+    if (r->st.longest_wait_ms > a->st.longest_wait_ms)
+        a->st.longest_wait_ms = r->st.longest_wait_ms;
+    a->folded++;
+    v->folded++;
+}
+
+static void view_build(sema_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    /* under the registry lock: copy, then sort and fold after it */
+    mg_sema_each(collect, v);
+    if (v->n)
+        qsort(v->rows, v->n, sizeof(*v->rows), by_rank);
+    size_t others = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        if (is_config(&v->rows[i]) || others++ < MG_ADMIN_SEMA_LISTED)
+            v->nlisted = i + 1;
+        else
+            fold(v, &v->rows[i]);
+    }
+}
+
+static void view_free(sema_view_t *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        free(v->rows[i].name);
+    for (size_t i = 0; i < v->nagg; i++)
+        free(v->agg[i].name);
+    free(v->rows);
+}
+
+static void sema_json(mg_text_t *o, const sema_row_t *r, int first)
+{
+    mg_text_add(o, "%s\"", first ? "" : ",");
+    mg_text_json(o, r->name);
+    mg_text_add(o, "\":{\"capacity\":%lld,\"in_use\":%lld,\"queued\":%lld,\"acquired\":%llu,\"rejected\":%llu,"
+                   "\"timed_out\":%llu,\"longest_wait_ms\":%llu",
+                (long long)r->st.capacity, (long long)r->st.in_use, (long long)r->st.queued,
+                (unsigned long long)r->st.acquired, (unsigned long long)r->st.rejected,
+                (unsigned long long)r->st.timed_out, (unsigned long long)r->st.longest_wait_ms);
+    if (r->folded)
+        mg_text_add(o, ",\"folded\":%zu", r->folded);
+    mg_text_add(o, "}");
+}
+
+static void sema_text(mg_text_t *o, const sema_row_t *r)
+{
+    size_t at = o->len;
+    mg_text_add(o, "  ");
+    mg_text_json(o, r->name);
+    if (r->folded)
+        mg_text_add(o, " (%zu folded)", r->folded);
+    size_t w = o->len - at;
+    mg_text_add(o, "%*s capacity %lld, in use %lld, queued %lld, acquired %llu, rejected %llu, timed out %llu, "
+                   "longest wait %llu ms\n",
+                (int)(w < 42 ? 42 - w : 0), "", (long long)r->st.capacity, (long long)r->st.in_use,
+                (long long)r->st.queued, (unsigned long long)r->st.acquired, (unsigned long long)r->st.rejected,
+                (unsigned long long)r->st.timed_out, (unsigned long long)r->st.longest_wait_ms);
+}
+
+static const char *kill_state(const mg_worker_t *w)
+{
+    return !w->kill_sent_ms                                                            ? "none"
+           : w->kill_ineffective || mg_now_ms() - w->kill_sent_ms >= MG_WATCHDOG_KILL_MS ? "ineffective"
+                                                                                        : "pending";
+}
+
+static void worker_json(mg_text_t *o, mg_worker_t *w)
+{
+    mg_text_add(o, "{\"id\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu,\"watchdog_kills\":%llu,",
+                w->id, (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
+                (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED),
+                (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
+    uint64_t stuck = mg_worker_stuck_ms(w);
+    if (!stuck) {
+        mg_text_add(o, "\"stuck\":false}");
+        return;
+    }
+    mg_text_add(o, "\"stuck\":true,\"stuck_ms\":%llu,\"trace_id\":\"", (unsigned long long)stuck);
+    mg_text_json(o, w->stuck_trace);
+    mg_text_add(o, "\",\"route\":\"");
+    mg_text_json(o, w->stuck_route);
+    mg_text_add(o, "\",\"kill\":\"%s\"}", kill_state(w));
+}
+
+static void worker_text(mg_text_t *o, mg_worker_t *w)
+{
+    mg_text_add(o, "worker %d: generation %llu, %zu connections, %llu requests", w->id,
+                (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
+                (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED));
+    uint64_t kills = __atomic_load_n(&w->running.kills, __ATOMIC_RELAXED);
+    if (kills)
+        mg_text_add(o, ", %llu ended by the watchdog", (unsigned long long)kills);
+    uint64_t stuck = mg_worker_stuck_ms(w);
+    if (!stuck) {
+        mg_text_add(o, "\n");
+        return;
+    }
+    mg_text_add(o, "\n  STUCK for %llu ms, fenced off (takes no new connections)", (unsigned long long)stuck);
+    if (w->stuck_route[0] || w->stuck_trace[0]) {
+        mg_text_add(o, ": route ");
+        mg_text_json(o, w->stuck_route[0] ? w->stuck_route : "-");
+        mg_text_add(o, ", trace id ");
+        mg_text_json(o, w->stuck_trace[0] ? w->stuck_trace : "-");
+    }
+    const char *k = kill_state(w);
+    mg_text_add(o, "\n  %s\n",
+                strcmp(k, "pending") == 0 ? "the watchdog's hook ends the request when it next runs interpreted Lua"
+                : strcmp(k, "ineffective") == 0
+                    ? "the watchdog's hook cannot end it (a JIT-compiled loop or a blocking call): it stays "
+                      "fenced off until it returns (restart to recover)"
+                    : "outside any request task: nothing to end");
+}
+
+void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
+{
+    double up = mg_wall_time() - a->started;
+    sema_view_t v;
+    view_build(&v);
+    if (json) {
+        mg_text_add(o, "{\"version\":\"%s\",\"config\":\"", MG_VERSION);
+        mg_text_json(o, a->file);
+        mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,\"workers\":[", up,
+                    (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
+        for (int i = 0; i < a->nworkers; i++) {
+            mg_text_add(o, "%s", i ? "," : "");
+            worker_json(o, &a->workers[i]);
+        }
+        mg_text_add(o, "],\"semaphores\":{");
+        for (size_t i = 0; i < v.nlisted; i++)
+            sema_json(o, &v.rows[i], i == 0);
+        for (size_t i = 0; i < v.nagg; i++)
+            sema_json(o, &v.agg[i], i == 0 && v.nlisted == 0);
+        mg_text_add(o, "},\"semaphores_folded\":%zu}\n", v.folded);
+        view_free(&v);
+        return;
+    }
+    mg_text_add(o, "gatewayd %s, config ", MG_VERSION);
+    mg_text_json(o, a->file);
+    mg_text_add(o, ", up %.0f s, %llu reloads (%llu refused)\n", up, (unsigned long long)a->reloads,
+                (unsigned long long)a->reload_failures);
+    for (int i = 0; i < a->nworkers; i++)
+        worker_text(o, &a->workers[i]);
+    mg_text_add(o, "semaphores:\n");
+    for (size_t i = 0; i < v.nlisted; i++)
+        sema_text(o, &v.rows[i]);
+    for (size_t i = 0; i < v.nagg; i++)
+        sema_text(o, &v.agg[i]);
+    if (!v.n)
+        mg_text_add(o, "  (none)\n");
+    if (v.folded)
+        mg_text_add(o, "  (%zu semaphores folded into a total per family: the %d with the most in use are listed)\n",
+                    v.folded, MG_ADMIN_SEMA_LISTED);
+    view_free(&v);
+}
+
+static void sema_prom(mg_text_t *o, const sema_row_t *r)
+{
+    static const char *names[] = { "capacity", "in_use", "queued", "acquired_total", "rejected_total",
+                                   "timed_out_total" };
+    long long values[] = { (long long)r->st.capacity, (long long)r->st.in_use, (long long)r->st.queued,
+                           (long long)r->st.acquired, (long long)r->st.rejected, (long long)r->st.timed_out };
+    for (int k = 0; k < 6; k++) {
+        mg_text_add(o, "moongate_semaphore_%s{name=\"", names[k]);
+        mg_text_label(o, r->name);
+        mg_text_add(o, "\"} %lld\n", values[k]);
+    }
+    mg_text_add(o, "moongate_semaphore_longest_wait_seconds{name=\"");
+    mg_text_label(o, r->name);
+    mg_text_add(o, "\"} %.3f\n", r->st.longest_wait_ms / 1000.0);
+}
+
+void mg__admin_metrics(mg_admin_t *a, mg_text_t *o)
+{
+    mg_text_add(o, "# moongate %s\nmoongate_uptime_seconds %.0f\nmoongate_reloads_total{result=\"ok\"} %llu\n"
+                   "moongate_reloads_total{result=\"refused\"} %llu\nmoongate_log_lines_dropped_total %llu\n",
+                MG_VERSION, mg_wall_time() - a->started, (unsigned long long)a->reloads,
+                (unsigned long long)a->reload_failures, (unsigned long long)mg_log_dropped());
+    for (int i = 0; i < a->nworkers; i++) {
+        mg_worker_t *w = &a->workers[i];
+        mg_text_add(o, "moongate_worker_stuck{worker=\"%d\"} %d\nmoongate_watchdog_kills_total{worker=\"%d\"} %llu\n",
+                    i, mg_worker_stuck_ms(w) ? 1 : 0, i,
+                    (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
+    }
+    sema_view_t v;
+    view_build(&v);
+    for (size_t i = 0; i < v.nlisted; i++)
+        sema_prom(o, &v.rows[i]);
+    for (size_t i = 0; i < v.nagg; i++) {
+        sema_prom(o, &v.agg[i]);
+        size_t flen = strlen(v.agg[i].name) > 2 ? strlen(v.agg[i].name) - 2 : 0;
+        char *family = flen ? strndup(v.agg[i].name, flen) : strdup("*");
+        mg_text_add(o, "moongate_semaphores_folded{family=\"");
+        mg_text_label(o, family);
+        mg_text_add(o, "\"} %zu\n", v.agg[i].folded);
+        free(family);
+    }
+    view_free(&v);
+}
+
+int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen)
+{
+    mg_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    struct event_base *base = event_base_new();
+    mg_gen_t *gen = mg_gen_load(file, base, NULL, &cfg, err, errlen);
+    if (!gen) {
+        event_base_free(base);
+        mg_config_free(&cfg);
+        return MG_ERROR;
+    }
+    lua_State *L = gen->vm->L;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.config");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, json ? "describe_json" : "describe");
+    lua_getfield(L, -2, "load");
+    lua_pushstring(L, file);
+    lua_call(L, 1, 1);
+    lua_call(L, 1, 1);
+    size_t n;
+    const char *text = lua_tolstring(L, -1, &n);
+    if (!json)
+        mg_text_add(o, "%-4s %-12s %-20s %-40s %-24s %s\n", "id", "methods", "host", "path", "target",
+                    "plugins (in order)");
+    mg_text_append(o, text ? text : "", text ? n : 0);
+    mg_text_append(o, "\n", 1);
+    mg_gen_free(gen);
+    event_base_free(base);
+    mg_config_free(&cfg);
+    return MG_OK;
+}
+
+char *mg_admin_routes_text(const char *file, char *err, size_t errlen)
+{
+    mg_text_t t = { 0 };
+    if (mg__admin_routes(file, &t, 0, err, errlen) != MG_OK) {
+        free(t.p);
+        return NULL;
+    }
+    return t.p;
+}
