@@ -5,6 +5,7 @@
  * streams the request body with back-pressure, turns the upstream response
  * into the client response (re-framed) and maps errors to statuses.
  */
+#define _GNU_SOURCE
 #include "mg_forward.h"
 
 #include <stdio.h>
@@ -15,11 +16,6 @@
 #include <lauxlib.h>
 
 #define CLIENT_OUT_HIGH (256 * 1024) /* response bytes queued for a slow client before the upstream is paused */
-
-static void add_header(struct evbuffer *out, const char *name, const char *value, size_t vlen)
-{
-    mg_req_header_line(out, name, strlen(name), value, vlen);
-}
 
 /* Pushes a header's name in lowercase, as Lua sees header names (at most 127 bytes). */
 static void push_lower_name(lua_State *L, const mg_header_t *h)
@@ -79,32 +75,34 @@ static int forwarding_header(const mg_header_t *h)
  * its X-Forwarded-For chain gets the peer appended. A plugin's own value for one
  * of them (ctx.request:set_header / clear_header) replaces the gateway's.
  */
-static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
+static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
 {
     mg_req_t *r = p->owner;
     mg_upstream_t *up = p->up;
-    /* the request line: method and target untouched (origin-form) */
-    evbuffer_add(out, r->method.p, r->method.n);
-    evbuffer_add(out, " ", 1);
+    mg_resp_t *f = &q->fields;
+    mg_pool_t *pool = &r->pool;
+    q->method = r->method;
+    /* the target untouched (origin-form) */
     if (r->target.p[0] == '/') {
-        evbuffer_add(out, r->target.p, r->target.n);
+        q->target = r->target;
     } else {
-        evbuffer_add(out, r->path.p, r->path.n);
+        size_t n = r->path.n + (r->query.n ? 1 + r->query.n : 0);
+        char *s = mg_pool_alloc(pool, n);
+        memcpy(s, r->path.p, r->path.n);
         if (r->query.n) {
-            evbuffer_add(out, "?", 1);
-            evbuffer_add(out, r->query.p, r->query.n);
+            s[r->path.n] = '?';
+            memcpy(s + r->path.n + 1, r->query.p, r->query.n);
         }
+        q->target = (mg_str_t){ s, n };
     }
-    evbuffer_add(out, " HTTP/1.1\r\n", 11);
-
     if (up->host_mode == MG_HOST_TARGET)
-        add_header(out, "Host", t->authority, strlen(t->authority));
+        q->authority = (mg_str_t){ t->authority, strlen(t->authority) };
     else if (up->host_mode == MG_HOST_FIXED)
-        add_header(out, "Host", up->host_value, strlen(up->host_value));
+        q->authority = (mg_str_t){ up->host_value, strlen(up->host_value) };
     else if (r->authority.n)
-        add_header(out, "Host", r->authority.p, r->authority.n);
+        q->authority = r->authority;
     else
-        add_header(out, "Host", t->authority, strlen(t->authority));
+        q->authority = (mg_str_t){ t->authority, strlen(t->authority) };
 
     /* headers plugins set or cleared for the upstream: ctx._proxy_headers (lowercase name -> value|false) */
     lua_State *L = r->gen->vm->L;
@@ -121,8 +119,12 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
     }
     int trusted = r->peer_trusted;
     int xfp = 0, xfh = 0;
+    size_t chain = 0; /* a trusted peer's X-Forwarded-For chain, its fields joined in order */
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
+        if (up->protocol != MG_UP_HTTP1 && mg_http1_name_is(h, "te", 2) &&
+            memmem(h->value, h->value_len, "trailers", 8))
+            mg_resp_add(f, "te", 2, "trailers", 8); /* HTTP/2 upstreams (gRPC) need to know trailers are read */
         if (mg_resp_hop_by_hop(h) || mg_resp_named_by_connection(r->headers, r->nheaders, h))
             continue;
         if (overrides) {
@@ -133,8 +135,11 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
             if (replaced)
                 continue;
         }
-        if (mg_http1_name_is(h, "x-forwarded-for", 15))
+        if (mg_http1_name_is(h, "x-forwarded-for", 15)) {
+            if (trusted && h->value_len)
+                chain += h->value_len + 2;
             continue; /* written below, as one field */
+        }
         if (forwarding_header(h)) {
             if (!trusted)
                 continue; /* a client's own claim about scheme or host: the gateway says it below */
@@ -144,35 +149,38 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
         if (mg_http1_name_is(h, "host", 4) || mg_http1_name_is(h, "expect", 6) ||
             mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11))
             continue; /* replaced below; Expect was answered by the gateway */
-        mg_req_header_line(out, h->name, h->name_len, h->value, h->value_len);
+        mg_resp_add(f, h->name, h->name_len, h->value, h->value_len);
     }
     if (!overridden(L, overrides, "x-forwarded-for")) {
-        /* a trusted peer's chain (its fields joined in order), then the peer; else the peer alone */
-        evbuffer_add(out, "X-Forwarded-For: ", 17);
-        for (size_t i = 0; trusted && i < r->nheaders; i++) {
+        const char *ip;
+        size_t iplen = peer_ip(r, &ip);
+        char *v = mg_pool_alloc(pool, chain + iplen + 1), *w = v;
+        for (size_t i = 0; chain && i < r->nheaders; i++) {
             const mg_header_t *h = &r->headers[i];
             if (mg_http1_name_is(h, "x-forwarded-for", 15) && h->value_len &&
                 !mg_resp_named_by_connection(r->headers, r->nheaders, h)) {
-                evbuffer_add(out, h->value, h->value_len);
-                evbuffer_add(out, ", ", 2);
+                memcpy(w, h->value, h->value_len);
+                w += h->value_len;
+                memcpy(w, ", ", 2);
+                w += 2;
             }
         }
-        const char *ip;
-        size_t iplen = peer_ip(r, &ip);
-        evbuffer_add(out, ip, iplen);
-        evbuffer_add(out, "\r\n", 2);
+        memcpy(w, ip, iplen);
+        w += iplen;
+        mg_resp_add(f, "X-Forwarded-For", 15, v, (size_t)(w - v));
     }
     if (!xfp && !overridden(L, overrides, "x-forwarded-proto"))
-        add_header(out, "X-Forwarded-Proto", r->tls ? "https" : "http", r->tls ? 5 : 4);
+        mg_resp_add(f, "X-Forwarded-Proto", 17, r->tls ? "https" : "http", r->tls ? 5 : 4);
     if (!xfh && r->authority.n && !overridden(L, overrides, "x-forwarded-host"))
-        add_header(out, "X-Forwarded-Host", r->authority.p, r->authority.n);
-    add_header(out, "X-Request-ID", r->trace_id, strlen(r->trace_id));
+        mg_resp_add(f, "X-Forwarded-Host", 16, r->authority.p, r->authority.n);
+    mg_resp_add(f, "X-Request-ID", 12, r->trace_id, strlen(r->trace_id));
     if (strlen(r->trace_id) == 32) {
         /* W3C trace context: our trace id, a new span id for this hop */
-        char span[33], tp[64];
+        char span[33];
         mg_worker_trace_id(r->worker, span);
-        int n = snprintf(tp, sizeof(tp), "00-%s-%.16s-01", r->trace_id, span);
-        add_header(out, "traceparent", tp, (size_t)n);
+        char *tp = mg_pool_alloc(pool, 64);
+        int n = snprintf(tp, 64, "00-%s-%.16s-01", r->trace_id, span);
+        mg_resp_add(f, "traceparent", 11, tp, (size_t)n);
     }
     if (overrides) {
         lua_pushnil(L);
@@ -180,22 +188,15 @@ static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
             size_t nl, vl;
             if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
                 const char *name = lua_tolstring(L, -2, &nl), *value = lua_tolstring(L, -1, &vl);
-                mg_req_add_header(out, name, nl, value, vl); /* invalid ones are dropped */
+                /* invalid ones are dropped; the strings live in ctx until the request ends */
+                if (mg_resp_valid_name(name, nl) && mg_resp_valid_value(value, vl) && !mg_resp_framing_field(name, nl))
+                    mg_resp_add(f, name, nl, value, vl);
             }
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
     }
-    if (p->body_mode == MG_BODY_LENGTH) {
-        char cl[32];
-        int n = snprintf(cl, sizeof(cl), "%lld", (long long)p->body_len);
-        add_header(out, "Content-Length", cl, (size_t)n);
-    } else if (p->body_mode == MG_BODY_CHUNKED) {
-        add_header(out, "Transfer-Encoding", "chunked", 7);
-    }
-    evbuffer_add(out, "\r\n", 2);
 }
-
 
 /* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */
 static int relayed(const mg_http1_response_t *u, const mg_header_t *h)
@@ -574,7 +575,7 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
 }
 
 static const mg_proxy_ops_t forward_ops = {
-    .write_head = write_head,
+    .build_head = build_head,
     .on_interim = on_interim,
     .on_head = on_head,
     .on_trailers = on_trailers,
@@ -589,6 +590,7 @@ void mg_forward_start(mg_req_t *r, mg_target_t *target)
 {
     mg_proxy_t *p = r->proxy;
     memset(p, 0, offsetof(mg_proxy_t, headers));
+    p->pool = &r->pool;
     p->preferred = target;
     p->deadline_us = r->deadline_us; /* no attempt starts that the request's deadline would cut short */
     p->ops = &forward_ops;

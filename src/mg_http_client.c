@@ -31,7 +31,8 @@ typedef struct subreq {
     mg_proxy_t proxy;
     mg_wait_t wait;
     char *method, *target, *host;
-    struct evbuffer *head_extra;   /* the caller's header lines */
+    mg_resp_t fields;              /* the caller's headers (copies in pool) */
+    mg_pool_t pool;
     struct evbuffer *body;
     struct evbuffer *resp_body;
     struct evbuffer *resp_head;    /* "name\0value\0" pairs */
@@ -51,7 +52,7 @@ static void subreq_free(subreq_t *sr)
     free(sr->method);
     free(sr->target);
     free(sr->host);
-    evbuffer_free(sr->head_extra);
+    mg_pool_reset(&sr->pool);
     if (sr->body)
         evbuffer_free(sr->body);
     evbuffer_free(sr->resp_body);
@@ -59,24 +60,23 @@ static void subreq_free(subreq_t *sr)
     free(sr);
 }
 
-static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
+static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
 {
     subreq_t *sr = p->owner;
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", sr->method, sr->target,
-                        sr->host ? sr->host : t->authority);
-    struct evbuffer_iovec v[8];
-    int n = evbuffer_peek(sr->head_extra, -1, NULL, v, 8);
-    for (int i = 0; i < n && i < 8; i++)
-        evbuffer_add(out, v[i].iov_base, v[i].iov_len);
+    q->method = (mg_str_t){ sr->method, strlen(sr->method) };
+    q->target = (mg_str_t){ sr->target, strlen(sr->target) };
+    q->authority = sr->host ? (mg_str_t){ sr->host, strlen(sr->host) } : (mg_str_t){ t->authority, strlen(t->authority) };
+    for (size_t i = 0; i < sr->fields.n; i++)
+        mg_resp_add(&q->fields, sr->fields.h[i].name, sr->fields.h[i].name_len, sr->fields.h[i].value,
+                    sr->fields.h[i].value_len);
     if (sr->trace_id[0]) {
-        evbuffer_add_printf(out, "X-Request-ID: %s\r\n", sr->trace_id);
-        if (strlen(sr->trace_id) == 32)
-            evbuffer_add_printf(out, "traceparent: 00-%s-%016llx-01\r\n", sr->trace_id,
-                                (unsigned long long)(mg_now_us() ^ (uintptr_t)sr));
+        mg_resp_add(&q->fields, "X-Request-ID", 12, sr->trace_id, strlen(sr->trace_id));
+        if (strlen(sr->trace_id) == 32) {
+            char *tp = mg_pool_alloc(p->pool, 64);
+            int n = snprintf(tp, 64, "00-%s-%016llx-01", sr->trace_id, (unsigned long long)(mg_now_us() ^ (uintptr_t)sr));
+            mg_resp_add(&q->fields, "traceparent", 11, tp, (size_t)n);
+        }
     }
-    if (sr->body)
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", evbuffer_get_length(sr->body));
-    evbuffer_add(out, "\r\n", 2);
 }
 
 static int on_head(mg_proxy_t *p, const mg_http1_response_t *resp)
@@ -160,7 +160,7 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
 }
 
 static const mg_proxy_ops_t subreq_ops = {
-    .write_head = write_head, .on_head = on_head, .on_body = on_body, .on_done = on_done,
+    .build_head = build_head, .on_head = on_head, .on_body = on_body, .on_done = on_done,
 };
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
@@ -328,7 +328,8 @@ static int l_request(lua_State *L)
     }
     sr->target = target;
     sr->host = opt_str(L, "host", NULL);
-    sr->head_extra = evbuffer_new();
+    mg_pool_init(&sr->pool);
+    mg_resp_init(&sr->fields, &sr->pool, 0);
     sr->resp_body = evbuffer_new();
     sr->resp_head = evbuffer_new();
     lua_getfield(L, 1, "headers");
@@ -338,7 +339,9 @@ static int l_request(lua_State *L)
             size_t nl, vl;
             const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
             const char *value = lua_isstring(L, -1) ? lua_tolstring(L, -1, &vl) : NULL;
-            int bad = !name || !value || mg_req_add_header(sr->head_extra, name, nl, value, vl) != NULL;
+            int bad = !name || !value || !mg_resp_valid_name(name, nl) || !mg_resp_valid_value(value, vl);
+            if (!bad && !mg_resp_framing_field(name, nl)) /* framing is the gateway's */
+                mg_resp_add(&sr->fields, mg_pool_strndup(&sr->pool, name, nl), nl, mg_pool_strndup(&sr->pool, value, vl), vl);
             lua_pop(L, 1);
             if (bad) {
                 subreq_free(sr);
@@ -366,6 +369,7 @@ static int l_request(lua_State *L)
     p->ops = &subreq_ops;
     p->owner = sr;
     p->up = up;
+    p->pool = &sr->pool;
     p->resp.headers = p->headers;
     p->idempotent = strcmp(sr->method, "POST") != 0 && strcmp(sr->method, "PATCH") != 0;
     p->head_request = strcmp(sr->method, "HEAD") == 0;

@@ -184,11 +184,37 @@ static int flush_up(mg_proxy_t *p, int notify)
     return 0;
 }
 
+/* The owner's head as HTTP/1.1: request line, Host, fields, the framing this engine owns. */
+static void write_h1_head(mg_proxy_t *p, struct evbuffer *out)
+{
+    mg_upreq_t q = { .method = { "GET", 3 } };
+    mg_resp_init(&q.fields, p->pool, 0);
+    p->ops->build_head(p, p->target, &q);
+    evbuffer_add(out, q.method.p, q.method.n);
+    evbuffer_add(out, " ", 1);
+    evbuffer_add(out, q.target.p, q.target.n);
+    evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
+    evbuffer_add(out, q.authority.p, q.authority.n);
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < q.fields.n; i++) {
+        const mg_header_t *h = &q.fields.h[i];
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (p->body_mode == MG_BODY_LENGTH)
+        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)p->body_len);
+    else if (p->body_mode == MG_BODY_CHUNKED)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    evbuffer_add(out, "\r\n", 2);
+}
+
 static void send_request(mg_proxy_t *p)
 {
     mg_upconn_t *uc = p->uc;
     uc->requests++;
-    p->ops->write_head(p, p->target, uc->out);
+    write_h1_head(p, uc->out);
     p->body_sent = 0;
     p->body_done = p->body_mode == MG_BODY_NONE;
     p->body_wanted = 0;

@@ -13,6 +13,7 @@
 
 #include "mg_error.h"
 #include "mg_http1.h"
+#include "mg_resp.h"
 #include "mg_upstream.h"
 
 /*
@@ -46,9 +47,23 @@
 
 typedef struct mg_proxy mg_proxy_t;
 
+/*
+ * The request head of one attempt, whatever the upstream speaks: the owner's
+ * build_head fills it, the engine encodes it (HTTP/1.1 request line and
+ * fields, or HTTP/2 pseudo-headers and fields) with the framing it owns
+ * (Content-Length, Transfer-Encoding). Names and values are borrowed: from
+ * the request, or allocated in p->pool; valid while the head is written.
+ */
+typedef struct mg_upreq {
+    mg_str_t method;
+    mg_str_t target;              /* origin-form: path and query */
+    mg_str_t authority;           /* Host (HTTP/1.1), :authority (HTTP/2) */
+    mg_resp_t fields;             /* end-to-end fields (no Host, no framing) */
+} mg_upreq_t;
+
 typedef struct mg_proxy_ops {
-    /* Writes the request head for this attempt into out (the target differs between attempts). */
-    void (*write_head)(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out);
+    /* Fills the request head for this attempt (the target differs between attempts). */
+    void (*build_head)(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *req);
     /*
      * Optional: an interim response other than 100 and 101 (102, 103 Early
      * Hints, ...), borrowed: valid during the call only. 100 Continue is
@@ -108,6 +123,7 @@ struct mg_proxy {
     int64_t body_len;            /* MG_BODY_LENGTH */
     struct evbuffer *body;       /* a complete, replayable body, or NULL when the owner streams it */
     mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
+    mg_pool_t *pool;             /* the owner's arena: request heads, response fields kept for HTTP/2 */
     uint64_t deadline_us;        /* monotonic (mg_now_us); no attempt starts too close to it; 0: none */
 
     /* state */

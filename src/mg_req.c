@@ -332,26 +332,6 @@ void mg_req_reject(mg_req_t *r, int status, const mg_error_t *kind, int close)
     mg_req_error(r, status, kind, status_message(status), close, status == 405 ? &allow : NULL, status == 405);
 }
 
-/* ---- headers Lua sets on upstream requests (gw.http.request, set_header) ---- */
-
-void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
-{
-    evbuffer_add(out, name, nl);
-    evbuffer_add(out, ": ", 2);
-    evbuffer_add(out, value, vl);
-    evbuffer_add(out, "\r\n", 2);
-}
-
-const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl)
-{
-    if (!mg_resp_valid_name(name, nl))
-        return "invalid header name";
-    if (!mg_resp_valid_value(value, vl))
-        return "header value contains CR, LF or another control character";
-    if (out && !mg_resp_framing_field(name, nl)) /* framing is the gateway's, not Lua's */
-        mg_req_header_line(out, name, nl, value, vl);
-    return NULL;
-}
 
 void mg_req_log_failure(mg_req_t *r, const char *why)
 {

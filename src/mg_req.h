@@ -186,14 +186,6 @@ void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers);
 /* Ends a request whose response was cut short: log it, then reset the connection or stream. */
 void mg_req_break(mg_req_t *r);
 
-/*
- * One header set from Lua (a handler, a plugin, gw.http.request): the name
- * must be a token and the value free of CR, LF and other controls; framing
- * headers are skipped. Appended to out when out is not NULL. Error or NULL.
- */
-const char *mg_req_add_header(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl);
-/* Appends "name: value\r\n" as is. */
-void mg_req_header_line(struct evbuffer *out, const char *name, size_t nl, const char *value, size_t vl);
 
 /*
  * Logs a failure of the request's Lua code in one format for every phase:

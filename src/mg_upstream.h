@@ -36,6 +36,8 @@ typedef struct mg_upconn mg_upconn_t;
 
 enum { MG_BALANCE_RR, MG_BALANCE_LEAST_CONN, MG_BALANCE_HASH };
 enum { MG_HOST_PASS, MG_HOST_TARGET, MG_HOST_FIXED };
+/* What the upstream speaks: HTTP/1.1, HTTP/2 with prior knowledge (h2c), HTTP/2 over TLS (ALPN h2). */
+enum { MG_UP_HTTP1, MG_UP_H2C, MG_UP_H2 };
 
 /* What woke a connection's lessee (see mg_upconn_t.handler). */
 enum { MG_UC_READ = 1, MG_UC_WRITE = 2, MG_UC_SEND_TIMEOUT = 3, MG_UC_TIMER = 4 };
@@ -110,6 +112,7 @@ struct mg_upstream {
     uint32_t active_interval_ms, active_timeout_ms;
     int host_mode;
     char *host_value;
+    int protocol;                     /* MG_UP_* */
     SSL_CTX *tls;                     /* TLS to the targets (this upstream's reference), or NULL */
     char *tls_name;                   /* SNI and the name to verify; NULL: each target's host */
     /* concurrency limit (shared by all workers): max_concurrency, on_busy */

@@ -122,6 +122,7 @@ static void server_stop(server_t *s)
 
 typedef struct owner {
     mg_proxy_t p;
+    mg_pool_t pool;
     const char *method;
     int done, status, ninterim, interim[4];
     char interim_link[128], body[256], trailers[256];
@@ -129,10 +130,12 @@ typedef struct owner {
     const mg_error_t *err;
 } owner_t;
 
-static void write_head(mg_proxy_t *p, mg_target_t *t, struct evbuffer *out)
+static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
 {
     owner_t *o = p->owner;
-    evbuffer_add_printf(out, "%s / HTTP/1.1\r\nHost: %s\r\n\r\n", o->method, t->authority);
+    q->method = (mg_str_t){ o->method, strlen(o->method) };
+    q->target = MG_STR("/");
+    q->authority = (mg_str_t){ t->authority, strlen(t->authority) };
 }
 
 static void on_interim(mg_proxy_t *p, const mg_http1_response_t *resp)
@@ -174,9 +177,9 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
     o->err = err;
 }
 
-static const mg_proxy_ops_t ops = { .write_head = write_head, .on_interim = on_interim, .on_head = on_head,
+static const mg_proxy_ops_t ops = { .build_head = build_head, .on_interim = on_interim, .on_head = on_head,
                                     .on_body = on_body, .on_trailers = on_trailers, .on_done = on_done };
-static const mg_proxy_ops_t plain_ops = { .write_head = write_head, .on_head = on_head, .on_body = on_body,
+static const mg_proxy_ops_t plain_ops = { .build_head = build_head, .on_head = on_head, .on_body = on_body,
                                           .on_done = on_done };
 
 static mg_upstream_t *make_up(struct event_base *base, const int *ports, int n)
@@ -223,6 +226,8 @@ static void exchange(owner_t *o, struct event_base *base, mg_upstream_t *up, con
     o->method = method;
     o->p.ops = with;
     o->p.owner = o;
+    mg_pool_init(&o->pool);
+    o->p.pool = &o->pool;
     o->p.up = up;
     o->p.resp.headers = o->p.headers;
     o->p.idempotent = strcmp(method, "POST") != 0;
@@ -349,6 +354,8 @@ static void timeouts_refusals_deadline(void **state)
     o.method = "GET";
     o.p.ops = &ops;
     o.p.owner = &o;
+    mg_pool_init(&o.pool);
+    o.p.pool = &o.pool;
     o.p.up = up;
     o.p.resp.headers = o.p.headers;
     o.p.deadline_us = mg_now_us() + 2000;
