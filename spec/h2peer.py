@@ -313,6 +313,45 @@ def scenario_never_reads():
     out["closed"] = True
 
 
+def scenario_grpc_call():
+    """A gRPC call to ARG with raw frames: HEADERS, one message, END_STREAM. Reports the frames of the answer."""
+    s, c = connect()
+    extra = []
+    path = ARG or "/"
+    payload = b"hi"
+    if "|" in path:  # "/path|header=value|...|body=message"
+        parts = path.split("|")
+        path = parts[0]
+        extra = [tuple(p.split("=", 1)) for p in parts[1:]]
+        payload = dict(extra).pop("body", "hi").encode()
+        extra = [e for e in extra if e[0] != "body"]
+    authority = dict(extra).get(":authority", "localhost")
+    extra = [e for e in extra if e[0] != ":authority"]
+    h = [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", authority),
+         ("content-type", "application/grpc"), ("te", "trailers")] + extra
+    c.send_headers(1, h, end_stream=False)
+    c.send_data(1, b"\x00" + struct.pack(">I", len(payload)) + payload, end_stream=True)
+    s.sendall(c.data_to_send())
+    end = {}
+
+    def done():
+        return "1" in out["resets"] or end.get("ended")
+
+    orig = c.receive_data
+
+    def spy(data):
+        events = orig(data)
+        for ev in events:
+            if isinstance(ev, h2.events.ResponseReceived):
+                end["headers_only"] = ev.stream_ended is not None  # trailers-only: one HEADERS with END_STREAM
+            if isinstance(ev, h2.events.StreamEnded):
+                end["ended"] = True
+        return events
+    c.receive_data = spy
+    pump(s, c, done)
+    out["trailers_only"] = end.get("headers_only", False)
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 
 if __name__ == "__main__":

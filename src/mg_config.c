@@ -278,7 +278,8 @@ static int get_int(lua_State *L, int t, const char *key)
 /* The upstream's TLS client context from { ca, cert, key, server_name, verify, where } at index t. */
 static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, int warn, char *err, size_t errlen)
 {
-    mg_tls_client_conf_t conf = { get_str_ref(L, t, "ca"), get_str_ref(L, t, "cert"), get_str_ref(L, t, "key"), 1 };
+    mg_tls_client_conf_t conf = { get_str_ref(L, t, "ca"), get_str_ref(L, t, "cert"), get_str_ref(L, t, "key"), 1,
+                                  up->protocol == MG_UP_H2 };
     lua_getfield(L, t, "verify");
     conf.verify = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -323,6 +324,7 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char 
         up->max_idle = get_int(L, u, "max_idle");
         up->idle_timeout_ms = (uint32_t)get_int(L, u, "idle_timeout");
         up->max_requests = get_int(L, u, "max_requests");
+        up->ping_ms = (uint32_t)get_int(L, u, "ping_interval");
         up->connect_ms = (uint32_t)get_int(L, u, "connect_timeout");
         up->send_ms = (uint32_t)get_int(L, u, "send_timeout");
         up->read_ms = (uint32_t)get_int(L, u, "read_timeout");
@@ -330,6 +332,8 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char 
         lua_getfield(L, u, "retry_non_idempotent");
         up->retry_non_idempotent = lua_toboolean(L, -1);
         lua_pop(L, 1);
+        const char *proto = get_str_ref(L, u, "protocol");
+        up->protocol = !proto || strcmp(proto, "http1") == 0 ? MG_UP_HTTP1 : strcmp(proto, "h2c") == 0 ? MG_UP_H2C : MG_UP_H2;
         up->passive_failures = get_int(L, u, "passive_failures");
         up->eject_ms = (uint32_t)get_int(L, u, "passive_eject");
         up->active_path = get_str(L, u, "active_path");

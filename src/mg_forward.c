@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <strings.h>
 
+#include "mg_grpc.h"
 #include "mg_log.h"
 
 #include <lauxlib.h>
@@ -147,7 +148,8 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
             xfh |= mg_http1_name_is(h, "x-forwarded-host", 16);
         }
         if (mg_http1_name_is(h, "host", 4) || mg_http1_name_is(h, "expect", 6) ||
-            mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11))
+            mg_http1_name_is(h, "x-request-id", 12) || mg_http1_name_is(h, "traceparent", 11) ||
+            (r->grpc && mg_http1_name_is(h, "grpc-timeout", 12)))
             continue; /* replaced below; Expect was answered by the gateway */
         mg_resp_add(f, h->name, h->name_len, h->value, h->value_len);
     }
@@ -173,6 +175,13 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
         mg_resp_add(f, "X-Forwarded-Proto", 17, r->tls ? "https" : "http", r->tls ? 5 : 4);
     if (!xfh && r->authority.n && !overridden(L, overrides, "x-forwarded-host"))
         mg_resp_add(f, "X-Forwarded-Host", 16, r->authority.p, r->authority.n);
+    if (r->grpc && r->deadline_us) {
+        /* the upstream gets what is left of the caller's deadline, not the caller's whole timeout */
+        uint64_t now = mg_now_us();
+        char *v = mg_pool_alloc(pool, 16);
+        size_t n = mg_grpc_timeout_format(v, r->deadline_us > now ? r->deadline_us - now : 0);
+        mg_resp_add(f, "grpc-timeout", 12, v, n);
+    }
     mg_resp_add(f, "X-Request-ID", 12, r->trace_id, strlen(r->trace_id));
     if (strlen(r->trace_id) == 32) {
         /* W3C trace context: our trace id, a new span id for this hop */
@@ -196,6 +205,14 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
         }
         lua_pop(L, 1);
     }
+}
+
+/* A gRPC status among the upstream's fields (its trailers, or a trailers-only head), for the access log. */
+static void note_grpc_status(mg_req_t *r, const mg_header_t *h, size_t n)
+{
+    for (size_t i = 0; r->grpc && i < n; i++)
+        if (mg_http1_name_is(&h[i], "grpc-status", 11) && h[i].value_len && h[i].value_len < 4)
+            r->grpc_status = atoi(mg_pool_strndup(&r->pool, h[i].value, h[i].value_len));
 }
 
 /* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */
@@ -244,6 +261,7 @@ static const char *filtered_head(mg_req_t *r, lua_State *co, int hidx, int64_t c
     if (bad)
         return bad;
     resp->content_length = mg_resp_body_allowed(code) ? content_length : -1;
+    resp->no_body = r->upstream_no_body && code == r->upstream_status;
     return NULL;
 }
 
@@ -299,6 +317,8 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
     r->status = r->upstream_status = u->status;
     r->upstream_reason = u->reason_len ? mg_pool_strndup(&r->pool, u->reason, u->reason_len) : NULL;
     int has_body = p->framing != MG_BODY_NONE;
+    r->upstream_no_body = !has_body && !p->head_request;
+    note_grpc_status(r, u->headers, u->num_headers);
     int with_ctx = r->ctx_ref != LUA_NOREF;
     /* the length the client is told: the upstream's, unless a filter may change the body */
     r->upstream_cl = mg_resp_body_allowed(u->status) ? u->content_length : -1;
@@ -324,6 +344,7 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
                         u->headers[i].value_len);
     mg_req_add_defaults(r, resp);
     resp->content_length = r->upstream_cl;
+    resp->no_body = r->upstream_no_body;
     mg_req_send_head(r, resp);
     /* not flushed here: the body usually arrived with the head, one write sends both */
     return 0;
@@ -362,6 +383,7 @@ static int trailer_ok(const mg_header_t *h)
 static void on_trailers(mg_proxy_t *p, const mg_header_t *h, size_t n)
 {
     mg_req_t *r = p->owner;
+    note_grpc_status(r, h, n);
     r->trailers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (n ? n : 1));
     r->ntrailers = 0;
     for (size_t i = 0; i < n; i++) {

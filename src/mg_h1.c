@@ -400,9 +400,10 @@ static void h1_head(mg_req_t *r, const mg_resp_t *resp)
 {
     mg_conn_t *c = r->conn;
     int head = r->method_bit == MG_M_HEAD;
+    int64_t length = resp->no_body && resp->content_length < 0 ? 0 : resp->content_length;
     if (!mg_resp_body_allowed(resp->status))
         c->resp_framing = MG_H1_NONE;
-    else if (resp->content_length >= 0)
+    else if (length >= 0)
         c->resp_framing = MG_H1_CL;
     else if (head)
         c->resp_framing = MG_H1_NONE; /* nothing follows and no length is known: announce none */
@@ -423,7 +424,7 @@ static void h1_head(mg_req_t *r, const mg_resp_t *resp)
     p = buf;
     if (c->resp_framing == MG_H1_CL) {
         p = PUT_LIT(p, "Content-Length: ");
-        p = put_uint(p, (uint64_t)resp->content_length);
+        p = put_uint(p, (uint64_t)length);
         p = PUT_LIT(p, "\r\n");
     } else if (c->resp_framing == MG_H1_CHUNKED) {
         p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");

@@ -765,8 +765,8 @@ static void h2_head(mg_req_t *r, const mg_resp_t *resp)
     }
     size_t tl = strlen(r->trace_id);
     nv_add(nv, &n, "x-request-id", 12, r->trace_id, tl);
-    /* no body to come: END_STREAM on the HEADERS (unless trailers may follow a streamed body) */
-    s->has_data = body && resp->content_length != 0;
+    /* no body to come: END_STREAM on the HEADERS (a gRPC trailers-only answer is one) */
+    s->has_data = body && resp->content_length != 0 && !resp->no_body;
     nghttp2_data_provider prd = { .source.ptr = s, .read_callback = on_read_data };
     nghttp2_submit_response(s->h2->session, s->id, nv, n, s->has_data ? &prd : NULL);
     s->submitted = 1;

@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "mg_h2up.h"
 #include "mg_log.h"
 
 #define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
@@ -57,6 +58,10 @@ static void arm_timer(mg_proxy_t *p, uint32_t ms)
 
 static void drop_conn(mg_proxy_t *p, int reusable)
 {
+    if (p->h2s || p->h2body || p->h2_timer_set) {
+        mg_h2up_detach(p);
+        return;
+    }
     mg_upconn_t *uc = p->uc;
     if (!uc)
         return;
@@ -150,6 +155,9 @@ static void succeed(mg_proxy_t *p)
     drop_conn(p, reusable);
     end(p, NULL);
 }
+
+void mg__proxy_fail(mg_proxy_t *p, const mg_error_t *kind, int never_left) { fail(p, kind, never_left); }
+void mg__proxy_succeed(mg_proxy_t *p) { succeed(p); }
 
 /*
  * Writes what the upstream socket takes. Returns 0, or -1 after fail(). With
@@ -257,6 +265,10 @@ static void attempt_on(mg_proxy_t *p, mg_target_t *t, unsigned lease)
     p->tried |= mg_target_bit(t);
     p->got_byte = p->wrote = 0;
     t->requests++;
+    if (p->up->protocol != MG_UP_HTTP1) {
+        mg_h2up_attempt(p, t); /* a stream on a shared connection */
+        return;
+    }
     if (!p->idempotent && !p->up->retry_non_idempotent)
         lease |= MG_LEASE_CHECK; /* it could not be resent: do not write it on a connection known closed */
     mg_upconn_t *uc = mg_upstream_lease(t, on_event, p, lease);
@@ -642,6 +654,8 @@ static void on_event(mg_upconn_t *uc, int what)
 
 int mg_proxy_write_body(mg_proxy_t *p, const char *data, size_t len)
 {
+    if (p->up->protocol != MG_UP_HTTP1)
+        return mg_h2up_write_body(p, data, len);
     if (!p->uc || !len)
         return 0;
     mg_upconn_t *uc = p->uc;
@@ -667,6 +681,10 @@ int mg_proxy_write_body(mg_proxy_t *p, const char *data, size_t len)
 
 void mg_proxy_end_body(mg_proxy_t *p)
 {
+    if (p->up->protocol != MG_UP_HTTP1) {
+        mg_h2up_end_body(p);
+        return;
+    }
     if (!p->uc || p->body_done)
         return;
     if (p->body_mode == MG_BODY_CHUNKED)
@@ -677,6 +695,10 @@ void mg_proxy_end_body(mg_proxy_t *p)
 
 void mg_proxy_resume(mg_proxy_t *p)
 {
+    if (p->up->protocol != MG_UP_HTTP1) {
+        mg_h2up_resume(p);
+        return;
+    }
     if (!p->paused || !p->uc)
         return;
     p->paused = 0;
@@ -690,7 +712,7 @@ void mg_proxy_cancel(mg_proxy_t *p)
     if (!p->running)
         return;
     p->running = 0;
-    if (p->uc)
+    if (p->uc || p->h2s)
         mg_target_unpick(p->target); /* no verdict on the target: a trial it carried is free again */
     drop_conn(p, 0);
     drop_permit(p);

@@ -153,6 +153,19 @@ struct mg_proxy {
     /* timings for the access log and metrics (µs since mg_proxy_start) */
     uint64_t t_start, t_attempt;
     uint32_t queue_us, connect_us, ttfb_us;
+    /* HTTP/2 upstreams (mg_h2up) */
+    struct mg_h2sess *h2s;       /* the session carrying this attempt, or NULL */
+    int32_t h2id;                /* its stream (0: waiting for the session's handshake) */
+    struct mg_proxy *h2next;     /* the session's exchanges */
+    struct evbuffer *h2body;     /* request body bytes not yet framed */
+    size_t h2_unconsumed;        /* response bytes taken while paused: their window is held back */
+    size_t h2_ntrailers;
+    unsigned h2_deferred : 1;    /* the body's data provider waits for bytes */
+    unsigned h2_want_body : 1;   /* ask the owner for more body after the send */
+    unsigned h2_ended : 1;       /* the stream ended or was closed: no reset on detach */
+    unsigned h2_timer_set : 1;
+    unsigned h2_delivered : 1;   /* response bytes went to the owner in this read: on_wait follows */
+    struct event h2_timer;       /* the stream's send/read timeout */
     mg_http1_response_t resp;
     mg_header_t headers[MG_PROXY_MAX_HEADERS];
     mg_header_t trailers[MG_PROXY_MAX_TRAILERS]; /* filled by the chunked decoder when on_trailers is set */
@@ -178,6 +191,14 @@ void mg_proxy_end_body(mg_proxy_t *p);
 
 /* Resumes reading the response after on_body returned 1. */
 void mg_proxy_resume(mg_proxy_t *p);
+
+/*
+ * For the engines (mg_h2up): the attempt failed (never_left: the upstream
+ * cannot have seen the request), or the response is complete. The retry
+ * rules and the end of the exchange are mg_proxy's.
+ */
+void mg__proxy_fail(mg_proxy_t *p, const mg_error_t *kind, int never_left);
+void mg__proxy_succeed(mg_proxy_t *p);
 
 /* Stops the exchange without callbacks (client gone, deadline); closes the connection. */
 void mg_proxy_cancel(mg_proxy_t *p);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "mg_forward.h"
+#include "mg_grpc.h"
 #include "mg_log.h"
 
 mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
@@ -39,6 +40,7 @@ mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
     r->task.scope = &r->ledger; /* what the phases take lasts as long as the request; log_task keeps its own */
     r->start_us = mg_now_us();
     r->content_length = -1;
+    r->grpc_status = -1;
     mg_resp_init(&r->resp, &r->pool, 200);
     return r;
 }
@@ -196,15 +198,18 @@ static void access_log(mg_req_t *r)
     char host[300];
     mg_json_escape(host, sizeof(host), r->authority.p ? r->authority.p : "", r->authority.n);
     const char *client = r->remote[0] ? mg_req_client_ip(r) : "";
+    char grpc[32] = ""; /* a gRPC call's status: the caller's answer (the HTTP status stays the gateway's verdict) */
+    if (r->grpc && r->grpc_status >= 0)
+        snprintf(grpc, sizeof(grpc), ",\"grpc_status\":%d", r->grpc_status);
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"client\":\"%s\",\"host\":\"%s\","
                      "\"method\":\"%.*s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
-                     "\"duration_ms\":%.3f%s%s%s%s}\n",
+                     "\"duration_ms\":%.3f%s%s%s%s%s}\n",
                      ts, r->trace_id, r->remote[0] ? r->remote : "-", client[0] ? client : "-", host,
                      (int)r->method.n,
                      r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
-                     ms, up, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
+                     ms, up, grpc, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
                      r->error_kind ? "\"" : "");
     if (n > 0)
         mg_log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -281,6 +286,20 @@ void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *m
         mg_resp_add(resp, hdr, strlen(hdr), r->error_kind->name, strlen(r->error_kind->name));
     for (size_t i = 0; i < nextra; i++)
         mg_resp_add(resp, extra[i].name, extra[i].name_len, extra[i].value, extra[i].value_len);
+    if (r->grpc) {
+        /* a gRPC caller gets a gRPC status: trailers-only, the kind's (or the status's) code */
+        mg_resp_init(resp, &r->pool, 200);
+        if (hdr && r->error_kind)
+            mg_resp_add(resp, hdr, strlen(hdr), r->error_kind->name, strlen(r->error_kind->name));
+        for (size_t i = 0; i < nextra; i++)
+            mg_resp_add(resp, extra[i].name, extra[i].name_len, extra[i].value, extra[i].value_len);
+        r->grpc_status = kind ? kind->grpc : mg_grpc_status_of_http(status);
+        mg_grpc_error_head(resp, r->grpc_status, message, r->trace_id);
+        mg_req_send_head(r, resp);
+        r->status = status; /* the access log keeps the HTTP meaning; the client got a gRPC status */
+        mg_req_finish(r, NULL, 0);
+        return;
+    }
     resp->content_length = n;
     mg_req_send_head(r, resp);
     mg_req_send_body(r, body, (size_t)n);
@@ -372,6 +391,44 @@ static void fail_500(mg_req_t *r, const char *why)
 }
 
 /*
+ * A status other than 200 from a handler or plugin for a gRPC call: the
+ * caller gets it as a gRPC status (401 → UNAUTHENTICATED, 403 →
+ * PERMISSION_DENIED, ...), with the body's message (a table's message or
+ * error field, or the string) as grpc-message, and the headers it gave.
+ */
+static void respond_grpc_error(mg_req_t *r, lua_State *co, int status)
+{
+    char msg[256] = "";
+    if (lua_istable(co, 2)) {
+        lua_getfield(co, 2, "message");
+        if (!lua_isstring(co, -1)) {
+            lua_pop(co, 1);
+            lua_getfield(co, 2, "error");
+        }
+        if (lua_isstring(co, -1))
+            snprintf(msg, sizeof(msg), "%s", lua_tostring(co, -1));
+        lua_pop(co, 1);
+    } else if (lua_isstring(co, 2)) {
+        snprintf(msg, sizeof(msg), "%s", lua_tostring(co, 2));
+    }
+    if (!msg[0])
+        snprintf(msg, sizeof(msg), "%s", mg_resp_reason(status));
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, 200);
+    const char *bad = lua_istable(co, 3) ? mg_resp_add_lua(resp, co, 3, 0) : NULL;
+    if (bad) {
+        fail_500(r, bad);
+        return;
+    }
+    mg_req_add_defaults(r, resp);
+    r->grpc_status = mg_grpc_status_of_http(status);
+    mg_grpc_error_head(resp, r->grpc_status, msg, r->trace_id);
+    mg_req_send_head(r, resp);
+    r->status = status;
+    mg_req_finish(r, NULL, 0);
+}
+
+/*
  * Sends the handler's response. The results are on co: status, body, headers
  * (or the fields of ctx.response when status is nil).
  */
@@ -404,6 +461,10 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     int status = (int)lua_tointeger(co, 1);
     if (!lua_isnumber(co, 1) || status < 200 || status > 999) {
         fail_500(r, "handler returned an invalid status (want an integer 200..999)");
+        return;
+    }
+    if (r->grpc && status != 200) {
+        respond_grpc_error(r, co, status);
         return;
     }
     const char *ctype = NULL;
@@ -447,9 +508,13 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
         return;
     }
     mg_req_add_defaults(r, resp); /* a no-op when the handler returned ctx.response.headers itself */
+    if (r->grpc && blen == 0 && mg_resp_has(resp, "grpc-status", 11)) {
+        resp->no_body = 1; /* gw.grpc.status(...): a trailers-only answer */
+        ctype = "application/grpc";
+    }
     if (with_body && ctype && !resp->has_ctype)
         mg_resp_add(resp, "Content-Type", 12, ctype, strlen(ctype));
-    resp->content_length = with_body ? (int64_t)blen : -1;
+    resp->content_length = with_body && !resp->no_body ? (int64_t)blen : -1;
     mg_req_send_head(r, resp);
     if (with_body)
         mg_req_send_body(r, body, blen);
@@ -518,9 +583,16 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 void mg_req_start_deadline(mg_req_t *r)
 {
     const mg_route_t *route = r->route;
-    uint32_t ms = route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms;
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    r->deadline_us = mg_now_us() + (uint64_t)ms * 1000;
+    uint64_t us = (uint64_t)(route->timeout_ms ? route->timeout_ms : r->worker->cfg->request_timeout_ms) * 1000;
+    for (size_t i = 0; r->grpc && i < r->nheaders; i++) {
+        /* the caller's deadline (grpc-timeout) bounds the route's */
+        const mg_header_t *h = &r->headers[i];
+        int64_t t = mg_http1_name_is(h, "grpc-timeout", 12) ? mg_grpc_timeout_us(h->value, h->value_len) : -1;
+        if (t >= 0 && (uint64_t)t < us)
+            us = t > 0 ? (uint64_t)t : 1;
+    }
+    struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+    r->deadline_us = mg_now_us() + us;
     evtimer_assign(&r->deadline, r->worker->base, on_deadline, r);
     evtimer_add(&r->deadline, &tv);
     r->deadline_set = 1;

@@ -81,10 +81,13 @@ struct mg_req {
     int proxy_paused;             /* the upstream is paused until the client reads */
     int resp_started;             /* the response head went out: errors can no longer be reported */
     int close;                    /* nothing more after this request on its connection (body not read) */
+    int grpc;                     /* a gRPC call (content-type application/grpc): errors answer as gRPC */
+    int grpc_status;              /* the call's gRPC status when known (ours or the upstream's), else -1 */
     mg_resp_t resp;               /* the head being built (mg_req_send_head sends it) */
     int upstream_status;          /* a proxied response: the upstream's status, reason and length */
     char *upstream_reason;
     int64_t upstream_cl;
+    int upstream_no_body;         /* nothing followed its head (a gRPC trailers-only answer) */
     mg_header_t *trailers;        /* the upstream's trailers (arena), for clients that take them */
     size_t ntrailers;
     int head_filtering;           /* header_filter plugins run over the upstream's head */

@@ -9,6 +9,7 @@
 
 #include "mg_host.h"
 #include "mg_log.h"
+#include "mg_grpc.h"
 #include "mg_req.h"
 
 static int hexv(char c)
@@ -200,6 +201,10 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
     r->nheaders = p->num_headers;
     r->headers = p->headers;
     pick_trace_id(r);
+    /* a gRPC call: every answer the gateway makes itself, a refusal included, is a gRPC status */
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (mg_http1_name_is(&r->headers[i], "content-type", 12))
+            r->grpc = mg_grpc_content_type(r->headers[i].value, r->headers[i].value_len);
 
     resolve_client(r);
 

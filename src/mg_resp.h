@@ -27,6 +27,7 @@ typedef struct mg_resp {
     mg_header_t *h;
     size_t n, cap;
     int64_t content_length;       /* the body's length when known, else -1 (streamed) */
+    unsigned no_body : 1;         /* nothing follows the head (HTTP/2: END_STREAM on it; HTTP/1.1: length 0) */
     unsigned has_date : 1;        /* a Date field is among h: the encoder adds none */
     unsigned has_ctype : 1;
     mg_pool_t *pool;

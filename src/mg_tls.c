@@ -613,7 +613,10 @@ SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t e
         ssl_error(err, errlen, "cannot create a client context for", "upstream");
         return NULL;
     }
-    SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x08http/1.1", 9);
+    if (conf->h2)
+        SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3);
+    else
+        SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x08http/1.1", 9);
     /* sessions live per target (see mg_tls_client_ssl), not in a shared cache */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, on_new_session);

@@ -107,7 +107,7 @@ int mg_tls_send(SSL *ssl, struct evbuffer *out, int *want_write);
 /*
  * ---- upstream (client) side ----
  *
- * One client context per upstream: TLS 1.2/1.3, ALPN http/1.1, the peer's
+ * One client context per upstream: TLS 1.2/1.3, ALPN http/1.1 (or h2), the peer's
  * certificate verified against `ca` or the system store (SSL_CERT_FILE and
  * SSL_CERT_DIR are honoured), an optional client certificate (mTLS to the
  * upstream). Files are checked like a listener's.
@@ -116,6 +116,7 @@ typedef struct mg_tls_client_conf {
     const char *ca;          /* PEM CA bundle; NULL: the system store */
     const char *cert, *key;  /* client certificate and key, or NULL */
     int verify;              /* 0: any certificate is accepted (for a test upstream only) */
+    int h2;                  /* ALPN offers h2 only (an HTTP/2 upstream), else http/1.1 */
 } mg_tls_client_conf_t;
 
 SSL_CTX *mg_tls_client_new(const mg_tls_client_conf_t *conf, char *err, size_t errlen);

@@ -16,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "mg_h2up.h"
 #include "mg_log.h"
 
 #define UPCONN_IN_INITIAL 4096
@@ -556,6 +557,7 @@ typedef struct check {
     struct event ev, timer;
     char buf[64];
     size_t len;
+    mg_h2check_t *h2;               /* an HTTP/2 upstream's check speaks HTTP/2 */
 } check_t;
 
 static void check_done(check_t *c, int ok)
@@ -573,6 +575,7 @@ static void check_done(check_t *c, int ok)
     event_del(&c->ev);
     event_del(&c->timer);
     SSL_free(c->ssl); /* NULL-safe */
+    mg_h2check_free(c->h2);
     close(c->fd);
     for (check_t **pp = (check_t **)&t->up->checks; *pp; pp = &(*pp)->next)
         if (*pp == c) {
@@ -647,8 +650,17 @@ static void on_check_io(evutil_socket_t fd, short what, void *arg)
     }
     if (c->stage == CHECK_SEND) {
         char req[512];
-        int len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\n"
+        int len;
+        if (up->protocol != MG_UP_HTTP1) {
+            /* the client preface, SETTINGS and the GET, as one HTTP/2 client session writes them */
+            struct evbuffer *b = evbuffer_new();
+            c->h2 = mg_h2check_new(up->active_path, t->authority, up->protocol == MG_UP_H2, b);
+            len = (int)evbuffer_remove(b, req, sizeof(req));
+            evbuffer_free(b);
+        } else {
+            len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\n"
                            "Connection: close\r\n\r\n", up->active_path, t->authority);
+        }
         /* a fresh connection takes a request this small at once */
         if (check_io(c, req, (size_t)len, 1, &want) != len) {
             check_done(c, 0);
@@ -666,6 +678,13 @@ static void on_check_io(evutil_socket_t fd, short what, void *arg)
     }
     if (n <= 0) {
         check_done(c, 0);
+        return;
+    }
+    if (c->h2) {
+        /* frames, not a status line: the session reads them; 2xx and 3xx are healthy */
+        int st = mg_h2check_feed(c->h2, c->buf + c->len, (size_t)n);
+        if (st != 0)
+            check_done(c, st >= 200 && st < 400);
         return;
     }
     c->len += (size_t)n;
@@ -731,6 +750,7 @@ void mg_upstream_free(mg_upstream_t *up)
         event_del(&c->ev);
         event_del(&c->timer);
         SSL_free(c->ssl);
+        mg_h2check_free(c->h2);
         close(c->fd);
         free(c);
     }
@@ -742,6 +762,7 @@ void mg_upstream_free(mg_upstream_t *up)
         free(t->hostname);
         free(t->host);
         SSL_SESSION_free(t->tls_session);
+        mg_h2up_target_free(t);
         while (t->idle) {
             mg_upconn_t *uc = t->idle;
             t->idle = uc->next_idle;

@@ -90,6 +90,7 @@ struct mg_target {
     int inflight;
     uint64_t requests, failures;
     mg_upconn_t *idle;                /* LIFO: the most recently used connection is the warmest */
+    void *h2;                         /* HTTP/2 upstreams: the target's sessions (mg_h2up) */
     int nidle;
 };
 
@@ -103,6 +104,7 @@ struct mg_upstream {
     int max_idle;
     uint32_t idle_timeout_ms;
     int max_requests;
+    uint32_t ping_ms;                 /* HTTP/2: an idle session is PINGed this often */
     uint32_t connect_ms, send_ms, read_ms;
     int retries;
     int retry_non_idempotent;         /* POST, PATCH, ... may be resent after they were written */

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "mg_conn.h"
+#include "mg_h2up.h"
 #include "mg_log.h"
 #include "mg_req.h"
 
@@ -405,9 +406,11 @@ static void render_upstreams(mg_worker_t *w, mg_text_t *o)
             mg_target_t *t = &up->targets[k];
             int healthy = t->len && !t->active_down && (!t->ejected_until || now >= t->ejected_until);
             static const char *gauges[] = { "moongate_upstream_pool_idle", "moongate_upstream_inflight",
-                                            "moongate_upstream_target_healthy" };
-            int values[] = { t->nidle, t->inflight, healthy };
-            for (int g = 0; g < 3; g++) {
+                                            "moongate_upstream_target_healthy", "moongate_upstream_h2_connections" };
+            int ns = 0, nst = 0;
+            mg_h2up_figures(t, &ns, &nst);
+            int values[] = { t->nidle, t->inflight, healthy, ns };
+            for (int g = 0; g < (up->protocol != MG_UP_HTTP1 ? 4 : 3); g++) {
                 mg_text_add(o, "%s{worker=\"%d\",upstream=\"", gauges[g], w->id);
                 mg_text_label(o, up->name);
                 mg_text_add(o, "\",target=\"");
@@ -438,9 +441,16 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
             mg_target_t *t = &up->targets[k];
             mg_text_add(o, "%s{\"target\":\"", k ? "," : "");
             mg_text_json(o, t->text);
-            mg_text_add(o, "\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,\"requests\":%llu,\"failures\":%llu}",
+            mg_text_add(o, "\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,\"requests\":%llu,\"failures\":%llu",
                         target_health(t, now), t->inflight, t->nidle,
                         (unsigned long long)t->requests, (unsigned long long)t->failures);
+            if (up->protocol != MG_UP_HTTP1) {
+                /* HTTP/2: connections and the streams on them instead of an idle pool */
+                int ns, nst;
+                mg_h2up_figures(t, &ns, &nst);
+                mg_text_add(o, ",\"connections\":%d,\"streams\":%d", ns, nst);
+            }
+            mg_text_add(o, "}");
         }
         mg_text_add(o, "]}");
     }
@@ -463,9 +473,15 @@ static void upstream_table(mg_worker_t *w, mg_text_t *o)
             size_t at = o->len;
             mg_text_add(o, "    ");
             mg_text_json(o, t->text);
-            mg_text_add(o, "%*s %-20s in flight %d, idle %d, requests %llu, failures %llu\n",
+            mg_text_add(o, "%*s %-20s in flight %d, idle %d, requests %llu, failures %llu",
                         (int)(o->len - at < 32 ? 32 - (o->len - at) : 0), "", target_health(t, now), t->inflight,
                         t->nidle, (unsigned long long)t->requests, (unsigned long long)t->failures);
+            if (up->protocol != MG_UP_HTTP1) {
+                int ns, nst;
+                mg_h2up_figures(t, &ns, &nst);
+                mg_text_add(o, ", HTTP/2 connections %d, streams %d", ns, nst);
+            }
+            mg_text_add(o, "\n");
         }
     }
 }

@@ -12,9 +12,10 @@ local fail, where, check_fields, table_field, list_field = check.fail, check.whe
 
 local UPSTREAM_FIELDS = { targets = true, tls = true, balance = true, hash_key = true, pool = true,
                           timeouts = true, retries = true, health = true, host_header = true,
-                          max_concurrency = true, on_busy = true, retry_non_idempotent = true }
+                          max_concurrency = true, on_busy = true, retry_non_idempotent = true,
+                          protocol = true }
 local UPSTREAM_TLS_FIELDS = { ca = true, server_name = true, cert = true, key = true, verify = true }
-local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true }
+local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true, ping_interval = true }
 local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
 local HEALTH_FIELDS = { passive = true, active = true }
 local PASSIVE_FIELDS = { failures = true, eject = true }
@@ -95,6 +96,19 @@ function M.directive(st)
       if schemes.http and t.tls ~= nil then
         fail("upstream %s: tls is given but the targets are http://", name)
       end
+      -- protocol = "h2c" (HTTP/2 with prior knowledge) or "h2" (HTTP/2 over TLS, ALPN); default HTTP/1.1
+      local proto = t.protocol or "http1"
+      if proto ~= "http1" and proto ~= "h2c" and proto ~= "h2" then
+        fail("upstream %s: protocol must be \"http1\", \"h2c\" (HTTP/2 in clear) or \"h2\" (HTTP/2 over TLS)", name)
+      end
+      if proto == "h2" and not schemes.https then
+        fail("upstream %s: protocol = \"h2\" is HTTP/2 over TLS: give https:// targets (or tls = {...}); " ..
+             "protocol = \"h2c\" speaks it in clear", name)
+      end
+      if proto == "h2c" and schemes.https then
+        fail("upstream %s: protocol = \"h2c\" is HTTP/2 in clear, but the targets are TLS: use protocol = \"h2\"", name)
+      end
+      u.protocol = proto
       if schemes.https then u.tls = upstream_tls(t.tls or {}, name) end
       u.balance = t.balance or "round_robin"
       if u.balance ~= "round_robin" and u.balance ~= "least_conn" and u.balance ~= "hash" then
@@ -129,6 +143,10 @@ function M.directive(st)
       u.max_idle = int(t.pool, "max_idle", 64, 0, "pool.max_idle")
       u.idle_timeout = dur(t.pool, "idle_timeout", 60000, "pool.idle_timeout")
       u.max_requests = int(t.pool, "max_requests", 1000, 1, "pool.max_requests")
+      if t.pool and t.pool.ping_interval ~= nil and u.protocol == "http1" then
+        fail("upstream %s: pool.ping_interval is for HTTP/2 upstreams (protocol = \"h2c\" or \"h2\")", name)
+      end
+      u.ping_interval = dur(t.pool, "ping_interval", 10000, "pool.ping_interval")
       table_field(t.timeouts, UP_TIMEOUT_FIELDS, "upstream " .. name .. " timeouts")
       u.connect_timeout = dur(t.timeouts, "connect", 2000, "timeouts.connect")
       u.send_timeout = dur(t.timeouts, "send", 10000, "timeouts.send")

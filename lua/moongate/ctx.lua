@@ -218,6 +218,16 @@ function REQ_METHODS.body(req)
   return ffi_string(p, len_a[0])
 end
 
+-- ctx.request.grpc: { service = "pkg.Service", method = "Method" } for a gRPC
+-- call (content-type application/grpc[+...], path /service/method), else nil
+local function load_grpc(req)
+  local ct = req:header("content-type")
+  if not ct or not (ct == "application/grpc" or ct:find("^application/grpc[+;]")) then return nil end
+  local service, method = (req.path or ""):match("^/([^/]+)/([^/]+)$")
+  if not service then return nil end
+  return { service = service, method = method }
+end
+
 local REQ_MT = {
   __index = function(req, k)
     local m = REQ_METHODS[k]
@@ -229,6 +239,8 @@ local REQ_MT = {
       v = field(r, f)
     elseif k == "tls" then
       v = load_tls(r)
+    elseif k == "grpc" then
+      v = load_grpc(req)
     elseif k == "headers" then
       v = load_headers(r)
     elseif k == "args" then

@@ -47,4 +47,20 @@ function gw.log(level, msg, fields)
   gw._log(level, tostring(msg), extra)
 end
 
+--- gw.grpc.status(code, message) -> status, body, headers: what a plugin or
+-- handler returns to end a gRPC call with a gRPC status (a trailers-only
+-- answer), e.g. `return gw.grpc.status(16, "missing key")`.
+local pct_encode = function(s)
+  return (s:gsub("[^ -$&-~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+gw.grpc = {
+  status = function(code, message)
+    if type(code) ~= "number" or code % 1 ~= 0 or code < 0 or code > 16 then
+      error("gw.grpc.status: the code must be a gRPC status, an integer 0..16", 2)
+    end
+    return 200, "", { ["content-type"] = "application/grpc", ["grpc-status"] = tostring(code),
+                      ["grpc-message"] = message and pct_encode(tostring(message)) or nil }
+  end,
+}
+
 return gw

@@ -188,7 +188,7 @@ describe("config tables refuse unknown fields", function()
     { 'upstream "u" { targets = { "a:1" }, tls = { ca = "x", verfy = false } }',
       "unknown field 'verfy' in upstream u tls (known: ca, cert, key, server_name, verify)" },
     { 'upstream "u" { targets = { "a:1" }, pool = { max_idel = 1 } }',
-      "unknown field 'max_idel' in upstream u pool (known: idle_timeout, max_idle, max_requests)" },
+      "unknown field 'max_idel' in upstream u pool (known: idle_timeout, max_idle, max_requests, ping_interval)" },
     { 'upstream "u" { targets = { "a:1" }, timeouts = { conect = "1s" } }',
       "unknown field 'conect' in upstream u timeouts (known: connect, read, send)" },
     { 'upstream "u" { targets = { "a:1" }, health = { pasive = {} } }',

@@ -1,0 +1,276 @@
+-- gRPC through the gateway, and HTTP/2 upstreams: real python3-grpcio servers
+-- and clients (spec/grpcpeer.py, generic handlers: no generated code), raw
+-- frames for the gateway's own gRPC errors (spec/h2peer.py), an HTTP/2
+-- server that stops answering PINGs (spec/h2server.py).
+local helpers = require "spec.helpers"
+
+local FIXTURES = os.getenv("PWD") .. "/spec/fixtures/plugins"
+
+-- Starts a Python peer and waits for its first line (it listens then); returns pid, dir.
+local function start_peer(argv, ready)
+  local dir = helpers.tmpdir()
+  local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  for _ = 1, 200 do
+    if helpers.read_file(dir .. "/out"):find(ready, 1, true) then return pid, dir end
+    gw.sleep(0.025)
+  end
+  error("peer did not start: " .. helpers.read_file(dir .. "/err"))
+end
+
+local function stop_peer(pid)
+  gw.process.kill(pid, gw.process.SIGTERM)
+  if not helpers.wait_exit(pid, 5) then
+    gw.process.kill(pid, gw.process.SIGKILL)
+    helpers.wait_exit(pid, 5)
+  end
+end
+
+local function grpc_server(port, max_age_ms)
+  return start_peer({ "/usr/bin/python3", "spec/grpcpeer.py", "server", tostring(port), max_age_ms }, "serving")
+end
+
+-- A grpcpeer.py client scenario against the gateway: its JSON report.
+local function client(g, scenario, arg, seconds, authority)
+  local dir = helpers.tmpdir()
+  local argv = { "/usr/bin/python3", "spec/grpcpeer.py", "client", tostring(g.port), scenario, arg or "-" }
+  if authority then argv = { "/usr/bin/env", "GRPCPEER_AUTHORITY=" .. authority, unpack(argv) } end
+  local pid = assert(gw.process.spawn(argv,
+                                      { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  if not helpers.wait_exit(pid, seconds or 60) then gw.process.kill(pid, gw.process.SIGKILL) end
+  local out = helpers.read_file(dir .. "/out")
+  return assert(gw.json.decode(out:match("([^\n]+)\n?$") or ""), "client said: " .. out .. helpers.read_file(dir .. "/err"))
+end
+
+-- A raw gRPC call with spec/h2peer.py: the answer's frames.
+local function raw_call(g, path)
+  local dir = helpers.tmpdir()
+  local pid = assert(gw.process.spawn({ "/usr/bin/python3", "spec/h2peer.py", tostring(g.port), "grpc_call", path },
+                                      { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  helpers.wait_exit(pid, 30)
+  local out = helpers.read_file(dir .. "/out")
+  return assert(gw.json.decode(out:match("([^\n]+)\n?$") or ""), "h2peer said: " .. out .. helpers.read_file(dir .. "/err"))
+end
+
+local function upstream_figures(g, name)
+  local _, out = g:ctl("upstreams", "--json")
+  for _, w in ipairs(gw.json.decode(out)) do
+    for _, u in ipairs(w.upstreams) do
+      if u.name == name then return u.targets[1] end
+    end
+  end
+end
+
+describe("gRPC", function()
+  local gport, gpid, g
+
+  setup(function()
+    gport = helpers.free_port()
+    gpid = grpc_server(gport)
+    local closed = helpers.free_port()
+    g = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", http2 = true }
+      plugins_dir "%s"
+      error_header "X-Gateway-Error"
+      upstream "grpc" { targets = { "127.0.0.1:%d" }, protocol = "h2c", timeouts = { read = "10s" } }
+      upstream "gone" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
+      upstream "narrow" { targets = { "127.0.0.1:%d" }, protocol = "h2c", max_concurrency = 1 }
+      route { path = "/test.Echo/{method}", upstream = "grpc", timeout = "20s", max_body = "8m" }
+      route { path = "/gone.Svc/{method}", upstream = "gone" }
+      route { host = "narrow.test", path = "/test.Echo/{method}", upstream = "narrow" }
+      route { host = "short.test", path = "/test.Echo/{method}", upstream = "grpc", timeout = "1s" }
+      route { path = "/keyed.Svc/{method}", upstream = "grpc",
+              plugins = { ["key-auth"] = { keys = { k1 = "alice" } } } }
+      route { path = "/walled.Svc/{method}", upstream = "grpc",
+              plugins = { ["ip-restriction"] = { deny = { "127.0.0.0/8" } } } }
+      route { path = "/boom.Svc/{method}", handler = function() error("kaboom") end }
+      route { path = "/slow.Svc/{method}", timeout = "200ms", handler = function() gw.sleep(2) return 200 end }
+      route { path = "/plugin.Svc/{method}", handler = function(ctx)
+        return gw.grpc.status(9, "not now: " .. ctx.request.grpc.service .. "/" .. ctx.request.grpc.method)
+      end }
+    ]]):format(FIXTURES, gport, closed, gport))
+  end)
+  teardown(function()
+    g:stop()
+    stop_peer(gpid)
+  end)
+
+  it("proxies unary calls h2 to h2, with the deadline the caller has left", function()
+    local r = client(g, "unary", "hello")
+    assert.same({ "OK", "hello" }, { r.code, r.value })
+    r = client(g, "timeout", "2")
+    assert.equal("OK", r.code)
+    local left = tonumber(r.value) -- what the upstream saw as grpc-timeout
+    assert.is_true(left > 1500 and left < 2100, "upstream saw " .. r.value .. " ms")
+    -- a route timeout shorter than the caller's: the upstream is told the route's remainder
+    r = client(g, "timeout", "5", nil, "short.test")
+    assert.equal("OK", r.code)
+    assert.is_true(tonumber(r.value) <= 1000, "upstream saw " .. r.value .. " ms")
+    local e = g:access_entries()
+    assert.equal(0, e[#e].grpc_status)
+  end)
+
+  it("streams server, client and bidirectional calls message by message", function()
+    local r = client(g, "server_stream", "1000:100")
+    assert.same({ "OK", 1000, 100000 }, { r.code, r.count, r.bytes })
+    r = client(g, "client_stream", "500:1000")
+    assert.same({ "OK", "500:500000" }, { r.code, r.value })
+    -- ping-pong: each message is sent only after the previous answer came back through the gateway
+    r = client(g, "bidi", "20")
+    assert.equal("OK", r.code)
+    assert.equal(20, #r.got)
+    assert.equal("m19", r.got[20])
+  end)
+
+  it("carries 4 MB messages both ways", function()
+    local r = client(g, "big", tostring(4 * 1024 * 1024))
+    assert.equal("OK", r.code)
+    assert.equal(4 * 1024 * 1024, r.value)
+    assert.equal(4 * 1024 * 1024, r.down)
+  end)
+
+  it("carries 1,000 concurrent calls over a few upstream connections", function()
+    local r = client(g, "many", "1000")
+    assert.same({ OK = 1000 }, r.codes)
+    local t = upstream_figures(g, "grpc")
+    assert.is_true(t.connections >= 1 and t.connections <= 12, "connections " .. tostring(t.connections))
+  end)
+
+  it("answers its own errors the gRPC way: HTTP 200, trailers-only, grpc-status, the trace id", function()
+    local cases = {
+      { "/nothere.Svc/M", 12 },     -- no route: UNIMPLEMENTED
+      { "/gone.Svc/M", 14 },        -- refused: UNAVAILABLE
+      { "/slow.Svc/M", 4 },         -- the gateway's deadline: DEADLINE_EXCEEDED
+      { "/keyed.Svc/M", 16 },       -- key-auth: UNAUTHENTICATED
+      { "/walled.Svc/M", 7 },       -- ip-restriction: PERMISSION_DENIED
+      { "/boom.Svc/M", 13 },        -- a Lua error: INTERNAL
+      { "/plugin.Svc/M", 9 },       -- gw.grpc.status from a handler
+    }
+    for _, c in ipairs(cases) do
+      local r = raw_call(g, c[1])
+      local h = r.headers and r.headers["1"]
+      assert.truthy(h, c[1] .. ": " .. gw.json.encode(r))
+      assert.equal("200", h[":status"], c[1])
+      assert.equal("application/grpc", h["content-type"], c[1])
+      assert.equal(tostring(c[2]), h["grpc-status"], c[1])
+      assert.is_true(r.trailers_only, c[1] .. ": not a trailers-only answer")
+      assert.is_nil(r.data["1"], c[1])
+      if c[1] ~= "/plugin.Svc/M" then
+        assert.truthy(h["grpc-message"]:find("trace id " .. h["x-request-id"], 1, true), h["grpc-message"])
+      else
+        assert.equal("not now: plugin.Svc/M", h["grpc-message"])
+      end
+    end
+    -- a real client sees them as statuses, with the message
+    local r = client(g, "unary") -- control
+    assert.equal("OK", r.code)
+  end)
+
+  it("answers busy as RESOURCE_EXHAUSTED and gives the permit back when the caller cancels", function()
+    local results = helpers.parallel({
+      function() return client(g, "cancel", "3000", nil, "narrow.test") end, -- holds narrow's only permit, then cancels
+      function() gw.sleep(0.8); return raw_call(g, "/test.Echo/Unary|:authority=narrow.test") end,
+    })
+    assert.equal("CANCELLED", results[1].code)
+    assert.equal("8", (results[2].headers or {})["1"] and results[2].headers["1"]["grpc-status"],
+                 gw.json.encode(results[2])) -- while it held the permit
+    gw.sleep(0.2)
+    local _, out = g:ctl("status", "--json")
+    local st = gw.json.decode(out)
+    assert.equal(0, st.semaphores["upstream:narrow"].in_use) -- the cancelled call gave it back
+    local e = g:access_entries()
+    local cancelled
+    for _, x in ipairs(e) do if x.error == "client_abort" then cancelled = x end end
+    assert.truthy(cancelled)
+  end)
+end)
+
+describe("HTTP/2 upstreams", function()
+  it("survive an upstream that sends GOAWAY under load: every call succeeds", function()
+    local port = helpers.free_port()
+    local pid = grpc_server(port, 400) -- GOAWAY to every connection after 400 ms
+    local g = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", http2 = true }
+      upstream "grpc" { targets = { "127.0.0.1:%d" }, protocol = "h2c" }
+      route { path = "/test.Echo/{method}", upstream = "grpc" }
+    ]]):format(port))
+    local r = client(g, "load", "3")
+    local total = 0
+    for _, n in pairs(r.codes) do total = total + n end
+    assert.is_true(total > 100, gw.json.encode(r.codes))
+    assert.equal(total, r.codes.OK, gw.json.encode(r.codes))
+    assert.truthy(g:error_log():find("sent GOAWAY", 1, true))
+    g:stop()
+    stop_peer(pid)
+  end)
+
+  it("close a connection whose server stops answering PINGs, and go on on a new one", function()
+    local port = helpers.free_port()
+    local pid, dir = start_peer({ "/usr/bin/python3", "spec/h2server.py", tostring(port), "silent_after_first" },
+                                "listening")
+    local g = helpers.start(([[
+      upstream "h2" { targets = { "127.0.0.1:%d" }, protocol = "h2c", pool = { ping_interval = "300ms" },
+                      timeouts = { connect = "300ms", read = "2s" } }
+      route { path = "/{x*}", upstream = "h2" }
+    ]]):format(port))
+    assert.equal("ok from connection 1", g:request("GET", "/a").body)
+    gw.sleep(1.2) -- idle: PING after 300 ms, no answer within 300 ms
+    assert.truthy(g:error_log():find("did not answer a PING", 1, true), g:error_log())
+    assert.equal("ok from connection 2", g:request("GET", "/b").body)
+    assert.truthy(helpers.read_file(dir .. "/out"):find("connection 2", 1, true))
+    g:stop()
+    stop_peer(pid)
+  end)
+
+  it("serve HTTP/1.1 clients, gw.http.request (parallel calls share a connection) and health checks", function()
+    local port = helpers.free_port()
+    local pid, dir = start_peer({ "/usr/bin/python3", "spec/h2server.py", tostring(port), "normal" }, "listening")
+    local g = helpers.start(([[
+      upstream "h2" { targets = { "127.0.0.1:%d" }, protocol = "h2c",
+                      health = { active = { path = "/health", interval = "200ms" } } }
+      route { path = "/p/{x*}", upstream = "h2" }
+      route { path = "/fanout", handler = function()
+        local tasks = {}
+        for i = 1, 10 do
+          tasks[i] = gw.spawn(gw.http.request, { upstream = "h2", path = "/sub/" .. i })
+        end
+        local bodies = {}
+        for i = 1, 10 do bodies[i] = assert(gw.wait(tasks[i])).body end
+        return 200, bodies
+      end }
+    ]]):format(port))
+    local res = g:request("GET", "/p/x", { h1 = true })
+    assert.equal(200, res.status)
+    assert.truthy(res.body:find("^ok from connection "))
+    res = g:request("GET", "/fanout", { h1 = true })
+    assert.equal(200, res.status)
+    assert.equal(10, #res.json)
+    local conns = {}
+    for _, b in ipairs(res.json) do conns[b] = true end
+    local n = 0
+    for _ in pairs(conns) do n = n + 1 end
+    assert.equal(1, n) -- ten parallel sub-requests, one HTTP/2 connection
+    gw.sleep(0.5)
+    local t = upstream_figures(g, "h2")
+    assert.equal("healthy", t.health)
+    g:stop()
+    stop_peer(pid)
+    -- a stopped server fails its (HTTP/2) health check
+  end)
+
+  it("are refused at load when the config contradicts itself", function()
+    local code, err = helpers.check_config([[
+      listen "127.0.0.1:1"
+      upstream "x" { targets = { "127.0.0.1:9" }, protocol = "h2" }
+      route { path = "/", upstream = "x" }
+    ]])
+    assert.equal(1, code)
+    assert.truthy(err:find("gateway.lua:2: upstream x: protocol = \"h2\" is HTTP/2 over TLS", 1, true), err)
+    code, err = helpers.check_config([[
+      listen "127.0.0.1:1"
+      upstream "x" { targets = { "127.0.0.1:9" }, pool = { ping_interval = "1s" } }
+      route { path = "/", upstream = "x" }
+    ]])
+    assert.equal(1, code)
+    assert.truthy(err:find("pool.ping_interval is for HTTP/2 upstreams", 1, true), err)
+  end)
+end)
