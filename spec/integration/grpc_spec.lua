@@ -257,6 +257,29 @@ describe("HTTP/2 upstreams", function()
     -- a stopped server fails its (HTTP/2) health check
   end)
 
+  it("speak h2 over TLS (ALPN), verified like HTTP/1.1 TLS upstreams", function()
+    local pki = require("spec.pki").make()
+    local up = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", tls = { cert = "%s/localhost.pem", key = "%s/localhost.key" } }
+      route { path = "/{x*}", handler = function(ctx) return 200, ctx.request.http_version .. " " .. ctx.request.scheme end }
+    ]]):format(pki, pki))
+    local g = helpers.start(([[
+      upstream "tls" { targets = { "https://localhost:%d" }, protocol = "h2", tls = { ca = "%s/ca.pem" } }
+      upstream "untrusted" { targets = { "https://localhost:%d" }, protocol = "h2", retries = 0 }
+      route { path = "/t/{x*}", upstream = "tls" }
+      route { path = "/u/{x*}", upstream = "untrusted" }
+    ]]):format(up.port, pki, up.port), { files = {}, env = { "SSL_CERT_FILE=/dev/null" } })
+    local res = g:request("GET", "/t/x", { h1 = true })
+    assert.equal(200, res.status)
+    assert.equal("2 https", res.body)
+    res = g:request("GET", "/u/x", { h1 = true })
+    assert.equal(502, res.status)
+    local e = g:access_entries()
+    assert.equal("tls_verify", e[#e].error)
+    g:stop()
+    up:stop()
+  end)
+
   it("are refused at load when the config contradicts itself", function()
     local code, err = helpers.check_config([[
       listen "127.0.0.1:1"
@@ -272,5 +295,30 @@ describe("HTTP/2 upstreams", function()
     ]])
     assert.equal(1, code)
     assert.truthy(err:find("pool.ping_interval is for HTTP/2 upstreams", 1, true), err)
+  end)
+end)
+
+describe("examples/grpc", function()
+  it("runs as its comments say", function()
+    local sport = helpers.free_port()
+    local spid = start_peer({ "/usr/bin/python3", "examples/grpc/server.py", tostring(sport) }, "serving")
+    local conf = helpers.read_file("examples/grpc/gateway.lua"):gsub("127%.0%.0%.1:50051", "127.0.0.1:" .. sport)
+                   :gsub('listen { "127%.0%.0%.1:8080"', 'listen { "127.0.0.1:{{PORT}}"')
+    local g = helpers.start(conf)
+    local function run(key)
+      local dir = helpers.tmpdir()
+      local pid = assert(gw.process.spawn({ "/usr/bin/python3", "examples/grpc/client.py", key, tostring(g.port) },
+                                          { stdout = dir .. "/out", stderr = dir .. "/err" }))
+      helpers.wait_exit(pid, 30)
+      return helpers.read_file(dir .. "/out") .. helpers.read_file(dir .. "/err")
+    end
+    local out = run("-")
+    assert.truthy(out:find("Hello: UNAUTHENTICATED missing or invalid API key (trace id ", 1, true), out)
+    out = run("demo-key")
+    assert.truthy(out:find("Hello: OK hello, moongate", 1, true), out)
+    assert.truthy(out:find("Count: OK ['1', '2', '3']", 1, true), out)
+    assert.truthy(out:find("Admin: PERMISSION_DENIED admin methods are not exposed (Reboot)", 1, true), out)
+    g:stop()
+    stop_peer(spid)
   end)
 end)
