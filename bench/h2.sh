@@ -99,24 +99,9 @@ done
 ngx_worker=$(pgrep -P "$ngx_master" | head -1)
 declare -A PID=([moongate]=$gw_pid [nginx]=$ngx_worker [haproxy]=$hap_pid)
 
-hz=$(getconf CLK_TCK)
+. "$here/lib.sh"
 h2run() { # label server url
-  local label=$1 server=$2 url=$3 pid=${PID[$2]}
-  taskset -c "$LOAD_CPU" h2load -n 20000 -c 10 -m 100 "$url" >/dev/null 2>&1 # warm-up (JIT, pools)
-  for r in $(seq "$ROUNDS"); do
-    local u0 s0 u1 s1 out rps p50 p99
-    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-    out=$(taskset -c "$LOAD_CPU" h2load -n "$REQUESTS" -c 10 -m 100 --log-file="$dir/log" "$url" 2>&1)
-    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-    rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-    echo "$out" | grep -q "$REQUESTS succeeded" || { echo "$label $server: not all requests succeeded"; echo "$out" | tail -5; }
-    # the log: start time, status, request time in µs per request
-    read -r p50 p99 < <(awk '{print $3}' "$dir/log" | sort -n | awk '{a[NR] = $1} END {printf "%.2f %.2f\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
-    awk -v l="$label" -v s="$server" -v r="$r" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v du="$((u1 - u0))" \
-        -v ds="$((s1 - s0))" -v hz="$hz" -v n="$REQUESTS" \
-        'BEGIN { printf "| %s | %s | %d | %s | %s ms | %s ms | %.1f | %.1f | %.1f |\n", l, s, r, rps, p50, p99,
-                 (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n }'
-  done
+  measure_h2 "$1 | $2" "${PID[$2]}" "$3"
 }
 printf '| workload | server | round | rps | p50 | p99 | CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|---|\n'
 for s in moongate nginx haproxy; do h2run "h2 TLS 10x100" "$s" "https://127.0.0.1:${TLS_PORT[$s]}/x"; done

@@ -142,7 +142,8 @@ function M.directive(st)
       table_field(t.pool, POOL_FIELDS, "upstream " .. name .. " pool")
       u.max_idle = int(t.pool, "max_idle", 64, 0, "pool.max_idle")
       u.idle_timeout = dur(t.pool, "idle_timeout", 60000, "pool.idle_timeout")
-      u.max_requests = int(t.pool, "max_requests", 1000, 1, "pool.max_requests")
+      -- streams per connection for HTTP/2: a connection carries many at once, so a million by default
+      u.max_requests = int(t.pool, "max_requests", u.protocol == "http1" and 1000 or 1000000, 1, "pool.max_requests")
       if t.pool and t.pool.ping_interval ~= nil and u.protocol == "http1" then
         fail("upstream %s: pool.ping_interval is for HTTP/2 upstreams (protocol = \"h2c\" or \"h2\")", name)
       end
