@@ -139,6 +139,18 @@ describe("the status page", function()
     assert.truthy(metrics:find('moongate_request_errors_total{worker="%d",route="/boom",kind="lua_error"} 1'), metrics)
   end)
 
+  it("is never skipped quietly: without a browser the check fails and says what to install", function()
+    local dir = helpers.tmpdir()
+    local pid = assert(gw.process.spawn({ "/usr/bin/env", "MOONGATE_CHROMIUM=/nonexistent/chromium", PYTHON,
+                                          PAGE_SCRIPT, "http://127.0.0.1:1/", dir .. "/out.json", dir .. "/shot.png",
+                                          "1", "5" }, { stderr = dir .. "/err" }))
+    local _, code = helpers.wait_exit(pid, 30)
+    assert.equal(2, code)
+    local err = helpers.read_file(dir .. "/err")
+    assert.truthy(err:find("/nonexistent/chromium is missing: apt-get install chromium chromium-driver " ..
+                           "python3-selenium", 1, true), err)
+  end)
+
   it("renders workers, routes, rates, percentiles, targets, semaphores and errors in a real browser", function()
     assert(io.open("/usr/bin/chromium"), "/usr/bin/chromium is missing: this spec needs Debian's chromium, " ..
            "chromium-driver and python3-selenium (apt-get install chromium chromium-driver python3-selenium; " ..
