@@ -11,11 +11,12 @@ FUZZ_LONG_SECONDS ?= 600
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 # What building needs, and what the tests need on top (real peers: h2/h2c
-# clients, gRPC and WebSocket peers in Python, a Redis server).
+# clients, gRPC and WebSocket peers in Python, a Redis server; a headless
+# browser for the status page).
 BUILD_PACKAGES = build-essential cmake pkg-config libluajit2-5.1-dev libevent-dev libssl-dev \
                  libpcre2-dev libnghttp2-dev libhiredis-dev lua-cjson
 TEST_PACKAGES  = lua-busted libcmocka-dev clang wrk curl openssl nghttp2-client python3 python3-h2 \
-                 python3-grpcio python3-websockets redis-server
+                 python3-grpcio python3-websockets redis-server chromium chromium-driver python3-selenium
 DEBIAN_PACKAGES = $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
 .PHONY: all deps check-deps build run test test-c test-asan test-spec test-spec-h2 test-spec-asan fuzz fuzz-build fuzz-smoke bench install clean

@@ -76,6 +76,7 @@ static void usage(FILE *f)
             "usage: gatewayd -c FILE [options]   run the gateway\n"
             "       gatewayd -t -c FILE             check the config and exit\n"
             "       gatewayd --spec [ARGS...]       run busted specs inside the runtime\n"
+            "       gatewayd --new-plugin NAME [DIR] write a plugin skeleton with a passing spec\n"
             "options:\n"
             "  -c, --config FILE     the Lua config file\n"
             "  -t, --test            validate the config (syntax, routes, settings) and exit\n"
@@ -129,6 +130,8 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "--spec") == 0)
         return mg_spec_main(argc - 2, argv + 2);
+    if (argc >= 2 && strcmp(argv[1], "--new-plugin") == 0)
+        return mg_spec_new_plugin(argc - 2, argv + 2);
 
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' }, { "test", no_argument, NULL, 't' },

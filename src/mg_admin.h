@@ -57,7 +57,12 @@ typedef struct mg_admin {
 
 /* Binds the admin socket (mode 0600; a stale socket file is replaced). */
 int mg_admin_open(mg_admin_t *a, const char *path, char *err, size_t errlen);
-/* Binds the admin HTTP listener: GET /metrics (Prometheus text), GET /status (JSON). */
+/*
+ * Binds the admin HTTP listener: GET / (the status page, one self-contained
+ * HTML file embedded at build time from src/mg_admin_page.html),
+ * GET /status.json (what the page reads: /status plus every worker's
+ * figures), GET /metrics (Prometheus text), GET /status (JSON).
+ */
 int mg_admin_open_http(mg_admin_t *a, const char *addr, char *err, size_t errlen);
 /*
  * Serves the opened listeners on base, the main thread's loop, at the given
@@ -78,6 +83,8 @@ char *mg_admin_routes_text(const char *file, char *err, size_t errlen);
 
 /* Internal to mg_admin*.c: the answers (mg_admin_status.c). */
 void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json);
+/* The members of the status JSON object, without its braces (/status.json adds the workers' figures). */
+void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o);
 void mg__admin_metrics(mg_admin_t *a, mg_text_t *o);
 int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen);
 

@@ -213,29 +213,38 @@ static void worker_text(mg_text_t *o, mg_worker_t *w)
                     : "outside any request task: nothing to end");
 }
 
+void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o)
+{
+    sema_view_t v;
+    view_build(&v);
+    mg_text_add(o, "\"version\":\"%s\",\"config\":\"", MG_VERSION);
+    mg_text_json(o, a->file);
+    mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,\"workers\":[",
+                mg_wall_time() - a->started, (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
+    for (int i = 0; i < a->nworkers; i++) {
+        mg_text_add(o, "%s", i ? "," : "");
+        worker_json(o, &a->workers[i]);
+    }
+    mg_text_add(o, "],\"semaphores\":{");
+    for (size_t i = 0; i < v.nlisted; i++)
+        sema_json(o, &v.rows[i], i == 0);
+    for (size_t i = 0; i < v.nagg; i++)
+        sema_json(o, &v.agg[i], i == 0 && v.nlisted == 0);
+    mg_text_add(o, "},\"semaphores_folded\":%zu", v.folded);
+    view_free(&v);
+}
+
 void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
 {
+    if (json) {
+        mg_text_add(o, "{");
+        mg__admin_status_fields(a, o);
+        mg_text_add(o, "}\n");
+        return;
+    }
     double up = mg_wall_time() - a->started;
     sema_view_t v;
     view_build(&v);
-    if (json) {
-        mg_text_add(o, "{\"version\":\"%s\",\"config\":\"", MG_VERSION);
-        mg_text_json(o, a->file);
-        mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,\"workers\":[", up,
-                    (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
-        for (int i = 0; i < a->nworkers; i++) {
-            mg_text_add(o, "%s", i ? "," : "");
-            worker_json(o, &a->workers[i]);
-        }
-        mg_text_add(o, "],\"semaphores\":{");
-        for (size_t i = 0; i < v.nlisted; i++)
-            sema_json(o, &v.rows[i], i == 0);
-        for (size_t i = 0; i < v.nagg; i++)
-            sema_json(o, &v.agg[i], i == 0 && v.nlisted == 0);
-        mg_text_add(o, "},\"semaphores_folded\":%zu}\n", v.folded);
-        view_free(&v);
-        return;
-    }
     mg_text_add(o, "gatewayd %s, config ", MG_VERSION);
     mg_text_json(o, a->file);
     mg_text_add(o, ", up %.0f s, %llu reloads (%llu refused)\n", up, (unsigned long long)a->reloads,

@@ -229,5 +229,7 @@ void mg_http_client_register(lua_State *L, mg_vm_t *vm);
 
 /* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */
 int mg_spec_main(int argc, char **argv);
+/* `gatewayd --new-plugin NAME [DIR]`: writes a plugin skeleton with a passing spec. Returns the exit code. */
+int mg_spec_new_plugin(int argc, char **argv);
 
 #endif

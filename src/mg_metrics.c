@@ -8,7 +8,7 @@
 
 #include "mg_log.h"
 
-static const double bounds[MG_METRICS_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5 };
+const double mg_metrics_bounds[MG_METRICS_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5 };
 
 void mg_text_add(mg_text_t *t, const char *fmt, ...)
 {
@@ -118,19 +118,43 @@ static mg_series_t *series(mg_metrics_t *m, const char *name, int is_upstream)
 static void observe(mg_series_t *s, double seconds)
 {
     int b = 0;
-    while (b < MG_METRICS_BUCKETS && seconds > bounds[b])
+    while (b < MG_METRICS_BUCKETS && seconds > mg_metrics_bounds[b])
         b++;
     s->hist[b]++;
     s->sum_s += seconds;
 }
 
-void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds,
-                       const char *upstream, double ttfb_s, const mg_error_t *error)
+/* strncpy that always terminates and never cuts a UTF-8 sequence in two (the escapers would flag the half) */
+static void copy_cut(char *dst, size_t size, const char *src)
 {
-    mg_series_t *r = series(m, route && *route ? route : "(none)", 0);
+    size_t n = src ? strlen(src) : 0;
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds, const char *upstream,
+                       double ttfb_s, const mg_error_t *error, const char *trace_id)
+{
+    const char *rname = route && *route ? route : "(none)";
+    mg_series_t *r = series(m, rname, 0);
     int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
     r->by_class[cls]++;
     observe(r, seconds);
+    if (error) {
+        r->errors[error->id]++;
+        mg_last_error_t *last = &m->last[error->id];
+        last->time = mg_wall_time();
+        last->status = status;
+        copy_cut(last->route, sizeof(last->route), rname);
+        copy_cut(last->upstream, sizeof(last->upstream), upstream);
+        copy_cut(last->trace_id, sizeof(last->trace_id), trace_id);
+    }
     if (!upstream)
         return;
     mg_series_t *u = series(m, upstream, 1);
@@ -149,7 +173,7 @@ static void histogram(mg_text_t *o, const char *metric, const char *key, const m
         mg_text_add(o, "%s_bucket{worker=\"%d\",%s=\"", metric, worker, key);
         mg_text_label(o, s->name);
         if (b < MG_METRICS_BUCKETS)
-            mg_text_add(o, "\",le=\"%g\"} %llu\n", bounds[b], (unsigned long long)cum);
+            mg_text_add(o, "\",le=\"%g\"} %llu\n", mg_metrics_bounds[b], (unsigned long long)cum);
         else
             mg_text_add(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     }
@@ -174,20 +198,73 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
                 mg_text_label(o, s->name);
                 mg_text_add(o, "\",status=\"%s\"} %llu\n", classes[c], (unsigned long long)s->by_class[c]);
             }
-            if (!s->is_upstream) {
+            if (!s->is_upstream)
                 histogram(o, "moongate_request_duration_seconds", "route", s, worker);
-                continue;
-            }
-            histogram(o, "moongate_upstream_ttfb_seconds", "upstream", s, worker);
+            else
+                histogram(o, "moongate_upstream_ttfb_seconds", "upstream", s, worker);
             for (int k = 0; k < MG_ERR__COUNT; k++) {
                 if (!s->errors[k])
                     continue;
-                mg_text_add(o, "moongate_upstream_errors_total{worker=\"%d\",upstream=\"", worker);
+                mg_text_add(o, "%s{worker=\"%d\",%s=\"",
+                            s->is_upstream ? "moongate_upstream_errors_total" : "moongate_request_errors_total",
+                            worker, key);
                 mg_text_label(o, s->name);
                 mg_text_add(o, "\",kind=\"%s\"} %llu\n", mg_errors[k].name, (unsigned long long)s->errors[k]);
             }
         }
     }
+}
+
+static void series_json(mg_text_t *o, const mg_series_t *s, int first)
+{
+    static const char *classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx", "other" };
+    mg_text_add(o, "%s{\"%s\":\"", first ? "" : ",", s->is_upstream ? "upstream" : "route");
+    mg_text_json(o, s->name);
+    mg_text_add(o, "\",\"status\":{");
+    int n = 0;
+    for (int c = 0; c < 6; c++)
+        if (s->by_class[c])
+            mg_text_add(o, "%s\"%s\":%llu", n++ ? "," : "", classes[c], (unsigned long long)s->by_class[c]);
+    mg_text_add(o, "},\"%s\":{\"counts\":[", s->is_upstream ? "ttfb" : "latency");
+    for (int b = 0; b <= MG_METRICS_BUCKETS; b++)
+        mg_text_add(o, "%s%llu", b ? "," : "", (unsigned long long)s->hist[b]);
+    mg_text_add(o, "],\"sum\":%.6f},\"errors\":{", s->sum_s);
+    n = 0;
+    for (int k = 0; k < MG_ERR__COUNT; k++)
+        if (s->errors[k])
+            mg_text_add(o, "%s\"%s\":%llu", n++ ? "," : "", mg_errors[k].name, (unsigned long long)s->errors[k]);
+    mg_text_add(o, "}}");
+}
+
+void mg_metrics_render_json(const mg_metrics_t *m, mg_text_t *o)
+{
+    for (int up = 0; up < 2; up++) {
+        mg_text_add(o, "%s\"%s\":[", up ? "," : "", up ? "upstreams" : "routes");
+        int first = 1;
+        for (int i = 0; i < 256; i++)
+            for (const mg_series_t *s = m->buckets[i]; s; s = s->next)
+                if (s->is_upstream == up) {
+                    series_json(o, s, first);
+                    first = 0;
+                }
+        mg_text_add(o, "]");
+    }
+    mg_text_add(o, ",\"last_errors\":{");
+    int n = 0;
+    for (int k = 0; k < MG_ERR__COUNT; k++) {
+        const mg_last_error_t *e = &m->last[k];
+        if (!e->time)
+            continue;
+        mg_text_add(o, "%s\"%s\":{\"time\":%.3f,\"status\":%d,\"route\":\"", n++ ? "," : "", mg_errors[k].name,
+                    e->time, e->status);
+        mg_text_json(o, e->route);
+        mg_text_add(o, "\",\"upstream\":\"");
+        mg_text_json(o, e->upstream);
+        mg_text_add(o, "\",\"trace_id\":\"");
+        mg_text_json(o, e->trace_id);
+        mg_text_add(o, "\"}");
+    }
+    mg_text_add(o, "}");
 }
 
 void mg_metrics_free(mg_metrics_t *m)

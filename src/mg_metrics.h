@@ -1,8 +1,14 @@
 /*
  * mg_metrics — per-worker request figures (by route and by upstream), written
- * only by the worker's own thread and rendered by it as Prometheus text when
- * the main thread asks (so no locks on the request path and no torn reads).
- * Series are keyed by name, so they survive reloads.
+ * only by the worker's own thread and rendered by it, as Prometheus text or
+ * as JSON for the status page, when the main thread asks (so no locks on the
+ * request path and no torn reads). Series are keyed by name, so they survive
+ * reloads.
+ *
+ * Errors are counted by kind per route and per upstream, and the last
+ * request that ended with each kind is kept (time, route, status, trace id):
+ * one slot per kind, so a flood of one kind (404 scans: no_route) cannot push
+ * out the last lua_error.
  */
 #ifndef MG_METRICS_H
 #define MG_METRICS_H
@@ -22,13 +28,27 @@ typedef struct mg_series {
     struct mg_series *next;
 } mg_series_t;
 
+/* The last request that ended with one error kind. */
+typedef struct mg_last_error {
+    double time;                          /* wall clock (s); 0: never */
+    int status;
+    char route[256];                      /* "(none)" when unrouted; cut at 255 bytes */
+    char upstream[128];                   /* "" for none */
+    char trace_id[129];
+} mg_last_error_t;
+
 typedef struct mg_metrics {
     mg_series_t *buckets[256];
+    mg_last_error_t last[MG_ERR__COUNT];  /* by error kind */
 } mg_metrics_t;
 
-/* Records one ended request. upstream, ttfb_s and error may be NULL/0. */
-void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds,
-                       const char *upstream, double ttfb_s, const mg_error_t *error);
+/*
+ * Records one ended request. upstream, ttfb_s, error and trace_id may be
+ * NULL/0. The strings are copied (the series keep the names; the last error
+ * of a kind keeps route, upstream and trace id, cut to their slots).
+ */
+void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds, const char *upstream,
+                       double ttfb_s, const mg_error_t *error, const char *trace_id);
 
 typedef struct mg_text {
     char *p;
@@ -50,6 +70,17 @@ void mg_text_json(mg_text_t *t, const char *s);
 
 /* Appends the worker's series with a worker="id" label. */
 void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *out);
+/*
+ * Appends the worker's figures as JSON members (no braces):
+ *   "routes":[{"route":..,"status":{"2xx":n,..},"latency":{"counts":[..],"sum":s},"errors":{kind:n}}],
+ *   "upstreams":[{"upstream":..,"status":{..},"ttfb":{..},"errors":{..}}],
+ *   "last_errors":{kind:{"time":t,"status":n,"route":..,"upstream":..,"trace_id":..}}
+ * "counts" are per bucket (not cumulative), bounded above by
+ * mg_metrics_bounds[i], the last one +Inf.
+ */
+void mg_metrics_render_json(const mg_metrics_t *m, mg_text_t *out);
+/* The latency buckets' upper bounds in seconds (MG_METRICS_BUCKETS of them; +Inf after). */
+extern const double mg_metrics_bounds[MG_METRICS_BUCKETS];
 void mg_metrics_free(mg_metrics_t *m);
 
 #endif

@@ -1,7 +1,10 @@
 /*
  * mg_spec — `gatewayd --spec`: runs busted inside the gateway's own runtime,
  * so specs use the real gw API (gw.sleep, gw.tcp, ...) and can start real
- * gatewayd processes. gw.process is only present in this mode.
+ * gatewayd processes. gw.process is only present in this mode. The test kit
+ * the specs use ships embedded (lua/moongate/test.lua), so a plugin's own
+ * repository needs nothing but gatewayd; `gatewayd --new-plugin` writes a
+ * plugin skeleton with a passing spec (lua/moongate/test/new_plugin.lua).
  */
 #define _GNU_SOURCE /* posix_spawn_file_actions_addchdir_np */
 #include <errno.h>
@@ -119,6 +122,16 @@ static int l_exe(lua_State *L)
     return 1;
 }
 
+/* gw.process.cwd() -> the working directory (not $PWD, which a spawner may not have set) */
+static int l_cwd(lua_State *L)
+{
+    char buf[4096];
+    if (!getcwd(buf, sizeof(buf)))
+        return luaL_error(L, "getcwd: %s", strerror(errno));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
 static void spec_task_failed(const char *traceback)
 {
     fprintf(stderr, "spec task failed: %s\n", traceback);
@@ -140,7 +153,7 @@ void mg_spec_register(lua_State *L, mg_vm_t *vm)
 {
     static const luaL_Reg fns[] = {
         { "task", l_task },
-        { "spawn", l_spawn }, { "kill", l_kill }, { "poll", l_poll }, { "exe", l_exe },
+        { "spawn", l_spawn }, { "kill", l_kill }, { "poll", l_poll }, { "exe", l_exe }, { "cwd", l_cwd },
         { NULL, NULL },
     };
     lua_newtable(L);
@@ -184,4 +197,46 @@ int mg_spec_main(int argc, char **argv)
     mg_vm_free(vm);
     event_base_free(base);
     return 0;
+}
+
+int mg_spec_new_plugin(int argc, char **argv)
+{
+    if (argc < 1 || argc > 2 || argv[0][0] == '-') {
+        fprintf(stderr, "usage: gatewayd --new-plugin NAME [DIR]   (DIR: where to write it, default .)\n");
+        return 2;
+    }
+    struct event_base *base = mg_event_base_new();
+    char err[1024];
+    mg_vm_t *vm = mg_vm_new(base, NULL, 0, err, sizeof(err));
+    if (!vm) {
+        fprintf(stderr, "gatewayd --new-plugin: %s\n", err);
+        event_base_free(base);
+        return 1;
+    }
+    lua_State *L = vm->L;
+    int rc = 1;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.test.new_plugin");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "write");
+        lua_pushstring(L, argv[0]);
+        lua_pushstring(L, argc > 1 ? argv[1] : ".");
+        if (lua_pcall(L, 2, 3, 0) == 0) {
+            /* write returns the report, or nil, why and the exit code (2: a bad name) */
+            if (lua_isstring(L, -3)) {
+                fputs(lua_tostring(L, -3), stdout);
+                rc = 0;
+            } else {
+                fprintf(stderr, "gatewayd --new-plugin: %s\n", lua_tostring(L, -2));
+                rc = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : 1;
+            }
+        } else {
+            fprintf(stderr, "gatewayd --new-plugin: %s\n", lua_tostring(L, -1));
+        }
+    } else {
+        fprintf(stderr, "gatewayd --new-plugin: %s\n", lua_tostring(L, -1));
+    }
+    mg_vm_free(vm);
+    event_base_free(base);
+    return rc;
 }

@@ -457,6 +457,28 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
     mg_text_add(o, "]}");
 }
 
+/* Every target of the current generation, flat, for the status page. */
+static void targets_json(mg_worker_t *w, mg_text_t *o)
+{
+    uint64_t now = mg_now_ms();
+    int n = 0;
+    mg_text_add(o, "\"targets\":[");
+    for (int i = 0; i < w->gen->nupstreams; i++) {
+        mg_upstream_t *up = &w->gen->upstreams[i];
+        for (int k = 0; k < up->ntargets; k++) {
+            mg_target_t *t = &up->targets[k];
+            mg_text_add(o, "%s{\"upstream\":\"", n++ ? "," : "");
+            mg_text_json(o, up->name);
+            mg_text_add(o, "\",\"target\":\"");
+            mg_text_json(o, t->text);
+            mg_text_add(o, "\",\"health\":\"%s\",\"inflight\":%d,\"idle\":%d,\"requests\":%llu,\"failures\":%llu}",
+                        target_health(t, now), t->inflight, t->nidle, (unsigned long long)t->requests,
+                        (unsigned long long)t->failures);
+        }
+    }
+    mg_text_add(o, "]");
+}
+
 static void upstream_table(mg_worker_t *w, mg_text_t *o)
 {
     uint64_t now = mg_now_ms();
@@ -492,6 +514,12 @@ static void render_one(mg_worker_t *w, mg_render_t *r)
         upstream_json(w, &r->out);
     } else if (r->kind == MG_RENDER_UPSTREAMS_TEXT) {
         upstream_table(w, &r->out);
+    } else if (r->kind == MG_RENDER_FIGURES_JSON) {
+        mg_text_add(&r->out, "{\"worker\":%d,\"connections\":%zu,", w->id, w->nconns);
+        mg_metrics_render_json(&w->metrics, &r->out);
+        mg_text_add(&r->out, ",");
+        targets_json(w, &r->out);
+        mg_text_add(&r->out, "}");
     } else {
         mg_text_add(&r->out, "moongate_worker_connections{worker=\"%d\"} %zu\n", w->id, w->nconns);
         mg_metrics_render(&w->metrics, w->id, &r->out);

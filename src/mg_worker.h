@@ -105,7 +105,13 @@ uint64_t mg_worker_stuck_ms(const mg_worker_t *w);
 void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen);
 uint64_t mg_worker_generation(mg_worker_t *w);
 
-enum { MG_RENDER_METRICS, MG_RENDER_UPSTREAMS_TEXT, MG_RENDER_UPSTREAMS_JSON };
+/*
+ * What a worker renders: its metrics (Prometheus text), its upstreams (text,
+ * JSON), or all of its figures as one JSON object for the status page:
+ * {"worker":id,"connections":n, <mg_metrics_render_json's members>,
+ *  "targets":[{"upstream":..,"target":..,"health":..,"inflight":n,"idle":n,"requests":n,"failures":n}]}
+ */
+enum { MG_RENDER_METRICS, MG_RENDER_UPSTREAMS_TEXT, MG_RENDER_UPSTREAMS_JSON, MG_RENDER_FIGURES_JSON };
 
 /*
  * A rendering of a worker's figures (its metrics, or its upstreams: targets,

@@ -1,4 +1,4 @@
-/* mg_metrics: the two escapers every name in an admin answer goes through. */
+/* mg_metrics: the two escapers every name in an admin answer goes through; errors by route and kind. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,8 +60,69 @@ static void json_string_bodies(void **state)
     free(p);
 }
 
+static char *render(const mg_metrics_t *m, int json_form)
+{
+    mg_text_t t = { 0 };
+    if (json_form)
+        mg_metrics_render_json(m, &t);
+    else
+        mg_metrics_render(m, 3, &t);
+    return t.p ? t.p : strdup("");
+}
+
+static void errors_by_route_and_kind(void **state)
+{
+    mg_metrics_t m = { 0 };
+    mg_metrics_record(&m, "/a", 200, 0.002, NULL, 0, NULL, "t-ok");
+    mg_metrics_record(&m, "/a", 500, 0.003, NULL, 0, MG_E(LUA_ERROR), "t-1");
+    mg_metrics_record(&m, "/a", 502, 0.004, "orders", 0.001, MG_E(REFUSED), "t-2");
+    mg_metrics_record(&m, "/b", 500, 0.7, NULL, 0, MG_E(LUA_ERROR), "t-3");
+    mg_metrics_record(&m, NULL, 404, 0.0001, NULL, 0, MG_E(NO_ROUTE), "t-4");
+    char *p = render(&m, 0);
+    assert_non_null(strstr(p, "moongate_request_errors_total{worker=\"3\",route=\"/a\",kind=\"lua_error\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_request_errors_total{worker=\"3\",route=\"/a\",kind=\"refused\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_request_errors_total{worker=\"3\",route=\"/b\",kind=\"lua_error\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_request_errors_total{worker=\"3\",route=\"(none)\",kind=\"no_route\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_upstream_errors_total{worker=\"3\",upstream=\"orders\",kind=\"refused\"} 1\n"));
+    assert_null(strstr(p, "moongate_upstream_errors_total{worker=\"3\",upstream=\"orders\",kind=\"lua_error\""));
+    free(p);
+    p = render(&m, 1);
+    /* per-bucket counts, not cumulative: 0.7 s is in the (0.25, 1] bucket, the ninth */
+    assert_non_null(strstr(p, "{\"route\":\"/b\",\"status\":{\"5xx\":1},\"latency\":{\"counts\":[0,0,0,0,0,0,0,0,1,0,0],"
+                              "\"sum\":0.700000},\"errors\":{\"lua_error\":1}}"));
+    assert_non_null(strstr(p, "\"errors\":{\"refused\":1,\"lua_error\":1}"));
+    assert_non_null(strstr(p, "{\"upstream\":\"orders\",\"status\":{\"5xx\":1},\"ttfb\":{\"counts\":[1,0,0,0,0,0,0,0,0,0,0]"));
+    /* the last request of each kind: /b's lua_error came after /a's */
+    assert_non_null(strstr(p, "\"lua_error\":{\"time\":"));
+    assert_non_null(strstr(p, "\"status\":500,\"route\":\"/b\",\"upstream\":\"\",\"trace_id\":\"t-3\"}"));
+    assert_non_null(strstr(p, "\"status\":502,\"route\":\"/a\",\"upstream\":\"orders\",\"trace_id\":\"t-2\"}"));
+    assert_non_null(strstr(p, "\"route\":\"(none)\",\"upstream\":\"\",\"trace_id\":\"t-4\"}"));
+    assert_null(strstr(p, "t-ok"));
+    free(p);
+    mg_metrics_free(&m);
+}
+
+static void last_error_names_are_cut_whole(void **state)
+{
+    mg_metrics_t m = { 0 };
+    /* a route name longer than the slot, made of 3-byte characters: cut before a whole character */
+    char route[400] = "/";
+    for (int i = 0; i < 100; i++)
+        strcat(route, "\xe2\x82\xac");
+    mg_metrics_record(&m, route, 500, 0.001, NULL, 0, MG_E(LUA_ERROR), "t");
+    const char *kept = m.last[MG_ERR_LUA_ERROR].route;
+    assert_true(strlen(kept) < sizeof(m.last[0].route));
+    assert_int_equal((strlen(kept) - 1) % 3, 0);
+    char *p = render(&m, 1);
+    assert_null(strstr(p, "\\ufffd")); /* no half character reached the answer */
+    free(p);
+    mg_metrics_free(&m);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = { cmocka_unit_test(prometheus_label_values), cmocka_unit_test(json_string_bodies) };
+    const struct CMUnitTest tests[] = { cmocka_unit_test(prometheus_label_values), cmocka_unit_test(json_string_bodies),
+                                        cmocka_unit_test(errors_by_route_and_kind),
+                                        cmocka_unit_test(last_error_names_are_cut_whole) };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,7 +32,7 @@ route { path = "/", plugins = { evil = true }, handler = print }
   it("takes a relative plugins_dir from the config file, not the working directory", function()
     local cwd = evil_dir()
     local code, err = helpers.check_config('listen "127.0.0.1:1"\nplugins_dir "plugins"\n' ..
-      'route { path = "/", plugins = { evil = true }, handler = print }\n', { cwd = cwd })
+      'route { path = "/", plugins = { evil = true }, handler = print }\n', { cwd = cwd, dir = helpers.tmpdir() })
     assert.equal(1, code)
     assert.matches("no plugin named 'evil'", err, 1, true)
     -- the same config written next to the plugins finds them, from any working directory

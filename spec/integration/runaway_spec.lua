@@ -112,6 +112,17 @@ describe("the watchdog", function()
     assert.equal(200, res.status)
     assert.truthy(res.body:find('moongate_worker_stuck{worker="' .. stuck.id .. '"} 1', 1, true), res.body)
     assert.truthy(res.body:find('moongate_worker_stuck{worker="' .. other.id .. '"} 0', 1, true), res.body)
+    -- the status page's reading: the stuck worker is not asked, the other one's figures are there
+    local j = gw.tcp()
+    assert(j:connect("127.0.0.1", port))
+    j:send("GET /status.json HTTP/1.1\r\nHost: a\r\n\r\n")
+    res = assert(helpers.read_response(j))
+    assert.equal(200, res.status)
+    local figures = {}
+    for _, f in ipairs(res.json.figures) do figures[f.worker] = f end
+    assert.same({ worker = stuck.id, stuck = true }, figures[stuck.id])
+    assert.truthy(figures[other.id].routes, res.body)
+    assert.equal(true, res.json.workers[stuck.id + 1].stuck)
     assert.truthy(g:error_log():find("the hook cannot interrupt", 1, true), g:error_log())
     gw.process.kill(g.pid, gw.process.SIGTERM)
     local how, exit = helpers.wait_exit(g.pid, 10)
