@@ -53,6 +53,15 @@ void mg_conn_set_reading(mg_conn_t *c, int on)
     c->reading = on ? 1 : 0;
 }
 
+void mg_conn_idle(mg_conn_t *c)
+{
+    if (c->in && c->in_off == c->in_len) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = c->in_off = c->in_len = 0;
+    }
+}
+
 void mg_conn_consume(mg_conn_t *c, size_t n)
 {
     c->in_off += n;
@@ -234,6 +243,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         c->in_len -= c->in_off;
         c->in_off = 0;
     }
+    if (!c->in) {
+        /* the input buffer exists only while bytes are in flight (see mg_conn_idle) */
+        c->in_cap = IN_INITIAL;
+        c->in = mg_alloc(c->in_cap);
+    }
     if (c->in_len == c->in_cap) {
         if (c->in_cap >= c->in_max) {
             mg_conn_set_reading(c, 0); /* bounded input: the rest waits in the kernel */
@@ -311,8 +325,6 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
         port = ntohs(a->sin6_port);
     }
     snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
-    c->in_cap = IN_INITIAL;
-    c->in = mg_alloc(c->in_cap);
     c->out = evbuffer_new();
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, on_readable, c);
     event_assign(&c->wev, w->base, fd, EV_WRITE, on_writable, c);

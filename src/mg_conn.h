@@ -48,7 +48,7 @@ struct mg_conn {
     struct event wev;             /* writable, armed only when a write would block; send timeout */
     struct event timer;
     /* input: bytes [in_off, in_len) of in are unprocessed */
-    char *in;
+    char *in;                     /* NULL while idle (mg_conn_idle) */
     size_t in_off, in_len, in_cap;
     size_t in_max;                /* the input buffer's bound (the rest waits in the kernel) */
     struct evbuffer *out;
@@ -106,6 +106,12 @@ void mg_conn_disarm(mg_conn_t *c);
 void mg_conn_set_reading(mg_conn_t *c, int on);
 /* The protocol used n input bytes. */
 void mg_conn_consume(mg_conn_t *c, size_t n);
+/*
+ * Nothing is in flight on c: its input buffer is given back (allocated again
+ * on the next read), so an idle keep-alive connection costs its struct and
+ * little else, as nginx and h2o hand read buffers back.
+ */
+void mg_conn_idle(mg_conn_t *c);
 
 /* Worker drain: let the protocol finish gracefully. */
 void mg_conn_drain(mg_conn_t *c);

@@ -266,6 +266,8 @@ static void process_input(mg_conn_t *c)
     c->processing = 0;
     if (c->freed || c->proto != &mg_h1_proto)
         return;
+    if (c->state == MG_CONN_IDLE)
+        mg_conn_idle(c); /* a keep-alive connection waiting for its next request holds no buffer */
     mg_conn_flush(c);
     /* input was consumed: reading may resume if it stopped on a full buffer */
     if (!c->freed && !c->reading && !c->closing && c->in_len - c->in_off < c->in_max)

@@ -226,6 +226,8 @@ function Gateway:kill()
 end
 
 function Gateway:error_log() return read_file(self.dir .. "/error.log") end
+--- The gateway's resident memory in KiB (VmRSS): a spec's bound on what a load costs.
+function Gateway:rss_kb() return tonumber(read_file("/proc/" .. self.pid .. "/status"):match("VmRSS:%s+(%d+)")) end
 function Gateway:access_log() return read_file(self.dir .. "/access.log") end
 
 --- Runs gatewayctl against this gateway; returns exit code and output (stdout then stderr).

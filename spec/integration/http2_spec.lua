@@ -10,9 +10,6 @@ local sh = pki_lib.sh
 local MB = 1024 * 1024
 local CHUNK = ("0123456789abcdef"):rep(4096) -- 64 KiB
 
-local function rss_kb(pid)
-  return tonumber(helpers.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s+(%d+)"))
-end
 
 -- Runs spec/h2peer.py against the gateway; returns its JSON report.
 local function peer(g, scenario, arg, seconds)
@@ -182,7 +179,7 @@ describe("HTTP/2", function()
   end)
 
   it("downloads and uploads 200 MB with bounded memory", function()
-    local base = rss_kb(g.pid)
+    local base = g:rss_kb()
     local code, out = curl(dir, "--http2-prior-knowledge -o /dev/null -w '%{http_code} %{size_download}' " ..
                                 url("/up/big"))
     assert.equal(0, code, out)
@@ -192,7 +189,7 @@ describe("HTTP/2", function()
     assert.equal(0, code, out)
     assert.equal(tostring(200 * MB), out)
     os.remove(dir .. "/upload.bin")
-    local grown = rss_kb(g.pid) - base
+    local grown = g:rss_kb() - base
     assert.is_true(grown < 40 * 1024, "RSS grew by " .. grown .. " KiB")
   end)
 
@@ -203,7 +200,7 @@ describe("HTTP/2", function()
     assert.equal("fast", r.bodies["3"])
     assert.is_true(r.fast_ms < 1000, "the other stream waited " .. r.fast_ms .. " ms")
     assert.equal(8, r.resets["1"])                 -- CANCEL after timeouts.send
-    assert.is_true(rss_kb(g.pid) < 60 * 1024)      -- the 200 MB upstream body waited upstream
+    assert.is_true(g:rss_kb() < 60 * 1024)      -- the 200 MB upstream body waited upstream
   end)
 
   describe("attacks", function()
@@ -214,12 +211,12 @@ describe("HTTP/2", function()
     end
 
     it("an HPACK bomb gets a connection error, not memory", function()
-      local base = rss_kb(g.pid)
+      local base = g:rss_kb()
       local r = peer(g, "hpack_bomb")
       assert.is_true(r.encoded_bytes < 10000)
       assert.equal(11, r.goaway) -- ENHANCE_YOUR_CALM
       assert.is_true(r.closed)
-      assert.is_true(rss_kb(g.pid) - base < 4096)
+      assert.is_true(g:rss_kb() - base < 4096)
       still_serving()
     end)
 
@@ -270,7 +267,7 @@ describe("HTTP/2", function()
     it("a client that never reads is closed after the send timeout", function()
       local r = peer(g, "never_reads", "/up/big")
       assert.is_true(r.closed)
-      assert.is_true(rss_kb(g.pid) < 60 * 1024)
+      assert.is_true(g:rss_kb() < 60 * 1024)
     end)
   end)
 end)

@@ -243,3 +243,31 @@ describe("HTTP/1.1 server", function()
     assert.truthy(found.remote:match("^127%.0%.0%.1:%d+$"))
   end)
 end)
+
+describe("idle keep-alive connections", function()
+  local gw_
+  setup(function()
+    gw_ = helpers.start([[
+      timeouts { keepalive = "60s" }
+      route { method = "GET", path = "/", handler = function() return 200, "root\n" end }
+    ]])
+  end)
+  teardown(function() gw_:stop() end)
+
+  it("cost about a kilobyte each once their request is answered", function()
+    local N = 2000
+    for _ = 1, 50 do gw_:request("GET", "/") end -- warm-up: the JIT, the allocator
+    local before = gw_:rss_kb()
+    local socks = {}
+    for i = 1, N do
+      local s = assert(gw_:connect(5000))
+      s:send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+      assert.equal(200, assert(helpers.read_response(s)).status)
+      socks[i] = s
+    end
+    local per_conn = (gw_:rss_kb() - before) * 1024 / N
+    for _, s in ipairs(socks) do s:close() end
+    -- an input buffer kept per idle connection would cost 4 KiB more each
+    assert.is_true(per_conn < 2048, ("%d bytes per idle connection"):format(per_conn))
+  end)
+end)

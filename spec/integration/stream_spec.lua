@@ -7,11 +7,6 @@ local MB = 1024 * 1024
 local TOTAL = 200 * MB
 local CHUNK = ("0123456789abcdef"):rep(4096) -- 64 KiB
 
-local function rss_kb(pid)
-  local status = helpers.read_file("/proc/" .. pid .. "/status")
-  return tonumber(status:match("VmRSS:%s+(%d+)"))
-end
-
 describe("streaming through the proxy", function()
   local up, g, received
 
@@ -46,7 +41,7 @@ describe("streaming through the proxy", function()
   end)
 
   it("downloads 200 MB with bounded memory", function()
-    local base = rss_kb(g.pid)
+    local base = g:rss_kb()
     local s = g:connect(30000)
     s:send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
     local res = {}
@@ -55,7 +50,7 @@ describe("streaming through the proxy", function()
     while got < TOTAL do
       local data = assert(s:receive(math.min(TOTAL - got, 256 * 1024)))
       got = got + #data
-      if got % (16 * MB) < 256 * 1024 then peak = math.max(peak, rss_kb(g.pid)) end
+      if got % (16 * MB) < 256 * 1024 then peak = math.max(peak, g:rss_kb()) end
     end
     s:close()
     assert.equal(TOTAL, got)
@@ -63,13 +58,13 @@ describe("streaming through the proxy", function()
   end)
 
   it("uploads 200 MB with bounded memory", function()
-    local base = rss_kb(g.pid)
+    local base = g:rss_kb()
     local s = g:connect(30000)
     s:send("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: " .. TOTAL .. "\r\n\r\n")
     local peak = base
     for i = 1, TOTAL / #CHUNK do
       assert(s:send(CHUNK))
-      if i % 256 == 0 then peak = math.max(peak, rss_kb(g.pid)) end
+      if i % 256 == 0 then peak = math.max(peak, g:rss_kb()) end
     end
     local res = assert(helpers.read_response(s))
     assert.equal(200, res.status)
