@@ -73,8 +73,8 @@ typedef struct mg_rconn {
     char auth_msg[160];
     const mg_error_t *fail_kind;   /* why it was closed, for the NULL replies */
     char fail_msg[160];
-    struct mg_rconn *next_orphan, *prev_orphan;
-    int orphan;
+    struct mg_rconn *next_all, *prev_all;
+    int orphan;                    /* its pool stopped; it finishes its replies */
 } mg_rconn_t;
 
 struct mg_redis {
@@ -90,9 +90,13 @@ struct mg_redis {
     char last_msg[160];
 };
 
-/* connections of stopped pools still finishing their replies (any worker's) */
-static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
-static mg_rconn_t *orphans;
+/*
+ * Every connection of the process (any worker's), so that a loop that ends
+ * frees what is left on it: a stopped pool's connections still finishing
+ * their replies ("orphans"), one whose free was scheduled on its timer.
+ */
+static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
+static mg_rconn_t *all_conns;
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -271,27 +275,36 @@ static void detach(mg_rconn_t *rc)
     set_gauge(rc);
 }
 
-static void orphan_unlink(mg_rconn_t *rc)
+static void all_link(mg_rconn_t *rc)
 {
-    if (!rc->orphan)
-        return;
-    pthread_mutex_lock(&orphans_lock);
-    if (rc->prev_orphan)
-        rc->prev_orphan->next_orphan = rc->next_orphan;
+    pthread_mutex_lock(&all_lock);
+    rc->prev_all = NULL;
+    rc->next_all = all_conns;
+    if (all_conns)
+        all_conns->prev_all = rc;
+    all_conns = rc;
+    pthread_mutex_unlock(&all_lock);
+}
+
+static void all_unlink(mg_rconn_t *rc)
+{
+    pthread_mutex_lock(&all_lock);
+    if (rc->prev_all)
+        rc->prev_all->next_all = rc->next_all;
     else
-        orphans = rc->next_orphan;
-    if (rc->next_orphan)
-        rc->next_orphan->prev_orphan = rc->prev_orphan;
-    pthread_mutex_unlock(&orphans_lock);
-    rc->orphan = 0;
-    set_gauge(rc);
+        all_conns = rc->next_all;
+    if (rc->next_all)
+        rc->next_all->prev_all = rc->prev_all;
+    pthread_mutex_unlock(&all_lock);
 }
 
 static void rc_free(mg_rconn_t *rc)
 {
     rc->state = C_CLOSING;
     detach(rc);
-    orphan_unlink(rc);
+    rc->orphan = 0;
+    set_gauge(rc);
+    all_unlink(rc);
     event_del(&rc->timer);
     mg_redis_t *r = rc->r;
     free(rc->ring);
@@ -581,6 +594,7 @@ static mg_rconn_t *conn_open(mg_redis_t *r, int i)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->conns[i] = rc;
+    all_link(rc);
     set_gauge(rc);
     arm(rc, c->connect_ms);
     if (c->password) {
@@ -734,14 +748,7 @@ void mg_redis_stop(mg_redis_t *r)
         }
         /* replies pending (a lease release, say): hiredis finishes them, then disconnects (on_disconnect frees) */
         detach(rc);
-        pthread_mutex_lock(&orphans_lock);
         rc->orphan = 1;
-        rc->prev_orphan = NULL;
-        rc->next_orphan = orphans;
-        if (orphans)
-            orphans->prev_orphan = rc;
-        orphans = rc;
-        pthread_mutex_unlock(&orphans_lock);
         set_gauge(rc);
         redisAsyncDisconnect(rc->ac);
     }
@@ -750,15 +757,18 @@ void mg_redis_stop(mg_redis_t *r)
 void mg_redis_loop_end(struct event_base *base)
 {
     for (;;) {
-        pthread_mutex_lock(&orphans_lock);
-        mg_rconn_t *rc = orphans;
+        pthread_mutex_lock(&all_lock);
+        mg_rconn_t *rc = all_conns;
         while (rc && rc->r->base != base)
-            rc = rc->next_orphan;
-        pthread_mutex_unlock(&orphans_lock);
+            rc = rc->next_all;
+        pthread_mutex_unlock(&all_lock);
         if (!rc)
             return;
-        orphan_unlink(rc);
-        close_now(rc, MG_E(REDIS_RESET), "the worker stopped");
+        rc->in_cb = 0; /* no callback of ours is running: the loop is over */
+        if (rc->gone)
+            rc_free(rc); /* its free was scheduled on the timer */
+        else
+            close_now(rc, MG_E(REDIS_RESET), "the worker stopped");
     }
 }
 
