@@ -17,6 +17,9 @@ describe("rate-limit policy = \"redis\"", function()
       route { method = "GET", path = "/unlimited", plugins = { ["rate-limit"] = { rate = 1e9, burst = 1e9, key = "route",
                                                                                   policy = "redis", redis = "main" } },
               handler = function() return 200, "ok" end }
+      route { method = "GET", path = "/by-route", plugins = { ["rate-limit"] = { rate = 0.5, burst = 2, key = "route",
+                                                                                 policy = "redis", redis = "main" } },
+              handler = function() return 200, "ok" end }
       route { method = "GET", path = "/per-user", plugins = { ["rate-limit"] = { rate = 2, burst = 2, key = "header:X-User",
                                                                                  policy = "redis", redis = "main",
                                                                                  name = "users" } },
@@ -54,7 +57,8 @@ describe("rate-limit policy = \"redis\"", function()
       local remaining = tonumber(res.headers["ratelimit-remaining"])
       assert.is_true(remaining >= 999999000 and remaining < 1e9, res.headers["ratelimit-remaining"])
     end
-    assert.equal(1, r:client():exists("moongate:rl:/unlimited|route|"))
+    assert.equal(200, g:request("GET", "/by-route").status)
+    assert.equal(1, r:client():exists("moongate:rl:/by-route|route|")) -- kept 2 s: the bucket refills at 0.5/s
   end)
 
   it("keeps a bucket per name and key in Redis, refilled at the rate", function()
