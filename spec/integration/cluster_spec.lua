@@ -237,7 +237,12 @@ describe("a fleet of gateways on one Redis", function()
     end
     assert.equal(8, fb["rate-limit /rl-allow allow"])
     assert.equal(12, fb["rate-limit /rl-local local"])
-    local log = g1:error_log()
+    local log
+    for _ = 1, 100 do -- the error log is written by a thread of its own
+      log = g1:error_log()
+      if log:find("rate%-limit /rl%-allow: redis main unavailable") then break end
+      gw.sleep(0.02)
+    end
     local _, lines = log:gsub("rate%-limit /rl%-allow: redis main unavailable", "")
     assert.equal(1, lines)
     assert.matches("rate%-limit /rl%-allow: redis main unavailable %(redis_refused", log)
