@@ -75,9 +75,9 @@ describe("a fleet of gateways on one Redis", function()
     for i = 1, 3 do gws[i] = helpers.start(config(r.address)) end
   end)
   teardown(function()
-    for _, g in ipairs(gws) do if not g.killed then g:stop() end end
+    if r then r:stop() end -- first: a gateway that fails to stop must not leave a redis-server behind
     if up then up:stop() end
-    if r then r:stop() end
+    for _, g in ipairs(gws) do if not g.killed then g:stop() end end
   end)
 
   it("holds a rate limit of N per second per key within 5 % across three gateways under load", function()

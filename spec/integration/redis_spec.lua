@@ -74,9 +74,9 @@ describe("gw.redis", function()
     ]]):format(admin_port, FIXTURES, r.address, r.address, rp.address, rp.address, closed_port))
   end)
   teardown(function()
-    if g then g:stop() end
-    if r then r:stop() end
+    if r then r:stop() end -- first: a gateway that fails to stop must not leave a redis-server behind
     if rp then rp:stop() end
+    if g then g:stop() end
   end)
 
   it("sends commands and converts replies (strings, status, integers, nil as gw.null)", function()
