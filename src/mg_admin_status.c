@@ -22,7 +22,9 @@
 #include <lua.h>
 #include <stdio.h>
 
+#include "mg_csema.h"
 #include "mg_log.h"
+#include "mg_redis.h"
 #include "mg_sema.h"
 
 #define MAX_FAMILIES 32 /* beyond: one "*" entry (a family name could come from a request too) */
@@ -230,7 +232,11 @@ void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o)
         sema_json(o, &v.rows[i], i == 0);
     for (size_t i = 0; i < v.nagg; i++)
         sema_json(o, &v.agg[i], i == 0 && v.nlisted == 0);
-    mg_text_add(o, "},\"semaphores_folded\":%zu", v.folded);
+    mg_text_add(o, "},\"semaphores_folded\":%zu,\"redis\":{\"pools\":", v.folded);
+    mg_redis_render_status(o, 1);
+    mg_text_add(o, ",\"cluster_semaphores\":");
+    mg_csema_render_status(o, 1);
+    mg_text_add(o, "}");
     view_free(&v);
 }
 
@@ -262,6 +268,8 @@ void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
         mg_text_add(o, "  (%zu semaphores folded into a total per family: the %d with the most in use are listed)\n",
                     v.folded, MG_ADMIN_SEMA_LISTED);
     view_free(&v);
+    mg_redis_render_status(o, 0);
+    mg_csema_render_status(o, 0);
 }
 
 static void sema_prom(mg_text_t *o, const sema_row_t *r)
@@ -306,6 +314,8 @@ void mg__admin_metrics(mg_admin_t *a, mg_text_t *o)
         free(family);
     }
     view_free(&v);
+    mg_redis_render_metrics(o);
+    mg_csema_render_metrics(o);
 }
 
 int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen)

@@ -211,6 +211,7 @@ void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
     mg_timer_register(L, vm);
     mg_sema_register(L, vm);
     mg_http_client_register(L, vm);
+    mg_redis_register(L, vm, spec);
     if (spec) {
         mg_spec_register(L, vm);
         mg_tcp_register_listen(L, vm);

@@ -13,6 +13,7 @@
 
 #include <openssl/crypto.h>
 
+#include "mg_csema.h"
 #include "mg_log.h"
 
 void mg_listen_addr_free(mg_listen_addr_t *addr)
@@ -296,6 +297,57 @@ static int read_upstream_tls(lua_State *L, int t, mg_upstream_t *up, int warn, c
     return MG_OK;
 }
 
+/*
+ * Builds gen->redis from cfg.redis (validated by config.lua) at index t: one
+ * pool per block, for this generation's loop. Host names are resolved here.
+ */
+static int compile_redis(mg_gen_t *gen, lua_State *L, int t, struct event_base *base, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "redis");
+    int rt = lua_gettop(L);
+    int n = lua_istable(L, rt) ? (int)lua_objlen(L, rt) : 0;
+    gen->redis = mg_calloc((size_t)n + 1, sizeof(mg_redis_t *));
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, rt, i);
+        int b = lua_gettop(L);
+        mg_redis_conf_t c;
+        memset(&c, 0, sizeof(c));
+        c.name = get_str(L, b, "name");
+        c.where = get_str(L, b, "where");
+        c.address = get_str(L, b, "address");
+        c.username = get_str(L, b, "username");
+        c.password = get_str(L, b, "password");
+        c.prefix = get_str(L, b, "prefix");
+        c.db = get_int(L, b, "db");
+        c.size = get_int(L, b, "size");
+        c.nodes = get_int(L, b, "nodes");
+        c.connect_ms = (uint32_t)get_int(L, b, "connect_timeout");
+        c.command_ms = (uint32_t)get_int(L, b, "command_timeout");
+        char why[300];
+        int rc = mg_redis_parse_address(&c, c.address, why, sizeof(why));
+        if (rc != MG_OK)
+            snprintf(err, errlen, "%s: redis %s: %s", c.where, c.name, why);
+        else
+            gen->redis[gen->nredis++] = mg_redis_new(&c, base);
+        mg_redis_conf_free(&c);
+        lua_settop(L, rt);
+        if (rc != MG_OK) {
+            lua_pop(L, 1);
+            return MG_ERROR;
+        }
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
+mg_redis_t *mg_gen_redis(mg_gen_t *gen, const char *name)
+{
+    for (int i = 0; i < gen->nredis; i++)
+        if (strcmp(mg_redis_conf(gen->redis[i])->name, name) == 0)
+            return gen->redis[i];
+    return NULL;
+}
+
 /* Builds gen->upstreams from cfg.upstreams (validated by config.lua) at index t. */
 /* warn: say what deserves a warning (once per load: on the load that checks the config) */
 static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char *err, size_t errlen)
@@ -343,6 +395,23 @@ static int compile_upstreams(mg_gen_t *gen, lua_State *L, int t, int warn, char 
         if (maxc > 0) {
             char sname[300];
             snprintf(sname, sizeof(sname), "upstream:%s", up->name);
+            char *rname = get_str(L, u, "redis");
+            if (rname) {
+                /* scope = "cluster": the permits are leases in Redis; the local semaphore is the
+                 * on_redis_error = "local" fallback, with this node's share of the limit */
+                up->redis = mg_gen_redis(gen, rname);
+                mg_assert(up->redis != NULL); /* config_redis.lua checked the name */
+                up->csema = mg_csema_get(sname, rname, maxc, (uint32_t)get_int(L, u, "lease"));
+                char *policy = get_str(L, u, "on_redis_error");
+                up->on_redis_error = strcmp(policy, "allow") == 0 ? MG_REDIS_ALLOW
+                                   : strcmp(policy, "deny") == 0  ? MG_REDIS_DENY : MG_REDIS_LOCAL;
+                free(policy);
+                free(rname);
+                int nodes = mg_redis_conf(up->redis)->nodes;
+                maxc = maxc / (nodes > 0 ? nodes : 1);
+                if (maxc < 1)
+                    maxc = 1;
+            }
             up->sema = mg_sema_get(sname, maxc);
             up->queue_max = get_int(L, u, "queue");
             up->queue_timeout_ms = (uint32_t)get_int(L, u, "queue_timeout");
@@ -550,6 +619,8 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
     }
     if (read_trusted_proxies(gen, L, t, err, errlen) != MG_OK)
         goto fail;
+    if (compile_redis(gen, L, t, base, err, errlen) != MG_OK)
+        goto fail;
     if (compile_upstreams(gen, L, t, cfg != NULL, err, errlen) != MG_OK)
         goto fail;
     for (int i = 0; i < gen->nupstreams; i++)
@@ -572,6 +643,9 @@ void mg_gen_stop(mg_gen_t *gen)
         mg_upstream_free(&gen->upstreams[i]);
     if (gen->vm)
         mg_vm_stop(gen->vm);
+    /* after the VM's ledger ran (timers and their waits cancelled): replies still due are let in */
+    for (int i = 0; i < gen->nredis; i++)
+        mg_redis_stop(gen->redis[i]);
 }
 
 static pthread_mutex_t graveyard_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -608,6 +682,9 @@ void mg_gen_free(mg_gen_t *gen)
         free(gen->routes[i].name);
     free(gen->routes);
     free(gen->upstreams);
+    for (int i = 0; i < gen->nredis; i++)
+        mg_redis_unref(gen->redis[i]);
+    free(gen->redis);
     free(gen->trusted);
     mg_router_free(gen->router);
     mg_vm_free(gen->vm);

@@ -15,6 +15,7 @@
 #include "mg_host.h"
 #include "mg_http1.h"
 #include "mg_lua.h"
+#include "mg_redis.h"
 #include "mg_router.h"
 #include "mg_tls.h"
 #include "mg_upstream.h"
@@ -73,6 +74,8 @@ typedef struct mg_gen {
     int nroutes;
     mg_upstream_t *upstreams;
     int nupstreams;
+    mg_redis_t **redis;            /* the redis "name" { } pools, this worker's (mg_redis) */
+    int nredis;
     int refs;                      /* requests using it (worker thread only) */
     int loop_stopped;              /* its timers, pools and checks are gone (mg_gen_stop) */
     struct mg_gen *next_retired;   /* replaced by a reload, freed when refs drop to 0 */
@@ -90,6 +93,8 @@ void mg_gen_use_tls(mg_gen_t *gen, const mg_config_t *cfg);
 
 /* The generation's upstream with this name, or NULL. */
 mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name);
+/* The generation's redis pool with this name, or NULL. */
+mg_redis_t *mg_gen_redis(mg_gen_t *gen, const char *name);
 
 /*
  * Loads `file` into a new generation running on `base`. When cfg is not NULL

@@ -35,7 +35,12 @@
     X(HEADER_TIMEOUT,     "header_timeout",     408,   4, "request timeout")                  \
     X(BODY_TIMEOUT,       "body_timeout",       408,   4, "request timeout")                  \
     X(NO_ROUTE,           "no_route",           404,  12, "no route matches the request")     \
-    X(METHOD_NOT_ALLOWED, "method_not_allowed", 405,  12, "method not allowed")
+    X(METHOD_NOT_ALLOWED, "method_not_allowed", 405,  12, "method not allowed")               \
+    X(REDIS_REFUSED,      "redis_refused",      503,  14, "shared limit store unavailable")   \
+    X(REDIS_TIMEOUT,      "redis_timeout",      503,  14, "shared limit store unavailable")   \
+    X(REDIS_RESET,        "redis_reset",        503,  14, "shared limit store unavailable")   \
+    X(REDIS_AUTH,         "redis_auth",         503,  14, "shared limit store unavailable")   \
+    X(REDIS_ERROR,        "redis_error",        503,  14, "shared limit store unavailable")
 
 enum {
 #define MG_ERR_ENUM(id, name, http, grpc, msg) MG_ERR_##id,
@@ -56,6 +61,12 @@ extern const mg_error_t mg_errors[MG_ERR__COUNT];
 
 /* The kind with this id: compare kinds by pointer. */
 #define MG_E(id) (&mg_errors[MG_ERR_##id])
+
+/* A Redis kind (redis_*): a limit kept in Redis could not be checked (mg_redis). */
+static inline int mg_error_is_redis(const mg_error_t *e)
+{
+    return e->id >= MG_ERR_REDIS_REFUSED && e->id <= MG_ERR_REDIS_ERROR;
+}
 
 /* The kind named `name` (a Lua or config spelling), or NULL. */
 const mg_error_t *mg_error_by_name(const char *name);

@@ -583,7 +583,7 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
         r->chunk_filtering = 0;
     }
     r->error_kind = err;
-    if (err != MG_E(NO_TARGET) && err != MG_E(BUSY))
+    if (err != MG_E(NO_TARGET) && err != MG_E(BUSY) && !mg_error_is_redis(err)) /* redis_*: logged per interval */
         mg_log_warn(r->trace_id, "route %s: upstream %s: %s%s%s", r->route->name, p->up->name, err->name,
                     p->target ? " from " : "", p->target ? p->target->text : "");
     if (r->resp_started) {

@@ -226,6 +226,7 @@ void mg_plugins_init_worker(mg_vm_t *vm);
 /* Declares (or resizes, unless if_absent) the process-wide shared dict `name`. */
 int mg_shared_define(const char *name, size_t capacity, int if_absent);
 void mg_http_client_register(lua_State *L, mg_vm_t *vm);
+void mg_redis_register(lua_State *L, mg_vm_t *vm, int spec);
 
 /* Runs busted inside the runtime: `gatewayd --spec [busted args]`. Returns the exit code. */
 int mg_spec_main(int argc, char **argv);

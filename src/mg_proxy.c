@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "mg_csema.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
 
@@ -33,6 +34,10 @@ static void handshake(mg_proxy_t *p);
 /* The permit and the queue place are the exchange's; every end gives them back. */
 static void drop_permit(mg_proxy_t *p)
 {
+    if (p->clease) {
+        mg_clease_release(p->clease); /* held: given back; still being acquired: abandoned */
+        p->clease = NULL;
+    }
     if (p->queued) {
         event_del(&p->queue_timer);
         mg_sema_cancel(&p->waiter, 0);
@@ -311,6 +316,42 @@ static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
     end(p, MG_E(BUSY));
 }
 
+static void local_permit(mg_proxy_t *p);
+
+/*
+ * scope = "cluster": the lease's outcome. When Redis cannot answer,
+ * on_redis_error says what happens (counted and logged per interval by
+ * mg_redis_fallback): go without a permit, refuse, or take this node's share
+ * of the limit from the local semaphore.
+ */
+static void on_lease(void *arg, int outcome, const mg_error_t *kind, const char *msg)
+{
+    static const char *const policy[] = { [MG_REDIS_LOCAL] = "local", [MG_REDIS_ALLOW] = "allow",
+                                          [MG_REDIS_DENY] = "deny" };
+    mg_proxy_t *p = arg;
+    mg_upstream_t *up = p->up;
+    p->queue_us = (uint32_t)(mg_now_us() - p->t_start);
+    if (outcome == MG_CLEASE_GRANTED) {
+        attempt(p);
+        return;
+    }
+    if (outcome != MG_CLEASE_FAILED) {
+        if (outcome == MG_CLEASE_TIMED_OUT)
+            p->busy_status = up->busy_status;
+        end(p, MG_E(BUSY));
+        return;
+    }
+    mg_redis_fallback(up->redis, mg_csema_name(up->csema), policy[up->on_redis_error], kind, msg);
+    mg_clease_release(p->clease); /* msg was the lease's: not after this */
+    p->clease = NULL;
+    if (up->on_redis_error == MG_REDIS_ALLOW)
+        attempt(p);
+    else if (up->on_redis_error == MG_REDIS_DENY)
+        end(p, kind);
+    else
+        local_permit(p);
+}
+
 void mg_proxy_start(mg_proxy_t *p)
 {
     p->t_start = mg_now_us();
@@ -326,6 +367,18 @@ void mg_proxy_start(mg_proxy_t *p)
     }
     /* max_concurrency: the permit covers the exchange with all its retries */
     p->busy_status = 429;
+    if (up->csema) {
+        p->clease = mg_clease_acquire(up->csema, up->redis, 1, up->queue_max ? up->queue_timeout_ms : 0,
+                                      up->queue_max, on_lease, p);
+        return;
+    }
+    local_permit(p);
+}
+
+/* The local semaphore: at once, or queued (the grant comes through the worker's mailbox). */
+static void local_permit(mg_proxy_t *p)
+{
+    mg_upstream_t *up = p->up;
     if (up->queue_max == 0 || !up->mailbox) {
         if (!mg_sema_try(up->sema, 1)) {
             mg_sema_count_rejected(up->sema);

@@ -150,6 +150,7 @@ struct mg_proxy {
     int busy_status;             /* the status of a busy end */
     mg_sema_waiter_t waiter;
     struct event queue_timer;
+    struct mg_clease *clease;    /* scope = "cluster": the lease in Redis, held or being acquired */
     /* timings for the access log and metrics (µs since mg_proxy_start) */
     uint64_t t_start, t_attempt;
     uint32_t queue_us, connect_us, ttfb_us;

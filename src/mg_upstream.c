@@ -16,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "mg_csema.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
 
@@ -774,6 +775,9 @@ void mg_upstream_free(mg_upstream_t *up)
     free(up->targets);
     if (up->sema)
         mg_sema_put(up->sema);
+    if (up->csema)
+        mg_csema_put(up->csema);
+    up->csema = NULL;
     free(up->name);
     free(up->hash_name);
     free(up->active_path);

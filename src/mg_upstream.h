@@ -36,6 +36,8 @@ typedef struct mg_upconn mg_upconn_t;
 
 enum { MG_BALANCE_RR, MG_BALANCE_LEAST_CONN, MG_BALANCE_HASH };
 enum { MG_HOST_PASS, MG_HOST_TARGET, MG_HOST_FIXED };
+/* on_redis_error: what a limit kept in Redis does when Redis cannot answer */
+enum { MG_REDIS_LOCAL, MG_REDIS_ALLOW, MG_REDIS_DENY };
 /* What the upstream speaks: HTTP/1.1, HTTP/2 with prior knowledge (h2c), HTTP/2 over TLS (ALPN h2). */
 enum { MG_UP_HTTP1, MG_UP_H2C, MG_UP_H2 };
 
@@ -122,6 +124,10 @@ struct mg_upstream {
     int64_t queue_max;                /* 0: reject when full */
     uint32_t queue_timeout_ms;
     int busy_status;                  /* when the queue wait times out (reject: 429) */
+    /* scope = "cluster": the permits are leases in Redis (mg_csema); sema is then the local fallback */
+    struct mg_csema *csema;           /* NULL: the limit is this process's */
+    struct mg_redis *redis;           /* the generation's pool (borrowed) */
+    int on_redis_error;               /* MG_REDIS_ALLOW | DENY | LOCAL */
     mg_mailbox_t *mailbox;            /* the worker's, for permit grants */
     /* runtime */
     struct event_base *base;

@@ -694,6 +694,7 @@ void mg_worker_free(mg_worker_t *w)
         close(w->reload_fd);
     if (w->mailbox.fd > 0)
         mg_mailbox_free(&w->mailbox);
+    mg_redis_loop_end(w->base); /* connections the generations' pools left finishing their replies */
     if (w->stop_ev)
         event_free(w->stop_ev);
     if (w->stop_fd >= 0)

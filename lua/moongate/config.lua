@@ -11,6 +11,7 @@
 -- vocabulary (located errors, the one unknown-field check).
 local check = require "moongate.config_check"
 local upstream_mod = require "moongate.config_upstream"
+local redis_mod = require "moongate.config_redis"
 local resolve_mod = require "moongate.config_resolve"
 
 check.dsl_module()
@@ -89,6 +90,8 @@ local function new_state(path)
     routes = {},     -- in declaration order
     upstreams = {},  -- by name
     upstream_list = {},
+    redis = {},      -- redis "name" { } blocks, by name (config_redis.lua)
+    redis_list = {},
     global_plugins = {}, -- name -> { conf, file, line }
     groups = {},     -- open function-style groups (a stack)
     group_list = {}, -- every group, in declaration order
@@ -268,6 +271,7 @@ local function make_env(st)
   end
 
   env.upstream = upstream_mod.directive(st)
+  env.redis = redis_mod.directive(st)
 
   -- plugins { ["key-auth"] = { ... }, ... }: plugins for every route (routes and groups override)
   function env.plugins(t)
@@ -499,13 +503,17 @@ function M.load(path)
   end
   local cfg = st.settings
   cfg.file = path
-  local rok, routes = pcall(resolve_mod.resolve, st)
+  local rok, routes = pcall(function()
+    redis_mod.check(st)
+    return resolve_mod.resolve(st)
+  end)
   if not rok then
     if getmetatable(routes) == Located then return nil, routes.msg end
     return nil, tostring(routes)
   end
   cfg.routes = routes
   cfg.upstreams = st.upstream_list
+  cfg.redis = st.redis_list
   return cfg
 end
 

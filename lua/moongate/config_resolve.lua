@@ -120,7 +120,9 @@ function M.resolve(st)
   local out = {}
   local upstream_names = {}
   for name in pairs(st.upstreams) do upstream_names[name] = true end
-  st.schema_env = { upstreams = upstream_names, dir = st.dir }
+  local redis_names = {}
+  for name in pairs(st.redis or {}) do redis_names[name] = true end
+  st.schema_env = { upstreams = upstream_names, redis = redis_names, dir = st.dir }
   st.conf_cache, st.chains, st.entries, st.group_effective = {}, {}, {}, {}
   st.global_effective = configure_level(st, (function()
     local level = {}

@@ -3,10 +3,11 @@
 -- Produces the upstream tables mg_config.c reads.
 local check = require "moongate.config_check"
 local keys = require "moongate.keys"
+local redis_mod = require "moongate.config_redis"
 
 check.dsl_module()
 
-local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
+local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
 local fail, where, check_fields, table_field, list_field = check.fail, check.where, check.check_fields,
                                                           check.table_field, check.list_field
 
@@ -14,6 +15,7 @@ local UPSTREAM_FIELDS = { targets = true, tls = true, balance = true, hash_key =
                           timeouts = true, retries = true, health = true, host_header = true,
                           max_concurrency = true, on_busy = true, retry_non_idempotent = true,
                           protocol = true }
+for k in pairs(redis_mod.CLUSTER_FIELDS) do UPSTREAM_FIELDS[k] = true end -- scope = "cluster" (config_redis.lua)
 local UPSTREAM_TLS_FIELDS = { ca = true, server_name = true, cert = true, key = true, verify = true }
 local POOL_FIELDS = { max_idle = true, idle_timeout = true, max_requests = true, ping_interval = true }
 local UP_TIMEOUT_FIELDS = { connect = true, send = true, read = true }
@@ -190,6 +192,7 @@ function M.directive(st)
       elseif t.on_busy ~= nil then
         fail("upstream %s: on_busy needs max_concurrency", name)
       end
+      redis_mod.cluster_scope(t, u, "upstream " .. name, t.max_concurrency ~= nil, "max_concurrency")
       local hh = t.host_header or "pass"
       if type(hh) ~= "string" or hh == "" then
         fail("upstream %s: host_header must be \"pass\", \"target\" or a host name", name)

@@ -20,6 +20,23 @@ gw.VERSION = "0.1.0"
 --- gw.time() -> wall-clock seconds as a float.
 gw.time = gw.now
 
+--- gw.null: a nil reply from Redis (and JSON null): cjson.null.
+gw.null = cjson.null
+
+--- gw.redis("main") -> the handle of the config's redis "main" (src/mg_redis_lua.c),
+-- one per name and VM; gw.redis.script(source) -> a script for red:eval.
+local redis_handles = {}
+gw.redis = setmetatable({ script = gw._redis_script, connect = gw._redis_connect }, {
+  __call = function(_, name)
+    local h = redis_handles[name]
+    if not h then
+      h = gw._redis(name)
+      redis_handles[name] = h
+    end
+    return h
+  end,
+})
+
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 
 --- gw.log(level, message [, fields]) / ctx.log(...)

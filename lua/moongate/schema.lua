@@ -5,7 +5,7 @@
 -- A schema is { fields = { name = field, ... }, check = function(conf, given) }
 -- where a field is
 --   { type = "string" | "number" | "integer" | "boolean" | "array" | "record" | "map"
---          | "header_name" | "header_value" | "key" | "upstream" | "file" | "any",
+--          | "header_name" | "header_value" | "key" | "upstream" | "redis" | "file" | "any",
 --     required = true, default = v, one_of = { ... }, between = { min, max },
 --     match = "lua pattern" (strings), non_empty = true (strings, arrays, maps),
 --     elements = field (arrays), fields = { ... } + check (records),
@@ -36,8 +36,8 @@ local OWNED = {
 M.OWNED = OWNED
 
 local TYPES = { string = true, number = true, integer = true, boolean = true, array = true, record = true,
-                map = true, header_name = true, header_value = true, key = true, upstream = true, file = true,
-                any = true }
+                map = true, header_name = true, header_value = true, key = true, upstream = true, redis = true,
+                file = true, any = true }
 local ATTRS = { type = true, required = true, default = true, one_of = true, between = true, match = true,
                 non_empty = true, elements = true, fields = true, check = true, keys = true, values = true,
                 kinds = true, direction = true, description = true }
@@ -106,6 +106,14 @@ local function check_value(field, v, path, env)
     if ups and not ups[v] then
       local names = sorted_keys(ups)
       return nil, fmt("field '%s': no upstream named '%s' (declared: %s)", path, v,
+                      #names > 0 and concat(names, ", ") or "none")
+    end
+  elseif t == "redis" then
+    if type(v) ~= "string" then return nil, fmt("field '%s': expected the name of a redis block, got %s", path, type(v)) end
+    local blocks = env and env.redis
+    if blocks and not blocks[v] then
+      local names = sorted_keys(blocks)
+      return nil, fmt("field '%s': no redis named '%s' (declared: %s)", path, v,
                       #names > 0 and concat(names, ", ") or "none")
     end
   elseif t == "file" then
@@ -210,9 +218,9 @@ validate = function(schema, conf, prefix, env)
 end
 
 --- Validates conf (a table or nil) against schema. env (optional) is what
--- the config declares: { upstreams = { name = true, ... }, dir = "..." }:
--- "upstream" fields must name one of them (without env, names are not
--- checked); relative "file" fields are taken from dir. Returns the normalized
+-- the config declares: { upstreams = { name = true, ... }, redis = { ... },
+-- dir = "..." }: "upstream" and "redis" fields must name one of them (without
+-- env, names are not checked); relative "file" fields are taken from dir. Returns the normalized
 -- conf with defaults, or nil and a message naming the field.
 function M.validate(schema, conf, env)
   if conf == nil or conf == true then conf = {} end
