@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Reload cost with 10,000 routes: how long `gatewayctl reload` takes, and the
 # p99 of requests served while reloading continuously versus without.
-#   bench/reload.sh [build dir]        ROUTES=10000 DURATION=5
+#   bench/reload.sh [build dir]        ROUTES=10000 DURATION=5 WORKERS=1
 set -euo pipefail
 build=${1:-$(cd "$(dirname "$0")/.." && pwd)/build}
 ROUTES=${ROUTES:-10000}
 DURATION=${DURATION:-5}
+WORKERS=${WORKERS:-1}
 work=$(mktemp -d)
 gw_pid=
 cleanup() { [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -20,7 +21,7 @@ trap cleanup EXIT
     echo "route { method = \"GET\", path = \"/svc$i/items/{id:[0-9]+}\", handler = h }"
   done
 } > "$work/gw.lua"
-${GW_TASKSET:-taskset -c 0} "$build/gatewayd" -c "$work/gw.lua" -w 1 2>"$work/err" & gw_pid=$!
+${GW_TASKSET:-taskset -c 0} "$build/gatewayd" -c "$work/gw.lua" -w "$WORKERS" 2>"$work/err" & gw_pid=$!
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18296/svc1/items/1 && break; sleep 0.1; done
 ctl() { "$build/gatewayctl" -s "$work/admin.sock" "$@"; }
 start=$(date +%s%N); ctl reload >/dev/null; end=$(date +%s%N)

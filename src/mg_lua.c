@@ -69,6 +69,33 @@ static int l_glob(lua_State *L)
     return 1;
 }
 
+/*
+ * config_check.frame(dsl_sources) -> file, line: the first frame up the stack
+ * whose source is not one of the DSL's (a set of source names), or nothing.
+ * In C because debug.getinfo builds a table per call: a 10,000-route config
+ * asks 10,000 times, and that garbage made the collector walk the growing
+ * config again and again.
+ */
+static int l_config_frame(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Debug ar;
+    for (int level = 1; level < 64 && lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || strcmp(ar.what, "C") == 0)
+            continue;
+        lua_pushstring(L, ar.source);
+        lua_rawget(L, 1);
+        int dsl = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (dsl)
+            continue;
+        lua_pushstring(L, ar.source[0] == '@' ? ar.source + 1 : ar.source);
+        lua_pushinteger(L, ar.currentline);
+        return 2;
+    }
+    return 0;
+}
+
 /* Calls require(name) and leaves the module on the stack; returns 0 or sets err. */
 static int require_module(lua_State *L, const char *name, char *err, size_t errlen)
 {
@@ -158,6 +185,11 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     vm->plugins_log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushcfunction(L, embedded_loader); /* plugins are found there, never through require's path */
     lua_setfield(L, -2, "embedded");
+    lua_pop(L, 1);
+    if (require_module(L, "moongate.config_check", err, errlen) < 0)
+        goto fail;
+    lua_pushcfunction(L, l_config_frame);
+    lua_setfield(L, -2, "frame");
     lua_pop(L, 1);
     if (require_module(L, "moongate.config", err, errlen) < 0)
         goto fail;

@@ -38,9 +38,18 @@ typedef struct static_edge {
 
 typedef struct regex_edge {
     char *source;
-    pcre2_code *code;
+    pcre2_code *code;         /* borrowed from the router's pattern table */
     node_t *child;
 } regex_edge_t;
+
+/* A compiled constraint, shared by every edge with the same source: 10,000
+ * routes with {id:[0-9]+} compile (and JIT) it once. */
+typedef struct pattern {
+    char *source;
+    size_t len;
+    uint64_t hash;
+    pcre2_code *code;
+} pattern_t;
 
 struct node {
     static_edge_t *statics;   /* sorted by (len, bytes) for binary search */
@@ -57,6 +66,8 @@ struct mg_router {
     size_t count;
     pcre2_match_data *md;
     route_t **all;
+    pattern_t *patterns;      /* open addressing, a power of two, at most half full */
+    size_t npatterns, patterns_cap;
 };
 
 static const struct { const char *name; unsigned bit; } methods[] = {
@@ -105,7 +116,6 @@ static void node_free(node_t *n, int is_root)
     }
     for (size_t i = 0; i < n->nregexes; i++) {
         free(n->regexes[i].source);
-        pcre2_code_free(n->regexes[i].code);
         node_free(n->regexes[i].child, 0);
     }
     node_free(n->param, 0);
@@ -134,6 +144,13 @@ void mg_router_free(mg_router_t *r)
     for (size_t i = 0; i < r->count; i++)
         route_free(r->all[i]);
     free(r->all);
+    for (size_t i = 0; i < r->patterns_cap; i++) {
+        if (r->patterns[i].code) {
+            free(r->patterns[i].source);
+            pcre2_code_free(r->patterns[i].code);
+        }
+    }
+    free(r->patterns);
     pcre2_match_data_free(r->md);
     free(r);
 }
@@ -171,11 +188,32 @@ static node_t *static_child(node_t *n, const char *seg, size_t len, int create)
     return n->statics[lo].child;
 }
 
-static node_t *regex_child(node_t *n, const char *src, size_t len, char *err, size_t errlen)
+static uint64_t hash_bytes(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n->nregexes; i++)
-        if (strlen(n->regexes[i].source) == len && memcmp(n->regexes[i].source, src, len) == 0)
-            return n->regexes[i].child;
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static pattern_t *pattern_slot(pattern_t *tab, size_t cap, const char *src, size_t len, uint64_t h)
+{
+    for (size_t i = h & (cap - 1);; i = (i + 1) & (cap - 1)) {
+        pattern_t *p = &tab[i];
+        if (!p->code || (p->hash == h && p->len == len && memcmp(p->source, src, len) == 0))
+            return p;
+    }
+}
+
+/* The compiled form of a constraint: from the table, or compiled now. NULL with err on a bad regex. */
+static pcre2_code *pattern(mg_router_t *r, const char *src, size_t len, char *err, size_t errlen)
+{
+    uint64_t h = hash_bytes(src, len);
+    if (r->patterns_cap) {
+        pattern_t *p = pattern_slot(r->patterns, r->patterns_cap, src, len, h);
+        if (p->code)
+            return p->code;
+    }
     int ec;
     PCRE2_SIZE eo;
     /* Anchored at both ends: a constraint describes the whole segment. */
@@ -188,6 +226,30 @@ static node_t *regex_child(node_t *n, const char *src, size_t len, char *err, si
         return NULL;
     }
     pcre2_jit_compile(code, PCRE2_JIT_COMPLETE); /* falls back to the interpreter if JIT is unavailable */
+    if (2 * (r->npatterns + 1) > r->patterns_cap) {
+        size_t cap = r->patterns_cap ? 2 * r->patterns_cap : 16;
+        pattern_t *tab = mg_calloc(cap, sizeof(*tab));
+        for (size_t i = 0; i < r->patterns_cap; i++)
+            if (r->patterns[i].code)
+                *pattern_slot(tab, cap, r->patterns[i].source, r->patterns[i].len, r->patterns[i].hash) = r->patterns[i];
+        free(r->patterns);
+        r->patterns = tab;
+        r->patterns_cap = cap;
+    }
+    *pattern_slot(r->patterns, r->patterns_cap, src, len, h) =
+        (pattern_t){ .source = mg_strndup(src, len), .len = len, .hash = h, .code = code };
+    r->npatterns++;
+    return code;
+}
+
+static node_t *regex_child(mg_router_t *r, node_t *n, const char *src, size_t len, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n->nregexes; i++)
+        if (strlen(n->regexes[i].source) == len && memcmp(n->regexes[i].source, src, len) == 0)
+            return n->regexes[i].child;
+    pcre2_code *code = pattern(r, src, len, err, errlen);
+    if (!code)
+        return NULL;
     n->regexes = mg_realloc(n->regexes, (n->nregexes + 1) * sizeof(*n->regexes));
     regex_edge_t *e = &n->regexes[n->nregexes++];
     e->source = mg_strndup(src, len);
@@ -337,7 +399,7 @@ int mg_router_add(mg_router_t *r, const mg_route_spec_t *spec, char *err, size_t
                     snprintf(err, errlen, "empty regex in '%.*s'", (int)len, p);
                     goto fail;
                 }
-                n = regex_child(n, colon + 1, rlen, err, errlen);
+                n = regex_child(r, n, colon + 1, rlen, err, errlen);
                 if (!n)
                     goto fail;
             } else {

@@ -21,16 +21,18 @@ end
 --- The config file and line that called into the DSL: the first stack frame
 -- outside it (directives call helpers, so a fixed level would be wrong).
 function M.where()
-  for level = 2, 50 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if not DSL_SOURCES[info.source] and info.what ~= "C" then
-      local src = info.source
-      if src:sub(1, 1) == "@" then src = src:sub(2) end
-      return src, info.currentline
-    end
-  end
+  local file, line = M.frame(DSL_SOURCES)
+  if file then return file, line end
   return "?", 0
+end
+
+-- Set by the C side (mg_lua.c, without a table per call); this is its meaning.
+function M.frame(dsl)
+  for level = 3, 64 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return end
+    if not dsl[info.source] and info.what ~= "C" then return (info.source:gsub("^@", "")), info.currentline end
+  end
 end
 local where = M.where
 

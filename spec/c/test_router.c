@@ -176,6 +176,32 @@ static void many_routes(void **state)
     mg_router_free(r);
 }
 
+/* Constraints are compiled once per distinct source and shared: each route still matches by its own. */
+static void shared_and_distinct_constraints(void **state)
+{
+    mg_router_t *r = mg_router_new();
+    char path[96];
+    for (int i = 0; i < 300; i++) {
+        /* every third route has a constraint of its own (the table grows), the rest share two */
+        if (i % 3 == 0)
+            snprintf(path, sizeof(path), "/svc%d/items/{id:%d[0-9]*}", i, i);
+        else
+            snprintf(path, sizeof(path), "/svc%d/items/{id:%s}", i, i % 3 == 1 ? "[0-9]+" : "[a-z]+");
+        add(r, i, MG_M_GET, NULL, path);
+    }
+    mg_route_match_t m;
+    assert_int_equal(match(r, "GET", NULL, "/svc4/items/123", &m), MG_ROUTER_FOUND);
+    assert_int_equal(m.id, 4);
+    assert_int_equal(match(r, "GET", NULL, "/svc4/items/abc", &m), MG_ROUTER_NOT_FOUND);
+    assert_int_equal(match(r, "GET", NULL, "/svc5/items/abc", &m), MG_ROUTER_FOUND);
+    assert_int_equal(m.id, 5);
+    assert_int_equal(match(r, "GET", NULL, "/svc5/items/123", &m), MG_ROUTER_NOT_FOUND);
+    assert_int_equal(match(r, "GET", NULL, "/svc297/items/29712", &m), MG_ROUTER_FOUND);
+    assert_int_equal(m.id, 297);
+    assert_int_equal(match(r, "GET", NULL, "/svc297/items/12", &m), MG_ROUTER_NOT_FOUND);
+    mg_router_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -185,6 +211,7 @@ int main(void)
         cmocka_unit_test(hosts),
         cmocka_unit_test(conflicts_and_bad_patterns),
         cmocka_unit_test(many_routes),
+        cmocka_unit_test(shared_and_distinct_constraints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
