@@ -19,6 +19,7 @@
 #include "mg_conn.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
+#include "mg_tunnel.h"
 #include "mg_req.h"
 
 /*
@@ -278,10 +279,23 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     mg_conn_reap(arg);
 }
 
+static void on_drain_over(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopbreak(((mg_worker_t *)arg)->base);
+}
+
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
     mg_worker_t *w = arg;
     mg_log_warn(NULL, "worker %d: drain timeout with %zu connections open; closing them", w->id, w->nconns);
+    /* tunnels and WebSocket endpoints say goodbye (close 1001) and get a moment to be read: the last
+     * connection closing ends the loop sooner */
+    if (mg_upgraded_shutdown(w) > 0 && w->nconns > 0) {
+        struct timeval tv = { 0, 500 * 1000 };
+        evtimer_assign(w->drain_timer, w->base, on_drain_over, w);
+        evtimer_add(w->drain_timer, &tv);
+        return;
+    }
     event_base_loopbreak(w->base);
 }
 

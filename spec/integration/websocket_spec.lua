@@ -1,0 +1,294 @@
+--- WebSocket: proxy routes tunnel an upgrade to the upstream (plugins run on
+--- the handshake, the permit is held for the tunnel's life, reloads and drains
+--- keep tunnels working), and Lua handlers accept WebSockets themselves
+--- (ctx:websocket). The real peers are python3-websockets (spec/wspeer.py).
+local helpers = require "spec.helpers"
+local upstream = require "spec.upstream"
+
+local PY = "/usr/bin/python3"
+
+local function rss_kb(pid)
+  return tonumber(helpers.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s+(%d+)"))
+end
+
+--- Runs a wspeer client scenario; returns its JSON report.
+local function client(url, scenario, args, seconds)
+  local dir = helpers.tmpdir()
+  local argv = { PY, "spec/wspeer.py", "client", url, scenario }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = tostring(a) end
+  local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  local how = helpers.wait_exit(pid, seconds or 40)
+  if not how then gw.process.kill(pid, gw.process.SIGKILL) end
+  local out = helpers.read_file(dir .. "/out")
+  local last = out:match("([^\n]+)\n?$")
+  local report = last and gw.json.decode(last)
+  assert(report, "wspeer " .. scenario .. " said: " .. out .. helpers.read_file(dir .. "/err"))
+  return report
+end
+
+--- Starts a client scenario in the background; returns a function that waits for its report.
+local function client_bg(url, scenario, args, seconds)
+  local dir = helpers.tmpdir()
+  local argv = { PY, "spec/wspeer.py", "client", url, scenario }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = tostring(a) end
+  local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  return function()
+    local how = helpers.wait_exit(pid, seconds or 60)
+    if not how then gw.process.kill(pid, gw.process.SIGKILL) end
+    local out = helpers.read_file(dir .. "/out")
+    local last = out:match("([^\n]+)\n?$")
+    return assert(last and gw.json.decode(last), "wspeer said: " .. out .. helpers.read_file(dir .. "/err"))
+  end
+end
+
+--- A python3-websockets echo server as the upstream.
+local function ws_upstream()
+  local port = helpers.free_port()
+  local dir = helpers.tmpdir()
+  local pid = assert(gw.process.spawn({ PY, "spec/wspeer.py", "server", tostring(port) },
+                                      { stdout = dir .. "/out", stderr = dir .. "/err" }))
+  for _ = 1, 250 do
+    if helpers.read_file(dir .. "/out"):find("ready", 1, true) then
+      return { port = port, pid = pid, stop = function() gw.process.kill(pid, gw.process.SIGKILL)
+                                                           helpers.wait_exit(pid, 5) end }
+    end
+    gw.sleep(0.02)
+  end
+  error("wspeer server did not start: " .. helpers.read_file(dir .. "/err"))
+end
+
+local function tunnel_ends(g)
+  local out = {}
+  for _, e in ipairs(g:access_entries()) do
+    if e.event == "tunnel_end" then out[#out + 1] = e end
+  end
+  return out
+end
+
+local function wait_for(what, fn, seconds)
+  local deadline = gw.monotonic_ms() + (seconds or 5) * 1000
+  repeat
+    local v = fn()
+    if v then return v end
+    gw.sleep(0.05)
+  until gw.monotonic_ms() > deadline
+  error("timed out waiting for " .. what)
+end
+
+local function metric(g, port, pattern)
+  local s = gw.tcp()
+  s:settimeout(5000)
+  assert(s:connect("127.0.0.1", port))
+  s:send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+  local body = s:receive("*a") or ""
+  s:close()
+  local sum, seen = 0, false
+  for v in body:gmatch(pattern .. " (%d+)") do
+    sum, seen = sum + tonumber(v), true
+  end
+  return seen and sum or nil, body
+end
+
+describe("WebSocket through a proxy route", function()
+  local up, g, admin
+  setup(function()
+    up = ws_upstream()
+    admin = helpers.free_port()
+    g = helpers.start(([[
+      admin_listen "127.0.0.1:%d"
+      timeouts { tunnel = "20s" }
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "ws" }
+      route { path = "/plain", upstream = "ws", upgrade = false }
+    ]]):format(admin, up.port))
+  end)
+  teardown(function()
+    g:stop()
+    up.stop()
+  end)
+
+  it("tunnels text, binary and empty messages, and logs the handshake and the tunnel's end", function()
+    local url = ("ws://127.0.0.1:%d/ws"):format(g.port)
+    local r = client(url, "echo")
+    assert.is_nil(r.error)
+    assert.same({ "hello", "bin:000102", "h\u{e9}llo \u{2603}", "" }, r.got)
+    assert.equal(1000, r.close_code)
+    assert.truthy(r.headers["X-Request-ID"] or r.headers["x-request-id"])
+    local ends = wait_for("the tunnel's log line", function() local t = tunnel_ends(g) return #t > 0 and t end)
+    local e = ends[#ends]
+    assert.equal("/ws", e.route)
+    assert.equal("ws", e.upstream)
+    assert.equal("client", e.closed_by)
+    assert.is_nil(e.error)
+    assert.is_true(e.bytes_in > 20 and e.bytes_out > 20, gw.json.encode(e))
+    local hs
+    for _, x in ipairs(g:access_entries()) do
+      if x.trace_id == e.trace_id and x.status then hs = x end
+    end
+    assert.equal(101, hs.status)
+  end)
+
+  it("forwards Upgrade, Connection and Sec-WebSocket-* to the upstream", function()
+    local r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "send", { "headers", "close:1000" })
+    local h = gw.json.decode(r.got[1])
+    local lower = {}
+    for k, v in pairs(h) do lower[k:lower()] = v end
+    assert.equal("websocket", lower.upgrade:lower())
+    assert.equal("upgrade", lower.connection:lower())
+    assert.truthy(lower["sec-websocket-key"])
+    assert.equal("13", lower["sec-websocket-version"])
+    assert.truthy(lower["x-forwarded-for"])
+  end)
+
+  it("relays the upstream's close code", function()
+    local r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "send", { "close:4003" })
+    assert.equal(4003, r.close_code)
+  end)
+
+  it("strips Upgrade where the route does not forward it (upgrade = false): a plain request", function()
+    local r = client(("ws://127.0.0.1:%d/plain"):format(g.port), "echo")
+    -- the upstream saw no Upgrade and refused the plain GET; its answer was relayed as is
+    assert.equal(426, r.status)
+  end)
+
+  it("counts open tunnels per route and upstream in the metrics", function()
+    local done = client_bg(("ws://127.0.0.1:%d/ws"):format(g.port), "hold", { 3, 1.5, 0.1 })
+    local open = wait_for("3 open tunnels", function()
+      local n = metric(g, admin, 'moongate_tunnels_open{worker="0",route="/ws"}')
+      return n == 3 and n
+    end, 10)
+    assert.equal(3, open)
+    assert.equal(3, (metric(g, admin, 'moongate_upstream_tunnels_open{worker="0",upstream="ws"}')))
+    local r = done()
+    assert.same({}, r.errors)
+    wait_for("0 open tunnels", function() return metric(g, admin, 'moongate_tunnels_open{worker="0",route="/ws"}') == 0 end)
+    local code, out = g:ctl("status")
+    assert.equal(0, code, out)
+    assert.truthy(out:find("tunnels open 0", 1, true), out)
+  end)
+
+  it("applies back-pressure to a slow reader: the gateway does not buffer what the client does not read", function()
+    local before = rss_kb(g.pid)
+    local r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "slow_reader", { 200, 2, 65536 }, 60)
+    assert.is_nil(r.error)
+    assert.equal(200, r.got_count)
+    assert.is_true(rss_kb(g.pid) - before < 8 * 1024, "RSS grew by " .. (rss_kb(g.pid) - before) .. " KiB")
+  end)
+end)
+
+describe("WebSocket tunnels and the upstream's max_concurrency", function()
+  it("hold the permit for the tunnel's life and give it back on every end (chaos)", function()
+    local up = ws_upstream()
+    local g = helpers.start(([[
+      upstream "ws" { targets = { "127.0.0.1:%d" }, max_concurrency = 1 }
+      route { path = "/ws", upstream = "ws" }
+    ]]):format(up.port))
+    local url = ("ws://127.0.0.1:%d/ws"):format(g.port)
+    local holder = client_bg(url, "hold", { 1, 1.5, 0.1 })
+    gw.sleep(0.5)
+    -- the tunnel counts as in flight: the upstream is busy
+    local r = client(url, "echo")
+    assert.equal(429, r.status)
+    assert.same({}, holder().errors)
+    r = client(url, "echo")
+    assert.is_nil(r.error)
+    -- tunnels opened and killed at random: the permit comes back each time
+    g:stop()
+    g = helpers.start(([[
+      upstream "ws" { targets = { "127.0.0.1:%d" }, max_concurrency = 8, on_busy = { queue = 100, queue_timeout = "10s" } }
+      route { path = "/ws", upstream = "ws" }
+    ]]):format(up.port))
+    url = ("ws://127.0.0.1:%d/ws"):format(g.port)
+    r = client(url, "chaos", { 200, 20 }, 120)
+    assert.equal(200, r.opened + r.failed)
+    assert.equal(0, r.failed)
+    wait_for("the permits back", function()
+      local _, out = g:ctl("status", "--json")
+      local st = gw.json.decode(out)
+      local s = st.semaphores["upstream:ws"]
+      return s and s.in_use == 0
+    end, 10)
+    g:stop()
+    up.stop()
+  end)
+end)
+
+describe("WebSocket tunnels and their lifetime", function()
+  it("close an idle tunnel after timeouts.tunnel (logged as tunnel_idle, closed by the gateway)", function()
+    local up = ws_upstream()
+    local g = helpers.start(([[
+      timeouts { tunnel = "300ms" }
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "ws", timeout = "100ms" }
+    ]]):format(up.port))
+    -- messages every 100 ms keep it open past the route's 100 ms deadline (which ended at the 101)
+    local r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "hold", { 1, 1, 0.1 })
+    assert.same({}, r.errors)
+    assert.is_true(r.received >= 5)
+    -- then one that says nothing
+    r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "send", {})
+    assert.equal(1006, r.close_code) -- no close frame: the gateway closed the connection
+    local e = wait_for("the idle end", function()
+      for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
+    end)
+    assert.equal("gateway", e.closed_by)
+    assert.is_true(e.duration_ms >= 290, e.duration_ms)
+    g:stop()
+    up.stop()
+  end)
+
+  it("keep working across 1,000 reloads with 50 tunnels exchanging messages, and pin no old generation", function()
+    local up = ws_upstream()
+    local g = helpers.start(([[
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "ws" }
+      local big = {} for i = 1, 20000 do big[i] = ("x"):rep(50) .. i end -- ~1.5 MB per VM: a pinned one shows
+      route { path = "/v", handler = function() return 200, "v1" end }
+    ]]):format(up.port))
+    local url = ("ws://127.0.0.1:%d/ws"):format(g.port)
+    local done = client_bg(url, "hold", { 50, 60, 0.05 }, 120)
+    gw.sleep(1.5)
+    local base
+    local reloads = tonumber(os.getenv("WS_RELOADS") or "1000")
+    for i = 1, reloads do
+      local code, out = g:ctl("reload")
+      assert.equal(0, code, out)
+      if i == 50 then base = rss_kb(g.pid) end
+      if i % 100 == 0 then
+        -- retired generations are freed while the tunnels stay open
+        assert.is_true(rss_kb(g.pid) - base < 40 * 1024, ("after %d reloads RSS grew %d KiB"):format(i, rss_kb(g.pid) - base))
+      end
+    end
+    g:stop(30) -- the drain closes the tunnels (1001) at its end
+    local r = done()
+    assert.equal(0, r.mismatched)
+    assert.is_true(r.received > 50 * 20, "received " .. r.received)
+    -- none dropped while the gateway ran: the only ends are the drain's (going away)
+    for _, err in ipairs(r.errors) do
+      assert.truthy(err:find("1001", 1, true), err)
+    end
+    up.stop()
+  end)
+
+  it("run on during a drain and get close 1001 going away when it ends", function()
+    local up = ws_upstream()
+    local g = helpers.start(([[
+      timeouts { drain = "1s" }
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "ws" }
+    ]]):format(up.port))
+    local done = client_bg(("ws://127.0.0.1:%d/ws"):format(g.port), "hold", { 1, 10, 0.05 })
+    gw.sleep(0.5)
+    local t0 = gw.monotonic_ms()
+    local code, out = g:ctl("stop", "--drain", "1")
+    assert.equal(0, code, out)
+    local r = done()
+    assert.is_true(gw.monotonic_ms() - t0 >= 900)
+    assert.is_true(r.received >= 15, "received " .. r.received) -- it kept working during the drain
+    assert.equal(1, #r.errors)
+    assert.truthy(r.errors[1]:find("1001", 1, true), r.errors[1])
+    helpers.wait_exit(g.pid, 10)
+    g.stopped = true
+    up.stop()
+  end)
+end)
