@@ -80,6 +80,9 @@ def raw_connect(url, extra=b""):
         buf += d
     head, _, rest = buf.partition(b"\r\n\r\n")
     out["status"] = int(head.split(b" ")[1])
+    out["head"] = head.decode("latin-1") + "\r\n"
+    if out["status"] != 101:
+        raise RuntimeError("status %d" % out["status"])
     return s, rest
 
 
@@ -376,7 +379,7 @@ def raw_scenario(url, scenario, args):
         s.sendall(frame(1, b"one ", fin=False) + frame(9, b"p!") + frame(0, b"two"))
         op1, p1, rest = read_frame(s, rest)
         op2, p2, rest = read_frame(s, rest)
-        out["frames"] = [[op1, p1.decode()], [op2, p2.decode()]]
+        out["frames"] = [[op1, p1.decode("latin-1")], [op2, p2.decode("latin-1")]]
         s.sendall(frame(8, struct.pack("!H", 1000)))
         raw_close_after(s, rest)
     elif scenario == "bad_continuation":

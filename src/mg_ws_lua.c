@@ -628,14 +628,18 @@ static int l_gc(lua_State *L)
     return 0;
 }
 
+/* The field's value when it is there once (a second Sec-WebSocket-Key or -Version is refused), or NULL. */
 static const char *header(mg_req_t *r, const char *name, size_t nl, size_t *vl)
 {
+    const char *v = NULL;
     for (size_t i = 0; i < r->nheaders; i++)
         if (mg_http1_name_is(&r->headers[i], name, nl)) {
+            if (v)
+                return NULL;
             *vl = r->headers[i].value_len;
-            return r->headers[i].value;
+            v = r->headers[i].value;
         }
-    return NULL;
+    return v;
 }
 
 /* Is `tok` one of the comma-separated tokens of value? */
@@ -655,18 +659,27 @@ static int has_token(const char *v, size_t vl, const char *tok)
     return 0;
 }
 
+/* Does any field `name` list the token? (Connection and the like may come as several fields.) */
+static int fields_have(mg_req_t *r, const char *name, size_t nl, const char *tok)
+{
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (mg_http1_name_is(&r->headers[i], name, nl) && has_token(r->headers[i].value, r->headers[i].value_len, tok))
+            return 1;
+    return 0;
+}
+
 /* Why this request is not a WebSocket handshake we can answer, or NULL (RFC 6455 section 4.2.1). */
 static const char *bad_handshake(mg_req_t *r, const char **key)
 {
-    size_t n;
+    size_t n = 0;
     const char *v;
     if (!r->wire->upgrade)
         return "WebSocket needs HTTP/1.1 here (WebSocket over HTTP/2 is not offered)";
     if (r->method_bit != MG_M_GET || r->minor_version != 1)
         return "a WebSocket handshake is a GET over HTTP/1.1";
-    if (!(v = header(r, "upgrade", 7, &n)) || !has_token(v, n, "websocket"))
+    if (!fields_have(r, "upgrade", 7, "websocket"))
         return "no Upgrade: websocket";
-    if (!(v = header(r, "connection", 10, &n)) || !has_token(v, n, "upgrade"))
+    if (!fields_have(r, "connection", 10, "upgrade"))
         return "no Connection: upgrade";
     if (!(v = header(r, "sec-websocket-version", 21, &n)) || n != 2 || memcmp(v, "13", 2) != 0)
         return "Sec-WebSocket-Version is not 13";
@@ -703,16 +716,14 @@ static int l_websocket(lua_State *L)
     const char *proto = NULL;
     size_t proto_len = 0;
     if (lua_istable(L, 6)) {
-        size_t n;
-        const char *offered = header(r, "sec-websocket-protocol", 22, &n);
-        for (int i = 1; offered && !proto; i++) {
+        for (int i = 1; !proto; i++) {
             lua_rawgeti(L, 6, i);
             if (lua_isnil(L, -1)) {
                 lua_pop(L, 1);
                 break;
             }
             const char *want = lua_tostring(L, -1);
-            if (want && has_token(offered, n, want)) {
+            if (want && fields_have(r, "sec-websocket-protocol", 22, want)) {
                 proto = mg_pool_strndup(&r->pool, want, strlen(want));
                 proto_len = strlen(want);
             }

@@ -298,3 +298,164 @@ describe("WebSocket tunnels and their lifetime", function()
     up.stop()
   end)
 end)
+
+describe("WebSocket endpoints in Lua (ctx:websocket)", function()
+  local g, up
+  setup(function()
+    up = upstream.start(function(req) gw.sleep(0.05) return 200, {}, "upstream says " .. req.path end)
+    g = helpers.start(([[
+      upstream "api" { targets = { "127.0.0.1:%d" } }
+      route { path = "/echo", timeout = "300ms", handler = function(ctx)
+        local ws, err = ctx:websocket{ max_frame = "64k", protocols = { "chat", "other" } }
+        if not ws then return 400, err end
+        while true do
+          local data, typ, code = ws:recv()
+          if not data then gw.log("warn", "echo ended: " .. tostring(code)) return end
+          if typ == "close" then return end
+          if data == "close-me" then ws:close(4001, "bye")
+          elseif data == "protocol" then ws:send_text(ws:subprotocol() or "none")
+          elseif data == "wait" then gw.sleep(0.5) ws:send_text("waited past the deadline")
+          elseif typ == "text" then ws:send_text(data)
+          else ws:send_binary(data) end
+        end
+      end }
+      route { path = "/pings", handler = function(ctx)
+        local ws = assert(ctx:websocket{ pings = true })
+        local data, typ = ws:recv()
+        ws:send_text(typ .. ":" .. data)
+        ws:recv()
+      end }
+      -- pushes while waiting for upstream answers: a reader and a writer task
+      route { path = "/push", handler = function(ctx)
+        local ws = assert(ctx:websocket{})
+        local reader = gw.spawn(function()
+          while true do
+            local data, typ = ws:recv()
+            if not data or typ == "close" or data == "done" then return end
+            local res = gw.http.request{ upstream = "api", path = "/" .. data }
+            ws:send_text(res and res.body or "no answer")
+          end
+        end)
+        local writer = gw.spawn(function()
+          for i = 1, 3 do
+            gw.sleep(0.05)
+            ws:send_text("tick " .. i)
+          end
+        end)
+        gw.wait(writer)
+        gw.wait(reader)
+      end }
+      route { path = "/fail", handler = function(ctx)
+        local ws = assert(ctx:websocket{})
+        ws:recv()
+        error("boom")
+      end }
+    ]]):format(up.port))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+  local function url(path) return ("ws://127.0.0.1:%d%s"):format(g.port, path) end
+
+  it("echoes text, binary, UTF-8 and empty messages, and closes cleanly", function()
+    local r = client(url("/echo"), "echo")
+    assert.is_nil(r.error)
+    assert.same({ "hello", "bin:000102", "h\u{e9}llo \u{2603}", "" }, r.got)
+    assert.equal(1000, r.close_code)
+    local e = wait_for("the access line", function()
+      for _, x in ipairs(g:access_entries()) do if x.path == "/echo" and x.status == 101 then return x end end
+    end)
+    assert.is_nil(e.error)
+  end)
+
+  it("assembles fragmented messages and answers pings itself", function()
+    local r = client(url("/echo"), "fragmented")
+    assert.same({ "fragmented", "bin:010203" }, r.got)
+    r = client(url("/echo"), "ping")
+    assert.is_true(r.pong)
+    assert.same({ "after ping" }, r.got)
+    -- a ping between two fragments is answered at once; the message still comes whole
+    r = client(url("/echo"), "ping_between_fragments")
+    assert.same({ { 10, "p!" }, { 1, "one two" } }, r.frames)
+    assert.equal(1000, r.close_code)
+  end)
+
+  it("hands pings to the handler when it asks for them", function()
+    local r = client(url("/pings"), "ping_between_fragments")
+    assert.same({ 1, "ping:p!" }, r.frames[1])
+  end)
+
+  it("closes with the handler's code and echoes the client's", function()
+    local r = client(url("/echo"), "send", { "close-me" })
+    assert.equal(4001, r.close_code)
+    assert.equal("bye", r.close_reason)
+    r = client(url("/echo"), "close_echo")
+    assert.equal(4000, r.close_code)
+    assert.is_true(r.eof)
+  end)
+
+  it("refuses protocol violations with the RFC's close codes", function()
+    local r = client(url("/echo"), "unmasked")
+    assert.equal(1002, r.close_code)
+    r = client(url("/echo"), "bad_utf8")
+    assert.equal(1007, r.close_code)
+    r = client(url("/echo"), "bad_utf8_split")
+    assert.equal("caf\u{e9}", r.echo) -- a character split across fragments is fine
+    assert.equal(1007, r.close_code)
+    r = client(url("/echo"), "bad_continuation")
+    assert.equal(1002, r.close_code)
+    r = client(url("/echo"), "bad_close_code")
+    assert.equal(1002, r.close_code)
+    -- max_frame = 64k: refused from the frame's head, with 1009
+    r = client(url("/echo"), "big_frame", { 100000 })
+    assert.equal(1009, r.close_code)
+    r = client(url("/echo"), "big", { 70000 })
+    assert.equal(1009, r.close_code)
+    r = client(url("/echo"), "big", { 60000 })
+    assert.equal(60000, r.got_len)
+    local kinds = {}
+    for _, x in ipairs(g:access_entries()) do if x.path == "/echo" and x.error then kinds[x.error] = true end end
+    assert.is_true(kinds.websocket_protocol)
+    assert.is_true(kinds.websocket_too_big)
+  end)
+
+  it("tells the handler when the client vanishes", function()
+    local r = client(url("/echo"), "vanish", { "bye" })
+    assert.is_true(r.vanished)
+    wait_for("the handler's log line", function() return g:error_log():find("echo ended: closed", 1, true) end)
+  end)
+
+  it("is not bound by the route's deadline after the upgrade, and chooses a subprotocol", function()
+    local r = client(url("/echo"), "send", { "wait", "close-me" })
+    assert.same({ "waited past the deadline" }, r.got)
+    r = client(url("/echo"), "handshake", { "Sec-WebSocket-Protocol: other, chat" })
+    assert.equal(101, r.status)
+    assert.truthy(r.head:find("Sec-WebSocket-Protocol: chat\r\n", 1, true), r.head)
+    r = client(url("/echo"), "handshake", { "Sec-WebSocket-Protocol: nothing-we-speak" })
+    assert.equal(101, r.status)
+    assert.is_nil(r.head:find("Sec-WebSocket-Protocol", 1, true))
+  end)
+
+  it("keeps gw.sleep, gw.http.request and gw.spawn working beside the socket", function()
+    local r = client(url("/push"), "send", { "a", "b", "done" })
+    table.sort(r.got)
+    assert.same({ "tick 1", "tick 2", "tick 3", "upstream says /a", "upstream says /b" }, r.got)
+    assert.equal(1000, r.close_code)
+  end)
+
+  it("answers a request that is not a handshake through the handler", function()
+    local res = g:request("GET", "/echo")
+    assert.equal(400, res.status)
+    assert.truthy(res.body:find("Upgrade", 1, true))
+    local r = client(url("/echo"), "handshake", { "Sec-WebSocket-Version: 8" })
+    -- a second Sec-WebSocket-Version makes the field "13, 8": refused
+    assert.equal(400, r.status)
+  end)
+
+  it("closes with 1011 when the handler fails, and logs it", function()
+    local r = client(url("/fail"), "send", { "x" })
+    assert.equal(1011, r.close_code)
+    wait_for("the failure", function() return g:error_log():find("boom", 1, true) end)
+  end)
+end)
