@@ -293,9 +293,14 @@ void mg_ws_track(mg_ws_track_t *t, const uint8_t *p, size_t n, int from_client)
             h = t->head;
             hn = t->have + take;
         }
+        /* an extension the peers negotiated (permessage-deflate) sets reserved bits: boundaries stay the same */
+        uint8_t plain[MG_WS_MAX_HEAD];
+        size_t pn = hn < MG_WS_MAX_HEAD ? hn : MG_WS_MAX_HEAD;
+        memcpy(plain, h, pn);
+        plain[0] &= 0x8F;
         mg_ws_frame_t f;
         const char *why;
-        int rc = mg_ws_parse_head(h, hn, from_client, 0, &f, &why);
+        int rc = mg_ws_parse_head(plain, pn, from_client, 0, &f, &why);
         if (rc < 0) {
             t->lost = 1;
             return;

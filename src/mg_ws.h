@@ -115,7 +115,8 @@ void mg_ws_accept_key(const char *key, size_t n, char out[29]);
 /*
  * Follows frame boundaries in a byte stream without keeping the payloads
  * (a tunnel that may have to add a close frame of its own at shutdown).
- * Zero it to start at a boundary. After a head that does not parse it
+ * Zero it to start at a boundary. Reserved bits are ignored (an extension
+ * between the peers may use them). After a head that does not parse it
  * stays `lost` (nothing is inserted into such a stream).
  */
 typedef struct mg_ws_track {
