@@ -9,7 +9,7 @@ with CODE, "push:N[:SIZE]" makes it send N messages (of SIZE more bytes), "heade
 request's headers as JSON. It prints "ready" once it listens and stops by
 itself after 600 s.
 
-A client plays one scenario and prints one JSON object with what happened
+A client plays one scenario (wss:// URLs trust the CA file in WSPEER_CA) and prints one JSON object with what happened
 (messages received, the close code and reason, errors). Scenarios that
 break the protocol on purpose (unmasked frames, invalid UTF-8) speak raw
 frames over a socket: the websockets library would refuse to. Every scenario
@@ -163,6 +163,9 @@ async def closing(ws):
 
 async def client(url, scenario, args):
     kw = dict(max_size=None, ping_interval=None, compression=None, close_timeout=5, open_timeout=10)
+    if url.startswith("wss://"):
+        import ssl
+        kw["ssl"] = ssl.create_default_context(cafile=os.environ.get("WSPEER_CA"))
     if scenario == "echo":
         async with websockets.connect(url, **kw) as ws:
             out["headers"] = dict(ws.response_headers.raw_items())

@@ -12,9 +12,10 @@ local function rss_kb(pid)
 end
 
 --- Runs a wspeer client scenario; returns its JSON report.
-local function client(url, scenario, args, seconds)
+local function client(url, scenario, args, seconds, env)
   local dir = helpers.tmpdir()
   local argv = { PY, "spec/wspeer.py", "client", url, scenario }
+  if env then table.insert(argv, 1, env) table.insert(argv, 1, "/usr/bin/env") end
   for _, a in ipairs(args or {}) do argv[#argv + 1] = tostring(a) end
   local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/out", stderr = dir .. "/err" }))
   local how = helpers.wait_exit(pid, seconds or 40)
@@ -173,6 +174,38 @@ describe("WebSocket through a proxy route", function()
     assert.is_nil(r.error)
     assert.equal(200, r.got_count)
     assert.is_true(rss_kb(g.pid) - before < 8 * 1024, "RSS grew by " .. (rss_kb(g.pid) - before) .. " KiB")
+  end)
+end)
+
+describe("WebSocket on a TLS listener", function()
+  it("tunnels to the upstream and serves ctx:websocket, the client's TLS done by the connection", function()
+    local pki = require("spec.pki").make()
+    local up = ws_upstream()
+    local tport = helpers.free_port()
+    local g = helpers.start(([[
+      listen "127.0.0.1:{{PORT}}"
+      listen { "127.0.0.1:%d", tls = { cert = "%s/localhost.pem", key = "%s/localhost.key" } }
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "ws" }
+      route { path = "/lua", handler = function(ctx)
+        local ws = assert(ctx:websocket{})
+        while true do
+          local d, t = ws:recv()
+          if not d or t == "close" then return end
+          if t == "text" then ws:send_text(d) else ws:send_binary(d) end
+        end
+      end }
+    ]]):format(tport, pki, pki, up.port))
+    for _, path in ipairs({ "/ws", "/lua" }) do
+      local r = client(("wss://localhost:%d%s"):format(tport, path), "echo", nil, 40, "WSPEER_CA=" .. pki .. "/ca.pem")
+      assert.is_nil(r.error)
+      assert.same({ "hello", "bin:000102", "h\u{e9}llo \u{2603}", "" }, r.got)
+      assert.equal(1000, r.close_code)
+      r = client(("wss://localhost:%d%s"):format(tport, path), "big", { 300000 }, 40, "WSPEER_CA=" .. pki .. "/ca.pem")
+      assert.equal(300000, r.got_len)
+    end
+    g:stop()
+    up.stop()
   end)
 end)
 
