@@ -115,6 +115,15 @@ static mg_series_t *series(mg_metrics_t *m, const char *name, int is_upstream)
     return s;
 }
 
+mg_series_t *mg_metrics_find(const mg_metrics_t *m, const char *name, int is_upstream)
+{
+    uint32_t h = mg_hash(name, strlen(name)) ^ (uint32_t)is_upstream;
+    for (mg_series_t *s = m->buckets[h & 255]; s; s = s->next)
+        if (s->is_upstream == is_upstream && strcmp(s->name, name) == 0)
+            return s;
+    return NULL;
+}
+
 mg_series_t *mg_metrics_series(mg_metrics_t *m, const char *name, int is_upstream)
 {
     return series(m, name && *name ? name : "(none)", is_upstream);

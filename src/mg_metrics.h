@@ -60,6 +60,8 @@ void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double se
  * a tunnel may keep the pointer for its whole life.
  */
 mg_series_t *mg_metrics_series(mg_metrics_t *m, const char *name, int is_upstream);
+/* The same, without making one: NULL when the name has none yet. */
+mg_series_t *mg_metrics_find(const mg_metrics_t *m, const char *name, int is_upstream);
 
 typedef struct mg_text {
     char *p;

@@ -466,7 +466,8 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
             }
             mg_text_add(o, "}");
         }
-        mg_text_add(o, "]}");
+        mg_series_t *s = mg_metrics_find(&w->metrics, up->name, 1);
+        mg_text_add(o, "],\"tunnels_open\":%lld}", s ? (long long)s->tunnels_open : 0LL);
     }
     mg_text_add(o, "]}");
 }
@@ -501,9 +502,11 @@ static void upstream_table(mg_worker_t *w, mg_text_t *o)
         mg_upstream_t *up = &w->gen->upstreams[i];
         mg_text_add(o, "  upstream ");
         mg_text_json(o, up->name);
-        mg_text_add(o, " (%s)\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
-                                  : up->balance == MG_BALANCE_HASH    ? "hash"
-                                                                      : "round_robin");
+        mg_series_t *s = mg_metrics_find(&w->metrics, up->name, 1);
+        mg_text_add(o, " (%s), tunnels open %lld\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
+                                                   : up->balance == MG_BALANCE_HASH    ? "hash"
+                                                                                       : "round_robin",
+                    s ? (long long)s->tunnels_open : 0LL);
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
             size_t at = o->len;
