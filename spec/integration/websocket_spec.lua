@@ -345,25 +345,38 @@ describe("WebSocket tunnels and their lifetime", function()
     up.stop()
   end)
 
-  it("run on during a drain and get close 1001 going away when it ends", function()
+  it("run on during a drain and get close 1001 going away when it ends (tunnels and Lua endpoints)", function()
     local up = ws_upstream()
     local g = helpers.start(([[
       timeouts { drain = "1s" }
       upstream "ws" { targets = { "127.0.0.1:%d" } }
       route { path = "/ws", upstream = "ws" }
+      route { path = "/lua", handler = function(ctx)
+        local ws = assert(ctx:websocket{})
+        while true do
+          local d, t = ws:recv()
+          if not d or t == "close" then return end
+          ws:send_text(d)
+        end
+      end }
     ]]):format(up.port))
-    local done = client_bg(("ws://127.0.0.1:%d/ws"):format(g.port), "hold", { 1, 10, 0.05 })
+    local tunnel = client_bg(("ws://127.0.0.1:%d/ws"):format(g.port), "hold", { 1, 10, 0.05 })
+    local lua = client_bg(("ws://127.0.0.1:%d/lua"):format(g.port), "hold", { 1, 10, 0.05 })
     gw.sleep(0.5)
     local t0 = gw.monotonic_ms()
     local code, out = g:ctl("stop", "--drain", "1")
     assert.equal(0, code, out)
-    local r = done()
-    assert.is_true(gw.monotonic_ms() - t0 >= 900)
-    assert.is_true(r.received >= 15, "received " .. r.received) -- it kept working during the drain
-    assert.equal(1, #r.errors)
-    assert.truthy(r.errors[1]:find("1001", 1, true), r.errors[1])
-    helpers.wait_exit(g.pid, 10)
+    for _, done in ipairs({ tunnel, lua }) do
+      local r = done()
+      assert.is_true(gw.monotonic_ms() - t0 >= 900)
+      assert.is_true(r.received >= 15, "received " .. r.received) -- it kept working during the drain
+      assert.equal(1, #r.errors)
+      assert.truthy(r.errors[1]:find("1001", 1, true), r.errors[1])
+    end
+    local how, status = helpers.wait_exit(g.pid, 10)
     g.stopped = true
+    assert.equal("exit", how)
+    assert.equal(0, status, g:error_log()) -- under ASan: nothing leaked by the ends at the drain's end
     up.stop()
   end)
 end)
