@@ -390,8 +390,13 @@ static void ws_closing(mg_conn_t *c)
         r->error_kind = MG_E(CLIENT_ABORT); /* gone without a close frame */
     if (ws->ref == LUA_NOREF)
         return;
+    /* the first wake may let the handler end (and drop the reference): keep ws alive for the second */
+    lua_State *L = ws->vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ws->ref);
+    int pin = luaL_ref(L, LUA_REGISTRYINDEX);
     wake_send(ws, 0);
     end_input(ws, "closed");
+    luaL_unref(L, LUA_REGISTRYINDEX, pin);
 }
 
 const mg_conn_proto_t mg_ws_lua_proto = {
