@@ -92,7 +92,7 @@ test-spec-asan: build test-asan
 
 fuzz-build: check-deps
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMG_FUZZ=ON -DMG_TESTS=OFF >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_request fuzz_response fuzz_chunked
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_request fuzz_response fuzz_chunked fuzz_ws
 
 fuzz-smoke: fuzz-build
 	spec/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)

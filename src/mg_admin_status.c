@@ -170,8 +170,10 @@ static const char *kill_state(const mg_worker_t *w)
 
 static void worker_json(mg_text_t *o, mg_worker_t *w)
 {
-    mg_text_add(o, "{\"id\":%d,\"generation\":%llu,\"connections\":%zu,\"requests\":%llu,\"watchdog_kills\":%llu,",
+    mg_text_add(o, "{\"id\":%d,\"generation\":%llu,\"connections\":%zu,\"tunnels\":%lld,\"requests\":%llu,"
+                "\"watchdog_kills\":%llu,",
                 w->id, (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
+                (long long)__atomic_load_n(&w->tunnels, __ATOMIC_RELAXED),
                 (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED),
                 (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
     uint64_t stuck = mg_worker_stuck_ms(w);
@@ -188,8 +190,9 @@ static void worker_json(mg_text_t *o, mg_worker_t *w)
 
 static void worker_text(mg_text_t *o, mg_worker_t *w)
 {
-    mg_text_add(o, "worker %d: generation %llu, %zu connections, %llu requests", w->id,
+    mg_text_add(o, "worker %d: generation %llu, %zu connections (tunnels open %lld), %llu requests", w->id,
                 (unsigned long long)mg_worker_generation(w), __atomic_load_n(&w->nconns, __ATOMIC_RELAXED),
+                (long long)__atomic_load_n(&w->tunnels, __ATOMIC_RELAXED),
                 (unsigned long long)__atomic_load_n(&w->requests, __ATOMIC_RELAXED));
     uint64_t kills = __atomic_load_n(&w->running.kills, __ATOMIC_RELAXED);
     if (kills)

@@ -12,6 +12,7 @@
 #include "mg_error.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_ws_lua.h"
 
 #define VM(L) ((mg_vm_t *)lua_touserdata((L), lua_upvalueindex(1)))
 
@@ -212,6 +213,7 @@ void mg_api_register(lua_State *L, mg_vm_t *vm, int spec)
     mg_sema_register(L, vm);
     mg_http_client_register(L, vm);
     mg_redis_register(L, vm, spec);
+    mg_ws_lua_register(L, vm);
     if (spec) {
         mg_spec_register(L, vm);
         mg_tcp_register_listen(L, vm);

@@ -10,6 +10,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 
@@ -235,6 +237,7 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->send_timeout_ms = get_ms(L, tt, "send", 30000);
     cfg->request_timeout_ms = get_ms(L, tt, "request", 60000);
     cfg->drain_timeout_ms = get_ms(L, tt, "drain", 10000);
+    cfg->tunnel_timeout_ms = get_ms(L, tt, "tunnel", 60000);
     cfg->watchdog_ms = get_ms(L, tt, "watchdog", 5000);
     lua_pop(L, 1);
 
@@ -531,6 +534,17 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
             lua_pop(L, 1);
             route->chain_ref = LUA_NOREF;
         }
+        lua_getfield(L, r, "upgrade"); /* a list of lowercase tokens (config.lua checked it) */
+        if (lua_istable(L, -1) && lua_objlen(L, -1) > 0) {
+            size_t ntok = lua_objlen(L, -1);
+            route->upgrade = mg_calloc(ntok + 1, sizeof(char *));
+            for (size_t k = 1; k <= ntok; k++) {
+                lua_rawgeti(L, -1, (int)k);
+                route->upgrade[k - 1] = strdup(lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
         lua_getfield(L, r, "name");
         route->name = strdup(lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -678,8 +692,12 @@ void mg_gen_free(mg_gen_t *gen)
     if (!gen)
         return;
     mg_gen_stop(gen);
-    for (int i = 0; i < gen->nroutes; i++)
+    for (int i = 0; i < gen->nroutes; i++) {
         free(gen->routes[i].name);
+        for (char **u = gen->routes[i].upgrade; u && *u; u++)
+            free(*u);
+        free(gen->routes[i].upgrade);
+    }
     free(gen->routes);
     free(gen->upstreams);
     for (int i = 0; i < gen->nredis; i++)
@@ -720,4 +738,12 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->admin_listen);
     OPENSSL_cleanse(cfg->ticket_keys, sizeof(cfg->ticket_keys));
     memset(cfg, 0, sizeof(*cfg));
+}
+
+int mg_route_upgrade_ok(const mg_route_t *route, const char *token, size_t n)
+{
+    for (char **u = route->upgrade; u && *u; u++)
+        if (strlen(*u) == n && strncasecmp(*u, token, n) == 0)
+            return 1;
+    return 0;
 }

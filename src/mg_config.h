@@ -40,6 +40,7 @@ typedef struct mg_config {
     size_t max_body;
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
+    uint32_t tunnel_timeout_ms;    /* timeouts.tunnel: an upgraded connection idle this long is closed */
     uint32_t watchdog_ms;          /* a worker away from its loop this long is reported and fenced off */
     uint32_t tls_session_ms;       /* how long a TLS session may be resumed */
     uint32_t h2_max_streams;       /* http2 { max_concurrent_streams }: per connection */
@@ -65,7 +66,11 @@ typedef struct mg_route {
     int chain_body_filters;        /* ... body_filter ones: proxied bodies go through Lua chunk by chunk */
     int64_t chain_whole_body;      /* a body_filter wants the whole body: buffer up to this much first */
     int chain_logs;                /* the chain has log plugins */
+    char **upgrade;                /* proxy routes: the Upgrade tokens forwarded (lowercase, NULL-ended); NULL: none */
 } mg_route_t;
+
+/* Is this Upgrade token (any case) one the route forwards? */
+int mg_route_upgrade_ok(const mg_route_t *route, const char *token, size_t n);
 
 typedef struct mg_gen {
     mg_vm_t *vm;

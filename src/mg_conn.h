@@ -82,6 +82,9 @@ struct mg_conn {
 
     /* HTTP/2 (mg_h2.c) */
     struct mg_h2 *h2;
+
+    /* after an upgrade: the protocol's state (mg_tunnel, mg_ws_lua) */
+    void *proto_data;
 };
 
 /*

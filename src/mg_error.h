@@ -40,7 +40,12 @@
     X(REDIS_TIMEOUT,      "redis_timeout",      503,  14, "shared limit store unavailable")   \
     X(REDIS_RESET,        "redis_reset",        503,  14, "shared limit store unavailable")   \
     X(REDIS_AUTH,         "redis_auth",         503,  14, "shared limit store unavailable")   \
-    X(REDIS_ERROR,        "redis_error",        503,  14, "shared limit store unavailable")
+    X(REDIS_ERROR,        "redis_error",        503,  14, "shared limit store unavailable")   \
+    X(TUNNEL_IDLE,        "tunnel_idle",        504,   4, "tunnel idle timeout")              \
+    X(SHUTDOWN,           "shutdown",           503,  14, "the gateway is shutting down")     \
+    X(WS_HANDSHAKE,       "websocket_handshake", 400,  3, "not a valid WebSocket handshake")  \
+    X(WS_PROTOCOL,        "websocket_protocol", 400,  13, "WebSocket protocol error")         \
+    X(WS_TOO_BIG,         "websocket_too_big",  400,   8, "WebSocket message too big")
 
 enum {
 #define MG_ERR_ENUM(id, name, http, grpc, msg) MG_ERR_##id,

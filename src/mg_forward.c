@@ -13,6 +13,7 @@
 
 #include "mg_grpc.h"
 #include "mg_log.h"
+#include "mg_tunnel.h"
 
 #include <lauxlib.h>
 
@@ -204,6 +205,11 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
+    }
+    if (p->upgrade) {
+        /* an upgrade the route forwards: the hop-by-hop pair is ours to send again (Sec-WebSocket-* passed above) */
+        mg_resp_add(f, "Connection", 10, "upgrade", 7);
+        mg_resp_add(f, "Upgrade", 7, r->upgrade.p, r->upgrade.n);
     }
 }
 
@@ -596,6 +602,48 @@ static void on_done(mg_proxy_t *p, const mg_error_t *err)
     mg_req_error(r, busy ? p->busy_status : 0, err, NULL, !r->body_complete, busy ? &retry_after : NULL, busy);
 }
 
+/*
+ * The upstream switched protocols: the client gets the 101 (the upstream's
+ * fields, with the Connection/Upgrade pair for the token it chose), the
+ * request ends (access log: status 101) and the connection becomes a tunnel
+ * holding the upstream connection and the permit. An upstream that names
+ * another protocol than the one asked for is refused (a protocol error).
+ */
+static void on_upgrade(mg_proxy_t *p, const mg_http1_response_t *u)
+{
+    mg_req_t *r = p->owner;
+    const mg_header_t *up = NULL;
+    for (size_t i = 0; i < u->num_headers; i++)
+        if (mg_http1_name_is(&u->headers[i], "upgrade", 7))
+            up = &u->headers[i];
+    if (!up || up->value_len != r->upgrade.n || strncasecmp(up->value, r->upgrade.p, r->upgrade.n) != 0) {
+        mg_log_warn(r->trace_id, "route %s: upstream %s answered 101 without Upgrade: %.*s", r->route->name,
+                    p->up->name, (int)r->upgrade.n, r->upgrade.p);
+        return;
+    }
+    mg_resp_t *resp = &r->resp;
+    mg_resp_init(resp, &r->pool, 101);
+    for (size_t i = 0; i < u->num_headers; i++)
+        if (relayed(u, &u->headers[i]))
+            mg_resp_add(resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
+                        u->headers[i].value_len);
+    mg_resp_add(resp, "Connection", 10, "upgrade", 7);
+    mg_resp_add(resp, "Upgrade", 7, up->value, up->value_len);
+    mg_req_add_defaults(r, resp);
+    r->upstream_status = 101;
+    int permit = 0;
+    mg_upconn_t *uc = mg_proxy_hand_over(p, &permit);
+    r->proxy_done = 1;
+    mg_tunnel_spec_t spec = { .route = r->route->name, .upstream = p->up->name,
+                              .target = p->target ? p->target->text : "", .trace_id = r->trace_id,
+                              .sema = permit ? p->up->sema : NULL,
+                              .websocket = r->upgrade.n == 9 && strncasecmp(r->upgrade.p, "websocket", 9) == 0 };
+    mg_conn_t *c = r->conn;
+    mg_req_send_upgrade(r, resp);
+    mg_tunnel_start(c, uc, &spec);
+    mg_req_end_upgraded(r); /* the log line of the handshake; the generation is no longer held */
+}
+
 static const mg_proxy_ops_t forward_ops = {
     .build_head = build_head,
     .on_interim = on_interim,
@@ -605,8 +653,43 @@ static const mg_proxy_ops_t forward_ops = {
     .body_sink = body_sink,
     .on_wait = on_wait,
     .on_body_wanted = on_body_wanted,
+    .on_upgrade = on_upgrade,
     .on_done = on_done,
 };
+
+/*
+ * Does the client ask for an upgrade this route forwards? Connection names
+ * upgrade, Upgrade is one token of the route's list, the wire can switch
+ * (HTTP/1.1) and there is no request body (whose end would be ambiguous
+ * once the bytes are a tunnel), to an HTTP/1.1 upstream. Otherwise Upgrade is stripped like any
+ * hop-by-hop field and the request goes as a plain one.
+ */
+static void upgrade_asked(mg_req_t *r, mg_proxy_t *p)
+{
+    r->upgrade.n = 0;
+    if (!r->route->upgrade || !r->wire->upgrade || p->body_mode != MG_BODY_NONE || p->up->protocol != MG_UP_HTTP1)
+        return; /* an HTTP/2 upstream has no Upgrade (RFC 8441 is not done) */
+    static const mg_header_t upgrade_name = { "upgrade", 7, NULL, 0 };
+    const mg_header_t *up = NULL;
+    int n_up = 0;
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (mg_http1_name_is(&r->headers[i], "upgrade", 7)) {
+            up = &r->headers[i];
+            n_up++;
+        }
+    if (n_up != 1 || !mg_resp_named_by_connection(r->headers, r->nheaders, &upgrade_name))
+        return;
+    const char *v = up->value, *e = up->value + up->value_len;
+    while (v < e && (*v == ' ' || *v == '\t'))
+        v++;
+    while (e > v && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    if (e == v || !mg_route_upgrade_ok(r->route, v, (size_t)(e - v)))
+        return;
+    r->upgrade.p = v;
+    r->upgrade.n = (size_t)(e - v);
+    p->upgrade = 1;
+}
 
 void mg_forward_start(mg_req_t *r, mg_target_t *target)
 {
@@ -628,6 +711,7 @@ void mg_forward_start(mg_req_t *r, mg_target_t *target)
         p->body_mode = MG_BODY_LENGTH;
         p->body_len = r->content_length;
     }
+    upgrade_asked(r, p);
     mg_upstream_t *up = p->up;
     if (up->balance == MG_BALANCE_HASH) {
         if (up->hash_kind == 'i') {

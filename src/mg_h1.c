@@ -497,6 +497,25 @@ static size_t h1_pending(mg_req_t *r) { return evbuffer_get_length(r->conn->out)
 
 static void h1_flush(mg_req_t *r) { mg_conn_flush(r->conn); }
 
+static void h1_upgrade(mg_req_t *r, const mg_resp_t *resp)
+{
+    mg_conn_t *c = r->conn;
+    char buf[192];
+    char *p = status_line(buf, resp);
+    p = PUT_LIT(p, "\r\n");
+    evbuffer_add(c->out, buf, (size_t)(p - buf));
+    fields(c->out, resp->h, resp->n);
+    p = PUT_LIT(buf, "X-Request-ID: ");
+    size_t tl = strlen(r->trace_id);
+    p = put(p, r->trace_id, tl < 128 ? tl : 128);
+    p = PUT_LIT(p, "\r\n\r\n");
+    evbuffer_add(c->out, buf, (size_t)(p - buf));
+    /* the connection is no longer HTTP/1.1: no request of ours on it, no timer of ours */
+    c->req = NULL;
+    c->resp_keepalive = 0;
+    mg_conn_disarm(c);
+}
+
 static void h1_done(void *conn, void *stream, int how)
 {
     mg_conn_t *c = conn;
@@ -519,5 +538,6 @@ const mg_wire_t mg_h1_wire = {
     .pending = h1_pending,
     .flush = h1_flush,
     .resume_body = resume_body,
+    .upgrade = h1_upgrade,
     .done = h1_done,
 };

@@ -115,6 +115,40 @@ static mg_series_t *series(mg_metrics_t *m, const char *name, int is_upstream)
     return s;
 }
 
+mg_series_t *mg_metrics_find(const mg_metrics_t *m, const char *name, int is_upstream)
+{
+    uint32_t h = mg_hash(name, strlen(name)) ^ (uint32_t)is_upstream;
+    for (mg_series_t *s = m->buckets[h & 255]; s; s = s->next)
+        if (s->is_upstream == is_upstream && strcmp(s->name, name) == 0)
+            return s;
+    return NULL;
+}
+
+mg_series_t *mg_metrics_series(mg_metrics_t *m, const char *name, int is_upstream)
+{
+    return series(m, name && *name ? name : "(none)", is_upstream);
+}
+
+/* The tunnel figures of a series that ever had one. */
+static void tunnels(mg_text_t *o, const mg_series_t *s, int worker)
+{
+    if (!s->tunnels_total)
+        return;
+    const char *pre = s->is_upstream ? "moongate_upstream_" : "moongate_";
+    const char *key = s->is_upstream ? "upstream" : "route";
+    mg_text_add(o, "%stunnels_open{worker=\"%d\",%s=\"", pre, worker, key);
+    mg_text_label(o, s->name);
+    mg_text_add(o, "\"} %lld\n%stunnels_total{worker=\"%d\",%s=\"", (long long)s->tunnels_open, pre, worker, key);
+    mg_text_label(o, s->name);
+    mg_text_add(o, "\"} %llu\n", (unsigned long long)s->tunnels_total);
+    static const char *dir[] = { "in", "out" };
+    for (int d = 0; d < 2; d++) {
+        mg_text_add(o, "%stunnel_bytes_total{worker=\"%d\",%s=\"", pre, worker, key);
+        mg_text_label(o, s->name);
+        mg_text_add(o, "\",direction=\"%s\"} %llu\n", dir[d], (unsigned long long)s->tunnel_bytes[d]);
+    }
+}
+
 static void observe(mg_series_t *s, double seconds)
 {
     int b = 0;
@@ -189,6 +223,7 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
     static const char *classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx", "other" };
     for (int i = 0; i < 256; i++) {
         for (const mg_series_t *s = m->buckets[i]; s; s = s->next) {
+            tunnels(o, s, worker);
             const char *metric = s->is_upstream ? "moongate_upstream_requests_total" : "moongate_requests_total";
             const char *key = s->is_upstream ? "upstream" : "route";
             for (int c = 0; c < 6; c++) {

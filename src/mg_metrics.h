@@ -25,6 +25,10 @@ typedef struct mg_series {
     uint64_t hist[MG_METRICS_BUCKETS + 1]; /* latency buckets, +Inf last */
     double sum_s;
     uint64_t errors[MG_ERR__COUNT];       /* by error kind (mg_error.h) */
+    /* upgraded connections (tunnels, WebSocket endpoints) of this route or upstream */
+    int64_t tunnels_open;
+    uint64_t tunnels_total;
+    uint64_t tunnel_bytes[2];             /* [0] from the client, [1] to the client (at the tunnel's end) */
     struct mg_series *next;
 } mg_series_t;
 
@@ -49,6 +53,15 @@ typedef struct mg_metrics {
  */
 void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds, const char *upstream,
                        double ttfb_s, const mg_error_t *error, const char *trace_id);
+
+/*
+ * The series of a route (is_upstream 0) or an upstream (1), made on first
+ * use; it lives as long as the worker's metrics (series outlive reloads), so
+ * a tunnel may keep the pointer for its whole life.
+ */
+mg_series_t *mg_metrics_series(mg_metrics_t *m, const char *name, int is_upstream);
+/* The same, without making one: NULL when the name has none yet. */
+mg_series_t *mg_metrics_find(const mg_metrics_t *m, const char *name, int is_upstream);
 
 typedef struct mg_text {
     char *p;

@@ -431,7 +431,13 @@ static int deliver(mg_proxy_t *p)
             int status = p->resp.status;
             if (status >= 100 && status < 200) {
                 if (status == 101) {
-                    fail(p, MG_E(PROTOCOL), 0); /* upgrades are not proxied */
+                    /* only an upgrade the owner asked for is taken; then the connection is no longer ours */
+                    if (p->upgrade && p->ops->on_upgrade) {
+                        p->head_seen = 1;
+                        p->ops->on_upgrade(p, &p->resp);
+                    }
+                    if (p->running)
+                        fail(p, MG_E(PROTOCOL), 0);
                     return 1;
                 }
                 /* 100 Continue: the client got ours already; others (103 Early Hints) are the owner's */
@@ -758,6 +764,21 @@ void mg_proxy_resume(mg_proxy_t *p)
     mg_upconn_read(p->uc, 1);
     if (!deliver(p))
         delivered(p);
+}
+
+mg_upconn_t *mg_proxy_hand_over(mg_proxy_t *p, int *permit)
+{
+    mg_upconn_t *uc = p->uc;
+    mg_target_report(p->target, 1);
+    p->uc = NULL;
+    p->target->inflight--;
+    mg_upconn_timer(uc, 0);
+    event_del(&uc->wev);
+    *permit = p->permit;
+    p->permit = 0; /* the caller's now: drop_permit must not release it */
+    drop_permit(p);
+    p->running = 0;
+    return uc;
 }
 
 void mg_proxy_cancel(mg_proxy_t *p)

@@ -67,9 +67,10 @@ typedef struct mg_proxy_ops {
     /*
      * Optional: an interim response other than 100 and 101 (102, 103 Early
      * Hints, ...), borrowed: valid during the call only. 100 Continue is
-     * absorbed (the gateway answers Expect itself) and 101 is a protocol
-     * error. More interim responses, the final head or on_done follow; a
-     * retry may follow too (another attempt's responses then come).
+     * absorbed (the gateway answers Expect itself) and 101 goes to
+     * on_upgrade (a protocol error without it or without p->upgrade). More
+     * interim responses, the final head or on_done follow; a retry may
+     * follow too (another attempt's responses then come).
      */
     void (*on_interim)(mg_proxy_t *p, const mg_http1_response_t *resp);
     /*
@@ -101,6 +102,13 @@ typedef struct mg_proxy_ops {
      * NULL, they are checked and dropped.
      */
     void (*on_trailers)(mg_proxy_t *p, const mg_header_t *h, size_t n);
+    /*
+     * Optional: 101 Switching Protocols answered a request sent with
+     * p->upgrade set (resp borrowed: valid during the call only). The owner
+     * takes the connection with mg_proxy_hand_over, and then no callback
+     * follows; if it does not, the exchange fails as a protocol error.
+     */
+    void (*on_upgrade)(mg_proxy_t *p, const mg_http1_response_t *resp);
     /* The exchange ended: err is NULL on success or an error kind. No callback follows. */
     void (*on_done)(mg_proxy_t *p, const mg_error_t *err);
 } mg_proxy_ops_t;
@@ -125,6 +133,7 @@ struct mg_proxy {
     mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
     mg_pool_t *pool;             /* the owner's arena: request heads, response fields kept for HTTP/2 */
     uint64_t deadline_us;        /* monotonic (mg_now_us); no attempt starts too close to it; 0: none */
+    int upgrade;                 /* the request asks for a protocol upgrade: a 101 goes to on_upgrade */
 
     /* state */
     mg_target_t *target;
@@ -200,6 +209,17 @@ void mg_proxy_resume(mg_proxy_t *p);
  */
 void mg__proxy_fail(mg_proxy_t *p, const mg_error_t *kind, int never_left);
 void mg__proxy_succeed(mg_proxy_t *p);
+
+/*
+ * Inside on_upgrade only: ends the exchange (the target is reported
+ * healthy) and hands over its upstream connection, which is no longer the
+ * pool's: the caller detaches it (mg_upconn_detach) and closes it when done.
+ * Bytes the upstream sent after the 101 head are in uc->in [in_off, in_len).
+ * *permit is 1 when the exchange held one of the upstream's max_concurrency
+ * permits (p->up->sema): it is the caller's now, to release with
+ * mg_sema_release(p->up->sema, 1) however its use ends.
+ */
+mg_upconn_t *mg_proxy_hand_over(mg_proxy_t *p, int *permit);
 
 /* Stops the exchange without callbacks (client gone, deadline); closes the connection. */
 void mg_proxy_cancel(mg_proxy_t *p);

@@ -9,6 +9,7 @@
 #include "mg_forward.h"
 #include "mg_grpc.h"
 #include "mg_log.h"
+#include "mg_ws_lua.h"
 
 mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
 {
@@ -260,6 +261,19 @@ void mg_req_break(mg_req_t *r)
     void *conn = r->conn, *stream = r->stream;
     req_end(r);
     wire->done(conn, stream, MG_WIRE_RESET);
+}
+
+void mg_req_send_upgrade(mg_req_t *r, const mg_resp_t *resp)
+{
+    r->resp_started = 1;
+    r->status = resp->status;
+    r->wire->upgrade(r, resp);
+}
+
+void mg_req_end_upgraded(mg_req_t *r)
+{
+    r->conn = NULL; /* the connection is its new protocol's: nothing in the teardown may reach it */
+    req_end(r);
 }
 
 void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *message, int close,
@@ -525,6 +539,14 @@ static void on_handler_done(mg_task_t *t, int status)
 {
     mg_req_t *r = t->owner;
     r->task_running = 0;
+    if (r->websocket) {
+        /* it accepted a WebSocket (ctx:websocket): there is no response to send, the socket closes */
+        if (status != 0)
+            mg_req_log_failure(r, lua_tostring(t->co, -1));
+        mg_task_release(t, status == 0);
+        mg_ws_lua_handler_done(r, status != 0);
+        return;
+    }
     if (status != 0) {
         mg_req_log_failure(r, lua_tostring(t->co, -1));
         mg_task_release(t, 0);

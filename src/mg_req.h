@@ -107,6 +107,8 @@ struct mg_req {
     char client_ip[48];           /* the client: the peer, or the hop trusted proxies name; "" until set */
     int peer_trusted;             /* the peer is in trusted_proxies: its X-Forwarded-* and Forwarded pass */
     int tls;                      /* the client came over TLS */
+    mg_str_t upgrade;             /* the Upgrade token a proxy route forwards (into the arena), or empty */
+    struct mg_ws_lua *websocket;  /* ctx:websocket() accepted: the handler runs a WebSocket (mg_ws_lua) */
 
     int status;
     const mg_error_t *error_kind; /* how it failed (mg_error.h), or NULL */
@@ -189,6 +191,16 @@ void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers);
 /* Ends a request whose response was cut short: log it, then reset the connection or stream. */
 void mg_req_break(mg_req_t *r);
 
+/*
+ * Protocol upgrades (HTTP/1.1 only: r->wire->upgrade is NULL otherwise).
+ * mg_req_send_upgrade writes the 101 head and takes the connection from the
+ * wire (r->conn stays set for the caller, which installs its protocol on
+ * it). mg_req_end_upgraded then ends the request like the other ends
+ * (access log with status 101, metrics, teardown; r is invalid after it)
+ * without giving the connection back to the wire: its new owner closes it.
+ */
+void mg_req_send_upgrade(mg_req_t *r, const mg_resp_t *resp);
+void mg_req_end_upgraded(mg_req_t *r);
 
 /*
  * Logs a failure of the request's Lua code in one format for every phase:

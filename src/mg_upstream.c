@@ -449,6 +449,17 @@ void mg_upconn_close(mg_upconn_t *uc)
     conn_destroy(uc);
 }
 
+void mg_upconn_detach(mg_upconn_t *uc, void (*handler)(mg_upconn_t *, int), void *owner)
+{
+    uc->target = NULL;
+    uc->handler = handler;
+    uc->owner = owner;
+    free(uc->in);
+    uc->in = NULL;
+    uc->in_off = uc->in_len = uc->in_cap = 0;
+    uc->tls_data = 1; /* past the handshake: a TLS read error is never a handshake refusal (which names the target) */
+}
+
 void mg_upconn_release(mg_upconn_t *uc)
 {
     mg_target_t *t = uc->target;

@@ -207,6 +207,15 @@ mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, in
 void mg_upconn_read(mg_upconn_t *uc, int on);
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t timeout_ms);
 void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms); /* 0: stop */
+/*
+ * The connection leaves its target for good (an upgraded connection that
+ * became a tunnel): it will never be pooled, uc->target is NULL from now on
+ * (it may outlive the generation its target belongs to), its events call
+ * handler(uc, what) with uc->owner = owner, and its input buffer is freed
+ * (move out what it holds first). Only mg_upconn_readv / send / read /
+ * wait_write / timer / close may be used on it afterwards.
+ */
+void mg_upconn_detach(mg_upconn_t *uc, void (*handler)(mg_upconn_t *, int), void *owner);
 /* Returns a connection to its target's idle pool, or closes it when the pool is full. */
 void mg_upconn_release(mg_upconn_t *uc);
 void mg_upconn_close(mg_upconn_t *uc);

@@ -51,6 +51,14 @@ typedef struct mg_wire {
     /* The request body may flow again. */
     void (*resume_body)(mg_req_t *r);
     /*
+     * Optional (NULL where the wire cannot switch protocols: HTTP/2): writes
+     * a 101 head (resp's fields as they are, with X-Request-ID) and gives up
+     * the connection: from then on the request is not the wire's (no
+     * end/done follows) and the caller installs another protocol on
+     * r->conn (mg_tunnel, mg_ws_lua).
+     */
+    void (*upgrade)(mg_req_t *r, const mg_resp_t *resp);
+    /*
      * The request ended and was torn down: conn and stream are what it held
      * (r is invalid now). how: MG_WIRE_KEEP (the connection may go on),
      * MG_WIRE_CLOSE (nothing more on it: e.g. the request body was not read)

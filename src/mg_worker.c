@@ -19,6 +19,7 @@
 #include "mg_conn.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
+#include "mg_tunnel.h"
 #include "mg_req.h"
 
 /*
@@ -278,10 +279,23 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     mg_conn_reap(arg);
 }
 
+static void on_drain_over(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopbreak(((mg_worker_t *)arg)->base);
+}
+
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
     mg_worker_t *w = arg;
     mg_log_warn(NULL, "worker %d: drain timeout with %zu connections open; closing them", w->id, w->nconns);
+    /* tunnels and WebSocket endpoints say goodbye (close 1001) and get a moment to be read: the last
+     * connection closing ends the loop sooner */
+    if (mg_upgraded_shutdown(w) > 0 && w->nconns > 0) {
+        struct timeval tv = { 0, 500 * 1000 };
+        evtimer_assign(w->drain_timer, w->base, on_drain_over, w);
+        evtimer_add(w->drain_timer, &tv);
+        return;
+    }
     event_base_loopbreak(w->base);
 }
 
@@ -452,7 +466,8 @@ static void upstream_json(mg_worker_t *w, mg_text_t *o)
             }
             mg_text_add(o, "}");
         }
-        mg_text_add(o, "]}");
+        mg_series_t *s = mg_metrics_find(&w->metrics, up->name, 1);
+        mg_text_add(o, "],\"tunnels_open\":%lld}", s ? (long long)s->tunnels_open : 0LL);
     }
     mg_text_add(o, "]}");
 }
@@ -487,9 +502,11 @@ static void upstream_table(mg_worker_t *w, mg_text_t *o)
         mg_upstream_t *up = &w->gen->upstreams[i];
         mg_text_add(o, "  upstream ");
         mg_text_json(o, up->name);
-        mg_text_add(o, " (%s)\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
-                                  : up->balance == MG_BALANCE_HASH    ? "hash"
-                                                                      : "round_robin");
+        mg_series_t *s = mg_metrics_find(&w->metrics, up->name, 1);
+        mg_text_add(o, " (%s), tunnels open %lld\n", up->balance == MG_BALANCE_LEAST_CONN ? "least_conn"
+                                                   : up->balance == MG_BALANCE_HASH    ? "hash"
+                                                                                       : "round_robin",
+                    s ? (long long)s->tunnels_open : 0LL);
         for (int k = 0; k < up->ntargets; k++) {
             mg_target_t *t = &up->targets[k];
             size_t at = o->len;

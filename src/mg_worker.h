@@ -40,6 +40,7 @@ typedef struct mg_worker {
     char stuck_trace[129];                /* the stuck task's trace id and route ("" when none) */
     char stuck_route[256];
     uint64_t requests;                    /* requests ended (atomic: main reads it) */
+    int64_t tunnels;                      /* upgraded connections open: tunnels and WebSocket endpoints (atomic) */
     mg_metrics_t metrics;                 /* written and rendered by this worker only */
     int metrics_fd;                       /* eventfd: the main thread queued a rendering */
     struct event *metrics_ev;

@@ -40,12 +40,12 @@ local LISTEN_TLS_FIELDS = { cert = true, key = true, certificates = true, client
 local CERT_FIELDS = { cert = true, key = true, client_ca = true, client_auth = true }
 local ROUTE_FIELDS = { method = true, methods = true, path = true, host = true,
                        handler = true, upstream = true, name = true, timeout = true, max_body = true,
-                       plugins = true }
+                       plugins = true, upgrade = true }
 local GROUP_FIELDS = { routes = true, host = true, timeout = true, max_body = true, plugins = true }
 local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
-                         request = true, drain = true, watchdog = true, tls_session = true }
+                         request = true, drain = true, watchdog = true, tls_session = true, tunnel = true }
 
 local function check_plugins_field(p, what)
   if p == nil then return nil end
@@ -398,9 +398,32 @@ local function make_env(st)
       max_body = size_value(spec.max_body)
       if not max_body then fail("route 'max_body' must be a size like \"10m\" (0: no limit)") end
     end
+    -- upgrade = { "websocket" } (the default on proxy routes): the Upgrade tokens forwarded; false or {}: none
+    local upgrade
+    if spec.upgrade ~= nil then
+      if spec.upstream == nil then
+        fail("route %s: 'upgrade' is for proxy routes (a handler accepts a WebSocket with ctx:websocket())", spec.path)
+      end
+      if spec.upgrade == false then
+        upgrade = {}
+      elseif type(spec.upgrade) ~= "table" then
+        fail("route %s: 'upgrade' must be a list of protocol tokens like { \"websocket\" }, or false", spec.path)
+      else
+        list_field(spec.upgrade, "route upgrade")
+        upgrade = {}
+        for i, tok in ipairs(spec.upgrade) do
+          if type(tok) ~= "string" or not tok:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+            fail("route %s: upgrade[%d] must be a protocol token like \"websocket\"", spec.path, i)
+          end
+          upgrade[i] = tok:lower()
+        end
+      end
+    elseif spec.upstream ~= nil then
+      upgrade = { "websocket" }
+    end
     local file, line = where()
     local r = {
-      kind = "route", max_body = max_body, plugins = check_plugins_field(spec.plugins, "route " .. spec.path),
+      kind = "route", max_body = max_body, upgrade = upgrade, plugins = check_plugins_field(spec.plugins, "route " .. spec.path),
       path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],

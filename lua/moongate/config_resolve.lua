@@ -154,7 +154,7 @@ function M.resolve(st)
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
       chain = route_chain(st, r, path),
-      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body,
+      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body, upgrade = r.upgrade,
       file = r.file, line = r.line,
     }
   end

@@ -253,6 +253,48 @@ local REQ_MT = {
   end,
 }
 
+-- Sizes ("64k", "1m", a number of bytes) and durations (seconds, or "30s", "250ms") of ctx:websocket's options.
+local SIZE_UNIT = { [""] = 1, b = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 }
+local function ws_size(v, what)
+  if type(v) == "number" and v >= 1 then return math.floor(v) end
+  local n, u = tostring(v):lower():match("^(%d+)([bkmg]?)$")
+  if type(v) ~= "string" or not n or tonumber(n) < 1 then
+    error(("ctx:websocket: %s must be a size like \"64k\" or \"1m\" (or bytes)"):format(what), 3)
+  end
+  return tonumber(n) * SIZE_UNIT[u]
+end
+
+local function ws_duration_ms(v)
+  if type(v) == "number" and v >= 0 then return math.ceil(v * 1000) end
+  local n, u = type(v) == "string" and v:match("^(%d+%.?%d*)(m?s)$")
+  if not n then error("ctx:websocket: timeout must be seconds or a duration like \"30s\" (0: none)", 3) end
+  return math.ceil(tonumber(n) * (u == "ms" and 1 or 1000))
+end
+
+local WS_OPTIONS = { max_frame = true, max_message = true, timeout = true, pings = true, protocols = true }
+
+--- ctx:websocket{ max_frame, max_message, timeout, pings, protocols } -> ws, or nil, why
+-- (handler routes only): answers the handshake and turns the connection into
+-- a WebSocket for this handler (see docs/websocket.md).
+local function ctx_websocket(ctx, opts)
+  local r = rawget(ctx, "_r")
+  if not r then error("the request has ended: ctx is no longer usable", 2) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("ctx:websocket expects a table of options", 2) end
+  for k in pairs(opts) do
+    if not WS_OPTIONS[k] then error(("ctx:websocket: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local max_frame = opts.max_frame and ws_size(opts.max_frame, "max_frame") or 1024 * 1024
+  local max_message = opts.max_message and ws_size(opts.max_message, "max_message") or math.max(max_frame, 1024 * 1024)
+  if max_frame > max_message then max_frame = max_message end
+  local timeout = opts.timeout ~= nil and ws_duration_ms(opts.timeout) or nil
+  if opts.pings ~= nil and type(opts.pings) ~= "boolean" then error("ctx:websocket: pings must be a boolean", 2) end
+  if opts.protocols ~= nil and type(opts.protocols) ~= "table" then
+    error("ctx:websocket: protocols must be a list of subprotocol names", 2)
+  end
+  return gw._websocket(r, max_frame, max_message, timeout, opts.pings, opts.protocols)
+end
+
 local CTX_LAZY = {
   request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
   vars = function() return {} end,
@@ -264,6 +306,7 @@ M.mt = {
   merge_response = M.merge_response, -- reached from C through the metatable
   __index = function(ctx, k)
     if k == "log" then return gw.log end
+    if k == "websocket" then return ctx_websocket end
     local make = CTX_LAZY[k]
     if not make then return nil end
     local v = make(ctx)

@@ -1,6 +1,7 @@
 /*
  * mg_proxy: the engine against a scripted upstream on 127.0.0.1, in one event
- * loop: interim responses (100 absorbed, 103 to on_interim, 101 refused),
+ * loop: interim responses (100 absorbed, 103 to on_interim, 101 refused
+ * unless asked for, then handed over with its connection and permit),
  * trailers handed to on_trailers, the attempt count, and the resend rules
  * (a bodyless POST on a pooled connection that closes is not resent, a GET
  * is, on a new connection; a read timeout is not retried on the same target;
@@ -282,10 +283,90 @@ static void interim_and_trailers(void **state)
     s.reply = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Bad : 1\r\n\r\n";
     exchange(&o, base, up, "POST", &ops);
     assert_ptr_equal(o.err, MG_E(PROTOCOL));
-    /* 101 is refused (upgrades are not proxied yet) */
+    /* 101 is refused when the owner did not ask for an upgrade */
     s.reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
     exchange(&o, base, up, "POST", &ops);
     assert_ptr_equal(o.err, MG_E(PROTOCOL));
+    drop_up(up);
+    server_stop(&s);
+    event_base_free(base);
+}
+
+/* ---- upgrades: 101 to on_upgrade, the connection and the permit handed over ---- */
+
+static mg_upconn_t *taken;
+static int take_it;
+static char early[64];
+
+static void on_upgrade(mg_proxy_t *p, const mg_http1_response_t *resp)
+{
+    owner_t *o = p->owner;
+    o->status = resp->status;
+    o->done = 1;
+    if (!take_it)
+        return; /* refused: the engine fails the exchange */
+    int permit = 0;
+    taken = mg_proxy_hand_over(p, &permit);
+    snprintf(early, sizeof(early), "%.*s", (int)(taken->in_len - taken->in_off), taken->in + taken->in_off);
+    o->ninterim = permit; /* (reused as "held a permit") */
+}
+
+static void start_upgrade(owner_t *o, struct event_base *base, mg_upstream_t *up, const mg_proxy_ops_t *with)
+{
+    memset(o, 0, sizeof(*o));
+    o->method = "GET";
+    o->p.ops = with;
+    o->p.owner = o;
+    mg_pool_init(&o->pool);
+    o->p.pool = &o->pool;
+    o->p.up = up;
+    o->p.resp.headers = o->p.headers;
+    o->p.idempotent = 1;
+    o->p.upgrade = 1;
+    mg_proxy_start(&o->p);
+    for (int i = 0; i < 200 && !o->done; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(o->done);
+}
+
+static void upgrade_hand_over(void **state)
+{
+    struct event_base *base = event_base_new();
+    server_t s;
+    server_start(&s, base);
+    s.reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+    mg_upstream_t *up = make_up(base, &s.port, 1);
+    up->sema = mg_sema_get("upstream:test-upgrade", 1);
+    static const mg_proxy_ops_t up_ops = { .build_head = build_head, .on_head = on_head, .on_body = on_body,
+                                           .on_upgrade = on_upgrade, .on_done = on_done };
+    owner_t o;
+    /* asked for and taken: the owner has the connection, the bytes after the head, the permit */
+    take_it = 1;
+    start_upgrade(&o, base, up, &up_ops);
+    assert_int_equal(o.status, 101);
+    assert_non_null(taken);
+    assert_false(o.p.running);
+    assert_null(o.p.uc);
+    assert_null(o.err); /* no on_done after a hand-over */
+    assert_string_equal(early, "\x81\x02hi");
+    assert_int_equal(o.ninterim, 1);
+    assert_int_equal(up->targets[0].inflight, 0);
+    mg_sema_stats_t st;
+    mg_sema_stats(up->sema, &st);
+    assert_int_equal(st.in_use, 1); /* the owner's now */
+    mg_sema_release(up->sema, 1);
+    mg_upconn_detach(taken, NULL, NULL);
+    assert_null(taken->target);
+    mg_upconn_close(taken);
+    assert_int_equal(mg_upstream_idle_count(up), 0); /* never pooled */
+    /* asked for, not taken (e.g. the upstream named another protocol): a protocol error, permit back */
+    take_it = 0;
+    start_upgrade(&o, base, up, &up_ops);
+    assert_ptr_equal(o.err, MG_E(PROTOCOL));
+    mg_sema_stats(up->sema, &st);
+    assert_int_equal(st.in_use, 0);
+    mg_sema_put(up->sema);
+    up->sema = NULL;
     drop_up(up);
     server_stop(&s);
     event_base_free(base);
@@ -411,6 +492,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(interim_and_trailers),
+        cmocka_unit_test(upgrade_hand_over),
         cmocka_unit_test(pooled_connection_closed),
         cmocka_unit_test(timeouts_refusals_deadline),
         cmocka_unit_test(read_timeout_goes_elsewhere),

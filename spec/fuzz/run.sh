@@ -6,7 +6,7 @@ set -euo pipefail
 build=${1:?build dir}
 seconds=${2:-10}
 here=$(cd "$(dirname "$0")" && pwd)
-for t in request response chunked; do
+for t in request response chunked ws; do
   work=$(mktemp -d)
   echo "fuzz_$t: ${seconds}s"
   log="$build/fuzz_$t.log"
