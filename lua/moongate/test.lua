@@ -249,14 +249,21 @@ end
 --- Access-log entries as tables, in order.
 function Gateway:access_entries() return json_lines(self:access_log()) end
 
---- The access-log entry of the request with this trace id (waits briefly for the line).
-function Gateway:entry(trace_id)
+--- The last access-log entry for which pred(entry) is true, waiting up to 0.5 s
+-- for it: lines are written by a log thread.
+function Gateway:find_entry(pred)
   for _ = 1, 20 do
-    for _, e in ipairs(self:access_entries()) do
-      if e.trace_id == trace_id then return e end
+    local e = self:access_entries()
+    for i = #e, 1, -1 do
+      if pred(e[i]) then return e[i] end
     end
     gw.sleep(0.025)
   end
+end
+
+--- The access-log entry of the request with this trace id (waits briefly for the line).
+function Gateway:entry(trace_id)
+  return self:find_entry(function(e) return e.trace_id == trace_id end)
 end
 
 --- The error-log entries (tables) written for the request with this trace id, in order.
