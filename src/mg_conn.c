@@ -33,13 +33,11 @@
 #define LINGER_MS 2000
 #define IN_INITIAL 4096
 
-void mg_conn_arm(mg_conn_t *c, uint32_t ms)
-{
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(&c->timer, &tv);
-}
+void mg_conn_arm(mg_conn_t *c, uint32_t ms) { mg_ltimer_set(&c->timer, ms); }
 
-void mg_conn_disarm(mg_conn_t *c) { evtimer_del(&c->timer); }
+void mg_conn_disarm(mg_conn_t *c) { mg_ltimer_clear(&c->timer); }
+
+int mg_conn_armed(const mg_conn_t *c) { return mg_ltimer_is_set(&c->timer); }
 
 void mg_conn_set_reading(mg_conn_t *c, int on)
 {
@@ -134,7 +132,7 @@ static void conn_free(mg_conn_t *c)
     mg_worker_t *w = c->worker;
     c->freed = 1;
     c->proto->closing(c);
-    mg_conn_disarm(c);
+    mg_ltimer_stop(&c->timer);
     event_del(&c->rev);
     event_del(&c->wev);
     if (c->ssl)
@@ -290,6 +288,8 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_t *c = arg;
+    if (!mg_ltimer_fired(&c->timer))
+        return;
     if (c->closing) {
         conn_free(c); /* the lingering close is over */
         return;
@@ -321,14 +321,18 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
         port = ntohs(a->sin_port);
     } else if (sa->sa_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        /* canonical once per connection: a v4-mapped peer of a dual-stack listener is a.b.c.d */
+        if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr))
+            inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], ip, sizeof(ip));
+        else
+            inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
         port = ntohs(a->sin6_port);
     }
     snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
     c->out = evbuffer_new();
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, on_readable, c);
     event_assign(&c->wev, w->base, fd, EV_WRITE, on_writable, c);
-    evtimer_assign(&c->timer, w->base, on_timer, c);
+    evtimer_assign(&c->timer.ev, w->base, on_timer, c);
     if (ssl) {
         SSL_set_accept_state(ssl);
         if (http2)

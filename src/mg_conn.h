@@ -18,6 +18,7 @@
 #include <event2/buffer.h>
 
 #include "mg_http1.h"
+#include "mg_ltimer.h"
 #include "mg_tls.h"
 #include "mg_worker.h"
 
@@ -46,7 +47,7 @@ struct mg_conn {
     const mg_conn_proto_t *proto;
     struct event rev;             /* readable (persistent while reading is enabled) */
     struct event wev;             /* writable, armed only when a write would block; send timeout */
-    struct event timer;
+    mg_ltimer_t timer;            /* the protocol's timeouts (mg_conn_arm), kept lazily */
     /* input: bytes [in_off, in_len) of in are unprocessed */
     char *in;                     /* NULL while idle (mg_conn_idle) */
     size_t in_off, in_len, in_cap;
@@ -102,9 +103,10 @@ void mg_conn_reset(mg_conn_t *c);
 /* Closes now, aborting what runs on it. */
 void mg_conn_close(mg_conn_t *c);
 
-/* The connection's one timer: arm (replacing), or stop. */
+/* The connection's one timer: arm (replacing), stop, and is it armed? (proto->timeout runs when it passes) */
 void mg_conn_arm(mg_conn_t *c, uint32_t ms);
 void mg_conn_disarm(mg_conn_t *c);
+int mg_conn_armed(const mg_conn_t *c);
 /* Read interest on or off (back-pressure). */
 void mg_conn_set_reading(mg_conn_t *c, int on);
 /* The protocol used n input bytes. */

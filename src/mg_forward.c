@@ -122,12 +122,13 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
     int trusted = r->peer_trusted;
     int xfp = 0, xfh = 0;
     size_t chain = 0; /* a trusted peer's X-Forwarded-For chain, its fields joined in order */
+    const mg_header_t *conn = mg_resp_connection_field(r->headers, r->nheaders), *end = r->headers + r->nheaders;
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
         if (up->protocol != MG_UP_HTTP1 && mg_http1_name_is(h, "te", 2) &&
             memmem(h->value, h->value_len, "trailers", 8))
             mg_resp_add(f, "te", 2, "trailers", 8); /* HTTP/2 upstreams (gRPC) need to know trailers are read */
-        if (mg_resp_hop_by_hop(h) || mg_resp_named_by_connection(r->headers, r->nheaders, h))
+        if (mg_resp_hop_by_hop(h) || (conn && mg_resp_named_by_connection(conn, (size_t)(end - conn), h)))
             continue;
         if (overrides) {
             push_lower_name(L, h);
@@ -161,7 +162,7 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
         for (size_t i = 0; chain && i < r->nheaders; i++) {
             const mg_header_t *h = &r->headers[i];
             if (mg_http1_name_is(h, "x-forwarded-for", 15) && h->value_len &&
-                !mg_resp_named_by_connection(r->headers, r->nheaders, h)) {
+                !(conn && mg_resp_named_by_connection(conn, (size_t)(end - conn), h))) {
                 memcpy(w, h->value, h->value_len);
                 w += h->value_len;
                 memcpy(w, ", ", 2);
@@ -188,9 +189,13 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
         /* W3C trace context: our trace id, a new span id for this hop */
         char span[33];
         mg_worker_trace_id(r->worker, span);
-        char *tp = mg_pool_alloc(pool, 64);
-        int n = snprintf(tp, 64, "00-%s-%.16s-01", r->trace_id, span);
-        mg_resp_add(f, "traceparent", 11, tp, (size_t)n);
+        char *tp = mg_pool_alloc(pool, 55); /* 00-<32 hex>-<16 hex>-01 */
+        memcpy(tp, "00-", 3);
+        memcpy(tp + 3, r->trace_id, 32);
+        tp[35] = '-';
+        memcpy(tp + 36, span, 16);
+        memcpy(tp + 52, "-01", 3);
+        mg_resp_add(f, "traceparent", 11, tp, 55);
     }
     if (overrides) {
         lua_pushnil(L);
@@ -222,10 +227,21 @@ static void note_grpc_status(mg_req_t *r, const mg_header_t *h, size_t n)
 }
 
 /* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */
-static int relayed(const mg_http1_response_t *u, const mg_header_t *h)
+static int relayed(const mg_http1_response_t *u, const mg_header_t *conn, const mg_header_t *h)
 {
-    return !mg_resp_hop_by_hop(h) && !mg_resp_named_by_connection(u->headers, u->num_headers, h) &&
+    return !mg_resp_hop_by_hop(h) &&
+           !(conn && mg_resp_named_by_connection(conn, (size_t)(u->headers + u->num_headers - conn), h)) &&
            !mg_http1_name_is(h, "x-request-id", 12);
+}
+
+/* The upstream's fields the client gets, added to resp in order. */
+static void relay_fields(mg_resp_t *resp, const mg_http1_response_t *u)
+{
+    const mg_header_t *conn = mg_resp_connection_field(u->headers, u->num_headers);
+    for (size_t i = 0; i < u->num_headers; i++)
+        if (relayed(u, conn, &u->headers[i]))
+            mg_resp_add(resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
+                        u->headers[i].value_len);
 }
 
 /* The upstream's status and fields merged into ctx.response (Lua sees the fields as the upstream spelled them). */
@@ -239,9 +255,10 @@ static void merge_into_ctx(mg_req_t *r, const mg_http1_response_t *u)
     lua_pushinteger(L, u->status);
     lua_createtable(L, (int)u->num_headers * 2, 0);
     int k = 0;
+    const mg_header_t *conn = mg_resp_connection_field(u->headers, u->num_headers);
     for (size_t i = 0; i < u->num_headers; i++) {
         const mg_header_t *h = &u->headers[i];
-        if (!relayed(u, h))
+        if (!relayed(u, conn, h))
             continue;
         lua_pushlstring(L, h->name, h->name_len);
         lua_rawseti(L, -2, ++k);
@@ -344,10 +361,7 @@ static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
     mg_resp_init(resp, &r->pool, u->status);
     resp->reason = u->reason;
     resp->reason_len = u->reason_len;
-    for (size_t i = 0; i < u->num_headers; i++)
-        if (relayed(u, &u->headers[i]))
-            mg_resp_add(resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
-                        u->headers[i].value_len);
+    relay_fields(resp, u);
     mg_req_add_defaults(r, resp);
     resp->content_length = r->upstream_cl;
     resp->no_body = r->upstream_no_body;
@@ -364,10 +378,7 @@ static void on_interim(mg_proxy_t *p, const mg_http1_response_t *u)
         return;
     mg_resp_t resp;
     mg_resp_init(&resp, &r->pool, u->status);
-    for (size_t i = 0; i < u->num_headers; i++)
-        if (relayed(u, &u->headers[i]))
-            mg_resp_add(&resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
-                        u->headers[i].value_len);
+    relay_fields(&resp, u);
     mg_req_send_interim(r, &resp);
 }
 
@@ -623,10 +634,7 @@ static void on_upgrade(mg_proxy_t *p, const mg_http1_response_t *u)
     }
     mg_resp_t *resp = &r->resp;
     mg_resp_init(resp, &r->pool, 101);
-    for (size_t i = 0; i < u->num_headers; i++)
-        if (relayed(u, &u->headers[i]))
-            mg_resp_add(resp, u->headers[i].name, u->headers[i].name_len, u->headers[i].value,
-                        u->headers[i].value_len);
+    relay_fields(resp, u);
     mg_resp_add(resp, "Connection", 10, "upgrade", 7);
     mg_resp_add(resp, "Upgrade", 7, up->value, up->value_len);
     mg_req_add_defaults(r, resp);

@@ -371,14 +371,29 @@ static char *put_uint(char *p, uint64_t v)
     return p;
 }
 
-static void fields(struct evbuffer *out, const mg_header_t *h, size_t n)
+void mg_h1_put_head(struct evbuffer *out, const mg_str_t *start, size_t nstart, const mg_header_t *h, size_t n,
+                    const char *end, size_t end_len)
 {
+    size_t total = end_len;
+    for (size_t i = 0; i < nstart; i++)
+        total += start[i].n;
+    for (size_t i = 0; i < n; i++)
+        total += h[i].name_len + h[i].value_len + 4;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)total, &v, 1) != 1)
+        abort(); /* libevent could not allocate: as mg_alloc does */
+    char *p = v.iov_base;
+    for (size_t i = 0; i < nstart; i++)
+        p = put(p, start[i].p, start[i].n);
     for (size_t i = 0; i < n; i++) {
-        evbuffer_add(out, h[i].name, h[i].name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h[i].value, h[i].value_len);
-        evbuffer_add(out, "\r\n", 2);
+        p = put(p, h[i].name, h[i].name_len);
+        p = PUT_LIT(p, ": ");
+        p = put(p, h[i].value, h[i].value_len);
+        p = PUT_LIT(p, "\r\n");
     }
+    p = put(p, end, end_len);
+    v.iov_len = total;
+    evbuffer_commit_space(out, &v, 1);
 }
 
 /* The status line (with the upstream's reason when it has one). */
@@ -414,16 +429,15 @@ static void h1_head(mg_req_t *r, const mg_resp_t *resp)
     c->resp_keepalive = !r->close && !c->close_after && !(r->flags & MG_HTTP1_F_CONN_CLOSE) && r->body_complete &&
                         (r->minor_version == 1 || (r->flags & MG_HTTP1_F_CONN_KEEPALIVE)) &&
                         c->resp_framing != MG_H1_CLOSE;
-    char buf[512];
-    char *p = status_line(buf, resp);
+    char start[256], end[256];
+    char *p = status_line(start, resp);
     if (!resp->has_date) {
         p = PUT_LIT(p, "\r\nDate: ");
         p = put(p, mg_worker_date(r->worker), 29);
     }
     p = PUT_LIT(p, "\r\n");
-    evbuffer_add(c->out, buf, (size_t)(p - buf));
-    fields(c->out, resp->h, resp->n);
-    p = buf;
+    mg_str_t line = { start, (size_t)(p - start) };
+    p = end;
     if (c->resp_framing == MG_H1_CL) {
         p = PUT_LIT(p, "Content-Length: ");
         p = put_uint(p, (uint64_t)length);
@@ -439,7 +453,7 @@ static void h1_head(mg_req_t *r, const mg_resp_t *resp)
     else if (r->minor_version == 0)
         p = PUT_LIT(p, "\r\nConnection: keep-alive");
     p = PUT_LIT(p, "\r\n\r\n");
-    evbuffer_add(c->out, buf, (size_t)(p - buf));
+    mg_h1_put_head(c->out, &line, 1, resp->h, resp->n, end, (size_t)(p - end));
     if (head)
         c->resp_framing = MG_H1_NONE; /* the body is not sent, whatever was announced */
 }
@@ -451,9 +465,8 @@ static void h1_interim(mg_req_t *r, const mg_resp_t *resp)
     char buf[160];
     char *p = status_line(buf, resp);
     p = PUT_LIT(p, "\r\n");
-    evbuffer_add(r->conn->out, buf, (size_t)(p - buf));
-    fields(r->conn->out, resp->h, resp->n);
-    evbuffer_add(r->conn->out, "\r\n", 2);
+    mg_str_t line = { buf, (size_t)(p - buf) };
+    mg_h1_put_head(r->conn->out, &line, 1, resp->h, resp->n, "\r\n", 2);
 }
 
 static void h1_body(mg_req_t *r, const char *data, size_t len)
@@ -484,10 +497,9 @@ static void h1_end(mg_req_t *r, const mg_header_t *trailers, size_t n)
 {
     mg_conn_t *c = r->conn;
     if (c->resp_framing == MG_H1_CHUNKED) {
-        evbuffer_add(c->out, "0\r\n", 3);
-        if (c->trailers_ok) /* only a client that said TE: trailers gets them (RFC 9110 §6.5.1) */
-            fields(c->out, trailers, n);
-        evbuffer_add(c->out, "\r\n", 2);
+        /* only a client that said TE: trailers gets them (RFC 9110 §6.5.1) */
+        mg_str_t last = { "0\r\n", 3 };
+        mg_h1_put_head(c->out, &last, 1, trailers, c->trailers_ok ? n : 0, "\r\n", 2);
     }
     /* a request body the upstream did not wait for is still on the wire: close */
     c->resp_keepalive = c->resp_keepalive && r->body_complete && !r->close;
@@ -500,16 +512,15 @@ static void h1_flush(mg_req_t *r) { mg_conn_flush(r->conn); }
 static void h1_upgrade(mg_req_t *r, const mg_resp_t *resp)
 {
     mg_conn_t *c = r->conn;
-    char buf[192];
+    char buf[192], end[192];
     char *p = status_line(buf, resp);
     p = PUT_LIT(p, "\r\n");
-    evbuffer_add(c->out, buf, (size_t)(p - buf));
-    fields(c->out, resp->h, resp->n);
-    p = PUT_LIT(buf, "X-Request-ID: ");
+    mg_str_t line = { buf, (size_t)(p - buf) };
+    p = PUT_LIT(end, "X-Request-ID: ");
     size_t tl = strlen(r->trace_id);
     p = put(p, r->trace_id, tl < 128 ? tl : 128);
     p = PUT_LIT(p, "\r\n\r\n");
-    evbuffer_add(c->out, buf, (size_t)(p - buf));
+    mg_h1_put_head(c->out, &line, 1, resp->h, resp->n, end, (size_t)(p - end));
     /* the connection is no longer HTTP/1.1: no request of ours on it, no timer of ours */
     c->req = NULL;
     c->resp_keepalive = 0;

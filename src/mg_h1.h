@@ -22,4 +22,14 @@ extern const mg_wire_t mg_h1_wire;
 /* Starts HTTP/1.1 on a new connection (the header timer also bounds a TLS handshake). */
 void mg_h1_start(mg_conn_t *c);
 
+/*
+ * The HTTP/1.1 head encoder both sides share (responses to clients, requests
+ * to upstreams): the pieces of the start line (and any fields the caller
+ * formatted), then each field as "Name: value\r\n", then end (which ends
+ * with the blank line), appended to out as one piece: one reservation, no
+ * per-field buffer calls.
+ */
+void mg_h1_put_head(struct evbuffer *out, const mg_str_t *start, size_t nstart, const mg_header_t *h, size_t n,
+                    const char *end, size_t end_len);
+
 #endif

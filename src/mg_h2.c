@@ -566,7 +566,7 @@ static void h2_arm(mg_h2_t *h2)
     }
     for (mg_h2_stream_t *s = h2->streams; s; s = s->next)
         if (!s->headers_done) {
-            if (!evtimer_pending(&c->timer, NULL))
+            if (!mg_conn_armed(c))
                 mg_conn_arm(c, cfg->header_timeout_ms); /* total, like HTTP/1.1's: a trickle cannot extend it */
             return;
         }

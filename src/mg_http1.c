@@ -115,6 +115,10 @@ typedef struct head_state {
 /* Interprets the framing-relevant fields as they are parsed. */
 static int on_field(head_state_t *st, const mg_header_t *h)
 {
+    switch (h->name_len) { /* the fields below have these lengths; most fields are none of them */
+    case 4: case 6: case 10: case 14: case 17: break;
+    default: return 0;
+    }
     if (mg_http1_name_is(h, "content-length", 14)) {
         const char *p = h->value, *end = h->value + h->value_len, *it;
         size_t il;

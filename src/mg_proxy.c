@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "mg_csema.h"
+#include "mg_h1.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
 
@@ -192,7 +193,7 @@ static int flush_up(mg_proxy_t *p, int notify)
         p->ops->on_body_wanted(p);
         return p->running && p->uc ? 0 : -1;
     }
-    if (p->body_done && !evtimer_pending(&uc->timer, NULL))
+    if (p->body_done && !mg_upconn_timer_set(uc))
         arm_timer(p, p->up->read_ms); /* all sent: now the read timeout runs */
     return 0;
 }
@@ -203,24 +204,17 @@ static void write_h1_head(mg_proxy_t *p, struct evbuffer *out)
     mg_upreq_t q = { .method = { "GET", 3 } };
     mg_resp_init(&q.fields, p->pool, 0);
     p->ops->build_head(p, p->target, &q);
-    evbuffer_add(out, q.method.p, q.method.n);
-    evbuffer_add(out, " ", 1);
-    evbuffer_add(out, q.target.p, q.target.n);
-    evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
-    evbuffer_add(out, q.authority.p, q.authority.n);
-    evbuffer_add(out, "\r\n", 2);
-    for (size_t i = 0; i < q.fields.n; i++) {
-        const mg_header_t *h = &q.fields.h[i];
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+    mg_str_t start[] = { q.method, { " ", 1 }, q.target, { " HTTP/1.1\r\nHost: ", 17 }, q.authority, { "\r\n", 2 } };
+    char length[64];
+    const char *end = "\r\n";
+    int n = 2;
+    if (p->body_mode == MG_BODY_LENGTH) {
+        n = snprintf(length, sizeof(length), "Content-Length: %lld\r\n\r\n", (long long)p->body_len);
+        end = length;
     }
-    if (p->body_mode == MG_BODY_LENGTH)
-        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)p->body_len);
     else if (p->body_mode == MG_BODY_CHUNKED)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    evbuffer_add(out, "\r\n", 2);
+        n = (int)strlen(end = "Transfer-Encoding: chunked\r\n\r\n");
+    mg_h1_put_head(out, start, mg_countof(start), q.fields.h, q.fields.n, end, (size_t)n);
 }
 
 static void send_request(mg_proxy_t *p)
@@ -412,6 +406,8 @@ static void local_permit(mg_proxy_t *p)
 static int deliver(mg_proxy_t *p)
 {
     mg_upconn_t *uc = p->uc;
+    if (!uc->in)
+        return 0; /* nothing read on this lease yet */
     while (!p->paused) {
         size_t avail = uc->in_len - uc->in_off;
         const char *d = uc->in + uc->in_off;
@@ -611,6 +607,7 @@ static void on_readable(mg_proxy_t *p)
         read_direct(p, sink);
         return;
     }
+    mg_upconn_input(uc);
     if (uc->in_off == uc->in_len)
         uc->in_off = uc->in_len = 0;
     if (uc->in_len == uc->in_cap) {

@@ -114,13 +114,14 @@ struct mg_req {
     const mg_error_t *error_kind; /* how it failed (mg_error.h), or NULL */
     size_t bytes_out;
     uint64_t start_us;
-    /* embedded (not in the arena) so it stays valid memory when a callback
-     * deep inside mg_proxy ends the request: the request object is only
-     * recycled, never freed, while the worker runs */
-    mg_proxy_t proxy_store;
 
     /* large members last: mg_req_new zeroes only what comes before `segs` */
     mg_str_t segs[MG_ROUTER_MAX_SEGMENTS];
+    /* embedded (not in the arena) so it stays valid memory when a callback
+     * deep inside mg_proxy ends the request: the request object is only
+     * recycled, never freed, while the worker runs; mg_forward_start (or
+     * gw.http's) clears what it uses */
+    mg_proxy_t proxy_store;
     char trace_id[129];
     mg_pool_t pool;
 };

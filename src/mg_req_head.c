@@ -125,11 +125,8 @@ const char *mg_req_client_ip(mg_req_t *r)
         size_t n = colon ? (size_t)(colon - r->remote) : strlen(r->remote);
         if (n >= sizeof(r->client_ip))
             n = sizeof(r->client_ip) - 1;
-        memcpy(r->client_ip, r->remote, n);
+        memcpy(r->client_ip, r->remote, n); /* canonical already (mg_conn_accept) */
         r->client_ip[n] = '\0';
-        mg_ip_t ip; /* canonical: a v4-mapped peer of a dual-stack listener is a.b.c.d */
-        if (mg_ip_parse(r->client_ip, n, &ip) == 0)
-            mg_ip_format(&ip, r->client_ip, sizeof(r->client_ip));
     }
     return r->client_ip;
 }

@@ -74,12 +74,38 @@ int mg_resp_framing_field(const char *s, size_t n)
 
 int mg_resp_hop_by_hop(const mg_header_t *h)
 {
-    static const char *names[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                   "transfer-encoding", "upgrade", "content-length" };
-    for (size_t i = 0; i < mg_countof(names); i++)
-        if (mg_http1_name_is(h, names[i], strlen(names[i])))
-            return 1;
-    return 0;
+    /* by length first: this runs for every field of every proxied message */
+    switch (h->name_len) {
+    case 2: return mg_http1_name_is(h, "te", 2);
+    case 7: return mg_http1_name_is(h, "trailer", 7) || mg_http1_name_is(h, "upgrade", 7);
+    case 10: return mg_http1_name_is(h, "connection", 10) || mg_http1_name_is(h, "keep-alive", 10);
+    case 14: return mg_http1_name_is(h, "content-length", 14);
+    case 16: return mg_http1_name_is(h, "proxy-connection", 16);
+    case 17: return mg_http1_name_is(h, "transfer-encoding", 17);
+    default: return 0;
+    }
+}
+
+const mg_header_t *mg_resp_connection_field(const mg_header_t *hs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!mg_http1_name_is(&hs[i], "connection", 10))
+            continue;
+        const char *p = hs[i].value, *end = p + hs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            size_t len = (size_t)(p - s);
+            /* close and keep-alive name no field a message would carry (keep-alive is hop-by-hop anyway) */
+            if (len && !(len == 5 && strncasecmp(s, "close", 5) == 0) &&
+                !(len == 10 && strncasecmp(s, "keep-alive", 10) == 0))
+                return &hs[i];
+        }
+    }
+    return NULL;
 }
 
 int mg_resp_named_by_connection(const mg_header_t *hs, size_t n, const mg_header_t *h)

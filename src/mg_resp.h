@@ -61,6 +61,13 @@ int mg_resp_framing_field(const char *s, size_t n);
 int mg_resp_hop_by_hop(const mg_header_t *h);
 /* Is h named in one of the Connection fields of hs[0..n)? */
 int mg_resp_named_by_connection(const mg_header_t *hs, size_t n, const mg_header_t *h);
+/*
+ * The first Connection field of hs[0..n) that names another field (anything
+ * but close and keep-alive), or NULL. A loop over a message's fields asks
+ * once, then asks mg_resp_named_by_connection only from there: most messages
+ * have none.
+ */
+const mg_header_t *mg_resp_connection_field(const mg_header_t *hs, size_t n);
 
 /* The standard reason phrase of a status ("OK"), or a class default. */
 const char *mg_resp_reason(int status);

@@ -279,7 +279,7 @@ static void conn_destroy(mg_upconn_t *uc)
     }
     event_del(&uc->rev);
     event_del(&uc->wev);
-    event_del(&uc->timer);
+    mg_ltimer_stop(&uc->timer);
     if (uc->fd >= 0)
         close(uc->fd);
     evbuffer_free(uc->out);
@@ -334,6 +334,8 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     mg_upconn_t *uc = arg;
+    if (!mg_ltimer_fired(&uc->timer))
+        return;
     if (uc->handler)
         uc->handler(uc, MG_UC_TIMER);
     else
@@ -370,10 +372,13 @@ static void wake_if_pending(mg_upconn_t *uc)
 void mg_upconn_read(mg_upconn_t *uc, int on)
 {
     if (on) {
-        event_add(&uc->rev, NULL);
+        if (!uc->reading) /* a pooled connection's read interest stays registered: nothing to do per request */
+            event_add(&uc->rev, NULL);
+        uc->reading = 1;
         wake_if_pending(uc);
-    } else {
+    } else if (uc->reading) {
         event_del(&uc->rev);
+        uc->reading = 0;
     }
 }
 
@@ -436,12 +441,21 @@ void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t ms)
 
 void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms)
 {
-    if (!ms) {
-        event_del(&uc->timer);
-        return;
+    if (ms)
+        mg_ltimer_set(&uc->timer, ms);
+    else
+        mg_ltimer_clear(&uc->timer);
+}
+
+int mg_upconn_timer_set(const mg_upconn_t *uc) { return mg_ltimer_is_set(&uc->timer); }
+
+void mg_upconn_input(mg_upconn_t *uc)
+{
+    if (!uc->in) {
+        uc->in_cap = UPCONN_IN_INITIAL;
+        uc->in = mg_alloc(uc->in_cap);
+        uc->in_off = uc->in_len = 0;
     }
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(&uc->timer, &tv);
 }
 
 void mg_upconn_close(mg_upconn_t *uc)
@@ -472,8 +486,10 @@ void mg_upconn_release(mg_upconn_t *uc)
         conn_destroy(uc);
         return;
     }
-    uc->in_off = uc->in_len = 0;
-    event_add(&uc->rev, NULL); /* still (or again) registered: a close by the upstream ends it at once */
+    free(uc->in); /* nothing unread (checked above): the next lessee gets a buffer when it reads */
+    uc->in = NULL;
+    uc->in_off = uc->in_len = uc->in_cap = 0;
+    mg_upconn_read(uc, 1); /* still (or again) registered: a close by the upstream ends it at once */
     mg_upconn_timer(uc, up->idle_timeout_ms);
     uc->next_idle = t->idle;
     t->idle = uc;
@@ -510,7 +526,7 @@ mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, in
         uc->reused = 1;
         uc->handler = handler;
         uc->owner = owner;
-        event_del(&uc->timer);
+        mg_ltimer_clear(&uc->timer); /* the idle timeout no longer applies */
         return uc;
     }
     int fd = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -523,12 +539,10 @@ mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, in
     uc->target = t;
     uc->handler = handler;
     uc->owner = owner;
-    uc->in_cap = UPCONN_IN_INITIAL;
-    uc->in = mg_alloc(uc->in_cap);
     uc->out = evbuffer_new();
     event_assign(&uc->rev, t->up->base, fd, EV_READ | EV_PERSIST, on_read, uc);
     event_assign(&uc->wev, t->up->base, fd, EV_WRITE, on_write, uc);
-    evtimer_assign(&uc->timer, t->up->base, on_timer, uc);
+    evtimer_assign(&uc->timer.ev, t->up->base, on_timer, uc);
     if (t->up->tls) {
         uc->ssl = mg_tls_client_ssl(t->up->tls, fd, t->up->tls_name ? t->up->tls_name : t->host, &t->tls_session);
         if (!uc->ssl) {

@@ -27,6 +27,7 @@
 #include <sys/uio.h>
 
 #include "mg_core.h"
+#include "mg_ltimer.h"
 #include "mg_sema.h"
 #include "mg_tls.h"
 
@@ -52,15 +53,17 @@ struct mg_upconn {
      * connection keeps its read interest: no epoll_ctl per request); they
      * dispatch to the lessee's handler, or to the pool while idle.
      */
-    struct event rev, wev, timer;
+    struct event rev, wev;
+    mg_ltimer_t timer;                /* the phase timeouts (mg_upconn_timer), kept lazily */
     void (*handler)(mg_upconn_t *uc, int what);
     void *owner;
-    char *in;                         /* response bytes [in_off, in_len) */
+    char *in;                         /* response bytes [in_off, in_len); NULL while pooled (mg_upconn_input) */
     size_t in_off, in_len, in_cap;
     struct evbuffer *out;
     int requests;                     /* requests sent on this connection */
     int reused;                       /* leased from the idle pool (it may have been closed meanwhile) */
     int connected;
+    int reading;                      /* rev is registered (mg_upconn_read) */
     SSL *ssl;                         /* a TLS upstream's connection, or NULL */
     int secure;                       /* the TLS handshake is done */
     int tls_broken;                   /* a TLS error: no close_notify on close */
@@ -207,6 +210,7 @@ mg_upconn_t *mg_upstream_lease(mg_target_t *t, void (*handler)(mg_upconn_t *, in
 void mg_upconn_read(mg_upconn_t *uc, int on);
 void mg_upconn_wait_write(mg_upconn_t *uc, uint32_t timeout_ms);
 void mg_upconn_timer(mg_upconn_t *uc, uint32_t ms); /* 0: stop */
+int mg_upconn_timer_set(const mg_upconn_t *uc);
 /*
  * The connection leaves its target for good (an upgraded connection that
  * became a tunnel): it will never be pooled, uc->target is NULL from now on
@@ -236,6 +240,12 @@ int mg_upconn_handshake(mg_upconn_t *uc);
  */
 ssize_t mg_upconn_readv(mg_upconn_t *uc, struct iovec *iov, int n);
 int mg_upconn_send(mg_upconn_t *uc);
+/*
+ * The lessee's input buffer: a pooled connection holds none (released with
+ * nothing unread, it gives it back), so 10,000 idle upstream connections cost
+ * their structs; this allocates it again before a read.
+ */
+void mg_upconn_input(mg_upconn_t *uc);
 
 /* Counts for status and tests. */
 int mg_upstream_idle_count(const mg_upstream_t *up);
