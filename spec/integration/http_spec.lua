@@ -229,6 +229,24 @@ describe("HTTP/1.1 server", function()
     assert.is_true(waited > 600 and waited < 2000, "closed after " .. waited .. " ms")
   end)
 
+  it("counts the keep-alive timeout from the last request, and a new head's timeout from its start", function()
+    local s = gw_:connect(5000)
+    local t0 = gw.monotonic_ms()
+    for _ = 1, 3 do -- requests 400 ms apart: each one restarts the 800 ms keep-alive timeout
+      s:send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+      assert.equal(200, assert(helpers.read_response(s)).status)
+      gw.sleep(0.4)
+    end
+    -- the start of a head, then nothing: the 600 ms header timeout, earlier than the keep-alive one
+    local t1 = gw.monotonic_ms()
+    s:send("GET / HTTP/1.1\r\n")
+    local res = assert(helpers.read_response(s))
+    local waited = gw.monotonic_ms() - t1
+    assert.equal(408, res.status)
+    assert.is_true(t1 - t0 > 1100, "the keep-alive timeout ended the connection early")
+    assert.is_true(waited > 500 and waited < 1500, "408 after " .. waited .. " ms")
+  end)
+
   it("writes one JSON access-log line per request", function()
     gw_:request("GET", "/info?x=1", { headers = { ["X-Request-ID"] = "spec-req-1" } })
     gw.sleep(0.05)
