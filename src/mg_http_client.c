@@ -377,6 +377,7 @@ static int l_request(lua_State *L)
     p->body_len = sr->body ? (int64_t)evbuffer_get_length(sr->body) : 0;
     p->body = sr->body;
     sr->wait.cancel = on_cancel;
+    sr->wait.what = MG_WAIT_HTTP;
     if (timeout > 0) {
         p->deadline_us = mg_now_us() + (uint64_t)(timeout * 1e6); /* no retry starts that could not finish */
         struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };

@@ -48,7 +48,24 @@ struct mg_wait {
     int done;
     int nret;
     void (*cancel)(mg_wait_t *w);       /* stops the operation; no wake may follow */
+    const char *what;                   /* what it waits on, for the timeline and the trace
+                                           spans: one of MG_WAIT_* (a static string); NULL: "other" */
 };
+
+/*
+ * The labels of waits (mg_wait_t.what). Whoever fills an mg_wait_t sets the
+ * label before mg_wait_yield: `w->what = MG_WAIT_REDIS;`. A traced task's
+ * timeline then says what each wait was for ("redis 3.1 ms"); an untraced
+ * task pays nothing for it (one store). A new kind of wait adds a label here,
+ * short and lowercase, as `gatewayctl trace` prints it.
+ */
+#define MG_WAIT_SLEEP "gw.sleep"
+#define MG_WAIT_TCP "tcp"
+#define MG_WAIT_SEMAPHORE "semaphore queue"
+#define MG_WAIT_HTTP "gw.http.request"
+#define MG_WAIT_REDIS "redis"
+#define MG_WAIT_CHILD "gw.wait"
+#define MG_WAIT_WEBSOCKET "websocket"
 
 /*
  * Called when a task's coroutine returned (status LUA_OK, results on t->co) or

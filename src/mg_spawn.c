@@ -123,6 +123,7 @@ static int l_wait(lua_State *L)
     if (s->done)
         return take_results(s, L);
     memset(&s->join, 0, sizeof(s->join));
+    s->join.what = MG_WAIT_CHILD;
     s->waiter = &s->join;
     return mg_wait_yield(L, &s->join);
 }
