@@ -78,6 +78,7 @@ struct mg_task {
     mg_vm_t *vm;
     lua_State *co;
     int co_ref;
+    unsigned char trace_flags;          /* the W3C trace flags its outgoing requests carry (01: sampled) */
     mg_wait_t *wait;                    /* the pending wait, if yielded */
     mg_task_done_cb on_done;
     void *owner;                        /* e.g. the mg_req_t */
@@ -86,6 +87,8 @@ struct mg_task {
     mg_ledger_t *scope;                 /* where gw.* calls register what they take; NULL: &ledger.
                                            Set by the owner before mg_task_start; kept across starts */
     const char *route;                  /* the route's name, for the watchdog; owned by the generation */
+    struct mg_trace *trace;             /* the request's timeline when it is recorded (mg_trace.h), else
+                                           NULL: task_resume then takes the time of each run and wait */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
     uint64_t sleep_due_us;              /* gw.sleep ends at this monotonic time, not before */

@@ -103,6 +103,7 @@ static int l_spawn(lua_State *L)
     mg_ledger_add(parent ? &parent->ledger : &vm->ledger, &s->in_parent, parent_ended);
     if (parent) {
         s->task.trace_id = parent->trace_id;
+        s->task.trace_flags = parent->trace_flags; /* its requests carry the parent's sampling decision */
         s->task.route = parent->route;
     }
     /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
