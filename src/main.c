@@ -25,6 +25,8 @@
 #include "mg_admin.h"
 #include "mg_config.h"
 #include "mg_log.h"
+#include "mg_otel.h"
+#include "mg_timeline.h"
 #include "mg_worker.h"
 
 /* The main thread's loop: what its callbacks need. */
@@ -251,6 +253,8 @@ int main(int argc, char **argv)
         mg_log_error(NULL, "%s (gatewayctl will not reach this gateway)", err);
     mg_worker_t *workers = mg_calloc((size_t)nworkers, sizeof(mg_worker_t));
     admin.workers = workers;
+    mg_trace_rings_init(nworkers); /* before any worker can end a recorded request */
+    mg_admin_apply_tracing(&cfg.tracing);
     for (int i = 0; i < nworkers; i++) {
         int fds[MG_MAX_LISTEN];
         for (int k = 0; k < cfg.nlisten; k++) {
@@ -288,6 +292,7 @@ int main(int argc, char **argv)
     event_add(sig_ev, NULL);
     event_add(tick, &second);
     mg_admin_start(&admin, ctl.base, PRIO_ADMIN);
+    mg_timeline_start(ctl.base, PRIO_ADMIN);
     event_base_dispatch(ctl.base);
     uint32_t drain_ms = ctl.drain_ms;
     if (admin.stop_requested) {
@@ -295,6 +300,7 @@ int main(int argc, char **argv)
         mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
     }
     mg_admin_close(&admin);
+    mg_timeline_stop();
     event_free(sig_ev);
     event_free(tick);
     event_base_free(ctl.base);
@@ -316,6 +322,9 @@ int main(int argc, char **argv)
         mg_log_stop();
         _exit(1);
     }
+    mg_timeline_final(); /* the last requests' spans go to the exporter, which sends what it can */
+    mg_otel_stop();
+    mg_trace_rings_free();
     for (int i = 0; i < nworkers; i++)
         mg_worker_free(&workers[i]);
     mg_gen_graveyard_empty();

@@ -18,7 +18,10 @@
  * line "<command> [args]\n"; the server answers "OK <length>\n" or
  * "ERR <length>\n", then <length> bytes of text, then closes. Commands:
  * status [json], routes [json], upstreams [json], reload, check [FILE],
- * reopen-logs, stop [DRAIN_SECONDS].
+ * reopen-logs, stop [DRAIN_SECONDS]; and one stream: `trace [route=NAME]
+ * [status=5xx] [slower=200ms] [limit=N] [json] [recent]` answers "STREAM\n"
+ * and then the requests as they end (mg_timeline.h), until the client
+ * closes or its limit is reached.
  */
 #ifndef MG_ADMIN_H
 #define MG_ADMIN_H
@@ -76,6 +79,8 @@ int mg_admin_start(mg_admin_t *a, struct event_base *base, int priority);
  * switch. On error nothing changes; the message (file:line) is in err.
  */
 int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen);
+/* Tracing settings take effect (the sampler, the exporter, the timeline hub): at start and on a reload. */
+void mg_admin_apply_tracing(const mg_trace_conf_t *c);
 /* Closes the listeners (removing the socket file) and every admin connection. */
 void mg_admin_close(mg_admin_t *a);
 /* The compiled routes of `file` as text (malloc'd), or NULL with err. */

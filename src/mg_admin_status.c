@@ -26,6 +26,7 @@
 #include "mg_log.h"
 #include "mg_redis.h"
 #include "mg_sema.h"
+#include "mg_timeline.h"
 
 #define MAX_FAMILIES 32 /* beyond: one "*" entry (a family name could come from a request too) */
 
@@ -303,6 +304,7 @@ void mg__admin_metrics(mg_admin_t *a, mg_text_t *o)
                     i, mg_worker_stuck_ms(w) ? 1 : 0, i,
                     (unsigned long long)__atomic_load_n(&w->running.kills, __ATOMIC_RELAXED));
     }
+    mg_timeline_metrics(o);
     sema_view_t v;
     view_build(&v);
     for (size_t i = 0; i < v.nlisted; i++)

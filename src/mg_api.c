@@ -62,6 +62,7 @@ static int l_sleep(lua_State *L)
     st->sleep_due_us = mg_now_us() + (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
     evtimer_assign(&st->timer, vm->base, sleep_fired, st);
     st->sleep_wait.cancel = sleep_cancel;
+    st->sleep_wait.what = MG_WAIT_SLEEP;
     evtimer_add(&st->timer, &tv);
     int n = mg_wait_yield(L, &st->sleep_wait);
     if (!t)

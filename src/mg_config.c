@@ -182,6 +182,32 @@ static int read_ticket_keys(lua_State *L, int t, mg_config_t *cfg, char *err, si
     return MG_OK;
 }
 
+/* tracing { ... } (checked and defaulted by config.lua) at index t. */
+static void read_tracing(lua_State *L, int t, mg_trace_conf_t *c)
+{
+    c->enabled = 1;
+    c->endpoint = get_str(L, t, "endpoint");
+    lua_getfield(L, t, "ratio");
+    c->ratio = lua_tonumber(L, -1);
+    lua_getfield(L, t, "parent_based");
+    c->parent_based = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    c->service_name = get_str(L, t, "service_name");
+    c->batch = get_ms(L, t, "batch", 512);
+    c->queue = get_ms(L, t, "queue", 8192);
+    c->timeout_ms = get_ms(L, t, "timeout", 5000);
+    c->interval_ms = get_ms(L, t, "interval", 1000);
+    lua_getfield(L, t, "headers");
+    int n = (int)lua_objlen(L, -1);
+    c->headers = mg_calloc((size_t)n + 1, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        c->headers[c->nheaders++] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_t errlen)
 {
     lua_getfield(L, t, "workers");
@@ -247,6 +273,10 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->hosts_file = get_str(L, t, "hosts_file");
     cfg->admin_socket = get_str(L, t, "admin_socket");
     cfg->admin_listen = get_str(L, t, "admin_listen");
+    lua_getfield(L, t, "tracing");
+    if (lua_istable(L, -1))
+        read_tracing(L, lua_gettop(L), &cfg->tracing);
+    lua_pop(L, 1);
     return MG_OK;
 }
 
@@ -736,6 +766,7 @@ void mg_config_free(mg_config_t *cfg)
     free(cfg->hosts_file);
     free(cfg->admin_socket);
     free(cfg->admin_listen);
+    mg_trace_conf_free(&cfg->tracing);
     OPENSSL_cleanse(cfg->ticket_keys, sizeof(cfg->ticket_keys));
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -18,6 +18,7 @@
 #include "mg_redis.h"
 #include "mg_router.h"
 #include "mg_tls.h"
+#include "mg_trace.h"
 #include "mg_upstream.h"
 
 #define MG_MAX_LISTEN 16
@@ -52,6 +53,7 @@ typedef struct mg_config {
     char *hosts_file;              /* NULL: /etc/hosts */
     char *admin_socket;            /* NULL: /tmp/moongate-gatewayd.sock; "off": none */
     char *admin_listen;            /* "127.0.0.1:9901": metrics and status over HTTP; NULL: none */
+    mg_trace_conf_t tracing;       /* tracing { ... } (enabled 0 when not given) */
 } mg_config_t;
 
 typedef struct mg_route {

@@ -692,6 +692,7 @@ static int l_acquire(lua_State *L)
     a->s = h->s;
     a->frame = mg_task_current(L) == NULL;
     a->wait.cancel = lacq_cancel;
+    a->wait.what = MG_WAIT_SEMAPHORE;
     a->l = mg_clease_acquire(h->s, h->r, (int64_t)w, timeout > 0 ? (uint32_t)(timeout * 1000) : 0,
                              (int64_t)max_queue, on_lua_outcome, a);
     if (!a->frame)

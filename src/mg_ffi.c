@@ -9,6 +9,7 @@
 
 #include "mg_conn.h"
 #include "mg_req.h"
+#include "mg_trace.h"
 
 static mg_str_t cstr(const char *p) { return (mg_str_t){ p, p ? strlen(p) : 0 }; }
 
@@ -74,4 +75,11 @@ const char *mg_ffi_req_body(uintptr_t rp, size_t *len)
     mg_req_t *r = (mg_req_t *)rp;
     *len = evbuffer_get_length(r->body);
     return *len ? (const char *)evbuffer_pullup(r->body, -1) : "";
+}
+
+void mg_ffi_trace_step(uintptr_t rp, int phase, const char *name, size_t len)
+{
+    mg_req_t *r = (mg_req_t *)rp;
+    if (r->trace) /* set for the request's life: the traced chain runs only when it is */
+        mg_trace_step(r->trace, phase, name, len);
 }

@@ -33,5 +33,12 @@ int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 /* The whole request body (read before the handler runs). */
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
+/*
+ * A recorded request's plugin step begins (phase: MG_TP_*, name: the
+ * plugin's, copied) or ends (phase 0). Called only by the traced copy of a
+ * route's chain (lua/moongate/plugins.lua; declared there), so only for
+ * requests with r->trace set (mg_trace.h).
+ */
+void mg_ffi_trace_step(uintptr_t r, int phase, const char *name, size_t len);
 
 #endif

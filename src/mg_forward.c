@@ -13,6 +13,7 @@
 
 #include "mg_grpc.h"
 #include "mg_log.h"
+#include "mg_trace.h"
 #include "mg_tunnel.h"
 
 #include <lauxlib.h>
@@ -185,18 +186,11 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
         mg_resp_add(f, "grpc-timeout", 12, v, n);
     }
     mg_resp_add(f, "X-Request-ID", 12, r->trace_id, strlen(r->trace_id));
-    if (strlen(r->trace_id) == 32) {
-        /* W3C trace context: our trace id, a new span id for this hop */
-        char span[33];
-        mg_worker_trace_id(r->worker, span);
-        char *tp = mg_pool_alloc(pool, 55); /* 00-<32 hex>-<16 hex>-01 */
-        memcpy(tp, "00-", 3);
-        memcpy(tp + 3, r->trace_id, 32);
-        tp[35] = '-';
-        memcpy(tp + 36, span, 16);
-        memcpy(tp + 52, "-01", 3);
-        mg_resp_add(f, "traceparent", 11, tp, 55);
-    }
+    /* W3C trace context: the trace id, this attempt's client span (a new id when not recorded), the sampling decision */
+    char *tp = mg_pool_alloc(pool, MG_TRACE_PARENT_LEN);
+    size_t tpn = mg_trace_parent_value(tp, r->trace, r->trace_id, r->task.trace_flags, p->trace_span);
+    if (tpn)
+        mg_resp_add(f, "traceparent", 11, tp, tpn);
     if (overrides) {
         lua_pushnil(L);
         while (lua_next(L, overrides)) {
@@ -709,6 +703,8 @@ void mg_forward_start(mg_req_t *r, mg_target_t *target)
     p->ops = &forward_ops;
     p->owner = r;
     p->up = r->route->upstream;
+    p->trace = r->trace; /* its attempts go in the request's timeline when it is recorded */
+    p->trace_parent = -1;
     p->resp.headers = p->headers;
     unsigned m = r->method_bit;
     p->idempotent = (m & (MG_M_GET | MG_M_HEAD | MG_M_PUT | MG_M_DELETE | MG_M_OPTIONS | MG_M_TRACE)) != 0;

@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "mg_log.h"
+#include "mg_trace.h"
 
 #define DEFAULT_MAX_STREAMS 100      /* until the server's SETTINGS say */
 
@@ -144,10 +145,16 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     mg_proxy_t *p = f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
     if (!p)
         return 0;
-    if (f->hd.type == NGHTTP2_HEADERS)
+    if (f->hd.type == NGHTTP2_HEADERS) {
         p->wrote = 1; /* the upstream may have seen the request from now on */
-    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && (f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA))
+        if (p->trace)
+            mg_trace_proxy(p, MG_TRACE_CONNECTED, NULL); /* the timeline's "connect": until the stream could go */
+    }
+    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && (f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA)) {
         arm_stream_timer(p, p->up->read_ms); /* all sent: now the read timeout runs */
+        if (p->trace)
+            mg_trace_proxy(p, MG_TRACE_SENT, NULL);
+    }
     return 0;
 }
 
@@ -303,6 +310,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
         if (!p->head_seen) {
             if (!p->ttfb_us)
                 p->ttfb_us = (uint32_t)(mg_now_us() - p->t_start);
+            if (p->trace && !p->got_byte)
+                mg_trace_proxy(p, MG_TRACE_FIRST_BYTE, NULL);
             p->got_byte = 1;
             p->resp.minor_version = 1;
             p->resp.headers = p->headers;

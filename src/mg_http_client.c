@@ -24,6 +24,7 @@
 #include "mg_lua.h"
 #include "mg_proxy.h"
 #include "mg_req.h"
+#include "mg_trace.h"
 
 #define MAX_RESPONSE_BODY (64 * 1024 * 1024)
 
@@ -39,6 +40,10 @@ typedef struct subreq {
     int status;
     int nheaders;
     char trace_id[129];
+    unsigned trace_flags;          /* the caller's sampling decision (W3C flags) */
+    mg_trace_t *trace;             /* the caller's recorded request, or NULL */
+    int trace_item;                /* its CALL item */
+    uint64_t span;                 /* the client span's id (its traceparent); 0: not recorded */
     struct event timer;
     int timer_set;
     int yielded;                   /* the caller waits in mg_wait_yield (else it returns at once) */
@@ -71,11 +76,10 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
                     sr->fields.h[i].value_len);
     if (sr->trace_id[0]) {
         mg_resp_add(&q->fields, "X-Request-ID", 12, sr->trace_id, strlen(sr->trace_id));
-        if (strlen(sr->trace_id) == 32) {
-            char *tp = mg_pool_alloc(p->pool, 64);
-            int n = snprintf(tp, 64, "00-%s-%016llx-01", sr->trace_id, (unsigned long long)(mg_now_us() ^ (uintptr_t)sr));
-            mg_resp_add(&q->fields, "traceparent", 11, tp, (size_t)n);
-        }
+        char *tp = mg_pool_alloc(p->pool, MG_TRACE_PARENT_LEN);
+        size_t n = mg_trace_parent_value(tp, sr->trace, sr->trace_id, sr->trace_flags, sr->span);
+        if (n)
+            mg_resp_add(&q->fields, "traceparent", 11, tp, n);
     }
 }
 
@@ -98,6 +102,8 @@ static void finish(subreq_t *sr, const mg_error_t *err)
 {
     lua_State *co = sr->wait.co;
     int n;
+    if (sr->trace)
+        mg_trace_call_end(sr->trace, sr->trace_item, err ? 0 : sr->status, err, sr->proxy.attempts);
     if (sr->timer_set) {
         event_del(&sr->timer);
         sr->timer_set = 0;
@@ -175,6 +181,8 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 static void on_cancel(mg_wait_t *w)
 {
     subreq_t *sr = (subreq_t *)((char *)w - offsetof(subreq_t, wait));
+    if (sr->trace)
+        mg_trace_call_end(sr->trace, sr->trace_item, 0, MG_E(CLIENT_ABORT), sr->proxy.attempts);
     mg_proxy_cancel(&sr->proxy);
     subreq_free(sr);
 }
@@ -359,8 +367,10 @@ static int l_request(lua_State *L)
     }
     lua_pop(L, 1);
     mg_task_t *t = mg_task_current(L);
-    if (t && t->trace_id)
+    if (t && t->trace_id) {
         snprintf(sr->trace_id, sizeof(sr->trace_id), "%s", t->trace_id);
+        sr->trace_flags = t->trace_flags;
+    }
     lua_getfield(L, 1, "timeout");
     double timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
     lua_pop(L, 1);
@@ -377,6 +387,16 @@ static int l_request(lua_State *L)
     p->body_len = sr->body ? (int64_t)evbuffer_get_length(sr->body) : 0;
     p->body = sr->body;
     sr->wait.cancel = on_cancel;
+    sr->wait.what = MG_WAIT_HTTP;
+    if (t && t->trace) {
+        /* a client span of the caller's request; its attempts are the call's */
+        sr->trace = t->trace;
+        sr->trace_item = mg_trace_call_begin(t->trace, sr->method, up->name, sr->target, &sr->span);
+        p->trace = t->trace;
+        p->trace_parent = sr->trace_item;
+        if (sr->trace_item < 0)
+            p->trace = NULL; /* the record is full: the attempts are not kept either */
+    }
     if (timeout > 0) {
         p->deadline_us = mg_now_us() + (uint64_t)(timeout * 1e6); /* no retry starts that could not finish */
         struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };

@@ -10,6 +10,7 @@
 
 #include "mg_embedded_lua.h"
 #include "mg_log.h"
+#include "mg_trace.h"
 #include "mg_upstream.h"
 
 static const char VM_KEY = 'v';
@@ -341,6 +342,10 @@ static void tasks_set(mg_vm_t *vm, mg_task_t *t, int present)
 static void task_resume(mg_task_t *t, int nargs)
 {
     lua_State *co = t->co;
+    /* a recorded request: the wait (if any) ends here, and this run's time starts (mg_trace.h) */
+    struct mg_trace *tr = t->trace;
+    if (mg_unlikely(tr != NULL))
+        mg_trace_enter(tr);
     t->wait = NULL;
     /* the watchdog reads which task runs (mg_worker.c); seq_cst pairs with its MG_RUNNING_INSPECTING */
     mg_running_t *run = t->vm->running;
@@ -353,6 +358,8 @@ static void task_resume(mg_task_t *t, int nargs)
         if (__atomic_load_n(&run->watch, __ATOMIC_SEQ_CST))
             mg_running_settle(run, t);
     }
+    if (mg_unlikely(tr != NULL))
+        mg_trace_leave(tr, rc == LUA_YIELD && t->wait ? t->wait : NULL);
     if (rc == LUA_YIELD) {
         if (t->wait)
             return; /* a gw.* operation is pending; its completion resumes us */

@@ -48,7 +48,24 @@ struct mg_wait {
     int done;
     int nret;
     void (*cancel)(mg_wait_t *w);       /* stops the operation; no wake may follow */
+    const char *what;                   /* what it waits on, for the timeline and the trace
+                                           spans: one of MG_WAIT_* (a static string); NULL: "other" */
 };
+
+/*
+ * The labels of waits (mg_wait_t.what). Whoever fills an mg_wait_t sets the
+ * label before mg_wait_yield: `w->what = MG_WAIT_REDIS;`. A traced task's
+ * timeline then says what each wait was for ("redis 3.1 ms"); an untraced
+ * task pays nothing for it (one store). A new kind of wait adds a label here,
+ * short and lowercase, as `gatewayctl trace` prints it.
+ */
+#define MG_WAIT_SLEEP "gw.sleep"
+#define MG_WAIT_TCP "tcp"
+#define MG_WAIT_SEMAPHORE "semaphore queue"
+#define MG_WAIT_HTTP "gw.http.request"
+#define MG_WAIT_REDIS "redis"
+#define MG_WAIT_CHILD "gw.wait"
+#define MG_WAIT_WEBSOCKET "websocket"
 
 /*
  * Called when a task's coroutine returned (status LUA_OK, results on t->co) or
@@ -61,6 +78,7 @@ struct mg_task {
     mg_vm_t *vm;
     lua_State *co;
     int co_ref;
+    unsigned char trace_flags;          /* the W3C trace flags its outgoing requests carry (01: sampled) */
     mg_wait_t *wait;                    /* the pending wait, if yielded */
     mg_task_done_cb on_done;
     void *owner;                        /* e.g. the mg_req_t */
@@ -69,6 +87,8 @@ struct mg_task {
     mg_ledger_t *scope;                 /* where gw.* calls register what they take; NULL: &ledger.
                                            Set by the owner before mg_task_start; kept across starts */
     const char *route;                  /* the route's name, for the watchdog; owned by the generation */
+    struct mg_trace *trace;             /* the request's timeline when it is recorded (mg_trace.h), else
+                                           NULL: task_resume then takes the time of each run and wait */
     struct event timer;                 /* used by gw.sleep */
     mg_wait_t sleep_wait;
     uint64_t sleep_due_us;              /* gw.sleep ends at this monotonic time, not before */

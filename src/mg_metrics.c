@@ -28,15 +28,40 @@ void mg_text_add(mg_text_t *t, const char *fmt, ...)
     }
 }
 
-void mg_text_append(mg_text_t *t, const char *p, size_t n)
+void mg__text_grow(mg_text_t *t, size_t n)
 {
-    if (t->len + n + 1 > t->cap) {
-        t->cap = (t->cap ? t->cap * 2 : 8192) + n;
-        t->p = mg_realloc(t->p, t->cap);
+    t->cap = (t->cap ? t->cap * 2 : 8192) + n;
+    t->p = mg_realloc(t->p, t->cap);
+}
+
+void mg_text_u64(mg_text_t *t, uint64_t v)
+{
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                "8081828384858687888990919293949596979899";
+    char buf[24];
+    int i = sizeof(buf);
+    while (v >= 100) { /* two digits a division: a timestamp in nanoseconds has 19 */
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        buf[--i] = pairs[d + 1];
+        buf[--i] = pairs[d];
     }
-    memcpy(t->p + t->len, p, n);
-    t->len += n;
-    t->p[t->len] = '\0';
+    if (v >= 10) {
+        buf[--i] = pairs[v * 2 + 1];
+        buf[--i] = pairs[v * 2];
+    } else {
+        buf[--i] = (char)('0' + v);
+    }
+    mg_text_append(t, buf + i, sizeof(buf) - (size_t)i);
+}
+
+void mg_text_ms(mg_text_t *t, uint64_t us)
+{
+    char frac[4] = { (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10), (char)('0' + us % 10), 0 };
+    mg_text_u64(t, us / 1000);
+    mg_text_append(t, ".", 1);
+    mg_text_append(t, frac, 3);
 }
 
 /* The length of the valid UTF-8 sequence at s (not overlong, no surrogates), or 0. */
@@ -77,12 +102,26 @@ void mg_text_label(mg_text_t *t, const char *s)
     }
 }
 
+/* A byte a JSON string takes as it is: printable ASCII but the quote and the backslash. */
+static inline int plain(unsigned char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; }
+
 void mg_text_json(mg_text_t *t, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
     while (*p) {
+        /* the common case, printable ASCII without a quote or a backslash, goes as it is */
+        const unsigned char *q = p;
+        while (plain(*q))
+            q++;
+        if (q > p) {
+            mg_text_append(t, (const char *)p, (size_t)(q - p));
+            p = q;
+            if (!*p)
+                break;
+        }
+        /* then what needs an escape or is not ASCII, up to the next plain byte */
         size_t run = 0, n;
-        while (p[run] && (n = utf8_seq(p + run)) != 0)
+        while (p[run] && !plain(p[run]) && (n = utf8_seq(p + run)) != 0)
             run += n;
         if (run) {
             /* worst case: every byte becomes \u00XX */
@@ -93,7 +132,7 @@ void mg_text_json(mg_text_t *t, const char *s)
             t->len += mg_json_escape(t->p + t->len, t->cap - t->len, (const char *)p, run);
             p += run;
         }
-        if (*p) {
+        if (*p && !plain(*p)) { /* not UTF-8 */
             mg_text_append(t, "\\ufffd", 6);
             p++;
         }

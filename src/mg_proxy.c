@@ -20,6 +20,17 @@
 #include "mg_h1.h"
 #include "mg_h2up.h"
 #include "mg_log.h"
+#include "mg_trace.h"
+
+/*
+ * The timeline of a recorded request (mg_trace.h): one call at each point an
+ * attempt reaches, nothing but the branch when the request is not recorded.
+ */
+#define TRACE(p, event, err)                                                                                  \
+    do {                                                                                                      \
+        if (mg_unlikely((p)->trace != NULL))                                                                  \
+            mg_trace_proxy((p), (event), (err));                                                              \
+    } while (0)
 
 #define OUT_HIGH (256 * 1024)   /* request body buffered towards the upstream before the client is paused */
 #define IN_MAX (64 * 1024 + 32768)
@@ -106,6 +117,7 @@ static int time_left(const mg_proxy_t *p)
 static void fail(mg_proxy_t *p, const mg_error_t *kind, int never_left)
 {
     mg_target_t *t = p->target;
+    TRACE(p, MG_TRACE_END, kind);
     if (p->uc && !p->wrote)
         never_left = 1;
     int stale = p->uc && p->uc->reused && !p->got_byte && kind == MG_E(RESET);
@@ -156,6 +168,7 @@ static void fail(mg_proxy_t *p, const mg_error_t *kind, int never_left)
 
 static void succeed(mg_proxy_t *p)
 {
+    TRACE(p, MG_TRACE_END, NULL);
     mg_target_report(p->target, 1);
     int reusable = p->resp_keepalive && p->body_done && p->framing != -1;
     drop_conn(p, reusable);
@@ -188,6 +201,8 @@ static int flush_up(mg_proxy_t *p, int notify)
         return -1;
     }
     event_del(&uc->wev);
+    if (p->body_done)
+        TRACE(p, MG_TRACE_SENT, NULL);
     if (notify && !p->body_done && p->body == NULL && p->body_mode != MG_BODY_NONE && p->ops->on_body_wanted) {
         p->body_wanted = 1;
         p->ops->on_body_wanted(p);
@@ -263,6 +278,7 @@ static void attempt_on(mg_proxy_t *p, mg_target_t *t, unsigned lease)
     p->target = t;
     p->tried |= mg_target_bit(t);
     p->got_byte = p->wrote = 0;
+    TRACE(p, MG_TRACE_ATTEMPT, NULL);
     t->requests++;
     if (p->up->protocol != MG_UP_HTTP1) {
         mg_h2up_attempt(p, t); /* a stream on a shared connection */
@@ -298,6 +314,7 @@ static void on_permit(mg_sema_waiter_t *w)
     event_del(&p->queue_timer);
     p->queued = 0;
     p->permit = 1;
+    TRACE(p, MG_TRACE_QUEUED, NULL);
     attempt(p);
 }
 
@@ -306,6 +323,7 @@ static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
     mg_proxy_t *p = arg;
     mg_sema_cancel(&p->waiter, 1);
     p->queued = 0;
+    TRACE(p, MG_TRACE_QUEUED, NULL);
     p->busy_status = p->up->busy_status;
     end(p, MG_E(BUSY));
 }
@@ -354,6 +372,8 @@ void mg_proxy_start(mg_proxy_t *p)
     p->attempts = p->free_attempts = p->same_retried = 0;
     p->tried = 0;
     p->target = NULL;
+    p->trace_item = -1;
+    p->trace_span = 0;
     mg_upstream_t *up = p->up;
     if (!up->sema) {
         attempt(p);
@@ -563,6 +583,8 @@ static void read_direct(mg_proxy_t *p, struct evbuffer *sink)
     }
     ssize_t n = mg_upconn_readv(uc, iov, nv);
     if (n > 0) {
+        if (!p->got_byte)
+            TRACE(p, MG_TRACE_FIRST_BYTE, NULL);
         p->got_byte = 1;
         size_t left = (size_t)n;
         for (int i = 0; i < nv; i++) {
@@ -642,6 +664,8 @@ static void on_readable(mg_proxy_t *p)
         return;
     }
     uc->in_len += (size_t)n;
+    if (!p->got_byte)
+        TRACE(p, MG_TRACE_FIRST_BYTE, NULL);
     p->got_byte = 1;
     if (!p->ttfb_us)
         p->ttfb_us = (uint32_t)(mg_now_us() - p->t_start);
@@ -655,6 +679,7 @@ static void on_readable(mg_proxy_t *p)
 static void connected(mg_proxy_t *p)
 {
     p->connect_us = (uint32_t)(mg_now_us() - p->t_attempt);
+    TRACE(p, MG_TRACE_CONNECTED, NULL);
     send_request(p);
 }
 
@@ -782,6 +807,7 @@ void mg_proxy_cancel(mg_proxy_t *p)
 {
     if (!p->running)
         return;
+    TRACE(p, MG_TRACE_CANCEL, NULL); /* before drop_permit: a queued exchange's wait ends here too */
     p->running = 0;
     if (p->uc || p->h2s)
         mg_target_unpick(p->target); /* no verdict on the target: a trial it carried is free again */

@@ -133,6 +133,9 @@ struct mg_proxy {
     mg_target_t *preferred;      /* the first attempt goes here when usable (balancer plugins) */
     mg_pool_t *pool;             /* the owner's arena: request heads, response fields kept for HTTP/2 */
     uint64_t deadline_us;        /* monotonic (mg_now_us); no attempt starts too close to it; 0: none */
+    struct mg_trace *trace;      /* the owner's recorded request (mg_trace.h), or NULL: not recorded */
+    int16_t trace_parent;        /* the item its attempts belong to: -1 the request, else a gw.http.request */
+    int16_t trace_item;          /* the running attempt's item (mg_trace_proxy), -1 none */
     int upgrade;                 /* the request asks for a protocol upgrade: a 101 goes to on_upgrade */
 
     /* state */
@@ -160,6 +163,7 @@ struct mg_proxy {
     mg_sema_waiter_t waiter;
     struct event queue_timer;
     struct mg_clease *clease;    /* scope = "cluster": the lease in Redis, held or being acquired */
+    uint64_t trace_span;         /* the span id its traceparent carries; 0: not recorded (a random one) */
     /* timings for the access log and metrics (µs since mg_proxy_start) */
     uint64_t t_start, t_attempt;
     uint32_t queue_us, connect_us, ttfb_us;

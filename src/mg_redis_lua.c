@@ -265,6 +265,7 @@ static int send_and_wait(lua_State *L, mg_redis_t *r, const mg_rcmd_t *cmds, int
     lc->pipeline = pipeline;
     lc->frame = mg_task_current(L) == NULL;
     lc->wait.cancel = lcall_cancel;
+    lc->wait.what = MG_WAIT_REDIS;
     const mg_error_t *kind;
     char msg[160];
     lc->rc = mg_redis_send(r, cmds, n, on_lreply, on_ldone, lc, &kind, msg);

@@ -9,6 +9,7 @@
 #include "mg_forward.h"
 #include "mg_grpc.h"
 #include "mg_log.h"
+#include "mg_trace.h"
 #include "mg_ws_lua.h"
 
 mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
@@ -124,6 +125,8 @@ static void on_log_done(mg_task_t *t, int status)
 static void req_end(mg_req_t *r)
 {
     access_log(r);
+    if (r->trace)
+        mg_trace_end(r); /* the server span ends with the response; the log phase is not in it */
     __atomic_add_fetch(&r->worker->requests, 1, __ATOMIC_RELAXED);
     const mg_proxy_t *p = r->proxy;
     mg_metrics_record(&r->worker->metrics, r->route ? r->route->name : NULL, r->status,
@@ -676,6 +679,10 @@ void mg_req_push_ctx(mg_req_t *r)
         }
         lua_setfield(L, -2, "params");
     }
+    if (r->trace) {
+        lua_pushboolean(L, 1); /* plugins.lua runs the chain's traced copy (mg_trace.h) */
+        lua_setfield(L, -2, "_traced");
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ctx_mt_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
@@ -705,6 +712,8 @@ void mg_req_run(mg_req_t *r)
     } else {
         lua_rawgeti(L, LUA_REGISTRYINDEX, route->handler_ref);
         mg_req_push_ctx(r);
+        if (r->trace)
+            mg_trace_step(r->trace, MG_TP_HANDLER, "handler", 7); /* ends with the task (mg_trace_leave) */
     }
     r->task.trace_id = r->trace_id;
     r->task.route = route->name; /* kept for the filter tasks that reuse r->task */

@@ -112,6 +112,8 @@ struct mg_req {
 
     int status;
     const mg_error_t *error_kind; /* how it failed (mg_error.h), or NULL */
+    struct mg_trace *trace;       /* its timeline when it is recorded (mg_trace.h, in the arena), or NULL;
+                                   * the W3C flags its upstream requests carry are task.trace_flags */
     size_t bytes_out;
     uint64_t start_us;
 

@@ -11,6 +11,7 @@
 #include "mg_log.h"
 #include "mg_grpc.h"
 #include "mg_req.h"
+#include "mg_trace.h"
 
 static int hexv(char c)
 {
@@ -68,6 +69,8 @@ static int decode_path(mg_req_t *r)
     return 0;
 }
 
+static void pick_request_id(mg_req_t *r);
+
 static int is_hex_str(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -76,7 +79,10 @@ static int is_hex_str(const char *s, size_t n)
     return 1;
 }
 
-/* W3C traceparent "00-<32 hex>-<16 hex>-<2 hex>", X-Request-ID, or a new id. */
+/*
+ * W3C traceparent "00-<32 hex>-<16 hex>-<2 hex>", X-Request-ID, or a new id;
+ * then the sampling decision (mg_trace_begin: the parent span and flags).
+ */
 static void pick_trace_id(mg_req_t *r)
 {
     for (size_t i = 0; i < r->nheaders; i++) {
@@ -86,9 +92,16 @@ static void pick_trace_id(mg_req_t *r)
             memcmp(h->value + 3, "00000000000000000000000000000000", 32) != 0) {
             memcpy(r->trace_id, h->value + 3, 32);
             r->trace_id[32] = '\0';
+            mg_trace_begin(r, h->value);
             return;
         }
     }
+    pick_request_id(r);
+    mg_trace_begin(r, NULL);
+}
+
+static void pick_request_id(mg_req_t *r)
+{
     for (size_t i = 0; i < r->nheaders; i++) {
         const mg_header_t *h = &r->headers[i];
         if (!mg_http1_name_is(h, "x-request-id", 12) || h->value_len == 0 || h->value_len > 128)

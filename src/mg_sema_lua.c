@@ -164,6 +164,7 @@ static int l_acquire(lua_State *L)
     evtimer_assign(&t->sema_timer, vm->base, on_sema_timeout, t);
     evtimer_add(&t->sema_timer, &tv);
     t->sema_wait.cancel = on_cancel;
+    t->sema_wait.what = MG_WAIT_SEMAPHORE;
     return mg_wait_yield(L, &t->sema_wait);
 }
 

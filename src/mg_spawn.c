@@ -103,6 +103,7 @@ static int l_spawn(lua_State *L)
     mg_ledger_add(parent ? &parent->ledger : &vm->ledger, &s->in_parent, parent_ended);
     if (parent) {
         s->task.trace_id = parent->trace_id;
+        s->task.trace_flags = parent->trace_flags; /* its requests carry the parent's sampling decision */
         s->task.route = parent->route;
     }
     /* [handle, fn, args...]: fn and args go to the VM's main stack, where mg_task_start takes them */
@@ -123,6 +124,7 @@ static int l_wait(lua_State *L)
     if (s->done)
         return take_results(s, L);
     memset(&s->join, 0, sizeof(s->join));
+    s->join.what = MG_WAIT_CHILD;
     s->waiter = &s->join;
     return mg_wait_yield(L, &s->join);
 }

@@ -311,6 +311,7 @@ static int l_connect(lua_State *L)
         return push_error(L, errno);
     s->op = OP_CONNECT;
     s->wait.cancel = op_cancel;
+    s->wait.what = MG_WAIT_TCP;
     arm(s, EV_WRITE);
     return mg_wait_yield(L, &s->wait);
 }
@@ -338,6 +339,7 @@ static int l_send(lua_State *L)
     s->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     s->op = OP_SEND;
     s->wait.cancel = op_cancel;
+    s->wait.what = MG_WAIT_TCP;
     arm(s, EV_WRITE);
     return mg_wait_yield(L, &s->wait);
 }
@@ -373,6 +375,7 @@ static int l_receive(lua_State *L)
         return n;
     s->op = OP_RECV;
     s->wait.cancel = op_cancel;
+    s->wait.what = MG_WAIT_TCP;
     arm(s, EV_READ);
     return mg_wait_yield(L, &s->wait);
 }
@@ -522,6 +525,7 @@ static int l_accept(lua_State *L)
     event_add(&l->ev, NULL);
     l->ev_set = 1;
     l->wait.cancel = listener_cancel;
+    l->wait.what = MG_WAIT_TCP;
     return mg_wait_yield(L, &l->wait);
 }
 

@@ -518,6 +518,7 @@ static int l_recv(lua_State *L)
     mg_task_owner(L, "ws:recv"); /* raises outside a task or the main thread */
     ws->rwaiting = 1;
     ws->rwait.cancel = recv_cancel;
+    ws->rwait.what = MG_WAIT_WEBSOCKET;
     if (ws->timeout_ms) {
         struct timeval tv = { ws->timeout_ms / 1000, (ws->timeout_ms % 1000) * 1000 };
         evtimer_assign(&ws->rtimer, ws->vm->base, on_recv_timeout, ws);
@@ -567,6 +568,7 @@ static int send_op(lua_State *L, int opcode)
     }
     ws->swaiting = 1;
     ws->swait.cancel = send_cancel;
+    ws->swait.what = MG_WAIT_WEBSOCKET;
     return mg_wait_yield(L, &ws->swait);
 }
 

@@ -46,6 +46,8 @@ local LIMIT_FIELDS = { max_request_line = true, max_header_size = true,
                        max_headers = true, max_body = true }
 local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = true,
                          request = true, drain = true, watchdog = true, tls_session = true, tunnel = true }
+local TRACING_FIELDS = { endpoint = true, ratio = true, parent_based = true, service_name = true,
+                         batch = true, queue = true, timeout = true, interval = true, headers = true }
 
 local function check_plugins_field(p, what)
   if p == nil then return nil end
@@ -345,6 +347,89 @@ local function make_env(st)
     end
     once("error_header")
     s.error_header = name
+  end
+
+  -- tracing { endpoint = "http://127.0.0.1:4318/v1/traces", ratio = 0.1, ... }:
+  -- OpenTelemetry traces (OTLP/HTTP, JSON) and the requests `gatewayctl trace`
+  -- keeps as recent ones (docs/observability.md). Without an endpoint the
+  -- sampled requests are only kept for the timeline.
+  function env.tracing(t)
+    if type(t) ~= "table" then fail("tracing expects a table { endpoint = \"http://host:4318/v1/traces\", ratio = ... }") end
+    check_fields(t, TRACING_FIELDS, "tracing")
+    local out = { ratio = 1, parent_based = true, service_name = "moongate", batch = 512, queue = 8192,
+                  timeout = 5000, interval = 1000, headers = {} }
+    if t.endpoint ~= nil then
+      if type(t.endpoint) ~= "string" then fail("tracing.endpoint must be a URL like \"http://127.0.0.1:4318/v1/traces\"") end
+      local scheme, authority, path = t.endpoint:match("^(https?)://([^/?#]+)(/[^#]*)$")
+      if not scheme then
+        if t.endpoint:match("^https?://[^/]+$") then
+          fail("tracing.endpoint %s has no path: an OpenTelemetry Collector takes traces at /v1/traces", t.endpoint)
+        end
+        fail("tracing.endpoint must be an http:// or https:// URL with a path, got %s", t.endpoint)
+      end
+      local host, port = authority:match("^(%[[%x:.]+%]):?(%d*)$")
+      if not host then host, port = authority:match("^([%w.%-]+):?(%d*)$") end
+      if not host or (port ~= "" and (tonumber(port) < 1 or tonumber(port) > 65535)) then
+        fail("tracing.endpoint: '%s' is not host[:port]", authority)
+      end
+      if path:find("[%s%c]") then fail("tracing.endpoint: the path must not hold spaces or control characters") end
+      out.endpoint = t.endpoint
+    end
+    if t.ratio ~= nil then
+      if type(t.ratio) ~= "number" or t.ratio ~= t.ratio or t.ratio < 0 or t.ratio > 1 then
+        fail("tracing.ratio must be a number from 0 to 1 (the share of new traces sampled)")
+      end
+      out.ratio = t.ratio
+    end
+    if t.parent_based ~= nil then
+      if type(t.parent_based) ~= "boolean" then fail("tracing.parent_based must be true or false") end
+      out.parent_based = t.parent_based
+    end
+    if t.service_name ~= nil then
+      if type(t.service_name) ~= "string" or t.service_name == "" then
+        fail("tracing.service_name must be a non-empty string")
+      end
+      out.service_name = t.service_name
+    end
+    for _, k in ipairs({ "batch", "queue" }) do
+      local v = t[k]
+      if v ~= nil then
+        if type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 1000000 then
+          fail("tracing.%s must be an integer from 1 to 1000000 (spans)", k)
+        end
+        out[k] = v
+      end
+    end
+    if out.queue < out.batch then
+      fail("tracing.queue (%d) must hold at least one batch (%d spans)", out.queue, out.batch)
+    end
+    for _, k in ipairs({ "timeout", "interval" }) do
+      if t[k] ~= nil then
+        local ms = M.duration(t[k])
+        if not ms or ms < 1 or ms > 600000 then fail("tracing.%s must be a duration like \"5s\" or \"500ms\"", k) end
+        out[k] = ms
+      end
+    end
+    if t.headers ~= nil then
+      if type(t.headers) ~= "table" then fail("tracing.headers must be a table { [\"Name\"] = \"value\" }") end
+      for k, v in pairs(t.headers) do
+        if type(k) ~= "string" or not k:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+          fail("tracing.headers: '%s' is not a header name", tostring(k))
+        end
+        if type(v) ~= "string" or v:find("[%c]") then
+          fail("tracing.headers: the value of %s must be a string without control characters", k)
+        end
+        local lk = k:lower()
+        if lk == "host" or lk == "content-length" or lk == "content-type" or lk == "connection"
+           or lk == "transfer-encoding" then
+          fail("tracing.headers: %s is the exporter's own", k)
+        end
+        out.headers[#out.headers + 1] = k .. ": " .. v
+      end
+      table.sort(out.headers)
+    end
+    once("tracing")
+    s.tracing = out
   end
 
   -- trusted_proxies { "10.0.0.0/8", "::1" }: the peers (load balancers, CDNs)

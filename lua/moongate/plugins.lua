@@ -6,9 +6,10 @@
 -- or plugins/<name>.lua, in a configured plugins_dir or bundled with gatewayd.
 -- See docs/plugins.md.
 local schema_mod = require "moongate.schema"
+local ffi = require "ffi"
 
-local type, pairs, ipairs, tostring, pcall, error, setmetatable =
-      type, pairs, ipairs, tostring, pcall, error, setmetatable
+local type, pairs, ipairs, tostring, pcall, error, setmetatable, rawget =
+      type, pairs, ipairs, tostring, pcall, error, setmetatable, rawget
 local fmt, sort, concat = string.format, table.sort, table.concat
 
 local M = {}
@@ -219,7 +220,58 @@ function M.chain(ordered)
     if p and p.whole_body and p.whole_body > c.whole_body then c.whole_body = p.whole_body end
   end
   c.has_log = #c.log > 0
+  c.traced = M.traced_chain(c)
   return c
+end
+
+-- ---- recorded requests (src/mg_trace.h) ----
+
+-- A request the gateway records (sampled for tracing, or watched by
+-- `gatewayctl trace`) has ctx._traced; its phases run the chain's traced
+-- copy, whose steps tell C when each begins and ends, so C can say how long
+-- each ran and what it waited on. Every other request runs the chain as it
+-- is: the only cost is one rawget per phase task.
+ffi.cdef [[ void mg_ffi_trace_step(uintptr_t r, int phase, const char *name, size_t len); ]]
+local C = ffi.C
+local TRACE_PHASE = { rewrite = 1, access = 2, balancer = 3, header_filter = 4, body_filter = 5, handler = 6 }
+
+local function step_end(r, ...)
+  C.mg_ffi_trace_step(r, 0, nil, 0)
+  return ...
+end
+
+local function traced_step(step)
+  local t = {}
+  for k, v in pairs(step) do t[k] = v end
+  local fn, phase, name = step.fn, TRACE_PHASE[step.phase], step.name
+  t.fn = function(ctx, ...)
+    local r = ctx._r
+    C.mg_ffi_trace_step(r, phase, name, #name)
+    return step_end(r, fn(ctx, ...))
+  end
+  return t
+end
+
+--- The traced copy of a chain (its own `traced` is itself, so a phase that
+-- hands the chain on does not switch twice).
+function M.traced_chain(c)
+  local t = {}
+  for k, v in pairs(c) do t[k] = v end
+  for _, phase in ipairs(CHAIN_PHASES) do
+    if TRACE_PHASE[phase] then -- the log phase runs after the response: not in the record
+      local list = {}
+      for i, step in ipairs(c[phase]) do list[i] = traced_step(step) end
+      t[phase] = list
+    end
+  end
+  t.traced = t
+  return t
+end
+
+local function traced_handler(ctx, handler)
+  local r = ctx._r
+  C.mg_ffi_trace_step(r, TRACE_PHASE.handler, "handler", 7)
+  return step_end(r, handler(ctx))
 end
 
 -- ---- running ----
@@ -285,12 +337,18 @@ end
 -- handler, or for a proxy route the balancer phase and `true[, target]`
 -- (proxy now), then the response filters.
 function M.run(ctx, chain, handler)
+  local traced = rawget(ctx, "_traced")
+  if traced then chain = chain.traced or chain end
   local status, body, headers = run_phase(chain.rewrite, ctx)
   if status == nil then status, body, headers = run_phase(chain.access, ctx) end
   if status == nil then
     if not handler then return true, run_balancer(ctx, chain) end
     ctx._step = nil -- the handler's own errors are the handler's
-    status, body, headers = handler(ctx)
+    if traced then
+      status, body, headers = traced_handler(ctx, handler)
+    else
+      status, body, headers = handler(ctx)
+    end
     if status == nil then
       local r = rawget(ctx, "response")
       if r then status, body, headers = r.status or 200, r.body, r.headers end
@@ -304,6 +362,7 @@ end
 --- header_filter over a proxied response, whose status and fields C merged
 -- into ctx.response; returns the status and headers to send.
 function M.filter_upstream_head(ctx, chain)
+  if rawget(ctx, "_traced") then chain = chain.traced or chain end
   local resp = ctx.response
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
@@ -316,6 +375,7 @@ end
 --- body_filter over one chunk of a proxied body (eof: the last call, with
 -- whatever the filters still want to add). Returns the chunk to send.
 function M.filter_upstream_chunk(ctx, chain, chunk, eof)
+  if rawget(ctx, "_traced") then chain = chain.traced or chain end
   for i = 1, #chain.body_filter do
     local step = chain.body_filter[i]
     ctx._step = step
@@ -333,6 +393,7 @@ end
 --- A buffered proxied response (whole_body plugins): header_filter, then
 -- body_filter once with the whole body. Returns status, headers, body.
 function M.filter_whole(ctx, chain, body)
+  if rawget(ctx, "_traced") then chain = chain.traced or chain end
   local resp = ctx.response
   for i = 1, #chain.header_filter do
     local step = chain.header_filter[i]
