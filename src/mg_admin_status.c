@@ -20,6 +20,7 @@
 #include "mg_admin.h"
 
 #include <lua.h>
+#include <malloc.h>
 #include <stdio.h>
 
 #include "mg_csema.h"
@@ -219,14 +220,32 @@ static void worker_text(mg_text_t *o, mg_worker_t *w)
                     : "outside any request task: nothing to end");
 }
 
+/* VmRSS of this process, in KiB (-1 when /proc is not there). */
+static long resident_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    long kb = -1;
+    char line[128];
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o)
 {
     sema_view_t v;
     view_build(&v);
     mg_text_add(o, "\"version\":\"%s\",\"config\":\"", MG_VERSION);
     mg_text_json(o, a->file);
-    mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,\"workers\":[",
+    mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,",
                 mg_wall_time() - a->started, (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
+    /* the C side's allocations in use (LuaJIT's heaps are its own: see the Lua figures per worker) */
+    struct mallinfo2 mi = mallinfo2();
+    mg_text_add(o, "\"memory\":{\"resident_kb\":%ld,\"heap_in_use\":%zu},\"workers\":[", resident_kb(),
+                mi.uordblks + mi.hblkhd);
     for (int i = 0; i < a->nworkers; i++) {
         mg_text_add(o, "%s", i ? "," : "");
         worker_json(o, &a->workers[i]);

@@ -67,12 +67,18 @@ void mg_conn_consume(mg_conn_t *c, size_t n)
         c->in_off = c->in_len = 0;
 }
 
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+
 static void want_write(mg_conn_t *c)
 {
     if (!c->writing) {
         struct timeval tv = { c->worker->cfg->send_timeout_ms / 1000,
                               (c->worker->cfg->send_timeout_ms % 1000) * 1000 };
-        event_add(&c->wev, &tv);
+        if (!c->wev) /* made the first time a write would block: most connections never need it */
+            c->wev = event_new(c->worker->base, c->fd, EV_WRITE, on_writable, c);
+        if (!c->wev)
+            abort(); /* as mg_alloc does */
+        event_add(c->wev, &tv);
         c->writing = 1;
     }
 }
@@ -134,7 +140,8 @@ static void conn_free(mg_conn_t *c)
     c->proto->closing(c);
     mg_ltimer_stop(&c->timer);
     event_del(&c->rev);
-    event_del(&c->wev);
+    if (c->wev)
+        event_free(c->wev);
     if (c->ssl)
         SSL_free(c->ssl);
     close(c->fd);
@@ -149,7 +156,7 @@ static void conn_free(mg_conn_t *c)
     /* the struct itself goes at the end of this loop pass: callers up the stack may still look at it */
     c->reap_next = w->reap;
     w->reap = c;
-    event_active(w->reap_ev, EV_TIMEOUT, 0);
+    mg_worker_reap_soon(w);
     mg_worker_conn_closed(w);
 }
 
@@ -331,7 +338,6 @@ void mg_conn_accept(mg_worker_t *w, evutil_socket_t fd, struct sockaddr *sa, int
     snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
     c->out = evbuffer_new();
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, on_readable, c);
-    event_assign(&c->wev, w->base, fd, EV_WRITE, on_writable, c);
     evtimer_assign(&c->timer.ev, w->base, on_timer, c);
     if (ssl) {
         SSL_set_accept_state(ssl);

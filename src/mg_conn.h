@@ -46,7 +46,7 @@ struct mg_conn {
     evutil_socket_t fd;
     const mg_conn_proto_t *proto;
     struct event rev;             /* readable (persistent while reading is enabled) */
-    struct event wev;             /* writable, armed only when a write would block; send timeout */
+    struct event *wev;            /* writable, armed only when a write would block (made then); send timeout */
     mg_ltimer_t timer;            /* the protocol's timeouts (mg_conn_arm), kept lazily */
     /* input: bytes [in_off, in_len) of in are unprocessed */
     char *in;                     /* NULL while idle (mg_conn_idle) */

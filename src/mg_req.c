@@ -19,6 +19,7 @@ mg_req_t *mg_req_new(mg_conn_t *c, const mg_wire_t *wire, void *stream)
     struct evbuffer *body;
     if (r) {
         w->free_reqs = r->next_free;
+        w->nfree_reqs--;
         body = r->body;
     } else {
         r = mg_alloc(sizeof(*r));
@@ -86,8 +87,25 @@ static void req_recycle(mg_req_t *r)
     mg_pool_reset(&r->pool);
     mg_worker_t *w = r->worker;
     mg_worker_gen_unref(w, r->gen);
-    r->next_free = w->free_reqs;
-    w->free_reqs = r;
+    if (w->nfree_reqs < MG_REQ_CACHED) {
+        r->next_free = w->free_reqs;
+        w->free_reqs = r;
+        w->nfree_reqs++;
+    } else {
+        /* a burst is over: its objects go, but only after this loop pass (callers up the stack may still look) */
+        r->next_free = w->reap_reqs;
+        w->reap_reqs = r;
+        mg_worker_reap_soon(w);
+    }
+}
+
+void mg_req_reap(mg_worker_t *w)
+{
+    while (w->reap_reqs) {
+        mg_req_t *r = w->reap_reqs;
+        w->reap_reqs = r->next_free;
+        mg_req_destroy(r);
+    }
 }
 
 static void req_release(mg_req_t *r)

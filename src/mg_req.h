@@ -241,5 +241,13 @@ void mg_req_abort(mg_req_t *r);
 
 /* Final release of a request object on worker shutdown. */
 void mg_req_destroy(mg_req_t *r);
+/*
+ * A worker keeps up to MG_REQ_CACHED ended request objects for reuse; the
+ * ones a burst leaves beyond that are freed by mg_req_reap, which the worker
+ * runs at the end of the loop pass they ended in (never under a caller that
+ * may still look at the object).
+ */
+#define MG_REQ_CACHED 64
+void mg_req_reap(mg_worker_t *w);
 
 #endif

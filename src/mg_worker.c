@@ -277,7 +277,10 @@ uint64_t mg_worker_stuck_ms(const mg_worker_t *w)
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_reap(arg);
+    mg_req_reap(arg);
 }
+
+void mg_worker_reap_soon(mg_worker_t *w) { event_active(w->reap_ev, EV_TIMEOUT, 0); }
 
 static void on_drain_over(evutil_socket_t fd, short what, void *arg)
 {
@@ -677,6 +680,7 @@ void mg_worker_free(mg_worker_t *w)
         mg_conn_close(w->conns);
     mg_req_end_detached(w);
     mg_conn_reap(w);
+    mg_req_reap(w);
     close_listeners(w);
     if (w->dns)
         evdns_base_free(w->dns, 0);

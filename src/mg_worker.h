@@ -65,7 +65,9 @@ typedef struct mg_worker {
     size_t nconns;
     mg_conn_t *reap;                      /* connections to free at the end of this loop pass */
     struct event *reap_ev;
-    mg_req_t *free_reqs;                  /* request objects ready for reuse */
+    mg_req_t *free_reqs;                  /* request objects ready for reuse (at most MG_REQ_CACHED) */
+    size_t nfree_reqs;
+    mg_req_t *reap_reqs;                  /* ones beyond that, freed at the end of this loop pass */
     mg_req_t *detached;                   /* requests whose log phase still runs */
     uint64_t rng[2];                      /* trace-id generator state */
     time_t date_sec;                      /* cached Date header */
@@ -149,5 +151,7 @@ const char *mg_worker_date(mg_worker_t *w);
 void mg_worker_trace_id(mg_worker_t *w, char *out);
 /* Called by mg_conn when a connection is gone (for drain accounting). */
 void mg_worker_conn_closed(mg_worker_t *w);
+/* What was put on w->reap / w->reap_reqs is freed at the end of this loop pass. */
+void mg_worker_reap_soon(mg_worker_t *w);
 
 #endif

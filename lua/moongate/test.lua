@@ -226,6 +226,8 @@ function Gateway:kill()
 end
 
 function Gateway:error_log() return read_file(self.dir .. "/error.log") end
+--- Does this gateway run under AddressSanitizer? (its memory figures then measure the sanitizer)
+function Gateway:sanitized() return read_file("/proc/" .. self.pid .. "/maps"):find("libasan", 1, true) ~= nil end
 --- The gateway's resident memory in KiB (VmRSS): a spec's bound on what a load costs.
 function Gateway:rss_kb() return tonumber(read_file("/proc/" .. self.pid .. "/status"):match("VmRSS:%s+(%d+)")) end
 function Gateway:access_log() return read_file(self.dir .. "/access.log") end
