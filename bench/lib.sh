@@ -50,3 +50,43 @@ measure_h2() {
   done
   rm -f "$log"
 }
+
+# The anchors' route contract (../shared/bench README) in DIR, for the
+# scripts that measure one thing outside the timed harness (profile.sh,
+# syscalls.sh): routes.tsv (/plain/* and 100 routes with the plugin chain to
+# 127.0.0.1:UP_PORT), keys.txt (1,000 keys), gw.lua (Moongate on GW_PORT),
+# and upstream.conf: an nginx upstream answering "hello world\n" on UP_PORT.
+#
+#   anchor_configs DIR UP_PORT GW_PORT
+anchor_configs() {
+  local dir=$1 up=$2 gw=$3 here
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  {
+    printf '/plain/*\tup_plain\t127.0.0.1:%d\t-\n' "$up"
+    for i in $(seq 0 99); do printf '/api/v1/svc%d/users/{id}\tsvc%d\t127.0.0.1:%d\tkey-auth,request-id,add-header\n' "$i" "$i" "$up"; done
+  } > "$dir/routes.tsv"
+  for i in $(seq 0 999); do printf 'key-%04d\tconsumer-%04d\n' "$i" "$i"; done > "$dir/keys.txt"
+  BENCH_LISTEN=127.0.0.1:$gw BENCH_KEYS=$dir/keys.txt "$here/anchors-config.sh" "$dir/routes.tsv" > "$dir/gw.lua"
+  nginx_conf "$dir" "server { listen 127.0.0.1:$up; location / { return 200 \"hello world\\n\"; } }" > "$dir/upstream.conf"
+}
+
+# An nginx config in DIR (its own pid file, logs and temp paths) with one worker and the given http-block body.
+nginx_conf() {
+  cat <<NGX
+worker_processes 1; daemon off; pid $1/nginx-$RANDOM.pid; error_log $1/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;
+  $2 }
+NGX
+}
+
+# Starts nginx with CONF (DIR for its paths) and waits until URL answers; prints its master's pid.
+start_nginx() {
+  local dir=$1 conf=$2 url=$3
+  nginx -p "$dir" -c "$conf" >/dev/null 2>>"$dir/nginx.out" &  # not our stdout: callers read it for the pid
+  local pid=$!
+  for _ in $(seq 50); do curl -sf -o /dev/null "$url" && break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null || { echo "nginx ($conf) did not start:" >&2; cat "$dir/nginx.out" >&2; return 1; }
+  echo "$pid"
+}

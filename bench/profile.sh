@@ -21,23 +21,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
-# the anchors' route contract: /plain/* and 100 routes with the plugin chain, 1,000 keys
-{
-  printf '/plain/*\tup_plain\t127.0.0.1:%d\t-\n' $UP_PORT
-  for i in $(seq 0 99); do printf '/api/v1/svc%d/users/{id}\tsvc%d\t127.0.0.1:%d\tkey-auth,request-id,add-header\n' "$i" "$i" $UP_PORT; done
-} > "$dir/routes.tsv"
-for i in $(seq 0 999); do printf 'key-%04d\tconsumer-%04d\n' "$i" "$i"; done > "$dir/keys.txt"
-BENCH_LISTEN=127.0.0.1:$GW_PORT BENCH_KEYS=$dir/keys.txt "$here/anchors-config.sh" "$dir/routes.tsv" > "$dir/gw.lua"
-cat > "$dir/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $dir/nginx.pid; error_log $dir/nginx.err;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
-  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello world\n"; } } }
-NGX
-nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/nginx.out" & pids+=($!)
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$UP_PORT/" && break; sleep 0.1; done
-kill -0 "${pids[-1]}" 2>/dev/null || { echo "the upstream nginx did not start:"; cat "$dir/nginx.out"; exit 1; }
+. "$here/lib.sh"
+anchor_configs "$dir" $UP_PORT $GW_PORT
+pids+=("$(start_nginx "$dir" "$dir/upstream.conf" "http://127.0.0.1:$UP_PORT/")")
 
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/callgrind.%p" \
   "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" & gw=$!; pids+=($gw)
