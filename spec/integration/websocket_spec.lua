@@ -519,6 +519,38 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     assert.is_nil(r.head:find("Sec-WebSocket-Protocol", 1, true))
   end)
 
+  it("serves the test kit's WebSocket client: messages, fragments, pings, refusals, the log line", function()
+    local wsc = helpers.websocket
+    local ws = assert(g:websocket("/echo"))
+    assert.equal(101, ws.status)
+    ws:send_binary("\0\1\2")
+    assert.same({ "\0\1\2", "binary" }, { ws:recv() })
+    local big = ("x"):rep(70000) -- a 64-bit length each way; max_frame is 64k: refused...
+    ws:send_text(("y"):rep(300))   -- ...so first a 16-bit one
+    assert.same({ ("y"):rep(300), "text" }, { ws:recv() })
+    ws:ping("p")
+    assert.same({ "p", "pong" }, { ws:recv() })
+    ws:send_frame(wsc.TEXT, "frag", { fin = false })
+    ws:send_frame(wsc.CONTINUATION, "mented")
+    assert.same({ "fragmented", "text" }, { ws:recv() })
+    ws:send_text(big)
+    local reason, typ, code = ws:recv()
+    assert.same({ "close", 1009 }, { typ, code }, reason)
+    assert.is_true(ws:closed(2000))
+    local e = g:entry(ws.trace_id)
+    assert.equal(101, e.status)
+    assert.equal("websocket_too_big", e.error)
+    -- a client frame must be masked: the gateway closes with 1002
+    ws = assert(g:websocket("/echo"))
+    ws:send_frame(wsc.TEXT, "bare", { masked = false })
+    assert.same({ "close", 1002 }, { select(2, ws:recv()) })
+    -- a refused handshake: nil, why, and the response
+    local no, err, res = g:websocket("/nothing-here")
+    assert.is_nil(no)
+    assert.equal("status 404", err)
+    assert.equal(404, res.status)
+  end)
+
   it("keeps gw.sleep, gw.http.request and gw.spawn working beside the socket", function()
     local r = client(url("/push"), "send", { "a", "b", "done" })
     table.sort(r.got)
