@@ -283,7 +283,8 @@ static void ws_input(mg_conn_t *c)
     if (!ws || ws->ended)
         return;
     ws->bytes[0] += c->in_len - c->in_off - ws->counted; /* what arrived since the last pass */
-    c->processing = 1; /* pongs and echoes are flushed once, at the end */
+    unsigned outer = c->processing; /* called inside another pass (recv draining the queue): it flushes */
+    c->processing = 1;              /* pongs and echoes are flushed once, at the end */
     while (!ws->paused && c->proto_data == ws) {
         size_t avail = c->in_len - c->in_off;
         uint8_t *p = (uint8_t *)c->in + c->in_off;
@@ -333,10 +334,10 @@ static void ws_input(mg_conn_t *c)
             mg_conn_set_reading(c, 0);
         }
     }
-    c->processing = 0;
+    c->processing = outer;
     if (c->proto_data == ws)
         ws->counted = c->in_len - c->in_off;
-    if (!c->freed)
+    if (!c->freed && !outer)
         mg_conn_flush(c);
 }
 
@@ -783,9 +784,12 @@ static int l_websocket(lua_State *L)
     c->proto = &mg_ws_lua_proto;
     c->proto_data = ws;
     mg_conn_set_reading(c, 1);
-    mg_conn_flush(c);
-    if (!c->freed && c->in_len > c->in_off)
-        ws_input(c); /* frames the client sent right behind its handshake */
+    if (!c->processing) {
+        /* the handler waited before it upgraded: no input pass runs to flush the 101 and read on */
+        mg_conn_flush(c);
+        if (!c->freed && c->in_len > c->in_off)
+            ws_input(c); /* frames the client sent right behind its handshake */
+    } /* else the HTTP/1.1 pass this runs in does both when it ends (mg_h1 process_input) */
     return 1;
 }
 

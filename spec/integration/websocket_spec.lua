@@ -574,3 +574,94 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     wait_for("the failure", function() return g:error_log():find("boom", 1, true) end)
   end)
 end)
+
+describe("WebSocket bytes queued at the upgrade", function()
+  -- what a handler (or an upstream) sends before the client says anything must not wait for the client
+  local g, up
+  setup(function()
+    local wsc = helpers.websocket
+    up = upstream.start(function(req, res)
+      -- the 101 and a first frame in one write: the tunnel takes the frame over with the connection
+      res.sock:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                    "Sec-WebSocket-Accept: " .. wsc.accept_key(req.headers["sec-websocket-key"]) .. "\r\n\r\n" ..
+                    wsc.frame(wsc.TEXT, "hello from upstream", { masked = req.path == "/masked" }))
+      res.sock:settimeout(5000)
+      res.sock:receive(2) -- the client's close
+      res:close()
+    end)
+    g = helpers.start(([[
+      upstream "early" { targets = { "127.0.0.1:%d" } }
+      route { path = "/early", upstream = "early" }
+      route { path = "/masked", upstream = "early" }
+      route { path = "/welcome", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("welcome")
+        ws:recv()
+      end }
+      route { path = "/sleep0", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("one")
+        gw.sleep(0)
+        ws:send_text("two")
+        ws:recv()
+      end }
+      route { path = "/bye", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:close(4000, "bye")
+        ws:recv()
+      end }
+      route { path = "/first", handler = function(ctx)
+        local ws = ctx:websocket{}
+        local data = ws:recv()
+        ws:send_text("got " .. tostring(data))
+        ws:recv()
+      end }
+      route { path = "/late", handler = function(ctx)
+        gw.sleep(0.05) -- upgrades after a wait: outside the connection's input pass
+        local ws = ctx:websocket{}
+        ws:send_text("late welcome")
+        local data = ws:recv()
+        ws:send_text("got " .. tostring(data))
+        ws:recv()
+      end }
+    ]]):format(up.port))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  it("sends a handler's frames before its first wait at once", function()
+    local ws = assert(g:websocket("/welcome"))
+    assert.same({ "welcome", "text" }, { ws:recv(2000) })
+    ws = assert(g:websocket("/sleep0"))
+    assert.same({ "one", "text" }, { ws:recv(2000) })
+    assert.same({ "two", "text" }, { ws:recv(2000) })
+  end)
+
+  it("sends a handler's close frame before its first wait at once", function()
+    local ws = assert(g:websocket("/bye"))
+    assert.same({ "bye", "close", 4000 }, { ws:recv(2000) })
+  end)
+
+  it("reads frames the client sent right behind its handshake", function()
+    local wsc = helpers.websocket
+    local ws = assert(g:websocket("/first", { early = wsc.frame(wsc.TEXT, "early bird") }))
+    assert.same({ "got early bird", "text" }, { ws:recv(2000) })
+    ws = assert(g:websocket("/late", { early = wsc.frame(wsc.TEXT, "early bird") }))
+    assert.same({ "late welcome", "text" }, { ws:recv(2000) })
+    assert.same({ "got early bird", "text" }, { ws:recv(2000) })
+  end)
+
+  it("relays what the upstream sent right behind its 101 at once", function()
+    local ws = assert(g:websocket("/early"))
+    assert.same({ "hello from upstream", "text" }, { ws:recv(2000) })
+    ws:close(1000)
+  end)
+
+  it("(the test kit's client) refuses a masked frame from the server", function()
+    local ws = assert(g:websocket("/masked"))
+    assert.same({ nil, "protocol: a server frame is masked" }, { ws:recv(2000) })
+    ws:disconnect()
+  end)
+end)
