@@ -611,8 +611,10 @@ static int l_close(lua_State *L)
 static int l_subprotocol(lua_State *L)
 {
     mg_ws_lua_t *ws = check_ws(L);
-    if (!ws->protocol[0])
-        return 0;
+    if (!ws->protocol[0]) {
+        lua_pushnil(L); /* a value: tostring(ws:subprotocol()) works */
+        return 1;
+    }
     lua_pushstring(L, ws->protocol);
     return 1;
 }
