@@ -295,7 +295,8 @@ describe("WebSocket tunnels and their lifetime", function()
     assert.is_true(r.received >= 5)
     -- then one that says nothing
     r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "send", {})
-    assert.equal(1006, r.close_code) -- no close frame: the gateway closed the connection
+    assert.equal(1001, r.close_code) -- the gateway's close frame, as at the end of a drain
+    assert.equal("idle timeout", r.close_reason)
     local e = wait_for("the idle end", function()
       for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
     end)
@@ -303,6 +304,36 @@ describe("WebSocket tunnels and their lifetime", function()
     assert.is_true(e.duration_ms >= 290, e.duration_ms)
     g:stop()
     up.stop()
+  end)
+
+  it("tell both sides of an idle tunnel with a close frame 1001 (the upstream too)", function()
+    local wsc = helpers.websocket
+    local seen = {}
+    local up = upstream.start(function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      seen[#seen + 1] = { ws:recv(5000) }
+      seen[#seen + 1] = ws:closed(2000)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      timeouts { tunnel = "300ms" }
+      upstream "fake" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "fake" }
+    ]]):format(up.port))
+    local ws = assert(g:websocket("/ws"))
+    local t0 = gw.monotonic_ms()
+    assert.same({ "idle timeout", "close", 1001 }, { ws:recv(5000) })
+    assert.is_true(gw.monotonic_ms() - t0 >= 250)
+    assert.is_true(ws:closed(2000))
+    wait_for("the upstream's side", function() return #seen == 2 end)
+    assert.same({ "idle timeout", "close", 1001 }, seen[1])
+    assert.is_true(seen[2]) -- then the connection closed
+    local e = wait_for("the idle end", function()
+      for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
+    end)
+    assert.equal("gateway", e.closed_by)
+    g:stop()
+    up:stop()
   end)
 
   it("keep working across 1,000 reloads with 50 tunnels exchanging messages, and pin no old generation", function()

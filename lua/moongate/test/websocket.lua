@@ -14,7 +14,9 @@
 -- shortest form, and what the server sends is checked (unmasked, no reserved
 -- bits, control frames short and whole); a violation is reported by recv as
 -- nil, "protocol: ...", never repaired. send_frame writes any frame, valid or
--- not, for specs that break the rules on purpose.
+-- not, for specs that break the rules on purpose. websocket.accept plays the
+-- server's side (unmasked frames out, masked ones required in) for a fake
+-- upstream.
 local ffi = require "ffi"
 local bit = require "bit"
 local client = require "moongate.test.client"
@@ -57,7 +59,7 @@ local function mask(payload, key)
   return ffi.string(buf, n)
 end
 
---- One frame's bytes. opts: fin (true), masked (true), rsv (0..7), key (4 bytes; random).
+--- One frame's bytes. opts: fin (true), masked (true: a client's), rsv (0..7), key (4 bytes; random).
 function M.frame(opcode, payload, opts)
   opts = opts or {}
   payload = payload or ""
@@ -84,7 +86,13 @@ local WS = {}
 WS.__index = WS
 
 --- Sends one frame (any opcode, valid or not); returns the bytes sent, or nil, err.
+-- Masked on the client's side, not on the server's (websocket.accept), unless opts.masked says.
 function WS:send_frame(opcode, payload, opts)
+  if opts == nil or opts.masked == nil then
+    local o = { masked = not self.server }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    opts = o
+  end
   return self.sock:send(M.frame(opcode, payload, opts))
 end
 
@@ -109,7 +117,7 @@ local function bad(self, why)
   return nil, self.broken
 end
 
---- The next frame from the server: { opcode, fin, rsv, masked, payload }, or nil, err
+--- The next frame from the peer: { opcode, fin, rsv, masked, payload }, or nil, err
 -- ("timeout", "closed", "reset", "protocol: ..."). timeout_ms: this read (default: the socket's).
 function WS:recv_frame(timeout_ms)
   if self.broken then return nil, self.broken end
@@ -135,7 +143,9 @@ function WS:recv_frame(timeout_ms)
   local key = f.masked and s:receive(4)
   local payload = n > 0 and s:receive(n) or ""
   if not payload or (f.masked and not key) then return nil, "closed" end
-  if f.masked then return bad(self, "a server frame is masked") end
+  if self.server and not f.masked then return bad(self, "a client frame is not masked") end
+  if not self.server and f.masked then return bad(self, "a server frame is masked") end
+  if f.masked then payload = mask(payload, key) end
   if f.rsv ~= 0 then return bad(self, "reserved bits set") end
   if f.opcode >= 8 and (n > 125 or not f.fin) then return bad(self, "a control frame over 125 bytes or fragmented") end
   if not NAMES[f.opcode] and f.opcode ~= 0 then return bad(self, "reserved opcode " .. f.opcode) end
@@ -214,6 +224,17 @@ function M.connect(port, path, opts)
   end
   return setmetatable({ sock = s, status = 101, headers = res.headers, raw_headers = res.raw_headers,
                         trace_id = res.trace_id, protocol = res.headers["sec-websocket-protocol"] }, WS)
+end
+
+--- The server's side, for a fake upstream (moongate.test.upstream): answers the handshake
+-- in req (its Sec-WebSocket-Key) with a 101 on sock and returns a ws whose frames go
+-- unmasked and whose peer's frames must be masked. extra: more bytes right behind the 101
+-- (e.g. websocket.frame(websocket.TEXT, "hi", { masked = false })).
+function M.accept(sock, req, extra)
+  local key = req.headers["sec-websocket-key"] or ""
+  assert(sock:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                   "Sec-WebSocket-Accept: " .. M.accept_key(key) .. "\r\n\r\n" .. (extra or "")))
+  return setmetatable({ sock = sock, server = true }, WS)
 end
 
 return M
