@@ -332,6 +332,20 @@ describe("WebSocket tunnels and their lifetime", function()
       for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
     end)
     assert.equal("gateway", e.closed_by)
+    -- the client closed first and the upstream never answered: no second close frame to the upstream
+    seen = {}
+    up.handler = function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      seen[#seen + 1] = { ws:recv(5000) }
+      seen[#seen + 1] = { ws:recv(5000) }
+      res:close()
+    end
+    ws = assert(g:websocket("/ws"))
+    ws:close(1000, "bye")
+    assert.same({ "idle timeout", "close", 1001 }, { ws:recv(5000) })
+    wait_for("the upstream's side", function() return #seen == 2 end)
+    assert.same({ "bye", "close", 1000 }, seen[1])
+    assert.same({ nil, "closed" }, seen[2])
     g:stop()
     up:stop()
   end)
