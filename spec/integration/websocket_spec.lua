@@ -244,6 +244,33 @@ describe("WebSocket handshakes through a route's plugins", function()
   end)
 end)
 
+describe("A refused WebSocket handshake", function()
+  it("is logged with the status the client got when it hangs up right after the head", function()
+    local up = upstream.start(function(req, res)
+      res.sock:send("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+      gw.sleep(0.2) -- the body comes later: the client is gone by then
+      res.sock:send("no WebSocket for you\n")
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "refuses" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "refuses" }
+    ]]):format(up.port))
+    -- what python-websockets does: read the head, see no 101, hang up
+    local s = g:connect()
+    s:send("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Request-ID: refused-1\r\n" ..
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert.equal("HTTP/1.1 403 Forbidden", s:receive("*l"))
+    s:close()
+    gw.sleep(0.4)
+    local e = g:entry("refused-1")
+    assert.equal(403, e.status) -- what the client got, not 499
+    assert.equal("client_abort", e.error) -- the body was cut short
+    g:stop()
+    up:stop()
+  end)
+end)
+
 describe("WebSocket tunnels and the upstream's max_concurrency", function()
   it("hold the permit for the tunnel's life and give it back on every end (chaos)", function()
     local up = ws_upstream()
