@@ -94,6 +94,13 @@ static const char *type_name(int t)
     }
 }
 
+/* The WebSocket's bytes into its request's access line (bytes_in had the handshake; bytes had nothing). */
+static void count_bytes(mg_ws_lua_t *ws, mg_req_t *r)
+{
+    r->bytes_in += ws->bytes[0];
+    r->bytes_out += ws->bytes[1];
+}
+
 /* Drops the registry's reference once neither the request nor the connection holds ws. */
 static void maybe_unref(mg_ws_lua_t *ws)
 {
@@ -383,6 +390,7 @@ static void ws_closing(mg_conn_t *c)
             ws->rtimer_set = 0;
         }
         maybe_unref(ws);
+        count_bytes(ws, r);
         mg_req_abort(r);
         return;
     }
@@ -442,6 +450,7 @@ void mg_ws_lua_handler_done(mg_req_t *r, int failed)
         mg_conn_set_reading(c, 0);
         mg_conn_begin_close(c); /* the connection keeps ws until it is freed */
     }
+    count_bytes(ws, r);
     maybe_unref(ws);
     mg_req_end_upgraded(r);
 }

@@ -524,6 +524,23 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     assert.is_nil(e.error)
   end)
 
+  it("counts the WebSocket's bytes in its access line (frames in and out, beside the handshake)", function()
+    local ws = assert(g:websocket("/echo"))
+    ws:send_text("hello")                                -- 2 + 4 (mask) + 5
+    assert.same({ "hello", "text" }, { ws:recv() })      -- 2 + 5
+    ws:close(1000)                                       -- 2 + 4 + 2
+    assert.same({ "", "close", 1000 }, { ws:recv() })    -- 2 + 2
+    local e = g:entry(ws.trace_id)
+    assert.equal(11, e.bytes)
+    local quiet = assert(g:websocket("/echo"))           -- the same handshake's length, a close only
+    quiet:close(1000)
+    quiet:recv()
+    local q = g:entry(quiet.trace_id)
+    assert.equal(4, q.bytes)
+    assert.equal(11, e.bytes_in - q.bytes_in)
+    assert.is_true(q.bytes_in > 100) -- the handshake's head
+  end)
+
   it("assembles fragmented messages and answers pings itself", function()
     local r = client(url("/echo"), "fragmented")
     assert.same({ "fragmented", "bin:010203" }, r.got)
