@@ -266,7 +266,10 @@ local function make_env(st)
     check_fields(t, TIMEOUT_FIELDS, "timeouts")
     for k, v in pairs(t) do
       local ms = M.duration(v)
-      if not ms or ms < 1 then fail("timeouts.%s must be a duration like \"10s\" or \"250ms\"", k) end
+      if not ms or ms < 1 then
+        -- none can be turned off: a peer that vanished without a FIN would hold its connection (and permit) for ever
+        fail("timeouts.%s must be a duration > 0 like \"10s\" or \"250ms\" (a timeout cannot be turned off; give a long one, e.g. \"24h\")", k)
+      end
       once("timeouts." .. k)
       s.timeouts[k] = ms
     end

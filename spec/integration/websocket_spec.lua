@@ -500,6 +500,9 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
         gw.wait(writer)
         gw.wait(reader)
       end }
+      route { path = "/zero", handler = function(ctx)
+        ctx:websocket{ max_frame = 0 }
+      end }
       route { path = "/fail", handler = function(ctx)
         local ws = assert(ctx:websocket{})
         ws:recv()
@@ -666,6 +669,14 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     local r = client(url("/echo"), "handshake", { "Sec-WebSocket-Version: 8" })
     -- a second Sec-WebSocket-Version makes the field "13, 8": refused
     assert.equal(400, r.status)
+  end)
+
+  it("refuses a bad option when ctx:websocket runs (500 before the upgrade), saying what it must be", function()
+    local ws, err, res = g:websocket("/zero")
+    assert.is_nil(ws)
+    assert.equal("status 500", err)
+    local lines = g:error_entries(res.trace_id)
+    assert.truthy(lines[1] and lines[1].msg:find("max_frame must be a size > 0", 1, true), gw.json.encode(lines))
   end)
 
   it("closes with 1011 when the handler fails, and logs it", function()
