@@ -316,7 +316,7 @@ void mg_tunnel_start(mg_conn_t *c, mg_upconn_t *uc, const mg_tunnel_spec_t *spec
     if (t->sema)
         mg_sema_ref(t->sema);
     t->websocket = spec->websocket ? 1 : 0;
-    t->idle_ms = c->worker->cfg->tunnel_timeout_ms;
+    t->idle_ms = c->worker->gen->tunnel_timeout_ms; /* the current generation's: a reload applies to new tunnels */
     t->start_us = t->last_us = mg_now_us();
     t->route_s = mg_metrics_series(&c->worker->metrics, spec->route, 0);
     t->up_s = mg_metrics_series(&c->worker->metrics, spec->upstream, 1);

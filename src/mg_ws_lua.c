@@ -757,7 +757,7 @@ static int l_websocket(lua_State *L)
     ws->vm = vm;
     ws->max_frame = (uint64_t)luaL_checknumber(L, 2);
     ws->max_message = ws->msg.max_message = (uint64_t)luaL_checknumber(L, 3);
-    ws->timeout_ms = lua_isnumber(L, 4) ? (uint32_t)lua_tonumber(L, 4) : r->worker->cfg->tunnel_timeout_ms;
+    ws->timeout_ms = lua_isnumber(L, 4) ? (uint32_t)lua_tonumber(L, 4) : r->gen->tunnel_timeout_ms;
     ws->pings = lua_toboolean(L, 5);
     ws->frag = evbuffer_new();
     ws->ctrl = evbuffer_new();
