@@ -674,6 +674,16 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         gen->upstreams[i].base = base;
     if (compile_routes(gen, L, t, err, errlen) != MG_OK)
         goto fail;
+    if (cfg) {
+        /* valid but most likely a mistake (config.lua's list): said once, by the load that validates */
+        lua_getfield(L, t, "warnings");
+        for (int i = 1; lua_istable(L, -1) && i <= (int)lua_objlen(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            mg_log_warn(NULL, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
     lua_settop(L, 0);
     return gen;
 fail:

@@ -99,6 +99,7 @@ local function new_state(path)
     group_list = {}, -- every group, in declaration order
     unfinished = {}, -- `group "/x"` / `upstream "x"` still waiting for their body
     set_at = {},     -- directive or setting -> "file:line" where it was given
+    warnings = {},   -- "file:line: ..." for what is valid but most likely a mistake (logged by the validating load)
   }
 end
 
@@ -505,6 +506,16 @@ local function make_env(st)
           end
           upgrade[i] = tok:lower()
         end
+        local has_ws = false
+        for _, tok in ipairs(upgrade) do has_ws = has_ws or tok == "websocket" end
+        for i, tok in ipairs(upgrade) do
+          if not has_ws and (check.near_miss(tok, "websocket") or tok == "ws" or tok == "wss") then
+            -- a valid token, so not an error; but clients send "websocket", which this route would strip
+            local file, line = where()
+            st.warnings[#st.warnings + 1] = ("%s:%d: route %s: upgrade token \"%s\" is not \"websocket\": WebSocket "
+              .. "clients send Upgrade: websocket, which this route does not forward"):format(file, line, spec.path, spec.upgrade[i])
+          end
+        end
       end
     elseif spec.upstream ~= nil then
       upgrade = { "websocket" }
@@ -625,6 +636,7 @@ function M.load(path)
   cfg.routes = routes
   cfg.upstreams = st.upstream_list
   cfg.redis = st.redis_list
+  cfg.warnings = st.warnings
   return cfg
 end
 

@@ -90,6 +90,25 @@ local function metric(g, port, pattern)
   return seen and sum or nil, body
 end
 
+describe("A proxy route's upgrade list", function()
+  it("draws a warning at load for a token that looks like a misspelled websocket", function()
+    local code, err = helpers.check_config([[
+      listen "127.0.0.1:1"
+      upstream "u" { targets = { "127.0.0.1:2" } }
+      route { path = "/a", upstream = "u", upgrade = { "websockets" } }
+      route { path = "/b", upstream = "u", upgrade = { "Web-Socket", "h2c" } }
+      route { path = "/c", upstream = "u", upgrade = { "websocket", "websockets" } } -- harmless: websocket is there
+      route { path = "/d", upstream = "u", upgrade = { "my-proto" } }
+    ]])
+    assert.equal(0, code, err) -- valid tokens: not an error
+    -- (the error log's JSON escapes the quotes)
+    assert.truthy(err:find([[:3: route /a: upgrade token \"websockets\" is not \"websocket\"]], 1, true), err)
+    assert.truthy(err:find([[:4: route /b: upgrade token \"Web-Socket\" is not]], 1, true), err)
+    assert.is_nil(err:find("route /c", 1, true), err)
+    assert.is_nil(err:find("route /d", 1, true), err)
+  end)
+end)
+
 describe("WebSocket through a proxy route", function()
   local up, g, admin
   setup(function()
