@@ -290,6 +290,63 @@ describe("A refused WebSocket handshake", function()
   end)
 end)
 
+describe("WebSocket handshakes from browsers (no custom headers)", function()
+  it("pass key-auth with the key in the query (query option), on proxy and Lua routes", function()
+    local wsc = helpers.websocket
+    local up = upstream.start(function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      local data = ws:recv(5000)
+      ws:send_text("upstream got " .. tostring(data) .. " for " .. req.target)
+      ws:recv(5000)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      local auth = { ["key-auth"] = { keys = { ["k1"] = "alice" }, query = "apikey" } }
+      route { path = "/ws", upstream = "ws", plugins = auth }
+      route { path = "/lua", plugins = auth, handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("hello " .. ctx.consumer)
+        ws:recv()
+      end }
+    ]]):format(up.port))
+    local ws = assert(g:websocket("/ws?apikey=k1"))
+    ws:send_text("hi")
+    assert.same({ "upstream got hi for /ws?apikey=k1", "text" }, { ws:recv(5000) })
+    ws:close(1000)
+    ws = assert(g:websocket("/lua?apikey=k1"))
+    assert.same({ "hello alice", "text" }, { ws:recv(5000) })
+    local no, err = g:websocket("/lua")
+    assert.is_nil(no)
+    assert.equal("status 401", err)
+    g:kill()
+    up:stop()
+  end)
+end)
+
+describe("An upstream's 101 naming another protocol", function()
+  it("is answered 502 (error kind protocol), not relayed", function()
+    local up = upstream.start(function(req, res)
+      res.sock:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+      gw.sleep(0.5)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "odd" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "odd" }
+    ]]):format(up.port))
+    local ws, err, res = g:websocket("/ws")
+    assert.is_nil(ws)
+    assert.equal("status 502", err)
+    local e = g:entry(res.trace_id)
+    assert.equal(502, e.status)
+    assert.equal("protocol", e.error)
+    assert.truthy(g:error_log():find("answered 101 without Upgrade: websocket", 1, true))
+    g:stop()
+    up:stop()
+  end)
+end)
+
 describe("WebSocket tunnels and the upstream's max_concurrency", function()
   it("hold the permit for the tunnel's life and give it back on every end (chaos)", function()
     local up = ws_upstream()
