@@ -63,6 +63,7 @@ struct mg_admin_conn {
     /* WAITING for the workers to switch to a reloaded generation */
     uint64_t *gens_before;
     uint64_t wait_until;
+    char *warning;              /* the reload's settings that need a restart, for its answer (or NULL) */
     mg_timeline_sub_t *sub;     /* STREAMING: its timeline subscription */
     mg_admin_conn_t *next, *prev;
 };
@@ -77,6 +78,7 @@ static void conn_free(mg_admin_conn_t *c)
         free(c->renders);
     }
     free(c->gens_before);
+    free(c->warning);
     mg_timeline_unsubscribe(c->sub);
     event_free(c->timer);
     bufferevent_free(c->bev); /* closes the socket */
@@ -230,6 +232,8 @@ static void reload_check(mg_admin_conn_t *c)
     if (late + stuck)
         mg_text_add(&t, "%d worker(s) have not switched yet (%d stuck); they switch when they are back in their "
                         "event loop\n", late + stuck, stuck);
+    if (c->warning)
+        mg_text_add(&t, "warning: %s\n", c->warning);
     answer_text(c, 1, &t);
 }
 
@@ -308,6 +312,7 @@ static void run_command(mg_admin_conn_t *c, char *line)
         if (mg_admin_reload(a, err, sizeof(err)) == MG_OK) {
             c->state = WAITING;
             c->gens_before = before;
+            c->warning = a->reload_warning[0] ? strdup(a->reload_warning) : NULL;
             c->wait_until = mg_now_ms() + RELOAD_WAIT_MS;
             reload_check(c);
             return;
@@ -650,6 +655,56 @@ static void *load_thread(void *arg)
     return NULL;
 }
 
+static int str_differ(const char *x, const char *y) { return (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0); }
+
+/*
+ * The settings next changes that a reload does not apply (the running values
+ * stay until a restart), as a sentence in out ("" when none): a changed value
+ * that would be ignored in silence is what the config's rule forbids.
+ */
+static void restart_only_changes(const mg_config_t *cur, const mg_config_t *next, char *out, size_t outlen)
+{
+    int same_listen = next->nlisten == cur->nlisten;
+    for (int i = 0; same_listen && i < next->nlisten; i++)
+        same_listen = strcmp(next->listen[i].text, cur->listen[i].text) == 0;
+    const struct {
+        int changed;
+        const char *name;
+    } s[] = {
+        { !same_listen, "listen" },
+        { next->workers != cur->workers, "workers" },
+        { next->limits.max_line != cur->limits.max_line, "limits.max_request_line" },
+        { next->limits.max_head != cur->limits.max_head, "limits.max_header_size" },
+        { next->limits.max_headers != cur->limits.max_headers, "limits.max_headers" },
+        { next->max_body != cur->max_body, "limits.max_body" },
+        { next->header_timeout_ms != cur->header_timeout_ms, "timeouts.header" },
+        { next->body_timeout_ms != cur->body_timeout_ms, "timeouts.body" },
+        { next->keepalive_timeout_ms != cur->keepalive_timeout_ms, "timeouts.keepalive" },
+        { next->send_timeout_ms != cur->send_timeout_ms, "timeouts.send" },
+        { next->request_timeout_ms != cur->request_timeout_ms, "timeouts.request" },
+        { next->drain_timeout_ms != cur->drain_timeout_ms, "timeouts.drain" },
+        { next->watchdog_ms != cur->watchdog_ms, "timeouts.watchdog" },
+        { next->h2_max_streams != cur->h2_max_streams || next->h2_window != cur->h2_window, "http2" },
+        { str_differ(next->access_log, cur->access_log), "access_log" },
+        { str_differ(next->error_log, cur->error_log), "error_log" },
+        { str_differ(next->error_header, cur->error_header), "error_header" },
+        { str_differ(next->hosts_file, cur->hosts_file), "hosts_file" },
+        { str_differ(next->admin_socket, cur->admin_socket), "admin_socket" },
+        { str_differ(next->admin_listen, cur->admin_listen), "admin_listen" },
+    };
+    mg_text_t t = { 0 };
+    int n = 0;
+    for (size_t i = 0; i < mg_countof(s); i++)
+        if (s[i].changed)
+            mg_text_add(&t, "%s%s", n++ ? ", " : "", s[i].name);
+    if (n)
+        snprintf(out, outlen, "%.*s changed in the file but %s effect on restart only: the running value%s kept",
+                 (int)t.len, t.p, n > 1 ? "take" : "takes", n > 1 ? "s are" : " is");
+    else
+        out[0] = '\0';
+    free(t.p);
+}
+
 int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen)
 {
     /*
@@ -690,8 +745,9 @@ int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen)
     int same_listen = next.nlisten == a->cfg->nlisten;
     for (int i = 0; same_listen && i < next.nlisten; i++)
         same_listen = strcmp(next.listen[i].text, a->cfg->listen[i].text) == 0;
-    if (!same_listen || (next.workers && next.workers != a->nworkers))
-        mg_log_warn(NULL, "reload: listen addresses and workers take effect on restart only");
+    restart_only_changes(a->cfg, &next, a->reload_warning, sizeof(a->reload_warning));
+    if (a->reload_warning[0])
+        mg_log_warn(NULL, "reload: %s", a->reload_warning);
     for (int i = 0; i < a->nworkers; i++)
         mg_gen_use_tls(jobs[i].gen, same_listen ? &next : a->cfg);
     mg_config_apply_tls(&next);

@@ -44,6 +44,7 @@ typedef struct mg_admin {
     int nworkers;
     double started;               /* wall time */
     uint64_t reloads, reload_failures;
+    char reload_warning[1024];    /* the last reload's changed settings that need a restart ("" when none) */
     int listen_fd;                /* the admin socket, -1 when none */
     int http_fd;                  /* the admin HTTP listener (metrics, status), -1 when none */
     char *socket_path;
@@ -76,7 +77,10 @@ int mg_admin_start(mg_admin_t *a, struct event_base *base, int priority);
 /*
  * Loads `a->file` again: validated completely, then built for every worker
  * (on this thread) and published; returns without waiting for the workers to
- * switch. On error nothing changes; the message (file:line) is in err.
+ * switch. On error nothing changes; the message (file:line) is in err. On
+ * success, settings the file changed that only a restart applies (listen,
+ * workers, limits, timeouts but tunnel, http2, log paths, error_header,
+ * hosts_file, admin_*) are named in a->reload_warning and logged as a warning.
  */
 int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen);
 /* Tracing settings take effect (the sampler, the exporter, the timeline hub): at start and on a reload. */

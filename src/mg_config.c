@@ -263,7 +263,6 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
     cfg->send_timeout_ms = get_ms(L, tt, "send", 30000);
     cfg->request_timeout_ms = get_ms(L, tt, "request", 60000);
     cfg->drain_timeout_ms = get_ms(L, tt, "drain", 10000);
-    cfg->tunnel_timeout_ms = get_ms(L, tt, "tunnel", 60000);
     cfg->watchdog_ms = get_ms(L, tt, "watchdog", 5000);
     lua_pop(L, 1);
 
@@ -661,6 +660,10 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         if (read_settings(L, t, cfg, err, errlen) != MG_OK)
             goto fail;
     }
+    /* the one timeout a reload applies: a tunnel holds no generation, it copies this at its start */
+    lua_getfield(L, t, "timeouts");
+    gen->tunnel_timeout_ms = get_ms(L, lua_gettop(L), "tunnel", 60000);
+    lua_pop(L, 1);
     if (read_trusted_proxies(gen, L, t, err, errlen) != MG_OK)
         goto fail;
     if (compile_redis(gen, L, t, base, err, errlen) != MG_OK)
@@ -671,6 +674,16 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         gen->upstreams[i].base = base;
     if (compile_routes(gen, L, t, err, errlen) != MG_OK)
         goto fail;
+    if (cfg) {
+        /* valid but most likely a mistake (config.lua's list): said once, by the load that validates */
+        lua_getfield(L, t, "warnings");
+        for (int i = 1; lua_istable(L, -1) && i <= (int)lua_objlen(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            mg_log_warn(NULL, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
     lua_settop(L, 0);
     return gen;
 fail:

@@ -41,7 +41,6 @@ typedef struct mg_config {
     size_t max_body;
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms;
     uint32_t send_timeout_ms, request_timeout_ms, drain_timeout_ms;
-    uint32_t tunnel_timeout_ms;    /* timeouts.tunnel: an upgraded connection idle this long is closed */
     uint32_t watchdog_ms;          /* a worker away from its loop this long is reported and fenced off */
     uint32_t tls_session_ms;       /* how long a TLS session may be resumed */
     uint32_t h2_max_streams;       /* http2 { max_concurrent_streams }: per connection */
@@ -89,6 +88,7 @@ typedef struct mg_gen {
     SSL_CTX *tls[MG_MAX_LISTEN];   /* per listener: the TLS context new connections get (a reference) */
     mg_cidr_t *trusted;            /* trusted_proxies: peers whose X-Forwarded-* are believed (reloads with the config) */
     size_t ntrusted;
+    uint32_t tunnel_timeout_ms;    /* timeouts.tunnel, for the tunnels and WebSockets upgraded while it is current */
 } mg_gen_t;
 
 /*

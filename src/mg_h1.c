@@ -264,8 +264,21 @@ static void process_input(mg_conn_t *c)
             break;
     }
     c->processing = 0;
-    if (c->freed || c->proto != &mg_h1_proto)
+    if (c->freed)
         return;
+    if (c->proto != &mg_h1_proto) {
+        /*
+         * The connection changed protocols in this pass (a WebSocket handler's
+         * 101, a tunnel, h2c): the pass held back the flush, so what the new
+         * protocol queued meanwhile (the 101, frames a handler sent before its
+         * first wait, a close) goes out now, and bytes the client sent behind
+         * its head are the new protocol's to read.
+         */
+        mg_conn_flush(c);
+        if (!c->freed && c->in_len > c->in_off)
+            c->proto->input(c);
+        return;
+    }
     if (c->state == MG_CONN_IDLE)
         mg_conn_idle(c); /* a keep-alive connection waiting for its next request holds no buffer */
     mg_conn_flush(c);

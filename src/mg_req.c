@@ -741,7 +741,9 @@ void mg_req_run(mg_req_t *r)
 
 void mg_req_abort(mg_req_t *r)
 {
-    r->status = 499;
+    /* the log says what the client got: the status of a head that went out, else 499 (nginx's rule) */
+    if (!r->resp_started)
+        r->status = 499;
     r->error_kind = MG_E(CLIENT_ABORT);
     req_end(r);
 }

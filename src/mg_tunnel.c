@@ -57,6 +57,7 @@ typedef struct mg_tunnel {
 } mg_tunnel_t;
 
 static void tunnel_end(mg_tunnel_t *t, const char *by, const mg_error_t *err, int graceful);
+static void tunnel_going_away(mg_tunnel_t *t, const mg_error_t *err, const char *reason);
 
 static void access_line(mg_tunnel_t *t, const char *by, const mg_error_t *err)
 {
@@ -222,7 +223,8 @@ static void on_timeout(mg_conn_t *c)
         return;
     uint64_t idle_us = mg_now_us() - t->last_us, limit = (uint64_t)t->idle_ms * 1000;
     if (idle_us >= limit) {
-        tunnel_end(t, "gateway", MG_E(TUNNEL_IDLE), 0);
+        /* as at the end of a drain: each side is told (1001) where a frame can go, then a graceful close */
+        tunnel_going_away(t, MG_E(TUNNEL_IDLE), "idle timeout");
         return;
     }
     mg_conn_arm(c, (uint32_t)((limit - idle_us + 999) / 1000));
@@ -314,7 +316,7 @@ void mg_tunnel_start(mg_conn_t *c, mg_upconn_t *uc, const mg_tunnel_spec_t *spec
     if (t->sema)
         mg_sema_ref(t->sema);
     t->websocket = spec->websocket ? 1 : 0;
-    t->idle_ms = c->worker->cfg->tunnel_timeout_ms;
+    t->idle_ms = c->worker->gen->tunnel_timeout_ms; /* the current generation's: a reload applies to new tunnels */
     t->start_us = t->last_us = mg_now_us();
     t->route_s = mg_metrics_series(&c->worker->metrics, spec->route, 0);
     t->up_s = mg_metrics_series(&c->worker->metrics, spec->upstream, 1);
@@ -348,32 +350,33 @@ void mg_tunnel_start(mg_conn_t *c, mg_upconn_t *uc, const mg_tunnel_spec_t *spec
         client_input(c); /* bytes the client sent right after its request head */
 }
 
-/* A close frame 1001 "going away": masked towards the upstream (we are its client there). */
-static void going_away_frame(struct evbuffer *out, int masked)
+/* A close frame 1001 with a short reason: masked towards the upstream (we are its client there). */
+static void going_away_frame(struct evbuffer *out, int masked, const char *reason)
 {
-    uint8_t f[MG_WS_MAX_HEAD + 12], key[4] = { 0, 0, 0, 0 };
-    static const char reason[] = "going away";
-    uint8_t payload[2 + sizeof(reason) - 1] = { 1001 >> 8, 1001 & 0xFF };
-    memcpy(payload + 2, reason, sizeof(reason) - 1);
+    uint8_t f[MG_WS_MAX_HEAD + 32], key[4] = { 0, 0, 0, 0 }, payload[32] = { 1001 >> 8, 1001 & 0xFF };
+    size_t rn = strlen(reason), n = 2 + (rn < sizeof(payload) - 2 ? rn : sizeof(payload) - 2);
+    memcpy(payload + 2, reason, n - 2);
     if (masked && RAND_bytes(key, 4) != 1)
         key[0] = 0x5A; /* any mask is well-formed; the mask only guards intermediaries' caches */
-    size_t h = mg_ws_head(f, MG_WS_CLOSE, 1, sizeof(payload), masked ? key : NULL);
+    size_t h = mg_ws_head(f, MG_WS_CLOSE, 1, n, masked ? key : NULL);
     if (masked)
-        mg_ws_mask(payload, sizeof(payload), key, 0);
-    memcpy(f + h, payload, sizeof(payload));
-    evbuffer_add(out, f, h + sizeof(payload));
+        mg_ws_mask(payload, n, key, 0);
+    memcpy(f + h, payload, n);
+    evbuffer_add(out, f, h + n);
 }
 
-static void tunnel_going_away(mg_tunnel_t *t)
+/* The gateway ends the tunnel (drain over, idle): a close frame each way where one fits, then a graceful end. */
+static void tunnel_going_away(mg_tunnel_t *t, const mg_error_t *err, const char *reason)
 {
-    if (t->websocket && mg_ws_track_boundary(&t->trk[0])) {
-        going_away_frame(t->uc->out, 1);
-        if (flush_up(t) < 0) /* one try: the drain is over */
+    /* not to a side whose peer closed already: its close went through, a second one would break the protocol */
+    if (t->websocket && mg_ws_track_boundary(&t->trk[0]) && !t->trk[0].closed) {
+        going_away_frame(t->uc->out, 1, reason);
+        if (flush_up(t) < 0) /* one try: the tunnel ends now */
             return;
     }
-    if (t->websocket && mg_ws_track_boundary(&t->trk[1]))
-        going_away_frame(t->c->out, 0);
-    tunnel_end(t, "gateway", MG_E(SHUTDOWN), 1);
+    if (t->websocket && mg_ws_track_boundary(&t->trk[1]) && !t->trk[1].closed)
+        going_away_frame(t->c->out, 0, reason);
+    tunnel_end(t, "gateway", err, 1);
 }
 
 int mg_upgraded_shutdown(mg_worker_t *w)
@@ -382,7 +385,7 @@ int mg_upgraded_shutdown(mg_worker_t *w)
     for (mg_conn_t *c = w->conns, *next; c; c = next) {
         next = c->next;
         if (c->proto == &mg_tunnel_proto && c->proto_data) {
-            tunnel_going_away(c->proto_data);
+            tunnel_going_away(c->proto_data, MG_E(SHUTDOWN), "going away");
             n++;
         } else if (c->proto == &mg_ws_lua_proto && c->proto_data) {
             mg_ws_lua_going_away(c);

@@ -94,6 +94,13 @@ static const char *type_name(int t)
     }
 }
 
+/* The WebSocket's bytes into its request's access line (bytes_in had the handshake; bytes had nothing). */
+static void count_bytes(mg_ws_lua_t *ws, mg_req_t *r)
+{
+    r->bytes_in += ws->bytes[0];
+    r->bytes_out += ws->bytes[1];
+}
+
 /* Drops the registry's reference once neither the request nor the connection holds ws. */
 static void maybe_unref(mg_ws_lua_t *ws)
 {
@@ -283,7 +290,8 @@ static void ws_input(mg_conn_t *c)
     if (!ws || ws->ended)
         return;
     ws->bytes[0] += c->in_len - c->in_off - ws->counted; /* what arrived since the last pass */
-    c->processing = 1; /* pongs and echoes are flushed once, at the end */
+    unsigned outer = c->processing; /* called inside another pass (recv draining the queue): it flushes */
+    c->processing = 1;              /* pongs and echoes are flushed once, at the end */
     while (!ws->paused && c->proto_data == ws) {
         size_t avail = c->in_len - c->in_off;
         uint8_t *p = (uint8_t *)c->in + c->in_off;
@@ -333,10 +341,10 @@ static void ws_input(mg_conn_t *c)
             mg_conn_set_reading(c, 0);
         }
     }
-    c->processing = 0;
+    c->processing = outer;
     if (c->proto_data == ws)
         ws->counted = c->in_len - c->in_off;
-    if (!c->freed)
+    if (!c->freed && !outer)
         mg_conn_flush(c);
 }
 
@@ -382,6 +390,7 @@ static void ws_closing(mg_conn_t *c)
             ws->rtimer_set = 0;
         }
         maybe_unref(ws);
+        count_bytes(ws, r);
         mg_req_abort(r);
         return;
     }
@@ -441,6 +450,7 @@ void mg_ws_lua_handler_done(mg_req_t *r, int failed)
         mg_conn_set_reading(c, 0);
         mg_conn_begin_close(c); /* the connection keeps ws until it is freed */
     }
+    count_bytes(ws, r);
     maybe_unref(ws);
     mg_req_end_upgraded(r);
 }
@@ -610,8 +620,10 @@ static int l_close(lua_State *L)
 static int l_subprotocol(lua_State *L)
 {
     mg_ws_lua_t *ws = check_ws(L);
-    if (!ws->protocol[0])
-        return 0;
+    if (!ws->protocol[0]) {
+        lua_pushnil(L); /* a value: tostring(ws:subprotocol()) works */
+        return 1;
+    }
     lua_pushstring(L, ws->protocol);
     return 1;
 }
@@ -745,7 +757,7 @@ static int l_websocket(lua_State *L)
     ws->vm = vm;
     ws->max_frame = (uint64_t)luaL_checknumber(L, 2);
     ws->max_message = ws->msg.max_message = (uint64_t)luaL_checknumber(L, 3);
-    ws->timeout_ms = lua_isnumber(L, 4) ? (uint32_t)lua_tonumber(L, 4) : r->worker->cfg->tunnel_timeout_ms;
+    ws->timeout_ms = lua_isnumber(L, 4) ? (uint32_t)lua_tonumber(L, 4) : r->gen->tunnel_timeout_ms;
     ws->pings = lua_toboolean(L, 5);
     ws->frag = evbuffer_new();
     ws->ctrl = evbuffer_new();
@@ -783,9 +795,12 @@ static int l_websocket(lua_State *L)
     c->proto = &mg_ws_lua_proto;
     c->proto_data = ws;
     mg_conn_set_reading(c, 1);
-    mg_conn_flush(c);
-    if (!c->freed && c->in_len > c->in_off)
-        ws_input(c); /* frames the client sent right behind its handshake */
+    if (!c->processing) {
+        /* the handler waited before it upgraded: no input pass runs to flush the 101 and read on */
+        mg_conn_flush(c);
+        if (!c->freed && c->in_len > c->in_off)
+            ws_input(c); /* frames the client sent right behind its handshake */
+    } /* else the HTTP/1.1 pass this runs in does both when it ends (mg_h1 process_input) */
     return 1;
 }
 

@@ -99,6 +99,7 @@ local function new_state(path)
     group_list = {}, -- every group, in declaration order
     unfinished = {}, -- `group "/x"` / `upstream "x"` still waiting for their body
     set_at = {},     -- directive or setting -> "file:line" where it was given
+    warnings = {},   -- "file:line: ..." for what is valid but most likely a mistake (logged by the validating load)
   }
 end
 
@@ -266,7 +267,10 @@ local function make_env(st)
     check_fields(t, TIMEOUT_FIELDS, "timeouts")
     for k, v in pairs(t) do
       local ms = M.duration(v)
-      if not ms or ms < 1 then fail("timeouts.%s must be a duration like \"10s\" or \"250ms\"", k) end
+      if not ms or ms < 1 then
+        -- none can be turned off: a peer that vanished without a FIN would hold its connection (and permit) for ever
+        fail("timeouts.%s must be a duration > 0 like \"10s\" or \"250ms\" (a timeout cannot be turned off; give a long one, e.g. \"24h\")", k)
+      end
       once("timeouts." .. k)
       s.timeouts[k] = ms
     end
@@ -502,6 +506,16 @@ local function make_env(st)
           end
           upgrade[i] = tok:lower()
         end
+        local has_ws = false
+        for _, tok in ipairs(upgrade) do has_ws = has_ws or tok == "websocket" end
+        for i, tok in ipairs(upgrade) do
+          if not has_ws and (check.near_miss(tok, "websocket") or tok == "ws" or tok == "wss") then
+            -- a valid token, so not an error; but clients send "websocket", which this route would strip
+            local file, line = where()
+            st.warnings[#st.warnings + 1] = ("%s:%d: route %s: upgrade token \"%s\" is not \"websocket\": WebSocket "
+              .. "clients send Upgrade: websocket, which this route does not forward"):format(file, line, spec.path, spec.upgrade[i])
+          end
+        end
       end
     elseif spec.upstream ~= nil then
       upgrade = { "websocket" }
@@ -622,6 +636,7 @@ function M.load(path)
   cfg.routes = routes
   cfg.upstreams = st.upstream_list
   cfg.redis = st.redis_list
+  cfg.warnings = st.warnings
   return cfg
 end
 

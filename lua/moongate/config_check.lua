@@ -49,6 +49,22 @@ function M.fail(msg, ...)
 end
 local fail = M.fail
 
+--- Is word a likely misspelling of known (not it, but within two edits: "websockets", "web-socket")?
+function M.near_miss(word, known)
+  if word == known or math.abs(#word - #known) > 2 then return false end
+  local prev = {}
+  for j = 0, #known do prev[j] = j end
+  for i = 1, #word do
+    local cur = { [0] = i }
+    for j = 1, #known do
+      local cost = word:byte(i) == known:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#known] <= 2
+end
+
 --- Parses "250ms", "10s", "2m", "1h" or a number of seconds into milliseconds.
 function M.duration(v)
   if type(v) == "number" then

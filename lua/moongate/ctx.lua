@@ -259,7 +259,7 @@ local function ws_size(v, what)
   if type(v) == "number" and v >= 1 then return math.floor(v) end
   local n, u = tostring(v):lower():match("^(%d+)([bkmg]?)$")
   if type(v) ~= "string" or not n or tonumber(n) < 1 then
-    error(("ctx:websocket: %s must be a size like \"64k\" or \"1m\" (or bytes)"):format(what), 3)
+    error(("ctx:websocket: %s must be a size > 0 like \"64k\" or \"1m\" (or bytes); it cannot be turned off"):format(what), 3)
   end
   return tonumber(n) * SIZE_UNIT[u]
 end

@@ -15,6 +15,7 @@ end
 
 local scope = require "moongate.test.scope"
 local client = require "moongate.test.client"
+local websocket = require "moongate.test.websocket"
 
 local M = {}
 
@@ -28,6 +29,7 @@ math.randomseed(os.time() * 1000 + math.floor(gw.monotonic_ms() * 1000) % 100000
 M.gatewayd = os.getenv("GATEWAYD") or gw.process.exe()
 M.upstream = require "moongate.test.upstream"
 M.read_response = client.read_response
+M.websocket = websocket
 
 local function write_file(path, data)
   local f = assert(io.open(path, "wb"))
@@ -351,6 +353,15 @@ function Gateway:request(method, path, opts)
   end
   lines[#lines + 1] = "Connection: close"
   return self:raw(table.concat(lines, "\r\n") .. "\r\n\r\n" .. (opts.body or ""), method)
+end
+
+--- websocket(path [, opts]) -> ws, or nil, err, res: a WebSocket on a new connection (HTTP/1.1
+-- whatever MOONGATE_SPEC_WIRE says); see moongate.test.websocket. ws.trace_id is the 101's
+-- X-Request-ID, for g:entry.
+function Gateway:websocket(path, opts)
+  local ws, err, res = websocket.connect(self.port, path, opts)
+  note(self, "WebSocket " .. path, ws or res)
+  return ws, err, res
 end
 
 --- True when the server closed the connection (reads EOF within the socket timeout).

@@ -167,6 +167,78 @@ describe("gatewayctl and live reload", function()
   end)
 end)
 
+describe("reload and the settings it cannot apply", function()
+  it("warns in the log and in gatewayctl's answer, naming each setting that needs a restart", function()
+    local g = helpers.start([[
+      timeouts { request = "5s" }
+      route { path = "/", handler = function() return 200, "ok" end }
+    ]])
+    local head = ('listen "127.0.0.1:%d"\nadmin_socket "%s"\n'):format(g.port, g.socket)
+    helpers.write_file(g.file, head .. [[
+      timeouts { request = "1s", keepalive = "5s" }
+      limits { max_body = "2m" }
+      route { path = "/", handler = function() return 200, "ok" end }
+    ]])
+    local code, out = g:ctl("reload")
+    assert.equal(0, code, out) -- the routes were applied
+    local want = "limits.max_body, timeouts.keepalive, timeouts.request changed in the file but take effect " ..
+                 "on restart only: the running values are kept"
+    assert.truthy(out:find("warning: " .. want, 1, true), out)
+    assert.truthy(g:error_log():find('"level":"warn","msg":"reload: ' .. want, 1, true), g:error_log())
+    -- the running values are still the first ones: the next reload says so again
+    code, out = g:ctl("reload")
+    assert.truthy(out:find("warning: " .. want, 1, true), out)
+    -- back to the values it runs with: no warning
+    helpers.write_file(g.file, head .. [[
+      timeouts { request = "5s" }
+      route { path = "/", handler = function() return 200, "ok" end }
+    ]])
+    code, out = g:ctl("reload")
+    assert.equal(0, code, out)
+    assert.is_nil(out:find("warning", 1, true), out)
+    g:stop()
+  end)
+
+  it("applies timeouts.tunnel to the tunnels and WebSockets opened after it (no warning)", function()
+    local wsc = helpers.websocket
+    local up = require("spec.upstream").start(function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      ws:recv(20000)
+      res:close()
+    end)
+    local function config(tunnel)
+      return ([[
+        timeouts { tunnel = "%s" }
+        upstream "ws" { targets = { "127.0.0.1:%d" } }
+        route { path = "/ws", upstream = "ws" }
+        route { path = "/lua", handler = function(ctx)
+          local ws = ctx:websocket{}
+          local _, _, err = ws:recv()
+          ws:send_text("recv: " .. tostring(err))
+        end }
+      ]]):format(tunnel, up.port)
+    end
+    local g = helpers.start(config("20s"))
+    local old = assert(g:websocket("/ws"))
+    local old_lua = assert(g:websocket("/lua"))
+    helpers.write_file(g.file, ('listen "127.0.0.1:%d"\nadmin_socket "%s"\n'):format(g.port, g.socket) .. config("300ms"))
+    local code, out = g:ctl("reload")
+    assert.equal(0, code, out)
+    assert.is_nil(out:find("warning", 1, true), out)
+    local new = assert(g:websocket("/ws"))
+    assert.same({ "idle timeout", "close", 1001 }, { new:recv(5000) })
+    local new_lua = assert(g:websocket("/lua"))
+    assert.same({ "recv: timeout", "text" }, { new_lua:recv(5000) }) -- ws:recv's default timeout
+    -- the ones opened before keep 20s
+    assert.same({ nil, "timeout" }, { old:recv(1000) })
+    assert.same({ nil, "timeout" }, { old_lua:recv(100) })
+    old:close(1000)
+    old_lua:close(1000)
+    g:kill()
+    up:stop()
+  end)
+end)
+
 describe("gatewayctl without a gateway", function()
   it("says clearly that nothing answers", function()
     local ctl = helpers.gatewayd:gsub("gatewayd$", "gatewayctl")

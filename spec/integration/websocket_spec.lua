@@ -90,6 +90,25 @@ local function metric(g, port, pattern)
   return seen and sum or nil, body
 end
 
+describe("A proxy route's upgrade list", function()
+  it("draws a warning at load for a token that looks like a misspelled websocket", function()
+    local code, err = helpers.check_config([[
+      listen "127.0.0.1:1"
+      upstream "u" { targets = { "127.0.0.1:2" } }
+      route { path = "/a", upstream = "u", upgrade = { "websockets" } }
+      route { path = "/b", upstream = "u", upgrade = { "Web-Socket", "h2c" } }
+      route { path = "/c", upstream = "u", upgrade = { "websocket", "websockets" } } -- harmless: websocket is there
+      route { path = "/d", upstream = "u", upgrade = { "my-proto" } }
+    ]])
+    assert.equal(0, code, err) -- valid tokens: not an error
+    -- (the error log's JSON escapes the quotes)
+    assert.truthy(err:find([[:3: route /a: upgrade token \"websockets\" is not \"websocket\"]], 1, true), err)
+    assert.truthy(err:find([[:4: route /b: upgrade token \"Web-Socket\" is not]], 1, true), err)
+    assert.is_nil(err:find("route /c", 1, true), err)
+    assert.is_nil(err:find("route /d", 1, true), err)
+  end)
+end)
+
 describe("WebSocket through a proxy route", function()
   local up, g, admin
   setup(function()
@@ -244,6 +263,90 @@ describe("WebSocket handshakes through a route's plugins", function()
   end)
 end)
 
+describe("A refused WebSocket handshake", function()
+  it("is logged with the status the client got when it hangs up right after the head", function()
+    local up = upstream.start(function(req, res)
+      res.sock:send("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+      gw.sleep(0.2) -- the body comes later: the client is gone by then
+      res.sock:send("no WebSocket for you\n")
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "refuses" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "refuses" }
+    ]]):format(up.port))
+    -- what python-websockets does: read the head, see no 101, hang up
+    local s = g:connect()
+    s:send("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Request-ID: refused-1\r\n" ..
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert.equal("HTTP/1.1 403 Forbidden", s:receive("*l"))
+    s:close()
+    gw.sleep(0.4)
+    local e = g:entry("refused-1")
+    assert.equal(403, e.status) -- what the client got, not 499
+    assert.equal("client_abort", e.error) -- the body was cut short
+    g:stop()
+    up:stop()
+  end)
+end)
+
+describe("WebSocket handshakes from browsers (no custom headers)", function()
+  it("pass key-auth with the key in the query (query option), on proxy and Lua routes", function()
+    local wsc = helpers.websocket
+    local up = upstream.start(function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      local data = ws:recv(5000)
+      ws:send_text("upstream got " .. tostring(data) .. " for " .. req.target)
+      ws:recv(5000)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "ws" { targets = { "127.0.0.1:%d" } }
+      local auth = { ["key-auth"] = { keys = { ["k1"] = "alice" }, query = "apikey" } }
+      route { path = "/ws", upstream = "ws", plugins = auth }
+      route { path = "/lua", plugins = auth, handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("hello " .. ctx.consumer)
+        ws:recv()
+      end }
+    ]]):format(up.port))
+    local ws = assert(g:websocket("/ws?apikey=k1"))
+    ws:send_text("hi")
+    assert.same({ "upstream got hi for /ws?apikey=k1", "text" }, { ws:recv(5000) })
+    ws:close(1000)
+    ws = assert(g:websocket("/lua?apikey=k1"))
+    assert.same({ "hello alice", "text" }, { ws:recv(5000) })
+    local no, err = g:websocket("/lua")
+    assert.is_nil(no)
+    assert.equal("status 401", err)
+    g:kill()
+    up:stop()
+  end)
+end)
+
+describe("An upstream's 101 naming another protocol", function()
+  it("is answered 502 (error kind protocol), not relayed", function()
+    local up = upstream.start(function(req, res)
+      res.sock:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+      gw.sleep(0.5)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      upstream "odd" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "odd" }
+    ]]):format(up.port))
+    local ws, err, res = g:websocket("/ws")
+    assert.is_nil(ws)
+    assert.equal("status 502", err)
+    local e = g:entry(res.trace_id)
+    assert.equal(502, e.status)
+    assert.equal("protocol", e.error)
+    assert.truthy(g:error_log():find("answered 101 without Upgrade: websocket", 1, true))
+    g:stop()
+    up:stop()
+  end)
+end)
+
 describe("WebSocket tunnels and the upstream's max_concurrency", function()
   it("hold the permit for the tunnel's life and give it back on every end (chaos)", function()
     local up = ws_upstream()
@@ -295,7 +398,8 @@ describe("WebSocket tunnels and their lifetime", function()
     assert.is_true(r.received >= 5)
     -- then one that says nothing
     r = client(("ws://127.0.0.1:%d/ws"):format(g.port), "send", {})
-    assert.equal(1006, r.close_code) -- no close frame: the gateway closed the connection
+    assert.equal(1001, r.close_code) -- the gateway's close frame, as at the end of a drain
+    assert.equal("idle timeout", r.close_reason)
     local e = wait_for("the idle end", function()
       for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
     end)
@@ -303,6 +407,50 @@ describe("WebSocket tunnels and their lifetime", function()
     assert.is_true(e.duration_ms >= 290, e.duration_ms)
     g:stop()
     up.stop()
+  end)
+
+  it("tell both sides of an idle tunnel with a close frame 1001 (the upstream too)", function()
+    local wsc = helpers.websocket
+    local seen = {}
+    local up = upstream.start(function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      seen[#seen + 1] = { ws:recv(5000) }
+      seen[#seen + 1] = ws:closed(2000)
+      res:close()
+    end)
+    local g = helpers.start(([[
+      timeouts { tunnel = "300ms" }
+      upstream "fake" { targets = { "127.0.0.1:%d" } }
+      route { path = "/ws", upstream = "fake" }
+    ]]):format(up.port))
+    local ws = assert(g:websocket("/ws"))
+    local t0 = gw.monotonic_ms()
+    assert.same({ "idle timeout", "close", 1001 }, { ws:recv(5000) })
+    assert.is_true(gw.monotonic_ms() - t0 >= 250)
+    assert.is_true(ws:closed(2000))
+    wait_for("the upstream's side", function() return #seen == 2 end)
+    assert.same({ "idle timeout", "close", 1001 }, seen[1])
+    assert.is_true(seen[2]) -- then the connection closed
+    local e = wait_for("the idle end", function()
+      for _, x in ipairs(tunnel_ends(g)) do if x.error == "tunnel_idle" then return x end end
+    end)
+    assert.equal("gateway", e.closed_by)
+    -- the client closed first and the upstream never answered: no second close frame to the upstream
+    seen = {}
+    up.handler = function(req, res)
+      local ws = wsc.accept(res.sock, req)
+      seen[#seen + 1] = { ws:recv(5000) }
+      seen[#seen + 1] = { ws:recv(5000) }
+      res:close()
+    end
+    ws = assert(g:websocket("/ws"))
+    ws:close(1000, "bye")
+    assert.same({ "idle timeout", "close", 1001 }, { ws:recv(5000) })
+    wait_for("the upstream's side", function() return #seen == 2 end)
+    assert.same({ "bye", "close", 1000 }, seen[1])
+    assert.same({ nil, "closed" }, seen[2])
+    g:stop()
+    up:stop()
   end)
 
   it("keep working across 1,000 reloads with 50 tunnels exchanging messages, and pin no old generation", function()
@@ -396,6 +544,7 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
           if typ == "close" then return end
           if data == "close-me" then ws:close(4001, "bye")
           elseif data == "protocol" then ws:send_text(ws:subprotocol() or "none")
+          elseif data == "tostring-protocol" then ws:send_text(tostring(ws:subprotocol()))
           elseif data == "wait" then gw.sleep(0.5) ws:send_text("waited past the deadline")
           elseif typ == "text" then ws:send_text(data)
           else ws:send_binary(data) end
@@ -427,6 +576,9 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
         gw.wait(writer)
         gw.wait(reader)
       end }
+      route { path = "/zero", handler = function(ctx)
+        ctx:websocket{ max_frame = 0 }
+      end }
       route { path = "/fail", handler = function(ctx)
         local ws = assert(ctx:websocket{})
         ws:recv()
@@ -449,6 +601,23 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
       for _, x in ipairs(g:access_entries()) do if x.path == "/echo" and x.status == 101 then return x end end
     end)
     assert.is_nil(e.error)
+  end)
+
+  it("counts the WebSocket's bytes in its access line (frames in and out, beside the handshake)", function()
+    local ws = assert(g:websocket("/echo"))
+    ws:send_text("hello")                                -- 2 + 4 (mask) + 5
+    assert.same({ "hello", "text" }, { ws:recv() })      -- 2 + 5
+    ws:close(1000)                                       -- 2 + 4 + 2
+    assert.same({ "", "close", 1000 }, { ws:recv() })    -- 2 + 2
+    local e = g:entry(ws.trace_id)
+    assert.equal(11, e.bytes)
+    local quiet = assert(g:websocket("/echo"))           -- the same handshake's length, a close only
+    quiet:close(1000)
+    quiet:recv()
+    local q = g:entry(quiet.trace_id)
+    assert.equal(4, q.bytes)
+    assert.equal(11, e.bytes_in - q.bytes_in)
+    assert.is_true(q.bytes_in > 100) -- the handshake's head
   end)
 
   it("assembles fragmented messages and answers pings itself", function()
@@ -519,6 +688,48 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     assert.is_nil(r.head:find("Sec-WebSocket-Protocol", 1, true))
   end)
 
+  it("returns nil (a value) from ws:subprotocol() when none was chosen", function()
+    local ws = assert(g:websocket("/echo"))
+    ws:send_text("tostring-protocol")
+    assert.same({ "nil", "text" }, { ws:recv() })
+    ws = assert(g:websocket("/echo", { protocols = { "other" } }))
+    assert.equal("other", ws.protocol)
+    ws:send_text("tostring-protocol")
+    assert.same({ "other", "text" }, { ws:recv() })
+  end)
+
+  it("serves the test kit's WebSocket client: messages, fragments, pings, refusals, the log line", function()
+    local wsc = helpers.websocket
+    local ws = assert(g:websocket("/echo"))
+    assert.equal(101, ws.status)
+    ws:send_binary("\0\1\2")
+    assert.same({ "\0\1\2", "binary" }, { ws:recv() })
+    local big = ("x"):rep(70000) -- a 64-bit length each way; max_frame is 64k: refused...
+    ws:send_text(("y"):rep(300))   -- ...so first a 16-bit one
+    assert.same({ ("y"):rep(300), "text" }, { ws:recv() })
+    ws:ping("p")
+    assert.same({ "p", "pong" }, { ws:recv() })
+    ws:send_frame(wsc.TEXT, "frag", { fin = false })
+    ws:send_frame(wsc.CONTINUATION, "mented")
+    assert.same({ "fragmented", "text" }, { ws:recv() })
+    ws:send_text(big)
+    local reason, typ, code = ws:recv()
+    assert.same({ "close", 1009 }, { typ, code }, reason)
+    assert.is_true(ws:closed(2000))
+    local e = g:entry(ws.trace_id)
+    assert.equal(101, e.status)
+    assert.equal("websocket_too_big", e.error)
+    -- a client frame must be masked: the gateway closes with 1002
+    ws = assert(g:websocket("/echo"))
+    ws:send_frame(wsc.TEXT, "bare", { masked = false })
+    assert.same({ "close", 1002 }, { select(2, ws:recv()) })
+    -- a refused handshake: nil, why, and the response
+    local no, err, res = g:websocket("/nothing-here")
+    assert.is_nil(no)
+    assert.equal("status 404", err)
+    assert.equal(404, res.status)
+  end)
+
   it("keeps gw.sleep, gw.http.request and gw.spawn working beside the socket", function()
     local r = client(url("/push"), "send", { "a", "b", "done" })
     table.sort(r.got)
@@ -536,9 +747,108 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     assert.equal(400, r.status)
   end)
 
+  it("refuses a bad option when ctx:websocket runs (500 before the upgrade), saying what it must be", function()
+    local ws, err, res = g:websocket("/zero")
+    assert.is_nil(ws)
+    assert.equal("status 500", err)
+    local lines = g:error_entries(res.trace_id)
+    assert.truthy(lines[1] and lines[1].msg:find("max_frame must be a size > 0", 1, true), gw.json.encode(lines))
+  end)
+
   it("closes with 1011 when the handler fails, and logs it", function()
     local r = client(url("/fail"), "send", { "x" })
     assert.equal(1011, r.close_code)
     wait_for("the failure", function() return g:error_log():find("boom", 1, true) end)
+  end)
+end)
+
+describe("WebSocket bytes queued at the upgrade", function()
+  -- what a handler (or an upstream) sends before the client says anything must not wait for the client
+  local g, up
+  setup(function()
+    local wsc = helpers.websocket
+    up = upstream.start(function(req, res)
+      -- the 101 and a first frame in one write: the tunnel takes the frame over with the connection
+      res.sock:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                    "Sec-WebSocket-Accept: " .. wsc.accept_key(req.headers["sec-websocket-key"]) .. "\r\n\r\n" ..
+                    wsc.frame(wsc.TEXT, "hello from upstream", { masked = req.path == "/masked" }))
+      res.sock:settimeout(5000)
+      res.sock:receive(2) -- the client's close
+      res:close()
+    end)
+    g = helpers.start(([[
+      upstream "early" { targets = { "127.0.0.1:%d" } }
+      route { path = "/early", upstream = "early" }
+      route { path = "/masked", upstream = "early" }
+      route { path = "/welcome", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("welcome")
+        ws:recv()
+      end }
+      route { path = "/sleep0", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:send_text("one")
+        gw.sleep(0)
+        ws:send_text("two")
+        ws:recv()
+      end }
+      route { path = "/bye", handler = function(ctx)
+        local ws = ctx:websocket{}
+        ws:close(4000, "bye")
+        ws:recv()
+      end }
+      route { path = "/first", handler = function(ctx)
+        local ws = ctx:websocket{}
+        local data = ws:recv()
+        ws:send_text("got " .. tostring(data))
+        ws:recv()
+      end }
+      route { path = "/late", handler = function(ctx)
+        gw.sleep(0.05) -- upgrades after a wait: outside the connection's input pass
+        local ws = ctx:websocket{}
+        ws:send_text("late welcome")
+        local data = ws:recv()
+        ws:send_text("got " .. tostring(data))
+        ws:recv()
+      end }
+    ]]):format(up.port))
+  end)
+  teardown(function()
+    g:stop()
+    up:stop()
+  end)
+
+  it("sends a handler's frames before its first wait at once", function()
+    local ws = assert(g:websocket("/welcome"))
+    assert.same({ "welcome", "text" }, { ws:recv(2000) })
+    ws = assert(g:websocket("/sleep0"))
+    assert.same({ "one", "text" }, { ws:recv(2000) })
+    assert.same({ "two", "text" }, { ws:recv(2000) })
+  end)
+
+  it("sends a handler's close frame before its first wait at once", function()
+    local ws = assert(g:websocket("/bye"))
+    assert.same({ "bye", "close", 4000 }, { ws:recv(2000) })
+  end)
+
+  it("reads frames the client sent right behind its handshake", function()
+    local wsc = helpers.websocket
+    local ws = assert(g:websocket("/first", { early = wsc.frame(wsc.TEXT, "early bird") }))
+    assert.same({ "got early bird", "text" }, { ws:recv(2000) })
+    ws = assert(g:websocket("/late", { early = wsc.frame(wsc.TEXT, "early bird") }))
+    assert.same({ "late welcome", "text" }, { ws:recv(2000) })
+    assert.same({ "got early bird", "text" }, { ws:recv(2000) })
+  end)
+
+  it("relays what the upstream sent right behind its 101 at once", function()
+    local ws = assert(g:websocket("/early"))
+    assert.same({ "hello from upstream", "text" }, { ws:recv(2000) })
+    ws:close(1000)
+  end)
+
+  it("(the test kit's client) refuses a masked frame from the server", function()
+    local ws = assert(g:websocket("/masked"))
+    assert.same({ nil, "protocol: a server frame is masked" }, { ws:recv(2000) })
+    ws:disconnect()
   end)
 end)
