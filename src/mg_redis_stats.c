@@ -36,6 +36,12 @@ struct mg_rstats {
     pthread_mutex_t lock;                   /* the rest: rare paths */
     fallback_t *fallbacks;
     uint64_t err_logged_ms[MG_ERR__COUNT], err_unlogged[MG_ERR__COUNT];
+    int pools, failing;                     /* worker pools of this name, and how many of them are backing off */
+    double failing_since;                   /* wall time the first of them began to (failing > 0) */
+    uint64_t failed_attempts;               /* connection failures since then */
+    const mg_error_t *last_kind;            /* the last connection failure */
+    char last_msg[160];
+    double last_time;
     struct mg_rstats *next;
 };
 
@@ -107,6 +113,35 @@ void mg__rstats_log(mg_rstats_t *s, const mg_error_t *kind, const char *msg)
     if (log)
         mg_log_error(NULL, "redis %s (%s): %s: %s (%llu more since the last report)", s->name, s->address,
                      kind->name, msg, (unsigned long long)skipped);
+}
+
+void mg__rstats_pools(mg_rstats_t *s, int pools, int failing)
+{
+    double now = mg_wall_time(), down = 0;
+    uint64_t attempts = 0;
+    pthread_mutex_lock(&s->lock);
+    s->pools += pools;
+    if (failing > 0 && s->failing++ == 0) {
+        s->failing_since = now;
+        s->failed_attempts = 0;
+    } else if (failing < 0 && --s->failing == 0) {
+        down = now - s->failing_since;
+        attempts = s->failed_attempts;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (down > 0 && pools == 0) /* a pool answered again (not one that stopped while failing) */
+        mg_log_info(NULL, "redis %s (%s): answering again after %.1f s of failures (%llu failed attempts)", s->name,
+                    s->address, down, (unsigned long long)attempts);
+}
+
+void mg__rstats_failure(mg_rstats_t *s, const mg_error_t *kind, const char *msg)
+{
+    pthread_mutex_lock(&s->lock);
+    s->failed_attempts++;
+    s->last_kind = kind;
+    snprintf(s->last_msg, sizeof(s->last_msg), "%s", msg);
+    s->last_time = mg_wall_time();
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- fallbacks ---- */
