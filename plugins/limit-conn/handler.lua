@@ -87,9 +87,7 @@ local function cluster_limit(ctx, conf, key)
   local policy = conf.on_redis_error
   red:fallback("limit-conn " .. (conf.name or ctx.route.name), policy, err, msg)
   if policy == "allow" then return end
-  if policy == "deny" then
-    return 503, { error = "concurrency limit store unavailable", kind = err }
-  end
+  if policy == "deny" then return gw.error(err) end -- the kind: 503, X-Gateway-Error, the access log, the metrics
   return local_limit(ctx, conf, key, max(conf.weight, floor(conf.max / red:conf().nodes)))
 end
 
