@@ -30,7 +30,9 @@ gw.redis = setmetatable({ script = gw._redis_script, connect = gw._redis_connect
   __call = function(_, name)
     local h = redis_handles[name]
     if not h then
-      h = gw._redis(name)
+      local why
+      h, why = gw._redis(name)
+      if not h then error(why, 2) end -- located at the caller: the config's file:line at load
       redis_handles[name] = h
     end
     return h
