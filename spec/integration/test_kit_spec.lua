@@ -131,4 +131,20 @@ describe("moongate.test", function()
     assert.equal(0, code, out)
     assert.truthy(out:find("1 success / 0 failures / 0 errors", 1, true), out)
   end)
+  it("gw.process: spawns a program found in PATH, and takes signals as numbers or as their names", function()
+    local pid = assert(gw.process.spawn({ "sleep", "30" })) -- no '/': looked up in PATH
+    local function state() return helpers.read_file("/proc/" .. pid .. "/stat"):match("^%d+ %b() (%a)") end
+    assert.is_true(gw.process.kill(pid, "SIGSTOP"))
+    for _ = 1, 50 do if state() == "T" then break end gw.sleep(0.01) end
+    assert.equal("T", state())
+    assert.is_true(gw.process.kill(pid, gw.process.SIGCONT))
+    for _ = 1, 50 do if state() ~= "T" then break end gw.sleep(0.01) end
+    assert.are_not.equal("T", state())
+    assert.has_error(function() gw.process.kill(pid, "SIGNOPE") end)
+    assert.is_true(gw.process.kill(pid, "SIGTERM"))
+    assert.same({ "signal", gw.process.SIGTERM }, { helpers.wait_exit(pid, 5) })
+    local none, why = gw.process.spawn({ "no-such-program-anywhere" })
+    assert.is_nil(none)
+    assert.matches("spawn no%-such%-program%-anywhere: No such file", why)
+  end)
 end)
