@@ -19,8 +19,9 @@
  * deadline ends the request; the reply is then discarded when it comes).
  *
  * Arguments are strings or numbers (integers are sent without an exponent).
- * Commands a shared connection cannot carry are refused with an error (see
- * mg_redis_refuse).
+ * Commands a shared connection cannot carry raise an error before anything
+ * is sent (see mg_redis_refuse): a programming error, like a bad argument,
+ * never a `nil, kind` (those are Redis's failures).
  */
 #include <ctype.h>
 #include <lauxlib.h>
