@@ -150,8 +150,9 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
                        const char *msg)
 {
     mg_rstats_t *s = mg__redis_stats(r);
-    uint64_t now = mg_now_ms(), skipped = 0, total = 0;
+    uint64_t now = mg_now_ms(), skipped = 0, total = 0, since_ms = 0;
     int log = 0;
+    char by_kind[256] = "";        /* the fallbacks not logged, by kind: "redis_refused 5, redis_timeout 2" */
     pthread_mutex_lock(&s->lock);
     fallback_t *f;
     for (f = s->fallbacks; f; f = f->next)
@@ -173,9 +174,14 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
             last = g->logged_ms;
     if (!last || now - last >= LOG_INTERVAL_MS) {
         log = 1;
+        since_ms = last ? now - last : 0;
+        size_t at = 0;
         for (fallback_t *g = s->fallbacks; g; g = g->next)
-            if (strcmp(g->limit, limit) == 0 && strcmp(g->policy, policy) == 0) {
+            if (strcmp(g->limit, limit) == 0 && strcmp(g->policy, policy) == 0 && g->unlogged) {
                 skipped += g->unlogged;
+                if (at < sizeof(by_kind))
+                    at += (size_t)snprintf(by_kind + at, sizeof(by_kind) - at, "%s%s %llu", at ? ", " : "",
+                                           g->kind->name, (unsigned long long)g->unlogged);
                 g->unlogged = 0;
             }
         f->logged_ms = now;
@@ -184,11 +190,18 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
         f->unlogged++;
     }
     pthread_mutex_unlock(&s->lock);
-    if (log)
-        mg_log_warn(NULL, "%s: redis %s unavailable (%s: %s): on_redis_error = \"%s\" applies "
-                    "(%llu more fallbacks since the last report, %llu with this kind in all)",
-                    limit, s->name, kind->name, msg ? msg : "", policy, (unsigned long long)skipped,
-                    (unsigned long long)total);
+    if (!log)
+        return;
+    /* says exactly what it counts: the fallbacks this limit and policy did not log, and the kind's running total */
+    char since[200];
+    if (since_ms)
+        snprintf(since, sizeof(since), "%llu not logged in the %.1f s since the last report of this limit and policy%s%s%s",
+                 (unsigned long long)skipped, since_ms / 1000.0, skipped ? " (" : "", by_kind, skipped ? ")" : "");
+    else
+        snprintf(since, sizeof(since), "the first report of this limit and policy");
+    mg_log_warn(NULL, "%s: redis %s unavailable (%s: %s): on_redis_error = \"%s\" applies; %s; %llu %s fallbacks "
+                "of this limit and policy in this process so far (moongate_redis_fallbacks_total)",
+                limit, s->name, kind->name, msg ? msg : "", policy, since, (unsigned long long)total, kind->name);
 }
 
 /* ---- figures ---- */

@@ -49,4 +49,23 @@ describe("rate-limit policy = \"redis\" with Redis down", function()
     assert.equal("6", limit) -- floor(20 / 3)
     assert.equal(6, passed)
   end)
+  it("logs the fallbacks once per 10 s per limit and policy, saying what each figure counts", function()
+    local function logged(pattern)
+      for _ = 1, 100 do
+        local log = g:error_log()
+        if log:find(pattern) then return log end
+        gw.sleep(0.02)
+      end
+      return g:error_log()
+    end
+    local first = 'rate%-limit /deny: redis main unavailable %(redis_refused: [^)]*%): on_redis_error = .-deny.- applies; '
+      .. "the first report of this limit and policy; 1 redis_refused fallbacks of this limit and policy in this process so far"
+    assert.matches(first, logged(first))
+    for _ = 1, 4 do assert.equal(503, g:request("GET", "/deny").status) end -- not logged: within 10 s
+    gw.sleep(10.1)
+    assert.equal(503, g:request("GET", "/deny").status)
+    local second = 'applies; 4 not logged in the 1%d%.%d s since the last report of this limit and policy '
+      .. "%(redis_refused 4%); 6 redis_refused fallbacks of this limit and policy in this process so far"
+    assert.matches(second, logged(second))
+  end)
 end)
