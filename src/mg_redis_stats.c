@@ -220,6 +220,35 @@ static void hist_json(mg_text_t *o, const mg_rstats_t *s)
     mg_text_add(o, "}");
 }
 
+/* The pools' state: how many workers' pools back off, since when, and the last connection failure (under s->lock). */
+static void state_json(mg_text_t *o, const mg_rstats_t *s, double now)
+{
+    mg_text_add(o, ",\"state\":\"%s\",\"pools\":%d,\"pools_failing\":%d", s->failing ? "failing" : "ok", s->pools,
+                s->failing);
+    if (s->failing)
+        mg_text_add(o, ",\"failing_since\":%.3f,\"failing_s\":%.1f", s->failing_since, now - s->failing_since);
+    if (s->last_kind) {
+        mg_text_add(o, ",\"last_failure\":{\"kind\":\"%s\",\"message\":\"", s->last_kind->name);
+        mg_text_json(o, s->last_msg);
+        mg_text_add(o, "\",\"time\":%.3f,\"ago_s\":%.1f}", s->last_time, now - s->last_time);
+    }
+}
+
+static void state_text(mg_text_t *o, const mg_rstats_t *s, double now)
+{
+    if (s->failing)
+        mg_text_add(o, "    state: FAILING in %d of %d worker pools for %.1f s (requests fail at once; a probe "
+                       "checks Redis after each back-off)\n",
+                    s->failing, s->pools, now - s->failing_since);
+    else
+        mg_text_add(o, "    state: ok (%d worker pools)\n", s->pools);
+    if (s->last_kind) {
+        mg_text_add(o, "    last connection failure %.1f s ago: %s: ", now - s->last_time, s->last_kind->name);
+        mg_text_json(o, s->last_msg);
+        mg_text_add(o, "\n");
+    }
+}
+
 /*
  * Names go through the answers' escapers (mg_text_json, mg_text_label): the
  * redis names come from the config, but a fallback's limit names a route.
@@ -253,8 +282,9 @@ void mg_redis_render_status(mg_text_t *o, int json)
                 }
             mg_text_add(o, "},");
             hist_json(o, s);
-            mg_text_add(o, ",\"fallbacks\":[");
             pthread_mutex_lock(&s->lock);
+            state_json(o, s, mg_wall_time());
+            mg_text_add(o, ",\"fallbacks\":[");
             f = 1;
             for (fallback_t *fb = s->fallbacks; fb; fb = fb->next) {
                 mg_text_add(o, "%s{\"limit\":\"", f ? "" : ",");
@@ -286,6 +316,7 @@ void mg_redis_render_status(mg_text_t *o, int json)
             }
             mg_text_add(o, "\n");
             pthread_mutex_lock(&s->lock);
+            state_text(o, s, mg_wall_time());
             for (fallback_t *fb = s->fallbacks; fb; fb = fb->next) {
                 mg_text_add(o, "    fallback ");
                 mg_text_json(o, fb->limit);

@@ -61,6 +61,16 @@ describe("a Redis that does not answer", function()
       assert.equal(gw.null, burst(case.name, 1, 0)[1].v) -- connected and answering
       server:pause()
       local answers = burst(case.name, 40, 0.03)
+      -- gatewayctl status says the pool is failing, since when, and why
+      local _, out = g:ctl("status", "--json")
+      local st = gw.json.decode(out).redis.pools[case.name]
+      assert.equal("failing", st.state)
+      assert.same({ 1, 1 }, { st.pools, st.pools_failing })
+      assert.is_true(st.failing_s > 0.5, out)
+      assert.equal("redis_timeout", st.last_failure.kind)
+      local _, text = g:ctl("status")
+      assert.matches("state: FAILING in 1 of 1 worker pools for [%d.]+ s", text)
+      assert.matches("last connection failure [%d.]+ s ago: redis_timeout", text)
       server:resume()
       for _, a in ipairs(answers) do assert.equal("redis_timeout", a.err, gw.json.encode(a)) end
       -- the first waits 100 ms; a probe of the pool's own checks Redis after each back-off: no request waits on it
@@ -72,6 +82,8 @@ describe("a Redis that does not answer", function()
         back = burst(case.name, 1, 0.02)[1]
       until back.v or gw.monotonic_ms() - t0 > 3000
       assert.equal(gw.null, back.v, gw.json.encode(back))
+      local _, out = g:ctl("status", "--json")
+      assert.equal("ok", gw.json.decode(out).redis.pools[case.name].state)
     end)
   end
 
