@@ -345,6 +345,8 @@ static void proven(mg_rconn_t *rc)
 {
     rc->proven = 1;
     mg_redis_t *r = rc->r;
+    if (r->probe == rc)
+        r->probe = NULL; /* it did its job: from now on it is one of the pool's connections */
     if (!r->backoff_ms || rc->orphan)
         return;
     r->backoff_ms = 0;
