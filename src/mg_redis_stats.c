@@ -193,7 +193,7 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
     if (!log)
         return;
     /* says exactly what it counts: the fallbacks this limit and policy did not log, and the kind's running total */
-    char since[200];
+    char since[400];
     if (since_ms)
         snprintf(since, sizeof(since), "%llu not logged in the %.1f s since the last report of this limit and policy%s%s%s",
                  (unsigned long long)skipped, since_ms / 1000.0, skipped ? " (" : "", by_kind, skipped ? ")" : "");
