@@ -187,6 +187,8 @@ static void renders_answer(mg_admin_conn_t *c, int timed_out)
     }
     if (json)
         mg_text_add(&t, figures ? "]}\n" : "]\n");
+    if (c->render_kind == MG_RENDER_METRICS)
+        mg__admin_metrics_families(&t);
     if (c->kind == HTTP)
         http_answer(c, 200, figures ? "application/json" : "text/plain; version=0.0.4", &t);
     else

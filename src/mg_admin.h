@@ -95,6 +95,13 @@ void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json);
 /* The members of the status JSON object, without its braces (/status.json adds the workers' figures). */
 void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o);
 void mg__admin_metrics(mg_admin_t *a, mg_text_t *o);
+/*
+ * The whole exposition in t (the main thread's part and the workers'),
+ * rewritten in place: each family's samples together, after its "# HELP" and
+ * "# TYPE" lines (once per family, as the Prometheus text format requires);
+ * comment lines first.
+ */
+void mg__admin_metrics_families(mg_text_t *t);
 int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen);
 
 #endif

@@ -342,6 +342,173 @@ void mg__admin_metrics(mg_admin_t *a, mg_text_t *o)
     mg_csema_render_metrics(o);
 }
 
+/* ---- the exposition's families ---- */
+
+/*
+ * Every family /metrics has: its type and help, for the "# HELP" and
+ * "# TYPE" lines. The renderers (the main thread's here, each worker's, the
+ * Redis and cluster-semaphore ones) write samples in the order that suits
+ * them, one family interleaved with another and the workers one after the
+ * other; mg__admin_metrics_families then groups each family's samples and puts
+ * its two lines before them, once, as the text format requires. A family
+ * missing here goes out "untyped" (admin_spec checks that none does).
+ */
+typedef struct family {
+    const char *name, *type, *help;
+} family_t;
+
+static const family_t families[] = {
+    { "moongate_uptime_seconds", "gauge", "Seconds since the gateway started." },
+    { "moongate_reloads_total", "counter", "Config reloads, by result (ok, refused)." },
+    { "moongate_log_lines_dropped_total", "counter", "Log lines dropped because a ring was full." },
+    { "moongate_worker_stuck", "gauge", "1 while the watchdog sees the worker away from its event loop." },
+    { "moongate_watchdog_kills_total", "counter", "Requests the watchdog ended." },
+    { "moongate_worker_connections", "gauge", "Open client connections." },
+    { "moongate_trace_requests_recorded_total", "counter", "Requests recorded for tracing (sampled or watched)." },
+    { "moongate_trace_requests_dropped_total", "counter", "Recorded requests a worker's ring had no room for." },
+    { "moongate_trace_subscribers", "gauge", "gatewayctl trace streams connected." },
+    { "moongate_trace_timeline_lines_dropped_total", "counter", "Timeline lines a slow gatewayctl trace missed." },
+    { "moongate_trace_spans_exported_total", "counter", "Spans the collector accepted." },
+    { "moongate_trace_spans_dropped_total", "counter", "Spans dropped, by reason." },
+    { "moongate_trace_spans_queued", "gauge", "Spans waiting to be exported." },
+    { "moongate_trace_export_errors_total", "counter", "Span export requests that failed (each try)." },
+    { "moongate_semaphore_capacity", "gauge", "Permits of a semaphore (or the sum of a folded family's)." },
+    { "moongate_semaphore_in_use", "gauge", "Permits held." },
+    { "moongate_semaphore_queued", "gauge", "Requests waiting for a permit." },
+    { "moongate_semaphore_acquired_total", "counter", "Permits granted." },
+    { "moongate_semaphore_rejected_total", "counter", "Requests refused a permit." },
+    { "moongate_semaphore_timed_out_total", "counter", "Requests that waited for a permit until their queue timeout." },
+    { "moongate_semaphore_longest_wait_seconds", "gauge", "The longest a permit was waited for." },
+    { "moongate_semaphores_folded", "gauge", "Semaphores summed into their family's name=\"<family>:*\" series." },
+    { "moongate_requests_total", "counter", "Requests by route and status class." },
+    { "moongate_request_duration_seconds", "histogram", "Time from the request head to the end of the response." },
+    { "moongate_request_errors_total", "counter", "Requests that ended with an error kind, by route and kind." },
+    { "moongate_upstream_requests_total", "counter", "Proxied requests and sub-requests by upstream and status class." },
+    { "moongate_upstream_ttfb_seconds", "histogram", "Time to the upstream's first byte, queue and retries included." },
+    { "moongate_upstream_errors_total", "counter", "Upstream errors by kind." },
+    { "moongate_upstream_pool_idle", "gauge", "Idle keep-alive connections to a target." },
+    { "moongate_upstream_inflight", "gauge", "Requests in flight to a target." },
+    { "moongate_upstream_target_healthy", "gauge", "1 healthy; 0 ejected, failing its health check, or unresolved." },
+    { "moongate_upstream_h2_connections", "gauge", "HTTP/2 connections to a target." },
+    { "moongate_tunnels_open", "gauge", "Open tunnels (WebSocket) by route." },
+    { "moongate_tunnels_total", "counter", "Tunnels opened by route." },
+    { "moongate_tunnel_bytes_total", "counter", "Bytes through tunnels that ended, by route and direction." },
+    { "moongate_upstream_tunnels_open", "gauge", "Open tunnels by upstream." },
+    { "moongate_upstream_tunnels_total", "counter", "Tunnels opened by upstream." },
+    { "moongate_upstream_tunnel_bytes_total", "counter", "Bytes through tunnels that ended, by upstream and direction." },
+    { "moongate_redis_connections", "gauge", "Connections to a redis block, all workers, by state." },
+    { "moongate_redis_commands_total", "counter", "Redis commands answered." },
+    { "moongate_redis_errors_total", "counter", "Redis command failures by kind." },
+    { "moongate_redis_command_duration_seconds", "histogram", "Redis command round trips." },
+    { "moongate_redis_fallbacks_total", "counter", "A limit applied its on_redis_error policy, by limit, policy and kind." },
+    { "moongate_cluster_semaphore_capacity", "gauge", "Permits of a cluster semaphore (kept in Redis)." },
+    { "moongate_cluster_semaphore_lease_seconds", "gauge", "How long a dead gateway's permits of it stay taken." },
+    { "moongate_cluster_semaphore_held", "gauge", "Permits this process holds." },
+    { "moongate_cluster_semaphore_waiting", "gauge", "Requests of this process waiting for a permit." },
+    { "moongate_cluster_semaphore_acquired_total", "counter", "Permits this process acquired." },
+    { "moongate_cluster_semaphore_busy_total", "counter", "Acquisitions Redis answered busy." },
+    { "moongate_cluster_semaphore_timed_out_total", "counter", "Waits that ran out of time." },
+    { "moongate_cluster_semaphore_lease_lost_total", "counter", "Leases that ran out while their request still ran." },
+    { "moongate_cluster_semaphore_redis_errors_total", "counter", "Acquisitions, renewals and releases Redis failed." },
+    { "moongate_cluster_semaphore_in_use_seen", "gauge", "Permits in use in the whole fleet, as Redis last answered." },
+    { "moongate_cluster_semaphores_folded", "gauge",
+      "Cluster semaphores summed into their family's name=\"<family>:*\" series." },
+};
+
+/* The family of a sample named name[0..n): a histogram's _bucket, _sum and _count are its own. */
+static const family_t *family_of_sample(const char *name, size_t n, size_t *flen)
+{
+    static const char *const suffix[] = { "_bucket", "_sum", "_count" };
+    for (size_t i = 0; i < mg_countof(families); i++) {
+        size_t l = strlen(families[i].name);
+        if (l > n || memcmp(families[i].name, name, l) != 0)
+            continue;
+        if (l == n) {
+            *flen = l;
+            return &families[i];
+        }
+        if (strcmp(families[i].type, "histogram") != 0)
+            continue;
+        for (size_t k = 0; k < mg_countof(suffix); k++)
+            if (n - l == strlen(suffix[k]) && memcmp(name + l, suffix[k], n - l) == 0) {
+                *flen = l;
+                return &families[i];
+            }
+    }
+    *flen = n;
+    return NULL;
+}
+
+typedef struct sample_line {
+    size_t at, len;
+    size_t order;                  /* the family's, by first sample: the sort key with `at` */
+} sample_line_t;
+
+static int by_family(const void *pa, const void *pb)
+{
+    const sample_line_t *a = pa, *b = pb;
+    if (a->order != b->order)
+        return a->order < b->order ? -1 : 1;
+    return a->at < b->at ? -1 : a->at > b->at;
+}
+
+void mg__admin_metrics_families(mg_text_t *t)
+{
+    const char *p = t->p ? t->p : "";
+    size_t n = t->len, nlines = 0, cap = 256, nfam = 0, famcap = 64;
+    sample_line_t *lines = mg_alloc(cap * sizeof(*lines));
+    struct seen {
+        const char *name;          /* into t */
+        size_t len;
+        const family_t *f;
+    } *seen = mg_alloc(famcap * sizeof(*seen));
+    mg_text_t out = { 0 };
+    size_t last = (size_t)-1;      /* consecutive samples are mostly of one family */
+    for (size_t at = 0; at < n;) {
+        const char *nl = memchr(p + at, '\n', n - at);
+        size_t len = (nl ? (size_t)(nl - (p + at)) : n - at) + (nl != NULL);
+        if (p[at] == '#' || len <= 1) {
+            mg_text_append(&out, p + at, len); /* comments (the version, a worker that did not answer) go first */
+            at += len;
+            continue;
+        }
+        size_t nlen = strcspn(p + at, "{ \n");
+        size_t flen;
+        const family_t *f = family_of_sample(p + at, nlen, &flen);
+        size_t k = last;
+        if (k == (size_t)-1 || seen[k].len != flen || memcmp(seen[k].name, p + at, flen) != 0)
+            for (k = 0; k < nfam && (seen[k].len != flen || memcmp(seen[k].name, p + at, flen) != 0); k++)
+                ;
+        if (k == nfam) {
+            if (nfam == famcap)
+                seen = mg_realloc(seen, (famcap *= 2) * sizeof(*seen));
+            seen[nfam++] = (struct seen){ p + at, flen, f };
+        }
+        last = k;
+        if (nlines == cap)
+            lines = mg_realloc(lines, (cap *= 2) * sizeof(*lines));
+        lines[nlines++] = (sample_line_t){ at, len, k };
+        at += len;
+    }
+    qsort(lines, nlines, sizeof(*lines), by_family);
+    for (size_t i = 0; i < nlines; i++) {
+        if (i == 0 || lines[i].order != lines[i - 1].order) {
+            const struct seen *s = &seen[lines[i].order];
+            if (s->f)
+                mg_text_add(&out, "# HELP %s %s\n# TYPE %s %s\n", s->f->name, s->f->help, s->f->name, s->f->type);
+            else
+                mg_text_add(&out, "# TYPE %.*s untyped\n", (int)s->len, s->name);
+        }
+        mg_text_append(&out, p + lines[i].at, lines[i].len);
+        if (p[lines[i].at + lines[i].len - 1] != '\n')
+            mg_text_append(&out, "\n", 1);
+    }
+    free(lines);
+    free(seen);
+    free(t->p);
+    *t = out;
+}
+
 int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen)
 {
     mg_config_t cfg;

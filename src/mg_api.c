@@ -170,9 +170,18 @@ static int l_log(lua_State *L)
     return 0;
 }
 
-/* gw.errors: the error kinds (mg_error.h), name -> { status, grpc, message } */
+/*
+ * gw.errors: the error kinds (mg_error.h), name -> { status, grpc, message };
+ * gw._error_marks: name -> the kind's mark (mg_error_of_mark), for gw.error.
+ */
 static void register_errors(lua_State *L)
 {
+    lua_createtable(L, 0, MG_ERR__COUNT);
+    for (int i = 0; i < MG_ERR__COUNT; i++) {
+        lua_pushlightuserdata(L, (void *)&mg_errors[i]);
+        lua_setfield(L, -2, mg_errors[i].name);
+    }
+    lua_setfield(L, -2, "_error_marks");
     lua_createtable(L, 0, MG_ERR__COUNT);
     for (int i = 0; i < MG_ERR__COUNT; i++) {
         const mg_error_t *e = &mg_errors[i];

@@ -80,7 +80,7 @@ typedef struct mg_gen {
     int nroutes;
     mg_upstream_t *upstreams;
     int nupstreams;
-    mg_redis_t **redis;            /* the redis "name" { } pools, this worker's (mg_redis) */
+    mg_redis_t **redis;            /* the redis "name" { } pools, this worker's (mg_redis); NULL while the config runs */
     int nredis;
     int refs;                      /* requests using it (worker thread only) */
     int loop_stopped;              /* its timers, pools and checks are gone (mg_gen_stop) */

@@ -13,6 +13,9 @@
 #ifndef MG_ERROR_H
 #define MG_ERROR_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /*    id                 name                  http  grpc  message */
 #define MG_ERRORS(X)                                                                          \
     X(REFUSED,            "refused",            502,  14, "bad gateway")                      \
@@ -71,6 +74,17 @@ extern const mg_error_t mg_errors[MG_ERR__COUNT];
 static inline int mg_error_is_redis(const mg_error_t *e)
 {
     return e->id >= MG_ERR_REDIS_REFUSED && e->id <= MG_ERR_REDIS_ERROR;
+}
+
+/*
+ * gw.error(kind) hands C the kind as a light userdata pointing into
+ * mg_errors (no allocation; Lua cannot forge one): the kind it points at, or
+ * NULL for any other pointer.
+ */
+static inline const mg_error_t *mg_error_of_mark(const void *p)
+{
+    uintptr_t a = (uintptr_t)p, first = (uintptr_t)&mg_errors[0], end = (uintptr_t)&mg_errors[MG_ERR__COUNT];
+    return a >= first && a < end && (a - first) % sizeof(mg_error_t) == 0 ? (const mg_error_t *)p : NULL;
 }
 
 /* The kind named `name` (a Lua or config spelling), or NULL. */

@@ -70,6 +70,8 @@ typedef struct mg_rconn {
     int by_us;                     /* we are calling redisAsyncFree: on_disconnect must not free us */
     int gone;                      /* hiredis freed the context */
     int auth_failed;
+    int setup_left;                /* AUTH, SELECT, PING replies still due: a real reply ends the setup */
+    int proven;                    /* Redis answered on it (a reply that is not a connection failure) */
     char auth_msg[160];
     const mg_error_t *fail_kind;   /* why it was closed, for the NULL replies */
     char fail_msg[160];
@@ -84,8 +86,9 @@ struct mg_redis {
     int refs;                      /* atomic */
     int stopped;
     mg_rconn_t *conns[MG_REDIS_MAX_POOL];
-    uint64_t retry_at_ms;          /* no connect before this (after a failure) */
-    uint32_t backoff_ms;
+    uint64_t retry_at_ms;          /* no probe before this (after a failure) */
+    uint32_t backoff_ms;           /* 0: healthy; else failing, the current wait between probes */
+    mg_rconn_t *probe;             /* failing: the connection checking whether Redis answers again */
     const mg_error_t *last_kind;
     char last_msg[160];
 };
@@ -180,6 +183,7 @@ mg_redis_t *mg_redis_new(const mg_redis_conf_t *conf, struct event_base *base)
     r->base = base;
     r->refs = 1;
     r->stats = mg__rstats_get(conf);
+    mg__rstats_pools(r->stats, 1, 0);
     return r;
 }
 
@@ -269,6 +273,8 @@ static void arm_command_timer(mg_rconn_t *rc)
 
 static void detach(mg_rconn_t *rc)
 {
+    if (rc->r->probe == rc)
+        rc->r->probe = NULL;
     if (rc->slot >= 0 && rc->r->conns[rc->slot] == rc)
         rc->r->conns[rc->slot] = NULL;
     rc->slot = -1;
@@ -312,15 +318,41 @@ static void rc_free(mg_rconn_t *rc)
     mg_redis_unref(r);
 }
 
-/* After a failed connect (or a refused AUTH): wait before the next attempt. */
+/*
+ * A connection failed in a way that says Redis is not answering (a failed
+ * connect, a timeout, a refused AUTH or SELECT, a protocol error, a
+ * connection lost before any reply): the pool is failing. Until a probe gets
+ * a real reply, commands fail at once unless a connection proved itself (see
+ * pick); the wait between probes doubles while they keep failing. Only a
+ * real reply ends it (pool_ok): a completed TCP handshake proves nothing (the
+ * kernel completes it for a frozen redis-server).
+ */
 static void backoff(mg_redis_t *r, const mg_error_t *kind, const char *msg)
 {
+    if (!r->backoff_ms && !r->stopped)
+        mg__rstats_pools(r->stats, 0, 1);
+    mg__rstats_failure(r->stats, kind, msg);
     r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
     if (r->backoff_ms > BACKOFF_MAX_MS)
         r->backoff_ms = BACKOFF_MAX_MS;
     r->retry_at_ms = mg_now_ms() + r->backoff_ms;
     r->last_kind = kind;
     snprintf(r->last_msg, sizeof(r->last_msg), "%s", msg);
+}
+
+/* Redis answered on rc: the pool is healthy again (logged once the name's last failing pool recovers). */
+static void proven(mg_rconn_t *rc)
+{
+    rc->proven = 1;
+    mg_redis_t *r = rc->r;
+    if (r->probe == rc)
+        r->probe = NULL; /* it did its job: from now on it is one of the pool's connections */
+    if (!r->backoff_ms || rc->orphan)
+        return;
+    r->backoff_ms = 0;
+    r->retry_at_ms = 0;
+    if (!r->stopped)
+        mg__rstats_pools(r->stats, 0, -1);
 }
 
 /* Closes the connection now: its pending commands fail with kind. Only from our timer or outside callbacks. */
@@ -467,6 +499,8 @@ static void on_hiredis_reply(redisAsyncContext *ac, void *reply_, void *priv)
     } else {
         if (sent)
             mg__rstats_reply(rc->stats, mg_now_us() - sent);
+        if (!rc->auth_failed && !(reply->type == REDIS_REPLY_ERROR && mg_redis_reply_kind(reply) == MG_E(REDIS_AUTH)))
+            proven(rc);
         if (reply->type == REDIS_REPLY_ERROR && s->script && !s->resent && !s->call->abandoned &&
             strncmp(reply->str, "NOSCRIPT", 8) == 0 && rc->state == C_READY && resend_eval(rc, s) == MG_OK) {
             /* Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it; the reply comes later */
@@ -486,7 +520,7 @@ static void on_hiredis_reply(redisAsyncContext *ac, void *reply_, void *priv)
     }
 }
 
-/* AUTH and SELECT, sent first on every connection. */
+/* AUTH and SELECT, sent first on every connection, and a probe's PING. */
 static void on_setup(redisAsyncContext *ac, void *reply_, void *priv)
 {
     mg_rconn_t *rc = ac->data;
@@ -498,7 +532,7 @@ static void on_setup(redisAsyncContext *ac, void *reply_, void *priv)
     if (reply->type == REDIS_REPLY_ERROR) {
         rc->auth_failed = 1;
         snprintf(rc->auth_msg, sizeof(rc->auth_msg), "%s failed: %s", what, reply->str);
-        const mg_error_t *kind = strcmp(what, "AUTH") == 0 ? MG_E(REDIS_AUTH) : MG_E(REDIS_ERROR);
+        const mg_error_t *kind = strcmp(what, "AUTH") == 0 ? MG_E(REDIS_AUTH) : mg_redis_reply_kind(reply);
         mg__rstats_log(rc->stats, kind, rc->auth_msg);
         if (rc->r)
             backoff(rc->r, kind, rc->auth_msg);
@@ -509,8 +543,10 @@ static void on_setup(redisAsyncContext *ac, void *reply_, void *priv)
         later(rc, T_CLOSE);
         return;
     }
-    if (strcmp(what, "AUTH") == 0 && rc->r)
-        rc->r->backoff_ms = 0;
+    if (--rc->setup_left == 0)
+        proven(rc);
+    set_gauge(rc);
+    arm_command_timer(rc);
 }
 
 static void on_connect(const redisAsyncContext *cac, int status)
@@ -534,9 +570,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
     }
     if (rc->state != C_CONNECTING)
         return;
-    rc->state = C_READY;
-    if (rc->r && !rc->r->conf.password)
-        rc->r->backoff_ms = 0;
+    rc->state = C_READY; /* connected is not answering: only a reply ends a failure (proven) */
     event_del(&rc->timer);
     /* what was queued while connecting leaves now: its replies are timed from here */
     uint64_t now = mg_now_us();
@@ -553,9 +587,25 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     rc->gone = 1;
     if (rc->by_us)
         return; /* close_now frees it when redisAsyncFree returns */
-    if (status != REDIS_OK)
-        mg__rstats_log(rc->stats, rc->fail_kind ? rc->fail_kind : MG_E(REDIS_RESET),
-                    rc->fail_kind ? rc->fail_msg : ac->err == REDIS_ERR_EOF ? "connection closed by Redis" : ac->errstr);
+    if (status != REDIS_OK) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s%s",
+                 rc->fail_kind                 ? rc->fail_msg
+                 : ac->err == REDIS_ERR_EOF     ? "connection closed by Redis"
+                 : ac->err == REDIS_ERR_PROTOCOL ? "not a Redis reply: "
+                                                : "",
+                 rc->fail_kind || ac->err == REDIS_ERR_EOF ? "" : ac->errstr);
+        const mg_error_t *kind = rc->fail_kind ? rc->fail_kind : MG_E(REDIS_RESET);
+        mg__rstats_log(rc->stats, kind, msg);
+        /*
+         * Not talking to a Redis (a protocol error: the address is an HTTP
+         * server, say), or closed before it ever answered: the next
+         * connection would likely fare the same, so back off. A connection
+         * that worked and is closed (a Redis restart) reconnects at once.
+         */
+        if ((ac->err == REDIS_ERR_PROTOCOL || !rc->proven) && !rc->orphan && !rc->r->stopped)
+            backoff(rc->r, kind, msg);
+    }
     rc->state = C_CLOSING;
     detach(rc);
     if (rc->in_cb)
@@ -564,8 +614,8 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
         rc_free(rc); /* hiredis touches nothing of ours after this callback */
 }
 
-/* Opens a connection in slot i. Returns it, or NULL with the failure noted (backoff). */
-static mg_rconn_t *conn_open(mg_redis_t *r, int i)
+/* Opens a connection in slot i (a probe: PING after the setup). Returns it, or NULL with the failure noted (backoff). */
+static mg_rconn_t *conn_open(mg_redis_t *r, int i, int probe)
 {
     const mg_redis_conf_t *c = &r->conf;
     redisAsyncContext *ac = c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
@@ -602,6 +652,7 @@ static mg_rconn_t *conn_open(mg_redis_t *r, int i)
         size_t lens[3] = { 4, strlen(argv[1]), strlen(c->password) };
         redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", c->username ? 3 : 2, argv, lens);
         ring_push(rc, mg_now_us());
+        rc->setup_left++;
     }
     if (c->db) {
         char db[16];
@@ -610,15 +661,32 @@ static mg_rconn_t *conn_open(mg_redis_t *r, int i)
         size_t lens[2] = { 6, (size_t)n };
         redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, lens);
         ring_push(rc, mg_now_us());
+        rc->setup_left++;
+    }
+    if (probe) {
+        r->probe = rc;
+        if (!rc->setup_left) { /* AUTH or SELECT would do: any reply says whether Redis answers */
+            redisAsyncCommand(ac, on_setup, (void *)"PING", "PING");
+            ring_push(rc, mg_now_us());
+            rc->setup_left++;
+        }
     }
     return rc;
 }
 
-/* The connection a call goes on: a ready one with nothing pending, a new one, or the least busy. */
+/*
+ * The connection a call goes on. Healthy: a ready one with nothing pending,
+ * a new one, or the least busy (commands queue behind a connect). Failing
+ * (backoff_ms): only a connection on which Redis answered, else the command
+ * fails at once; once the back-off is over, a probe connection (the pool's
+ * own PING, or AUTH/SELECT) checks whether Redis answers again, and no
+ * request waits on it. So a hung Redis costs one command timeout, and then
+ * none per request.
+ */
 static mg_rconn_t *pick(mg_redis_t *r, const mg_error_t **kind, char *msg)
 {
     mg_rconn_t *best = NULL;
-    int empty = -1;
+    int empty = -1, failing = r->backoff_ms != 0;
     for (int i = 0; i < r->conf.size; i++) {
         mg_rconn_t *rc = r->conns[i];
         if (!rc) {
@@ -626,25 +694,38 @@ static mg_rconn_t *pick(mg_redis_t *r, const mg_error_t **kind, char *msg)
                 empty = i;
             continue;
         }
-        if (rc->state == C_CLOSING)
+        if (rc->state == C_CLOSING || (failing && (rc->state != C_READY || !rc->proven)))
             continue;
         if (!best || rc->count < best->count)
             best = rc;
     }
+    uint64_t now = mg_now_ms();
+    if (failing) {
+        if (empty >= 0 && !r->probe && now >= r->retry_at_ms)
+            conn_open(r, empty, 1);
+        if (best)
+            return best;
+        *kind = r->last_kind ? r->last_kind : MG_E(REDIS_REFUSED);
+        if (r->probe)
+            snprintf(msg, 160, "not connected (%.100s); checking whether Redis answers again", r->last_msg);
+        else
+            snprintf(msg, 160, "not connected (%.100s); next attempt in %llu ms", r->last_msg,
+                     (unsigned long long)(r->retry_at_ms > now ? r->retry_at_ms - now : 0));
+        return NULL;
+    }
     if (best && (best->count == 0 || empty < 0))
         return best;
-    if (empty >= 0 && mg_now_ms() >= r->retry_at_ms) {
-        mg_rconn_t *rc = conn_open(r, empty);
+    if (empty >= 0) {
+        mg_rconn_t *rc = conn_open(r, empty, 0);
         if (rc)
             return rc;
+        return pick(r, kind, msg); /* it failed at once: the pool is failing now */
     }
-    if (best)
-        return best;
-    *kind = r->last_kind ? r->last_kind : MG_E(REDIS_REFUSED);
-    uint64_t now = mg_now_ms();
-    snprintf(msg, 160, "not connected (%.100s); next attempt in %llu ms", r->last_msg,
-             (unsigned long long)(r->retry_at_ms > now ? r->retry_at_ms - now : 0));
-    return NULL;
+    if (!best) { /* not reached: a closing connection leaves its slot (detach) */
+        *kind = MG_E(REDIS_RESET);
+        snprintf(msg, 160, "every connection is closing");
+    }
+    return best;
 }
 
 /* A script command's arguments, kept for an EVAL after NOSCRIPT: one allocation. */
@@ -735,6 +816,7 @@ void mg_redis_stop(mg_redis_t *r)
     if (r->stopped)
         return;
     r->stopped = 1;
+    mg__rstats_pools(r->stats, -1, r->backoff_ms ? -1 : 0);
     for (int i = 0; i < r->conf.size; i++) {
         mg_rconn_t *rc = r->conns[i];
         if (!rc)

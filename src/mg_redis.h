@@ -30,10 +30,16 @@
  * timeouts.connect) is closed and every command pending on it fails with the
  * kind (mg_error.h: redis_refused, redis_timeout, redis_reset, redis_auth);
  * an error reply is redis_error for that command only. The next command
- * opens a new connection; after a failed connect or a timeout the pool waits
- * (10 ms, doubling to 500 ms while it keeps failing) before trying again, and
- * commands in that time fail at once with the last error, so a dead or hung
- * Redis costs neither a connect nor a timeout per request.
+ * opens a new connection. After a failed connect, a timeout, a refused
+ * AUTH/SELECT, a protocol error or a connection lost before any reply, the
+ * pool is failing: commands fail at once with the last error (except on a
+ * connection that has answered since), and after a back-off (10 ms, doubling
+ * to 500 ms while it keeps failing) a probe connection of the pool's own
+ * (PING, or AUTH/SELECT) checks whether Redis answers; no request waits on
+ * it. Only a real reply ends the failure: the kernel completes a TCP
+ * handshake for a frozen Redis. So a dead or hung Redis costs neither a
+ * connect nor a timeout per request. A connection that had answered and is
+ * closed (a Redis restart) reconnects at once, without a back-off.
  */
 #ifndef MG_REDIS_H
 #define MG_REDIS_H
@@ -178,6 +184,10 @@ mg_rstats_t *mg__redis_stats(const mg_redis_t *r);
 void mg__rstats_gauge(mg_rstats_t *s, int from, int to); /* MG__RGAUGE_*, -1: none */
 void mg__rstats_reply(mg_rstats_t *s, uint64_t us);
 void mg__rstats_error(mg_rstats_t *s, const mg_error_t *kind, uint64_t n);
+/* pools: a worker's pool of the name starts (+1) or stops (-1); failing: one begins (+1) or ends (-1) to back off. */
+void mg__rstats_pools(mg_rstats_t *s, int pools, int failing);
+/* A connection failure that made a pool back off (the status shows the last one). */
+void mg__rstats_failure(mg_rstats_t *s, const mg_error_t *kind, const char *msg);
 /* A connection-level failure: logged at most once per 10 s per kind. */
 void mg__rstats_log(mg_rstats_t *s, const mg_error_t *kind, const char *msg);
 

@@ -19,8 +19,9 @@
  * deadline ends the request; the reply is then discarded when it comes).
  *
  * Arguments are strings or numbers (integers are sent without an exponent).
- * Commands a shared connection cannot carry are refused with an error (see
- * mg_redis_refuse).
+ * Commands a shared connection cannot carry raise an error before anything
+ * is sent (see mg_redis_refuse): a programming error, like a bad argument,
+ * never a `nil, kind` (those are Redis's failures).
  */
 #include <ctype.h>
 #include <lauxlib.h>
@@ -516,15 +517,29 @@ static void push_handle(lua_State *L, mg_redis_t *r, int owned)
     lua_setmetatable(L, -2);
 }
 
-/* gw._redis(name): the generation's pool (gw.redis caches the handles per name) */
+/*
+ * gw._redis(name): the generation's pool (gw.redis caches the handles per
+ * name), or nil and why not: gw.redis raises it at its caller's line (the
+ * config's own file:line at load).
+ */
 static int l_get(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     mg_vm_t *vm = mg_vm_of(L);
-    mg_redis_t *r = vm->gen ? mg_gen_redis(vm->gen, name) : NULL;
-    if (!r)
-        return luaL_error(L, "gw.redis: no redis named '%s' in the config (redis \"%s\" { address = ... })", name,
-                          name);
+    if (!vm->gen || !((mg_gen_t *)vm->gen)->redis) { /* the config is running: its blocks become pools after it */
+        lua_pushnil(L);
+        lua_pushfstring(L, "gw.redis(\"%s\"): no Redis pool exists while the config loads (they are made from its "
+                           "redis blocks once it has run): call gw.redis in a handler, a plugin's phase, a timer or "
+                           "init_worker",
+                        name);
+        return 2;
+    }
+    mg_redis_t *r = mg_gen_redis(vm->gen, name);
+    if (!r) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "gw.redis: no redis named '%s' in the config (redis \"%s\" { address = ... })", name, name);
+        return 2;
+    }
     push_handle(L, r, 0);
     return 1;
 }

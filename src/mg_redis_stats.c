@@ -36,6 +36,12 @@ struct mg_rstats {
     pthread_mutex_t lock;                   /* the rest: rare paths */
     fallback_t *fallbacks;
     uint64_t err_logged_ms[MG_ERR__COUNT], err_unlogged[MG_ERR__COUNT];
+    int pools, failing;                     /* worker pools of this name, and how many of them are backing off */
+    double failing_since;                   /* wall time the first of them began to (failing > 0) */
+    uint64_t failed_attempts;               /* connection failures since then */
+    const mg_error_t *last_kind;            /* the last connection failure */
+    char last_msg[160];
+    double last_time;
     struct mg_rstats *next;
 };
 
@@ -109,14 +115,44 @@ void mg__rstats_log(mg_rstats_t *s, const mg_error_t *kind, const char *msg)
                      kind->name, msg, (unsigned long long)skipped);
 }
 
+void mg__rstats_pools(mg_rstats_t *s, int pools, int failing)
+{
+    double now = mg_wall_time(), down = 0;
+    uint64_t attempts = 0;
+    pthread_mutex_lock(&s->lock);
+    s->pools += pools;
+    if (failing > 0 && s->failing++ == 0) {
+        s->failing_since = now;
+        s->failed_attempts = 0;
+    } else if (failing < 0 && --s->failing == 0) {
+        down = now - s->failing_since;
+        attempts = s->failed_attempts;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (down > 0 && pools == 0) /* a pool answered again (not one that stopped while failing) */
+        mg_log_info(NULL, "redis %s (%s): answering again after %.1f s of failures (%llu failed attempts)", s->name,
+                    s->address, down, (unsigned long long)attempts);
+}
+
+void mg__rstats_failure(mg_rstats_t *s, const mg_error_t *kind, const char *msg)
+{
+    pthread_mutex_lock(&s->lock);
+    s->failed_attempts++;
+    s->last_kind = kind;
+    snprintf(s->last_msg, sizeof(s->last_msg), "%s", msg);
+    s->last_time = mg_wall_time();
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* ---- fallbacks ---- */
 
 void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, const mg_error_t *kind,
                        const char *msg)
 {
     mg_rstats_t *s = mg__redis_stats(r);
-    uint64_t now = mg_now_ms(), skipped = 0, total = 0;
+    uint64_t now = mg_now_ms(), skipped = 0, total = 0, since_ms = 0;
     int log = 0;
+    char by_kind[256] = "";        /* the fallbacks not logged, by kind: "redis_refused 5, redis_timeout 2" */
     pthread_mutex_lock(&s->lock);
     fallback_t *f;
     for (f = s->fallbacks; f; f = f->next)
@@ -138,9 +174,14 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
             last = g->logged_ms;
     if (!last || now - last >= LOG_INTERVAL_MS) {
         log = 1;
+        since_ms = last ? now - last : 0;
+        size_t at = 0;
         for (fallback_t *g = s->fallbacks; g; g = g->next)
-            if (strcmp(g->limit, limit) == 0 && strcmp(g->policy, policy) == 0) {
+            if (strcmp(g->limit, limit) == 0 && strcmp(g->policy, policy) == 0 && g->unlogged) {
                 skipped += g->unlogged;
+                if (at < sizeof(by_kind))
+                    at += (size_t)snprintf(by_kind + at, sizeof(by_kind) - at, "%s%s %llu", at ? ", " : "",
+                                           g->kind->name, (unsigned long long)g->unlogged);
                 g->unlogged = 0;
             }
         f->logged_ms = now;
@@ -149,11 +190,18 @@ void mg_redis_fallback(mg_redis_t *r, const char *limit, const char *policy, con
         f->unlogged++;
     }
     pthread_mutex_unlock(&s->lock);
-    if (log)
-        mg_log_warn(NULL, "%s: redis %s unavailable (%s: %s): on_redis_error = \"%s\" applies "
-                    "(%llu more fallbacks since the last report, %llu with this kind in all)",
-                    limit, s->name, kind->name, msg ? msg : "", policy, (unsigned long long)skipped,
-                    (unsigned long long)total);
+    if (!log)
+        return;
+    /* says exactly what it counts: the fallbacks this limit and policy did not log, and the kind's running total */
+    char since[400];
+    if (since_ms)
+        snprintf(since, sizeof(since), "%llu not logged in the %.1f s since the last report of this limit and policy%s%s%s",
+                 (unsigned long long)skipped, since_ms / 1000.0, skipped ? " (" : "", by_kind, skipped ? ")" : "");
+    else
+        snprintf(since, sizeof(since), "the first report of this limit and policy");
+    mg_log_warn(NULL, "%s: redis %s unavailable (%s: %s): on_redis_error = \"%s\" applies; %s; %llu %s fallbacks "
+                "of this limit and policy in this process so far (moongate_redis_fallbacks_total)",
+                limit, s->name, kind->name, msg ? msg : "", policy, since, (unsigned long long)total, kind->name);
 }
 
 /* ---- figures ---- */
@@ -170,6 +218,35 @@ static void hist_json(mg_text_t *o, const mg_rstats_t *s)
             mg_text_add(o, ",\"le_inf\":%llu", (unsigned long long)cum);
     }
     mg_text_add(o, "}");
+}
+
+/* The pools' state: how many workers' pools back off, since when, and the last connection failure (under s->lock). */
+static void state_json(mg_text_t *o, const mg_rstats_t *s, double now)
+{
+    mg_text_add(o, ",\"state\":\"%s\",\"pools\":%d,\"pools_failing\":%d", s->failing ? "failing" : "ok", s->pools,
+                s->failing);
+    if (s->failing)
+        mg_text_add(o, ",\"failing_since\":%.3f,\"failing_s\":%.1f", s->failing_since, now - s->failing_since);
+    if (s->last_kind) {
+        mg_text_add(o, ",\"last_failure\":{\"kind\":\"%s\",\"message\":\"", s->last_kind->name);
+        mg_text_json(o, s->last_msg);
+        mg_text_add(o, "\",\"time\":%.3f,\"ago_s\":%.1f}", s->last_time, now - s->last_time);
+    }
+}
+
+static void state_text(mg_text_t *o, const mg_rstats_t *s, double now)
+{
+    if (s->failing)
+        mg_text_add(o, "    state: FAILING in %d of %d worker pools for %.1f s (requests fail at once; a probe "
+                       "checks Redis after each back-off)\n",
+                    s->failing, s->pools, now - s->failing_since);
+    else
+        mg_text_add(o, "    state: ok (%d worker pools)\n", s->pools);
+    if (s->last_kind) {
+        mg_text_add(o, "    last connection failure %.1f s ago: %s: ", now - s->last_time, s->last_kind->name);
+        mg_text_json(o, s->last_msg);
+        mg_text_add(o, "\n");
+    }
 }
 
 /*
@@ -205,8 +282,9 @@ void mg_redis_render_status(mg_text_t *o, int json)
                 }
             mg_text_add(o, "},");
             hist_json(o, s);
-            mg_text_add(o, ",\"fallbacks\":[");
             pthread_mutex_lock(&s->lock);
+            state_json(o, s, mg_wall_time());
+            mg_text_add(o, ",\"fallbacks\":[");
             f = 1;
             for (fallback_t *fb = s->fallbacks; fb; fb = fb->next) {
                 mg_text_add(o, "%s{\"limit\":\"", f ? "" : ",");
@@ -238,6 +316,7 @@ void mg_redis_render_status(mg_text_t *o, int json)
             }
             mg_text_add(o, "\n");
             pthread_mutex_lock(&s->lock);
+            state_text(o, s, mg_wall_time());
             for (fallback_t *fb = s->fallbacks; fb; fb = fb->next) {
                 mg_text_add(o, "    fallback ");
                 mg_text_json(o, fb->limit);

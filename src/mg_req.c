@@ -464,6 +464,38 @@ static void respond_grpc_error(mg_req_t *r, lua_State *co, int status)
 }
 
 /*
+ * gw.error(kind, status, headers): the gateway's error answer (mg_req_error)
+ * with the headers the plugin added (validated as any response field).
+ */
+static void respond_kind(mg_req_t *r, lua_State *co, int status, const mg_error_t *kind)
+{
+    mg_header_t extra[16];
+    size_t n = 0;
+    if (lua_istable(co, 3)) {
+        lua_pushnil(co);
+        while (lua_next(co, 3)) {
+            mg_header_t *h = &extra[n];
+            if (n == mg_countof(extra) || lua_type(co, -2) != LUA_TSTRING || !lua_isstring(co, -1)) {
+                lua_pop(co, 2);
+                fail_500(r, "gw.error: headers must be at most 16 name = string pairs");
+                return;
+            }
+            h->name = lua_tolstring(co, -2, &h->name_len);
+            h->value = lua_tolstring(co, -1, &h->value_len); /* a number becomes a string in the table: still alive */
+            lua_pop(co, 1);
+            if (!mg_resp_valid_name(h->name, h->name_len) || !mg_resp_valid_value(h->value, h->value_len) ||
+                mg_resp_framing_field(h->name, h->name_len)) {
+                lua_pop(co, 1);
+                fail_500(r, "gw.error: a header name or value that cannot be sent");
+                return;
+            }
+            n++;
+        }
+    }
+    mg_req_error(r, status, kind, NULL, 0, extra, n);
+}
+
+/*
  * Sends the handler's response. The results are on co: status, body, headers
  * (or the fields of ctx.response when status is nil).
  */
@@ -496,6 +528,11 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
     int status = (int)lua_tointeger(co, 1);
     if (!lua_isnumber(co, 1) || status < 200 || status > 999) {
         fail_500(r, "handler returned an invalid status (want an integer 200..999)");
+        return;
+    }
+    const mg_error_t *kind = lua_type(co, 2) == LUA_TLIGHTUSERDATA ? mg_error_of_mark(lua_touserdata(co, 2)) : NULL;
+    if (kind) {
+        respond_kind(r, co, status, kind);
         return;
     }
     if (r->grpc && status != 200) {

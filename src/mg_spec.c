@@ -23,7 +23,8 @@
 extern char **environ;
 
 /* gw.process.spawn({argv...}, {stdout = path, stderr = path, cwd = dir}) -> pid
- * (cwd: the child's working directory; default ours) */
+ * (cwd: the child's working directory; default ours). A program named
+ * without a '/' is looked up in PATH, as a shell would (posix_spawnp). */
 static int l_spawn(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -64,7 +65,7 @@ static int l_spawn(lua_State *L)
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
     pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
+    int rc = posix_spawnp(&pid, argv[0], &fa, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) {
@@ -78,11 +79,29 @@ static int l_spawn(lua_State *L)
     return 1;
 }
 
-/* gw.process.kill(pid, signal_number) */
+static const struct { const char *name; int sig; } signals[] = {
+    { "SIGTERM", SIGTERM }, { "SIGKILL", SIGKILL }, { "SIGINT", SIGINT }, { "SIGSTOP", SIGSTOP },
+    { "SIGCONT", SIGCONT }, { "SIGHUP", SIGHUP },   { "SIGQUIT", SIGQUIT }, { "SIGUSR1", SIGUSR1 },
+    { "SIGUSR2", SIGUSR2 },
+};
+
+/* gw.process.kill(pid [, signal]): a number (gw.process.SIGSTOP) or its name ("SIGSTOP"); SIGTERM by default */
 static int l_kill(lua_State *L)
 {
     pid_t pid = (pid_t)luaL_checkinteger(L, 1);
-    int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+    int sig = SIGTERM;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *name = lua_tostring(L, 2);
+        size_t i;
+        for (i = 0; i < mg_countof(signals) && strcmp(signals[i].name, name) != 0; i++)
+            ;
+        if (i == mg_countof(signals))
+            return luaL_argerror(L, 2, "a signal: a number or SIGTERM, SIGKILL, SIGINT, SIGSTOP, SIGCONT, SIGHUP, "
+                                       "SIGQUIT, SIGUSR1, SIGUSR2");
+        sig = signals[i].sig;
+    } else if (!lua_isnoneornil(L, 2)) {
+        sig = (int)luaL_checkinteger(L, 2);
+    }
     if (pid <= 0)
         return luaL_argerror(L, 1, "pid must be positive");
     lua_pushboolean(L, kill(pid, sig) == 0);
@@ -158,12 +177,10 @@ void mg_spec_register(lua_State *L, mg_vm_t *vm)
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);
-    lua_pushinteger(L, SIGTERM);
-    lua_setfield(L, -2, "SIGTERM");
-    lua_pushinteger(L, SIGKILL);
-    lua_setfield(L, -2, "SIGKILL");
-    lua_pushinteger(L, SIGINT);
-    lua_setfield(L, -2, "SIGINT");
+    for (size_t i = 0; i < mg_countof(signals); i++) {
+        lua_pushinteger(L, signals[i].sig);
+        lua_setfield(L, -2, signals[i].name);
+    }
     lua_setfield(L, -2, "process");
 }
 

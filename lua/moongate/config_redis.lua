@@ -42,6 +42,11 @@ function M.directive(st)
       if st.redis[name] then fail("%s is already defined at %s", what, st.redis[name].where) end
       check_fields(t, REDIS_FIELDS, what)
       local a = t.address
+      local host = type(a) == "string" and not a:match("^unix:") and a:match("^(.*):%d+$")
+      if host and host:find(":", 1, true) and not host:match("^%[.*%]$") then
+        fail("%s: an IPv6 address goes in brackets: \"[%s]:%s\", got '%s' (which part is the port?)", what, host,
+             a:match(":(%d+)$"), a)
+      end
       if type(a) ~= "string" or not (a:match("^unix:/.+") or a:match("^%[?[%w_.%-:]+%]?:%d+$")) then
         fail("%s: address must be \"host:port\" or \"unix:/path/to/redis.sock\", got %s", what, tostring(a))
       end

@@ -30,12 +30,40 @@ gw.redis = setmetatable({ script = gw._redis_script, connect = gw._redis_connect
   __call = function(_, name)
     local h = redis_handles[name]
     if not h then
-      h = gw._redis(name)
+      local why
+      h, why = gw._redis(name)
+      if not h then error(why, 2) end -- located at the caller: the config's file:line at load
       redis_handles[name] = h
     end
     return h
   end,
 })
+
+--- gw.error(kind [, status [, headers]]) -> what a plugin's rewrite or access
+-- phase (or a handler) returns to answer with a gateway error kind, as the
+-- gateway answers its own errors: `return gw.error("redis_timeout")`. The body
+-- is the gateway's {"error": message, "status": ..., "trace_id": ...} (a gRPC
+-- status for gRPC calls), the kind goes to the access log's "error",
+-- ctx.error, moongate_request_errors_total{kind} and error_header; status
+-- defaults to the kind's; headers are added (Retry-After, say). The response
+-- filters do not run on it, as on the gateway's own errors. @phases rewrite,
+-- access, handler
+local error_marks = gw._error_marks
+gw._error_marks = nil
+local ERROR_MARK = {} -- mark -> true: plugins.lua tells an error answer from a body
+for _, mark in pairs(error_marks) do ERROR_MARK[mark] = true end
+gw._is_error_mark = function(v) return ERROR_MARK[v] == true end
+function gw.error(kind, status, headers)
+  local mark = error_marks[kind]
+  if not mark then
+    error(("gw.error: %s is not an error kind (gw.errors)"):format(tostring(kind)), 2)
+  end
+  if status ~= nil and (type(status) ~= "number" or status % 1 ~= 0 or status < 400 or status > 599) then
+    error("gw.error: status must be an integer from 400 to 599", 2)
+  end
+  if headers ~= nil and type(headers) ~= "table" then error("gw.error: headers must be a table", 2) end
+  return status or gw.errors[kind].status, mark, headers
+end
 
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 

@@ -355,7 +355,10 @@ function M.run(ctx, chain, handler)
     end
     if status == nil then return nil end
   end
-  if chain.has_header_filter then return filter_response(ctx, chain, status, body, headers) end
+  -- gw.error(...): the gateway's own error answer, which the response filters do not see (as for its other errors)
+  if chain.has_header_filter and not gw._is_error_mark(body) then
+    return filter_response(ctx, chain, status, body, headers)
+  end
   return status, body, headers -- C adds the defaults plugins set on ctx.response.headers
 end
 

@@ -10,6 +10,16 @@
 -- seconds. When Redis cannot answer, on_redis_error applies: "allow",
 -- "deny" (503), or "local" (max divided by the redis block's nodes, on the
 -- local semaphores). See docs/cluster.md.
+
+-- A duration as the config writes them elsewhere (an upstream's lease): "10s", "1500ms", "2m", or seconds.
+local UNITS = { ms = 0.001, s = 1, [""] = 1, m = 60, h = 3600 }
+local function seconds(v)
+  if type(v) == "number" then return v end
+  if type(v) ~= "string" then return nil end
+  local num, unit = v:match("^%s*([%d%.]+)%s*(%a*)%s*$")
+  return tonumber(num) and UNITS[unit] and tonumber(num) * UNITS[unit]
+end
+
 local LimitConn = {
   name = "limit-conn",
   version = "1.0.0",
@@ -29,8 +39,9 @@ local LimitConn = {
       scope = { type = "string", default = "local", one_of = { "local", "cluster" },
                 description = "local: this gateway's workers share the limit; cluster: every gateway on that Redis" },
       redis = { type = "redis", description = "scope = cluster: the redis block (redis \"name\" { ... })" },
-      lease = { type = "number", default = 10, between = { 0.3, 86400 },
-                description = "scope = cluster: seconds a dead gateway's permits stay taken (renewed while a request runs)" },
+      lease = { type = "any", default = 10,
+                description = "scope = cluster: how long a dead gateway's permits stay taken (renewed while a request "
+                              .. "runs): a duration (\"10s\", \"1500ms\") or seconds, from 300 ms to 24 h" },
       on_redis_error = { type = "string", default = "local", one_of = { "allow", "deny", "local" },
                          description = "scope = cluster, Redis unreachable: allow, deny (503), local (max / nodes here)" },
       name = { type = "string", non_empty = true,
@@ -39,6 +50,12 @@ local LimitConn = {
     check = function(conf, given)
       if conf.scope == "cluster" then
         if not conf.redis then return nil, "field 'redis': scope = \"cluster\" needs the name of a redis block" end
+        local lease = seconds(conf.lease)
+        if not lease or lease < 0.3 or lease > 86400 then
+          return nil, ("field 'lease': %s is not a duration from \"300ms\" to \"24h\" (or seconds)")
+                      :format(tostring(conf.lease))
+        end
+        conf.lease = lease
       elseif given.redis or given.lease or given.on_redis_error or given.name then
         return nil, "fields 'redis', 'lease', 'on_redis_error' and 'name' need scope = \"cluster\""
       end
@@ -87,9 +104,7 @@ local function cluster_limit(ctx, conf, key)
   local policy = conf.on_redis_error
   red:fallback("limit-conn " .. (conf.name or ctx.route.name), policy, err, msg)
   if policy == "allow" then return end
-  if policy == "deny" then
-    return 503, { error = "concurrency limit store unavailable", kind = err }
-  end
+  if policy == "deny" then return gw.error(err) end -- the kind: 503, X-Gateway-Error, the access log, the metrics
   return local_limit(ctx, conf, key, max(conf.weight, floor(conf.max / red:conf().nodes)))
 end
 

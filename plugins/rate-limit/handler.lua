@@ -30,26 +30,6 @@ redis.call('SET', KEYS[1], now + ahead, 'PX', math.ceil(ahead / 1000) + 1)
 return math.max(1, math.ceil(ahead))
 ]]
 
--- GCRA: one key holds the bucket's "theoretical arrival time" (µs, Redis's
--- clock, so the gateways' clocks need not agree). KEYS[1] the bucket. The
--- emission interval (µs per token) and the burst are written into the
--- script, one script per (rate, burst): fewer arguments to format and parse
--- on every request. Returns how far (µs) the bucket's arrival time is ahead
--- of now with this request counted: positive when allowed, negated when
--- refused (then it was not counted). One integer: a table reply costs Redis
--- more than the rest of the script.
-local GCRA = [[
-local interval, burst = %.17g, %.17g
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local ahead = (tat - now) + interval -- in this order: exact at any rate
-if ahead > burst * interval then return -math.max(1, math.ceil(ahead)) end
-redis.call('SET', KEYS[1], now + ahead, 'PX', math.ceil(ahead / 1000) + 1)
-return math.max(1, math.ceil(ahead))
-]]
-
 local RateLimit = {
   name = "rate-limit",
   version = "1.0.0",
@@ -91,7 +71,7 @@ local floor, ceil, max, tostring, tonumber = math.floor, math.ceil, math.max, to
 
 local function answer(ctx, conf, burst, allowed, remaining, reset_s, retry_s)
   local h = ctx.response.headers
-  h["RateLimit-Limit"] = tostring(burst)
+  h["RateLimit-Limit"] = tostring(floor(burst)) -- a fractional burst admits floor(burst) requests
   h["RateLimit-Remaining"] = tostring(floor(remaining))
   h["RateLimit-Reset"] = tostring(ceil(reset_s))
   if not allowed then
@@ -130,11 +110,10 @@ local function redis_bucket(ctx, conf, key)
   local policy = conf.on_redis_error
   red:fallback("rate-limit " .. (conf.name or ctx.route.name), policy, err, msg)
   if policy == "allow" then return end
-  if policy == "deny" then
-    return 503, { error = "rate limit store unavailable", kind = err }
-  end
+  if policy == "deny" then return gw.error(err) end -- the kind: 503, X-Gateway-Error, the access log, the metrics
+  -- this node's share; the bucket holds whole requests, so its size is an integer (at least 1), as its header says
   local nodes = red:conf().nodes
-  return local_bucket(ctx, conf, key, conf.rate / nodes, max(1, conf.burst / nodes))
+  return local_bucket(ctx, conf, key, conf.rate / nodes, max(1, floor(conf.burst / nodes)))
 end
 
 function RateLimit.access(ctx, conf)

@@ -72,6 +72,37 @@ local function prom_line_ok(line)
   return true
 end
 
+-- The exposition's structure: every family has one "# HELP" and one "# TYPE"
+-- (counter, gauge or histogram) before its first sample, and its samples
+-- (a histogram's _bucket, _sum, _count) come together. Returns the types.
+local function check_families(text)
+  local types, helps, done, current = {}, {}, {}, nil
+  for line in text:gmatch("[^\n]+") do
+    local what, name, rest = line:match("^# (%u+) ([%w_:]+) ?(.*)$")
+    if what == "TYPE" then
+      assert(not types[name], "a second # TYPE for " .. name)
+      assert(not done[name] and current ~= name, "# TYPE after samples of " .. name)
+      assert(rest == "counter" or rest == "gauge" or rest == "histogram", line)
+      assert(helps[name], "# TYPE without # HELP first: " .. name)
+      types[name] = rest
+    elseif what == "HELP" then
+      assert(not helps[name], "a second # HELP for " .. name)
+      helps[name] = true
+    elseif line:sub(1, 1) ~= "#" then
+      local sample = line:match("^([%a_:][%w_:]*)")
+      local base = sample:match("^(.*)_bucket$") or sample:match("^(.*)_sum$") or sample:match("^(.*)_count$")
+      local family = base and types[base] == "histogram" and base or sample
+      assert(types[family], "a sample without # TYPE: " .. line)
+      if family ~= current then
+        assert(not done[family], "the samples of " .. family .. " are not together: " .. line)
+        if current then done[current] = true end
+        current = family
+      end
+    end
+  end
+  return types
+end
+
 local function check_prometheus(text)
   local n = 0
   for line in text:gmatch("[^\n]+") do
@@ -79,6 +110,7 @@ local function check_prometheus(text)
     assert(ok, ("bad exposition line (%s): %s"):format(tostring(why), line))
     n = n + 1
   end
+  check_families(text)
   return n
 end
 
@@ -88,6 +120,61 @@ local function unescape_label(v)
 end
 
 describe("the admin side", function()
+  it("types every family of /metrics once, before its samples, which come together", function()
+    local redis = require "moongate.test.redis"
+    local r = redis.start()
+    local up = require("spec.upstream").start(function() return 200, {}, "ok" end)
+    local port = helpers.free_port()
+    local g = helpers.start(([[
+      admin_listen "127.0.0.1:%d"
+      workers(2)
+      redis "main" { address = "%s" }
+      redis "gone" { address = "127.0.0.1:%d" }
+      upstream "u" { targets = { "127.0.0.1:%d" }, max_concurrency = 4, scope = "cluster", redis = "main" }
+      route { path = "/up", upstream = "u" }
+      route { path = "/rl", plugins = { ["rate-limit"] = { rate = 100, policy = "redis", redis = "gone" } },
+              handler = function() return 200, "ok" end }
+      route { path = "/lc", plugins = { ["limit-conn"] = { max = 2, key = "header:X-K" } },
+              handler = function() gw.sleep(1); return 200, "ok" end }
+      route { path = "/clc", plugins = { ["limit-conn"] = { max = 2, key = "header:X-K", scope = "cluster",
+                                                           redis = "main" } },
+              handler = function() gw.sleep(1); return 200, "ok" end }
+      route { path = "/boom", handler = function() error("x") end }
+    ]]):format(port, r.address, helpers.free_port(), up.port), { workers = 2 })
+    for _, path in ipairs({ "/up", "/rl", "/boom", "/nowhere" }) do g:request("GET", path) end
+    -- more per-key semaphores than are listed, held at once (an idle one is freed): their families fold
+    local held = {}
+    for i = 1, 105 do
+      for _, path in ipairs({ "/lc", "/clc" }) do
+        local c = g:connect(5000)
+        c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nX-K: k" .. i .. "\r\n\r\n")
+        held[#held + 1] = c
+      end
+    end
+    local m
+    for _ = 1, 50 do
+      m = http_get(port, "/metrics").body
+      if m:find("moongate_cluster_semaphores_folded", 1, true) and m:find("moongate_semaphores_folded", 1, true) then
+        break
+      end
+      gw.sleep(0.02)
+    end
+    for _, c in ipairs(held) do c:close() end
+    check_prometheus(m)
+    local types = check_families(m)
+    for name, t in pairs({ moongate_requests_total = "counter", moongate_request_duration_seconds = "histogram",
+                           moongate_request_errors_total = "counter", moongate_upstream_ttfb_seconds = "histogram",
+                           moongate_upstream_target_healthy = "gauge", moongate_semaphores_folded = "gauge",
+                           moongate_redis_command_duration_seconds = "histogram",
+                           moongate_redis_fallbacks_total = "counter", moongate_cluster_semaphore_lease_seconds = "gauge",
+                           moongate_cluster_semaphores_folded = "gauge", moongate_worker_connections = "gauge",
+                           moongate_trace_spans_queued = "gauge", moongate_uptime_seconds = "gauge" }) do
+      assert.equal(t, types[name], name)
+    end
+    assert.matches('moongate_cluster_semaphores_folded{family="limit%-conn:%*"} %d+', m)
+    g:stop()
+  end)
+
   it("answers gatewayctl and stops on SIGTERM at once while a client trickles on admin_listen", function()
     local port = helpers.free_port()
     local g = helpers.start(('admin_listen "127.0.0.1:%d"\nroute { path = "/", handler = function() return 200, "ok" end }\n'):format(port))

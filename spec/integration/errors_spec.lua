@@ -45,6 +45,35 @@ describe("error kinds", function()
     g:stop()
   end)
 
+  it("are what gw.error answers with, as the gateway answers its own errors", function()
+    local port = helpers.free_port()
+    local g = helpers.start(([[
+      admin_listen "127.0.0.1:%d"
+      error_header "X-Gateway-Error"
+      route { path = "/store", handler = function() return gw.error("redis_timeout") end }
+      route { path = "/busy", handler = function() return gw.error("busy", 503, { ["Retry-After"] = 3 }) end }
+      route { path = "/typo", handler = function() return gw.error("redis_timout") end }
+      route { path = "/framing", handler = function() return gw.error("busy", nil, { ["Content-Length"] = "1" }) end }
+    ]]):format(port))
+    local res = g:request("GET", "/store", { headers = { ["X-Request-ID"] = "store-1" } })
+    assert.equal(503, res.status)
+    assert.equal("redis_timeout", res.headers["x-gateway-error"])
+    assert.same({ error = "shared limit store unavailable", status = 503, trace_id = "store-1" }, res.json)
+    assert.equal("redis_timeout", g:entry("store-1").error)
+    res = g:request("GET", "/busy")
+    assert.equal(503, res.status)
+    assert.equal("3", res.headers["retry-after"])
+    assert.equal("busy", res.headers["x-gateway-error"])
+    assert.equal("upstream busy", res.json.error)
+    res = g:request("GET", "/typo", { headers = { ["X-Request-ID"] = "typo-1" } })
+    assert.equal(500, res.status) -- a kind that does not exist is a programming error
+    assert.matches("redis_timout is not an error kind", g:error_log())
+    assert.equal(500, g:request("GET", "/framing").status)
+    local m = metrics(port)
+    assert.truthy(m:find('moongate_request_errors_total{worker="0",route="/store",kind="redis_timeout"} 1', 1, true), m)
+    g:stop()
+  end)
+
   it("are all counted in metrics, TLS failures included", function()
     local plain = require("spec.upstream").start(function() return 200, {}, "plain" end)
     local port = helpers.free_port()

@@ -62,6 +62,10 @@ describe("gw.redis", function()
       end }
       route { path = "/refused", handler = function()
         local ok, e = pcall(function() return gw.redis("main"):blpop("spec:q", 0) end)
+        local ok3, e3 = pcall(function() return gw.redis("main"):call("SUBSCRIBE", "news") end)
+        if ok3 or not e3:find("SUBSCRIBE is refused: pub/sub needs a connection of its own", 1, true) then
+          return 500, "SUBSCRIBE: " .. tostring(e3)
+        end
         local ok2, e2 = pcall(function() return gw.redis("main"):pipeline({ { "MULTI" }, { "INCR", "x" } }) end)
         return json({ ok = ok, e = e, ok2 = ok2, e2 = e2 })
       end }

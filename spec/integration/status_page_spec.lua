@@ -4,6 +4,7 @@
 -- in build/artifacts/ (MOONGATE_ARTIFACTS overrides the directory).
 local helpers = require "spec.helpers"
 local upstream = require "spec.upstream"
+local redis = require "moongate.test.redis"
 
 local PYTHON = "/usr/bin/python3"
 local PAGE_SCRIPT = os.getenv("PWD") .. "/spec/fixtures/status_page.py"
@@ -50,19 +51,20 @@ local function row(rows, key)
 end
 
 describe("the status page", function()
-  local up, g, admin, dead, release
+  local up, g, admin, dead, release, r
 
   setup(function()
     release = false
     up = upstream.start(function(req)
       if req.path == "/health" then return 200, {}, "ok" end
-      if req.path == "/api/slow" or req.path == "/held" then
+      if req.path == "/api/slow" or req.path == "/held" or req.path == "/cheld" then
         local deadline = gw.monotonic_ms() + 60000
         while not release and gw.monotonic_ms() < deadline do gw.sleep(0.02) end
       end
       return 200, {}, "from " .. req.path
     end)
     admin, dead = helpers.free_port(), helpers.free_port() -- nothing listens on dead
+    r = redis.start()
     g = helpers.start(([[
       admin_listen "127.0.0.1:%d"
       upstream "orders" { targets = { "127.0.0.1:%d", "127.0.0.1:%d" }, max_concurrency = 2,
@@ -73,13 +75,20 @@ describe("the status page", function()
       route { path = "/boom", handler = function() error("kaboom") end }
       route { path = "/api/{x}", upstream = "orders" }
       route { path = "/held", upstream = "hold", plugins = { ["limit-conn"] = { max = 5, key = "header:X-User" } } }
-    ]]):format(admin, up.port, dead, up.port), { workers = 2 })
+      redis "main" { address = "%s" }
+      redis "gone" { address = "127.0.0.1:%d" }
+      route { path = "/cheld", upstream = "hold",
+              plugins = { ["limit-conn"] = { max = 3, scope = "cluster", redis = "main" } } }
+      route { path = "/rl-gone", handler = function() return 200, "ok" end,
+              plugins = { ["rate-limit"] = { rate = 100, policy = "redis", redis = "gone", on_redis_error = "allow" } } }
+    ]]):format(admin, up.port, dead, up.port, r.address, dead), { workers = 2 })
   end)
 
   teardown(function()
     release = true
     g:stop()
     up:stop()
+    r:stop()
   end)
 
   it("is one self-contained HTML page at /, served with a policy that forbids loading anything else", function()
@@ -157,7 +166,10 @@ describe("the status page", function()
            "chromium-driver and python3-selenium (apt-get install chromium chromium-driver python3-selenium; " ..
            "make test installs them)")
     for _ = 1, 5 do g:request("GET", "/hello") end
-    for i = 1, 2 do g:request("GET", "/boom", { headers = { ["X-Request-ID"] = "page-boom-" .. i } }) end
+    for i = 1, 2 do -- apart: on two workers, errors in the same millisecond have no "last" (status.json has ms)
+      g:request("GET", "/boom", { headers = { ["X-Request-ID"] = "page-boom-" .. i } })
+      gw.sleep(0.01)
+    end
     for _ = 1, 3 do assert.equal(200, g:request("GET", "/api/fast").status) end
     g:request("GET", "/nope")
     -- two permits of upstream:orders held and one request queued; a semaphore named by a header
@@ -165,10 +177,12 @@ describe("the status page", function()
     for i = 1, 3 do held[i] = request_in_background(g, "/api/slow") end
     local markup = [[<img src=x onerror="document.title='pwned'">]]
     held[4] = request_in_background(g, "/held", { ["X-User"] = markup })
+    held[5] = request_in_background(g, "/cheld") -- a cluster semaphore's lease held in Redis
+    for _ = 1, 2 do assert.equal(200, g:request("GET", "/rl-gone").status) end -- Redis gone: allowed, a fallback
     wait_for("the held requests to reach the upstream and the queue", function()
       local sems = http_get(admin, "/status").json.semaphores
       return sems["upstream:orders"] and sems["upstream:orders"].in_use == 2 and sems["upstream:orders"].queued == 1
-         and up.inflight == 3
+         and up.inflight == 4
     end)
     -- traffic while the page reads, for rates over its window
     local traffic = true
@@ -229,7 +243,7 @@ describe("the status page", function()
     local down = assert(row(page.rows.targets, "orders 127.0.0.1:" .. dead), page.text)
     assert.equal("down (health check)", down[2])
     local hold = assert(row(page.rows.targets, "hold 127.0.0.1:" .. up.port), page.text)
-    assert.equal("1", hold[3]) -- in flight
+    assert.equal("2", hold[3]) -- in flight: /held and /cheld
     assert.truthy(row(page.rows.upstreams, "orders"))
     -- semaphores: in use / capacity and queued
     local sem = assert(row(page.rows.semaphores, "upstream:orders"), page.text)
@@ -250,9 +264,21 @@ describe("the status page", function()
     assert.equal("page-boom-2", lua_error[8])
     assert.truthy(g:error_log():find('"trace_id":"page-boom-2"', 1, true))
     assert.truthy(row(page.rows.errors, "no_route"))
+    -- Redis: each block's state, connections, errors, last failure and fallbacks
+    local main = assert(row(page.rows.redis, "main"), page.text)
+    assert.equal(r.address, main[2])
+    assert.equal("ok", main[3])
+    local gone = assert(row(page.rows.redis, "gone"), page.text)
+    assert.matches("^failing · %d of 2 pools", gone[3])
+    assert.matches("redis_refused", gone[7])
+    assert.matches("^redis_refused: ", gone[8])
+    assert.equal("rate-limit /rl-gone → allow on redis_refused: 2", gone[9])
+    -- cluster semaphores: held here / capacity
+    local cs = assert(row(page.rows.cluster, "limit-conn:/cheld:"), page.text)
+    assert.same({ "main", "1 / 3", "0", "1" }, { cs[2], cs[3], cs[4], cs[5] })
 
     release = true
-    for i = 1, 4 do
+    for i = 1, 5 do
       wait_for("held request " .. i, function() return held[i].res or held[i].err end, 20)
       assert.equal(200, held[i].res and held[i].res.status, tostring(held[i].err))
     end

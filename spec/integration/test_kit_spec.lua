@@ -131,4 +131,57 @@ describe("moongate.test", function()
     assert.equal(0, code, out)
     assert.truthy(out:find("1 success / 0 failures / 0 errors", 1, true), out)
   end)
+  it("ships a redis-server helper for plugins that use gw.redis, stopped when its block ends", function()
+    local dir = helpers.tmpdir()
+    os.execute("mkdir -p '" .. dir .. "/plugins' '" .. dir .. "/spec'")
+    helpers.write_file(dir .. "/plugins/hits.lua", [[
+      return { name = "hits", version = "1.0.0", priority = 1, access = function(ctx)
+        local n, err = gw.redis("main"):incr("hits")
+        ctx.response.headers["X-Hits"] = n and tostring(n) or err
+      end }
+    ]])
+    local record = dir .. "/pid"
+    helpers.write_file(dir .. "/spec/hits_spec.lua", ([[
+      local helpers = require "moongate.test"
+      local redis = require "moongate.test.redis"
+      describe("hits", function()
+        it("counts in Redis", function()
+          assert.is_true(redis.available())
+          local r = redis.start()
+          local f = io.open(%q, "w"); f:write(r.pid); f:close()
+          local g = helpers.start(('plugins_dir "plugins"\nredis "main" { address = "%%s", timeouts = { command = "100ms" } }\n'
+            .. 'route { path = "/", plugins = { hits = true }, handler = function() return 200, "ok" end }'):format(r.address))
+          assert.equal("1", g:request("GET", "/").headers["x-hits"])
+          assert.equal("1", r:client():get("hits"))
+          r:pause()
+          assert.equal("redis_timeout", g:request("GET", "/").headers["x-hits"])
+          r:resume()
+          r:stop()
+          r:start()
+          assert.equal("PONG", r:client():ping())
+        end)
+      end)
+    ]]):format(record))
+    local code, out = gatewayd(dir, "--spec")
+    assert.equal(0, code, out)
+    assert.truthy(out:find("1 success / 0 failures / 0 errors", 1, true), out)
+    assert.falsy(gw.process.kill(tonumber(helpers.read_file(record)), 0)) -- stopped when its test ended
+  end)
+
+  it("gw.process: spawns a program found in PATH, and takes signals as numbers or as their names", function()
+    local pid = assert(gw.process.spawn({ "sleep", "30" })) -- no '/': looked up in PATH
+    local function state() return helpers.read_file("/proc/" .. pid .. "/stat"):match("^%d+ %b() (%a)") end
+    assert.is_true(gw.process.kill(pid, "SIGSTOP"))
+    for _ = 1, 50 do if state() == "T" then break end gw.sleep(0.01) end
+    assert.equal("T", state())
+    assert.is_true(gw.process.kill(pid, gw.process.SIGCONT))
+    for _ = 1, 50 do if state() ~= "T" then break end gw.sleep(0.01) end
+    assert.are_not.equal("T", state())
+    assert.has_error(function() gw.process.kill(pid, "SIGNOPE") end)
+    assert.is_true(gw.process.kill(pid, "SIGTERM"))
+    assert.same({ "signal", gw.process.SIGTERM }, { helpers.wait_exit(pid, 5) })
+    local none, why = gw.process.spawn({ "no-such-program-anywhere" })
+    assert.is_nil(none)
+    assert.matches("spawn no%-such%-program%-anywhere: No such file", why)
+  end)
 end)

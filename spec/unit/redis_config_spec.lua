@@ -55,6 +55,21 @@ describe("redis directive", function()
             "pool.max_idle does not apply: a worker's requests share its Redis connections", 1)
   end)
 
+  it("refuses gw.redis at the config's top level with the config's own file:line (gatewayd -t)", function()
+    for _, name in ipairs({ "nope", "main" }) do
+      local code, err, file = helpers.check_config('listen "127.0.0.1:1"\nredis "main" { address = "127.0.0.1:6379" }\n'
+                                                   .. '\nlocal red = gw.redis("' .. name .. '")\n')
+      assert.is_not.equal(0, code)
+      assert.matches(file .. ':4: gw.redis("' .. name .. '"): no Redis pool exists while the config loads', err, 1, true)
+    end
+  end)
+
+  it("refuses an IPv6 address without brackets, saying how to write it", function()
+    refused('redis "main" { address = "::1:6379" }', 'an IPv6 address goes in brackets: "%[::1%]:6379"', 1)
+    local cfg = load('redis "main" { address = "[::1]:6379" }')
+    assert.equal("[::1]:6379", cfg.redis[1].address)
+  end)
+
   it("refuses a host gatewayd cannot resolve, at load (gatewayd -t), with the block's line", function()
     local code, err, file = helpers.check_config('listen "127.0.0.1:1"\n\nredis "main" { address = "no-such-host.invalid:6379" }\n')
     assert.is_not.equal(0, code)

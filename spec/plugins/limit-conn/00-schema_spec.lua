@@ -18,6 +18,21 @@ describe("limit-conn schema", function()
     assert.truthy(helpers.configure("limit-conn", { max = 2, queue = 4, queue_timeout = 5 }))
   end)
 
+  it("takes a cluster lease as a duration, like an upstream's, or as seconds", function()
+    local function lease(v)
+      return helpers.configure("limit-conn", { max = 2, scope = "cluster", redis = "main", lease = v }).lease
+    end
+    assert.equal(1.5, lease("1500ms"))
+    assert.equal(10, lease("10s"))
+    assert.equal(120, lease("2m"))
+    assert.equal(30, lease(30))
+    assert.equal(10, helpers.configure("limit-conn", { max = 2, scope = "cluster", redis = "main" }).lease)
+    for _, bad in ipairs({ "100ms", "soon", 90000, true }) do
+      assert.matches("field 'lease': " .. tostring(bad) .. " is not a duration from \"300ms\" to \"24h\"",
+                     helpers.conf_error("limit-conn", { max = 2, scope = "cluster", redis = "main", lease = bad }), 1, true)
+    end
+  end)
+
   it("gatewayd -t names the file and line, and rate-limit says the same", function()
     for _, plugin in ipairs({ "limit-conn", "rate-limit" }) do
       local conf = plugin == "limit-conn" and "max = 1" or "rate = 1"
