@@ -86,7 +86,7 @@ local function new_state(path)
     file = path,
     dir = path:match("^(.*)/[^/]*$") or ".",
     settings = {
-      listen = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {}, http2 = {},
+      listen = {}, listen_at = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {}, http2 = {},
       access_log = nil, error_log = nil,
     },
     routes = {},     -- in declaration order
@@ -176,10 +176,19 @@ local function make_env(st)
   end
 
   -- listen "ip:port" | listen { "ip:port", ..., tls = {...}, http2 = bool }: an
-  -- entry is the address string, or { addr, tls, http2 } when either is given
+  -- entry is the address string, or { addr, tls, http2 } when either is given;
+  -- listen_at[i] is where entry i was written (mg_config.c names it when two
+  -- entries are the same address)
+  local function add_listen(entry)
+    local file, line = where()
+    if #s.listen >= 16 then fail("at most 16 listen addresses (MG_MAX_LISTEN)") end
+    s.listen[#s.listen + 1] = entry
+    s.listen_at[#s.listen] = file .. ":" .. line
+  end
+
   function env.listen(addr)
     if type(addr) ~= "table" then
-      s.listen[#s.listen + 1] = listen_addr(addr)
+      add_listen(listen_addr(addr))
       return
     end
     check_fields(addr, LISTEN_FIELDS, "listen", true)
@@ -194,9 +203,9 @@ local function make_env(st)
     for _, a in ipairs(addr) do
       a = listen_addr(a)
       if tls or addr.http2 ~= nil then
-        s.listen[#s.listen + 1] = { addr = a, tls = tls, http2 = addr.http2 }
+        add_listen({ addr = a, tls = tls, http2 = addr.http2 })
       else
-        s.listen[#s.listen + 1] = a
+        add_listen(a)
       end
     end
   end
