@@ -607,6 +607,20 @@ local function make_env(st)
   return setmetatable(env, { __index = _G })
 end
 
+-- An http2 { } block tunes the listeners that take HTTP/2: with none (a TLS
+-- listener has it unless http2 = false; a cleartext one with http2 = true) it
+-- would be ignored. Without any listen, gatewayd --listen gives the listener,
+-- which takes h2c: the block applies there.
+local function check_http2_used(st)
+  local at = st.set_at.http2
+  if not at or #st.settings.listen == 0 then return end
+  for _, l in ipairs(st.settings.listen) do
+    if type(l) == "table" and (l.http2 == true or (l.tls ~= nil and l.http2 ~= false)) then return end
+  end
+  error(setmetatable({ msg = fmt("%s: http2 { } has no effect: no listener takes HTTP/2 (add http2 = true to a " ..
+                                 "cleartext listen, or listen with tls)", at) }, Located), 0)
+end
+
 --- Loads a config file. Returns the config table, or nil and "file:line: message".
 function M.load(path)
   local chunk, err = loadfile(path)
@@ -621,6 +635,7 @@ function M.load(path)
   local cfg = st.settings
   cfg.file = path
   local rok, routes = pcall(function()
+    check_http2_used(st)
     redis_mod.check(st)
     return resolve_mod.resolve(st)
   end)

@@ -291,6 +291,22 @@ listen "127.0.0.1:4"
     local _, e = load('\nlisten { "127.0.0.1:1", http2 = "yes" }\n')
     assert.matches(":2: listen: http2 must be true or false", e, 1, true)
   end)
+
+  it("refuses http2 { } when no listener takes HTTP/2 (it would be ignored)", function()
+    local _, err = load('listen "127.0.0.1:1"\nlisten { "127.0.0.1:2", http2 = false }\n' ..
+                        'listen { "127.0.0.1:3", http2 = false, tls = { cert = "a.pem", key = "a.key" } }\n' ..
+                        '\nhttp2 { max_concurrent_streams = 100 }\n')
+    assert.matches(":5: http2 { } has no effect: no listener takes HTTP/2", err, 1, true)
+    for _, ok in ipairs({
+      'listen "127.0.0.1:1"\nlisten { "127.0.0.1:2", http2 = true }\nhttp2 { max_concurrent_streams = 100 }\n',
+      'listen { "127.0.0.1:3", tls = { cert = "a.pem", key = "a.key" } }\nhttp2 { max_concurrent_streams = 100 }\n',
+      'http2 { max_concurrent_streams = 100 }\n', -- no listen: gatewayd --listen's listener takes h2c
+    }) do
+      local cfg, e = load(ok)
+      assert.is_nil(e, ok)
+      assert.equal(100, cfg.http2.max_concurrent_streams)
+    end
+  end)
 end)
 
 describe("plugins tables", function()
