@@ -70,6 +70,25 @@ describe("gatewayd -t", function()
     assert.truthy(out:find(file .. ":17: at most 16 listen addresses", 1, true), out)
   end)
 
+  it("--listen replaces the config's listeners with one cleartext listener that takes HTTP/1.1 and h2c", function()
+    local cport = helpers.free_port()
+    local g = helpers.start(([[
+      listen "127.0.0.1:%d"
+      route { path = "/v", handler = function(ctx) return 200, ctx.request.http_version end }
+    ]]):format(cport), { args = { "--listen", "127.0.0.1:{{PORT}}" } })
+    local dir = helpers.tmpdir()
+    local function curl(args)
+      local pid = assert(gw.process.spawn({ "/bin/sh", "-c", "curl -sS --max-time 5 " .. args .. " > out 2>&1" },
+                                          { cwd = dir }))
+      helpers.wait_exit(pid, 10)
+      return helpers.read_file(dir .. "/out")
+    end
+    assert.equal("2", curl(("--http2-prior-knowledge http://127.0.0.1:%d/v"):format(g.port)))
+    assert.equal("1.1", curl(("http://127.0.0.1:%d/v"):format(g.port)))
+    assert.truthy(curl(("http://127.0.0.1:%d/v"):format(cport)):find("curl: (7)", 1, true)) -- not listened on
+    g:stop()
+  end)
+
   it("refuses to start on a busy address", function()
     local g = helpers.start('route { path = "/", handler = function() return 200 end }')
     local code, out = run({ "-c", "{{FILE}}" },
