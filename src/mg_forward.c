@@ -215,9 +215,9 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
 /* A gRPC status among the upstream's fields (its trailers, or a trailers-only head), for the access log. */
 static void note_grpc_status(mg_req_t *r, const mg_header_t *h, size_t n)
 {
-    for (size_t i = 0; r->grpc && i < n; i++)
-        if (mg_http1_name_is(&h[i], "grpc-status", 11) && h[i].value_len && h[i].value_len < 4)
-            r->grpc_status = atoi(mg_pool_strndup(&r->pool, h[i].value, h[i].value_len));
+    int st = r->grpc ? mg_grpc_status_field(h, n) : -1;
+    if (st >= 0)
+        r->grpc_status = st;
 }
 
 /* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */

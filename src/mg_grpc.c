@@ -44,6 +44,28 @@ size_t mg_grpc_timeout_format(char *buf, uint64_t us)
     return (size_t)snprintf(buf, 16, "%llum", (unsigned long long)ms);
 }
 
+int mg_grpc_status_value(const char *v, size_t n)
+{
+    if (n < 1 || n > 3)
+        return -1;
+    int x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x;
+}
+
+int mg_grpc_status_field(const mg_header_t *h, size_t n)
+{
+    int st = -1;
+    for (size_t i = 0; i < n; i++)
+        if (mg_http1_name_is(&h[i], "grpc-status", 11))
+            st = mg_grpc_status_value(h[i].value, h[i].value_len);
+    return st;
+}
+
 int mg_grpc_status_of_http(int status)
 {
     switch (status) {

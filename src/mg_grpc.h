@@ -25,6 +25,11 @@ int64_t mg_grpc_timeout_us(const char *v, size_t n);
 /* Writes µs as a grpc-timeout value (milliseconds, at least 1) into buf (>= 16 bytes); returns its length. */
 size_t mg_grpc_timeout_format(char *buf, uint64_t us);
 
+/* A grpc-status field's value (1 to 3 digits), or -1 when it is not one. */
+int mg_grpc_status_value(const char *v, size_t n);
+/* The grpc-status among fields h[0..n), or -1 when there is none. */
+int mg_grpc_status_field(const mg_header_t *h, size_t n);
+
 /* The gRPC status for an HTTP status the gateway answers with (401 → UNAUTHENTICATED, ...). */
 int mg_grpc_status_of_http(int status);
 

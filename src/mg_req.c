@@ -225,6 +225,8 @@ void mg_req_send_head(mg_req_t *r, const mg_resp_t *resp)
 {
     r->resp_started = 1;
     r->status = resp->status;
+    if (r->grpc && r->grpc_status < 0) /* a trailers-only answer a handler built (gw.grpc.status): its status is logged */
+        r->grpc_status = mg_grpc_status_field(resp->h, resp->n);
     r->wire->head(r, resp);
 }
 

@@ -87,6 +87,7 @@ describe("gRPC", function()
       route { path = "/plugin.Svc/{method}", handler = function(ctx)
         return gw.grpc.status(9, "not now: " .. ctx.request.grpc.service .. "/" .. ctx.request.grpc.method)
       end }
+      route { path = "/done.Svc/{method}", handler = function() return gw.grpc.status(0, "") end }
     ]]):format(FIXTURES, gport, closed, gport))
   end)
   teardown(function()
@@ -158,9 +159,17 @@ describe("gRPC", function()
       else
         assert.equal("not now: plugin.Svc/M", h["grpc-message"])
       end
+      -- the access line says the status the caller got, whoever chose it
+      assert.equal(c[2], assert(g:entry(h["x-request-id"])).grpc_status, c[1])
     end
+    -- gw.grpc.status(0, ""): a handler's OK is logged as such too
+    local r = raw_call(g, "/done.Svc/M")
+    local h = r.headers["1"]
+    assert.same({ "200", "0", true }, { h[":status"], h["grpc-status"], r.trailers_only })
+    local e = assert(g:entry(h["x-request-id"]))
+    assert.same({ 200, 0 }, { e.status, e.grpc_status })
     -- a real client sees them as statuses, with the message
-    local r = client(g, "unary") -- control
+    r = client(g, "unary") -- control
     assert.equal("OK", r.code)
   end)
 
@@ -313,6 +322,8 @@ describe("examples/grpc", function()
     assert.truthy(out:find("Hello: OK hello, moongate", 1, true), out)
     assert.truthy(out:find("Count: OK ['1', '2', '3']", 1, true), out)
     assert.truthy(out:find("Admin: PERMISSION_DENIED admin methods are not exposed (Reboot)", 1, true), out)
+    local e = assert(g:find_entry(function(x) return x.path == "/demo.Admin/Reboot" end))
+    assert.same({ 200, 7 }, { e.status, e.grpc_status }) -- the handler's gw.grpc.status, in the access line
     g:stop()
     stop_peer(spid)
   end)
