@@ -74,12 +74,22 @@ static void stop_timer(mg_proxy_t *p)
     }
 }
 
-/* The read timeout of an exchange: re-armed on every frame of its stream once the request is out. */
+/*
+ * A stream's timer: the connect timeout until it has a stream; then the send
+ * timeout while request bytes wait to go out (re-armed by each frame that
+ * goes; off while the request waits for its own client: a bidirectional
+ * call may be quiet for as long as its caller is); once the request is out,
+ * the read timeout, re-armed by every frame of the stream.
+ */
 static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
 {
     mg_proxy_t *p = arg;
     p->h2_timer_set = 0;
-    mg__proxy_fail(p, p->h2id ? MG_E(READ_TIMEOUT) : MG_E(CONNECT_TIMEOUT), !p->wrote);
+    const mg_error_t *kind = !p->h2id ? MG_E(CONNECT_TIMEOUT) : p->h2_reading ? MG_E(READ_TIMEOUT) : MG_E(SEND_TIMEOUT);
+    if (p->h2id && !p->h2_reading)
+        mg_log_info(NULL, "upstream %s: %s took no request bytes for %u ms (stream %d)", p->up->name,
+                    p->target->text, p->up->send_ms, p->h2id);
+    mg__proxy_fail(p, kind, !p->wrote);
 }
 
 static void arm_stream_timer(mg_proxy_t *p, uint32_t ms)
@@ -150,10 +160,17 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
         if (p->trace)
             mg_trace_proxy(p, MG_TRACE_CONNECTED, NULL); /* the timeline's "connect": until the stream could go */
     }
-    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && (f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA)) {
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        p->h2_reading = 1;
         arm_stream_timer(p, p->up->read_ms); /* all sent: now the read timeout runs */
         if (p->trace)
             mg_trace_proxy(p, MG_TRACE_SENT, NULL);
+    } else if (p->h2body && evbuffer_get_length(p->h2body) > 0) {
+        arm_stream_timer(p, p->up->send_ms); /* progress; more waits for the upstream's window */
+    } else {
+        stop_timer(p); /* all the client gave is out: its own body timeout and the deadline bound the wait */
     }
     return 0;
 }
@@ -304,7 +321,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     if (!p)
         return 0;
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
-    if (p->h2_timer_set && p->body_done)
+    if (p->h2_reading)
         arm_stream_timer(p, p->up->read_ms);
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (!p->head_seen) {
@@ -677,6 +694,7 @@ void mg_h2up_attempt(mg_proxy_t *p, mg_target_t *t)
 {
     p->h2id = 0;
     p->h2_ended = 0;
+    p->h2_reading = 0;
     p->h2_ntrailers = 0;
     p->h2_unconsumed = 0;
     p->head_seen = 0;
@@ -708,6 +726,8 @@ int mg_h2up_write_body(mg_proxy_t *p, const char *data, size_t len)
     if (!s || !p->h2body || !len)
         return 0;
     evbuffer_add(p->h2body, data, len);
+    if (!p->h2_timer_set)
+        arm_stream_timer(p, p->up->send_ms); /* until a frame takes them */
     if (p->h2_deferred) {
         p->h2_deferred = 0;
         nghttp2_session_resume_data(s->ng, p->h2id);
@@ -729,6 +749,8 @@ void mg_h2up_end_body(mg_proxy_t *p)
         return;
     p->body_done = 1;
     p->h2_want_body = 0;
+    if (!p->h2_timer_set)
+        arm_stream_timer(p, p->up->send_ms); /* until the END_STREAM goes */
     if (p->h2_deferred) {
         p->h2_deferred = 0;
         nghttp2_session_resume_data(s->ng, p->h2id);

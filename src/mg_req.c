@@ -262,6 +262,8 @@ void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers)
 
 void mg_req_break(mg_req_t *r)
 {
+    if (mg_forward_end_grpc(r))
+        return; /* a gRPC call ends with its status in trailers instead */
     const mg_wire_t *wire = r->wire;
     void *conn = r->conn, *stream = r->stream;
     req_end(r);
@@ -313,7 +315,7 @@ void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *m
         for (size_t i = 0; i < nextra; i++)
             mg_resp_add(resp, extra[i].name, extra[i].name_len, extra[i].value, extra[i].value_len);
         r->grpc_status = kind ? kind->grpc : mg_grpc_status_of_http(status);
-        mg_grpc_error_head(resp, r->grpc_status, message, r->trace_id);
+        mg_grpc_error_head(resp, r->grpc_status, message, kind ? kind->name : NULL, r->trace_id);
         mg_req_send_head(r, resp);
         r->status = status; /* the access log keeps the HTTP meaning; the client got a gRPC status */
         mg_req_finish(r, NULL, 0);
@@ -441,7 +443,7 @@ static void respond_grpc_error(mg_req_t *r, lua_State *co, int status)
     }
     mg_req_add_defaults(r, resp);
     r->grpc_status = mg_grpc_status_of_http(status);
-    mg_grpc_error_head(resp, r->grpc_status, msg, r->trace_id);
+    mg_grpc_error_head(resp, r->grpc_status, msg, NULL, r->trace_id);
     mg_req_send_head(r, resp);
     r->status = status;
     mg_req_finish(r, NULL, 0);

@@ -189,6 +189,90 @@ describe("gRPC", function()
   end)
 end)
 
+describe("gRPC calls that last, and calls cut short", function()
+  local gport, gpid, g
+
+  setup(function()
+    gport = helpers.free_port()
+    gpid = grpc_server(gport)
+    g = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", http2 = true }
+      upstream "grpc" { targets = { "127.0.0.1:%d" }, protocol = "h2c", timeouts = { send = "1s", read = "1s" } }
+      route { path = "/test.Echo/{method}", upstream = "grpc", timeout = "24h" }
+      route { host = "short.test", path = "/test.Echo/{method}", upstream = "grpc", timeout = "1s" }
+    ]]):format(gport))
+  end)
+  teardown(function()
+    g:stop()
+    stop_peer(gpid)
+  end)
+
+  local function entry_of(r)
+    local id = r.details and r.details:match("trace id (%x+)")
+    return assert(id and g:entry(id), "no trace id in: " .. gw.json.encode(r))
+  end
+
+  it("a bidirectional stream lives as long as messages flow, past timeouts.send and timeouts.read", function()
+    local r = client(g, "bidi_slow", "6:400") -- 2.4 s, one message both ways every 400 ms
+    assert.same({ "OK", 6 }, { r.code, r.got }, gw.json.encode(r))
+  end)
+
+  it("a server stream may be as quiet as timeouts.read between messages; longer ends the call with its status", function()
+    local r = client(g, "watch", "4:500")
+    assert.same({ "OK", 4 }, { r.code, r.got }, gw.json.encode(r))
+    -- silent for 2 s after the first message: the read timeout, as a gRPC status with the trace id, not a reset
+    r = client(g, "watch", "3:2000")
+    assert.same({ "DEADLINE_EXCEEDED", 1 }, { r.code, r.got }, gw.json.encode(r))
+    assert.truthy(r.details:find("upstream timed out (read_timeout, trace id ", 1, true), r.details)
+    local e = entry_of(r)
+    assert.same({ 504, "read_timeout", 4 }, { e.status, e.error, e.grpc_status })
+  end)
+
+  it("the deadline ends a call the same way whichever side's timer fires first", function()
+    -- the upstream is told the time left (grpc-timeout) and usually ends the call a hair before the gateway
+    for _ = 1, 3 do
+      local r = client(g, "unary", "sleep:3000", nil, "short.test")
+      assert.equal("DEADLINE_EXCEEDED", r.code, gw.json.encode(r))
+      assert.truthy(r.details:find("deadline exceeded (deadline, trace id ", 1, true), r.details)
+      local e = entry_of(r)
+      assert.same({ 504, "deadline", 4 }, { e.status, e.error, e.grpc_status })
+    end
+    -- after messages went out: the gateway's status in the trailers too
+    local r = client(g, "bidi_slow", "6:400", nil, "short.test")
+    assert.equal("DEADLINE_EXCEEDED", r.code, gw.json.encode(r))
+    assert.is_true(r.got >= 1, gw.json.encode(r))
+    local e = entry_of(r)
+    assert.same({ 504, "deadline", 4 }, { e.status, e.error, e.grpc_status })
+    -- an upstream's own DEADLINE_EXCEEDED well before the deadline is the upstream's answer, relayed
+    r = client(g, "unary", "fail:4:my own deadline")
+    assert.same({ "DEADLINE_EXCEEDED", "my own deadline" }, { r.code, r.details })
+    e = assert(g:find_entry(function(x) return x.path == "/test.Echo/Unary" and x.grpc_status == 4 and not x.error end))
+    assert.equal(200, e.status)
+  end)
+
+  it("an upstream that dies in the middle of a call ends it with UNAVAILABLE and the trace id", function()
+    local port = helpers.free_port()
+    local pid = grpc_server(port)
+    local g2 = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", http2 = true }
+      upstream "grpc" { targets = { "127.0.0.1:%d" }, protocol = "h2c" }
+      route { path = "/test.Echo/{method}", upstream = "grpc" }
+    ]]):format(port))
+    local results = helpers.parallel({
+      function() return client(g2, "watch", "50:100") end,
+      function() gw.sleep(1); gw.process.kill(pid, gw.process.SIGKILL) end,
+    })
+    helpers.wait_exit(pid, 5)
+    local r = results[1]
+    assert.equal("UNAVAILABLE", r.code, gw.json.encode(r))
+    assert.is_true(r.got >= 1 and r.got < 50, gw.json.encode(r))
+    assert.truthy(r.details:find("bad gateway (reset, trace id ", 1, true), r.details)
+    local e = assert(g2:entry(r.details:match("trace id (%x+)")))
+    assert.same({ 502, "reset", 14 }, { e.status, e.error, e.grpc_status })
+    g2:stop()
+  end)
+end)
+
 describe("HTTP/2 upstreams", function()
   it("survive an upstream that sends GOAWAY under load: every call succeeds", function()
     local port = helpers.free_port()
