@@ -173,6 +173,20 @@ describe("gRPC", function()
     assert.equal("OK", r.code)
   end)
 
+  it("refuses a malformed grpc-timeout instead of running the call with another deadline", function()
+    for _, v in ipairs({ "abc", "123456789S", "5", "10x" }) do
+      local r = raw_call(g, "/test.Echo/Unary|grpc-timeout=" .. v)
+      local h = assert(r.headers and r.headers["1"], gw.json.encode(r))
+      assert.same({ "200", "13", true }, { h[":status"], h["grpc-status"], r.trailers_only }, v)
+      assert.truthy(h["grpc-message"]:find("bad request (bad_request, trace id ", 1, true), h["grpc-message"])
+      local e = assert(g:entry(h["x-request-id"]))
+      assert.same({ 400, "bad_request", 13 }, { e.status, e.error, e.grpc_status })
+      assert.truthy(g:error_log():find("malformed grpc-timeout '" .. v .. "'", 1, true), g:error_log())
+    end
+    local r = raw_call(g, "/test.Echo/Unary|grpc-timeout=12345678m") -- 8 digits: fine
+    assert.equal("0", r.trailers and r.trailers["1"] and r.trailers["1"]["grpc-status"], gw.json.encode(r))
+  end)
+
   it("answers busy as RESOURCE_EXHAUSTED and gives the permit back when the caller cancels", function()
     local results = helpers.parallel({
       function() return client(g, "cancel", "3000", nil, "narrow.test") end, -- holds narrow's only permit, then cancels
