@@ -485,7 +485,10 @@ local function make_env(st)
     local timeout
     if spec.timeout ~= nil then
       timeout = M.duration(spec.timeout)
-      if not timeout or timeout < 1 then fail("route 'timeout' must be a duration like \"800ms\"") end
+      if not timeout or timeout < 1 then
+        fail("route 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline; " ..
+             "a long-lived stream takes a long one, e.g. \"24h\")")
+      end
     end
     local max_body
     if spec.max_body ~= nil then
@@ -563,7 +566,9 @@ local function make_env(st)
         end
         if body.timeout ~= nil then
           g.timeout = M.duration(body.timeout)
-          if not g.timeout then fail("group 'timeout' must be a duration") end
+          if not g.timeout or g.timeout < 1 then
+            fail("group 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline)")
+          end
         end
         local items = body.routes or body
         if body.routes ~= nil then list_field(body.routes, "group " .. prefix .. " routes") end

@@ -21,6 +21,8 @@ describe("config DSL", function()
     assert.equal(1500, config.duration(1.5))
     assert.is_nil(config.duration("10 parsecs"))
     assert.is_nil(config.duration(-1))
+    assert.equal(24 * 3600 * 1000, config.duration("24h"))
+    assert.equal(596 * 3600 * 1000, config.duration("596h")) -- the longest (32-bit milliseconds)
   end)
 
   it("flattens groups and includes, in declaration order", function()
@@ -222,6 +224,13 @@ describe("config tables refuse unknown fields", function()
     { 'tls_ticket_keys { "a.key", where = "x" }', "unknown field 'where' in tls_ticket_keys (known: none: it is a list)" },
     { 'trusted_proxies { "10.0.0.0/8", via = "x" }', "unknown field 'via' in trusted_proxies (known: none: it is a list)" },
     { 'http2 { max_streams = 10 }', "unknown field 'max_streams' in http2 (known: max_concurrent_streams, stream_window)" },
+    { 'route { path = "/", handler = print, timeout = 0 }',
+      "route 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline; a long-lived stream takes a long one, e.g. \"24h\")" },
+    { 'group "/g" { timeout = "0s", routes = { route { path = "/", handler = print } } }',
+      "group 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline)" },
+    { 'route { path = "/", handler = print, timeout = "1000h" }',
+      "duration 1000h is longer than the longest one the gateway keeps (596h)" },
+    { 'timeouts { request = 3e9 }', "duration 3000000000 is longer than the longest one the gateway keeps (596h)" },
   }
   for _, case in ipairs(cases) do
     it("refuses: " .. case[1], function()
