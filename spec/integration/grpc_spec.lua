@@ -360,6 +360,70 @@ describe("HTTP/2 upstreams", function()
     -- a stopped server fails its (HTTP/2) health check
   end)
 
+  it("tell a protocol violation the gateway detected from a reset the upstream sent", function()
+    local port = helpers.free_port()
+    local pid = start_peer({ "/usr/bin/python3", "spec/h2server.py", tostring(port), "data_on_head" }, "listening")
+    local rport = helpers.free_port()
+    local rpid = start_peer({ "/usr/bin/python3", "spec/h2server.py", tostring(rport), "reset" }, "listening")
+    local fport = helpers.free_port()
+    local fpid = start_peer({ "/usr/bin/python3", "spec/h2server.py", tostring(fport), "bad_frame" }, "listening")
+    local g = helpers.start(([[
+      upstream "bad" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
+      upstream "resets" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
+      upstream "frames" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
+      route { path = "/bad/{x*}", upstream = "bad" }
+      route { path = "/resets/{x*}", upstream = "resets" }
+      route { path = "/frames/{x*}", upstream = "frames" }
+    ]]):format(port, rport, fport))
+    local res = g:request("HEAD", "/bad/x", { h1 = true })
+    local e = assert(g:find_entry(function(x) return x.path == "/bad/x" end))
+    assert.equal("protocol", e.error)
+    local log = g:error_log()
+    assert.truthy(log:find("upstream bad: 127.0.0.1:" .. port .. " broke HTTP/2 on stream 1: the gateway reset it " ..
+                           "(PROTOCOL_ERROR)", 1, true), log)
+    res = g:request("GET", "/resets/x", { h1 = true })
+    assert.equal(502, res.status)
+    assert.equal("reset", assert(g:entry(res.trace_id)).error)
+    assert.truthy(g:error_log():find("upstream resets: 127.0.0.1:" .. rport .. " reset stream 1 (INTERNAL_ERROR)",
+                                     1, true), g:error_log())
+    -- a connection error: our nghttp2 ends the session (GOAWAY), its streams fail as protocol
+    res = g:request("GET", "/frames/x", { h1 = true })
+    assert.equal(502, res.status)
+    assert.equal("protocol", assert(g:entry(res.trace_id)).error)
+    -- nghttp2's reason follows the code (its wording is nghttp2's: not checked here)
+    assert.truthy(g:error_log():find("upstream frames: 127.0.0.1:" .. fport .. " broke HTTP/2 (PROTOCOL_ERROR, ",
+                                     1, true), g:error_log())
+    assert.truthy(g:error_log():find("): connection closed", 1, true), g:error_log())
+    g:stop()
+    stop_peer(pid)
+    stop_peer(rpid)
+    stop_peer(fpid)
+  end)
+
+  it("say so when an h2c target answers in HTTP/1.1", function()
+    local plain = helpers.start('route { path = "/{x*}", handler = function() return 200, "h1" end }')
+    local g = helpers.start(([[
+      listen { "127.0.0.1:{{PORT}}", http2 = true }
+      upstream "h1" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
+      route { path = "/x", upstream = "h1" }
+      route { path = "/svc.S/{m}", upstream = "h1" }
+    ]]):format(plain.port))
+    local res = g:request("GET", "/x", { h1 = true })
+    assert.equal(502, res.status)
+    assert.equal("protocol", assert(g:entry(res.trace_id)).error)
+    g:error_entries(res.trace_id) -- waits for the log thread
+    local log = g:error_log()
+    local line = assert(log:match('{[^\n]*does not speak HTTP/2[^\n]*}'), log)
+    assert.equal("upstream h1: 127.0.0.1:" .. plain.port .. " does not speak HTTP/2 (protocol = \"h2c\"): " ..
+                 "it answered 'HTTP/1.1 505 HTTP Version Not Supported'", gw.json.decode(line).msg)
+    local r = raw_call(g, "/svc.S/m") -- gRPC: INTERNAL, naming the kind
+    local h = assert(r.headers and r.headers["1"], gw.json.encode(r))
+    assert.equal("13", h["grpc-status"])
+    assert.truthy(h["grpc-message"]:find("(protocol, trace id ", 1, true), h["grpc-message"])
+    g:stop()
+    plain:stop()
+  end)
+
   it("speak h2 over TLS (ALPN), verified like HTTP/1.1 TLS upstreams", function()
     local pki = require("spec.pki").make()
     local up = helpers.start(([[
