@@ -272,6 +272,22 @@ describe("HTTP/2", function()
   end)
 end)
 
+describe("HTTP/2 off", function()
+  it("a cleartext listener without http2 answers the h2c preface 505 and says what to turn on", function()
+    local g = helpers.start('listen "127.0.0.1:{{PORT}}"\nroute { path = "/", handler = function() return 200, "h1" end }')
+    local dir = helpers.tmpdir()
+    local code, out = sh(dir, ("curl -sS --max-time 5 --http2-prior-knowledge http://127.0.0.1:%d/"):format(g.port))
+    assert.not_equal(0, code, out) -- curl: "Empty reply from server" (it cannot read an HTTP/1.1 answer then)
+    local _, ok = sh(dir, ("curl -sS --max-time 5 http://127.0.0.1:%d/"):format(g.port))
+    assert.equal("h1", ok)
+    gw.sleep(0.1)
+    assert.truthy(g:error_log():find("sent the HTTP/2 preface (h2c with prior knowledge) to a listener without " ..
+                                     "HTTP/2: answered 505 (listen { \\\"127.0.0.1:" .. g.port ..
+                                     "\\\", http2 = true } takes h2c)", 1, true), g:error_log())
+    g:stop()
+  end)
+end)
+
 describe("HTTP/2 on TLS", function()
   it("is offered by ALPN (off with http2 = false), and the stream knows it came over TLS", function()
     local pki = pki_lib.make()
