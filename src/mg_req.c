@@ -207,12 +207,13 @@ static void access_log(mg_req_t *r)
         snprintf(grpc, sizeof(grpc), ",\"grpc_status\":%d", r->grpc_status);
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"client\":\"%s\",\"host\":\"%s\","
-                     "\"method\":\"%.*s\","
+                     "\"method\":\"%.*s\",\"protocol\":\"%s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
                      "\"duration_ms\":%.3f%s%s%s%s%s}\n",
                      ts, r->trace_id, r->remote[0] ? r->remote : "-", client[0] ? client : "-", host,
-                     (int)r->method.n,
-                     r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
+                     (int)r->method.n, r->method.p ? r->method.p : "-",
+                     r->minor_version == 0 && r->method.p ? "1.0" : r->wire->version, path, route, r->status,
+                     r->bytes_in, r->bytes_out,
                      ms, up, grpc, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
                      r->error_kind ? "\"" : "");
     if (n > 0)
