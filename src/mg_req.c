@@ -132,6 +132,8 @@ static void req_end(mg_req_t *r)
     mg_metrics_record(&r->worker->metrics, r->route ? r->route->name : NULL, r->status,
                       (double)(mg_now_us() - r->start_us) / 1e6, p ? p->up->name : NULL,
                       p ? p->ttfb_us / 1e6 : 0, r->error_kind, r->trace_id);
+    if (r->grpc && r->grpc_status >= 0)
+        mg_metrics_grpc(&r->worker->metrics, r->route ? r->route->name : NULL, r->grpc_status);
     if (!r->route || !r->route->chain_logs || r->ctx_ref == LUA_NOREF) {
         req_release(r);
         return;

@@ -51,6 +51,16 @@ local function raw_call(g, path)
   return assert(gw.json.decode(out:match("([^\n]+)\n?$") or ""), "h2peer said: " .. out .. helpers.read_file(dir .. "/err"))
 end
 
+local function metrics(port)
+  local s = gw.tcp()
+  s:settimeout(5000)
+  assert(s:connect("127.0.0.1", port))
+  s:send("GET /metrics HTTP/1.0\r\n\r\n")
+  local res = assert(helpers.read_response(s))
+  s:close()
+  return res.body
+end
+
 local function upstream_figures(g, name)
   local _, out = g:ctl("upstreams", "--json")
   for _, w in ipairs(gw.json.decode(out)) do
@@ -204,17 +214,19 @@ describe("gRPC", function()
 end)
 
 describe("gRPC calls that last, and calls cut short", function()
-  local gport, gpid, g
+  local gport, gpid, g, aport
 
   setup(function()
     gport = helpers.free_port()
     gpid = grpc_server(gport)
+    aport = helpers.free_port()
     g = helpers.start(([[
       listen { "127.0.0.1:{{PORT}}", http2 = true }
+      admin_listen "127.0.0.1:%d"
       upstream "grpc" { targets = { "127.0.0.1:%d" }, protocol = "h2c", timeouts = { send = "1s", read = "1s" } }
       route { path = "/test.Echo/{method}", upstream = "grpc", timeout = "24h" }
-      route { host = "short.test", path = "/test.Echo/{method}", upstream = "grpc", timeout = "1s" }
-    ]]):format(gport))
+      route { host = "short.test", name = "short", path = "/test.Echo/{method}", upstream = "grpc", timeout = "1s" }
+    ]]):format(aport, gport))
   end)
   teardown(function()
     g:stop()
@@ -262,6 +274,20 @@ describe("gRPC calls that last, and calls cut short", function()
     assert.same({ "DEADLINE_EXCEEDED", "my own deadline" }, { r.code, r.details })
     e = assert(g:find_entry(function(x) return x.path == "/test.Echo/Unary" and x.grpc_status == 4 and not x.error end))
     assert.equal(200, e.status)
+  end)
+
+  it("counts what the callers got by gRPC status, and the gateway's failures by kind", function()
+    local m = metrics(aport)
+    local function count(pattern) return tonumber(m:match(pattern:gsub("[%(%)%.%%%+%-%*%?%[%]%^%${}]", "%%%0") .. " (%d+)")) end
+    -- the three unary deadlines and the bidi one on "short"
+    assert.equal(4, count('moongate_grpc_requests_total{worker="0",route="short",grpc_status="4"}'), m)
+    assert.equal(4, count('moongate_request_errors_total{worker="0",route="short",kind="deadline"}'), m)
+    assert.equal(4, count('moongate_requests_total{worker="0",route="short",status="5xx"}'), m)
+    -- the default route: OKs, the read timeout (a gateway failure), the upstream's own DEADLINE_EXCEEDED (an answer)
+    assert.equal(2, count('moongate_grpc_requests_total{worker="0",route="/test.Echo/{method}",grpc_status="0"}'), m)
+    assert.equal(2, count('moongate_grpc_requests_total{worker="0",route="/test.Echo/{method}",grpc_status="4"}'), m)
+    assert.equal(1, count('moongate_request_errors_total{worker="0",route="/test.Echo/{method}",kind="read_timeout"}'), m)
+    assert.equal(1, count('moongate_requests_total{worker="0",route="/test.Echo/{method}",status="5xx"}'), m)
   end)
 
   it("an upstream that dies in the middle of a call ends it with UNAVAILABLE and the trace id", function()
