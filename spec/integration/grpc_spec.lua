@@ -493,13 +493,16 @@ end)
 describe("examples/grpc", function()
   it("runs as its comments say", function()
     local sport = helpers.free_port()
-    local spid = start_peer({ "/usr/bin/python3", "examples/grpc/server.py", tostring(sport) }, "serving")
-    local conf = helpers.read_file("examples/grpc/gateway.lua"):gsub("127%.0%.0%.1:50051", "127.0.0.1:" .. sport)
-                   :gsub('listen { "127%.0%.0%.1:8080"', 'listen { "127.0.0.1:{{PORT}}"')
-    local g = helpers.start(conf)
+    -- the ports and the admin socket from the environment, as its README says
+    local spid = start_peer({ "/usr/bin/env", "GRPC_PORT=" .. sport, "/usr/bin/python3", "examples/grpc/server.py" },
+                            "serving")
+    local sock = helpers.tmpdir() .. "/grpc-example.sock"
+    local g = helpers.start(helpers.read_file("examples/grpc/gateway.lua"),
+                            { env = { "GATEWAY_PORT={{PORT}}", "GRPC_PORT=" .. sport, "ADMIN_SOCKET=" .. sock } })
     local function run(key)
       local dir = helpers.tmpdir()
-      local pid = assert(gw.process.spawn({ "/usr/bin/python3", "examples/grpc/client.py", key, tostring(g.port) },
+      local pid = assert(gw.process.spawn({ "/usr/bin/env", "GATEWAY_PORT=" .. g.port, "/usr/bin/python3",
+                                            "examples/grpc/client.py", key },
                                           { stdout = dir .. "/out", stderr = dir .. "/err" }))
       helpers.wait_exit(pid, 30)
       return helpers.read_file(dir .. "/out") .. helpers.read_file(dir .. "/err")
@@ -511,7 +514,11 @@ describe("examples/grpc", function()
     assert.truthy(out:find("Count: OK ['1', '2', '3']", 1, true), out)
     assert.truthy(out:find("Admin: PERMISSION_DENIED admin methods are not exposed (Reboot)", 1, true), out)
     local e = assert(g:find_entry(function(x) return x.path == "/demo.Admin/Reboot" end))
-    assert.same({ 200, 7 }, { e.status, e.grpc_status }) -- the handler's gw.grpc.status, in the access line
+    assert.same({ 200, 7, "2" }, { e.status, e.grpc_status, e.protocol }) -- the handler's gw.grpc.status, logged
+    g.socket = sock
+    local code, ups = g:ctl("upstreams")
+    assert.equal(0, code, ups) -- gatewayctl -s ADMIN_SOCKET reaches it
+    assert.truthy(ups:find("greeter", 1, true), ups)
     g:stop()
     stop_peer(spid)
   end)
