@@ -178,27 +178,6 @@ def client(port, scenario, arg):
             out.update({"code": "OK", "got": got})
         except grpc.RpcError as e:
             out.update({"code": name(e.code()), "details": e.details(), "got": got})
-    elif scenario == "bidi_pause":
-        # "m0", its echo, then ARG ms of silence before "m1" and "stop": how the call ends if it ends meanwhile
-        pause = int(arg or 1000) / 1000
-        got_first = threading.Event()
-
-        def gen():
-            yield b"m0"
-            got_first.wait(10)
-            time.sleep(pause)
-            yield b"m1"
-            yield b"stop"
-        got = []
-        t = time.monotonic()
-        try:
-            for m in ch.stream_stream("/%s/Bidi" % SERVICE)(gen(), timeout=float(os.environ.get("GRPCPEER_TIMEOUT", 30))):
-                got.append(m.decode())
-                got_first.set()
-            out.update({"code": "OK", "got": got})
-        except grpc.RpcError as e:
-            out.update({"code": name(e.code()), "details": e.details(), "got": got})
-        out["ms"] = round((time.monotonic() - t) * 1000)
     elif scenario == "watch":
         # a server-streaming call that sends a message every MS ("COUNT:MS"): how it ends, with what it got
         got = []
