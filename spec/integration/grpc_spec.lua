@@ -427,7 +427,7 @@ describe("HTTP/2 upstreams", function()
   end)
 
   it("say so when an h2c target answers in HTTP/1.1", function()
-    local plain = helpers.start('route { path = "/{x*}", handler = function() return 200, "h1" end }')
+    local plain = helpers.start('listen "127.0.0.1:{{PORT}}"\nroute { path = "/{x*}", handler = function() return 200, "h1" end }')
     local g = helpers.start(([[
       listen { "127.0.0.1:{{PORT}}", http2 = true }
       upstream "h1" { targets = { "127.0.0.1:%d" }, protocol = "h2c", retries = 0 }
