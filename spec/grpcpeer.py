@@ -10,6 +10,7 @@ handlers: messages are raw bytes, so no generated code is needed.
                         "sleep:MS" sleeps first, "timeout?" answers the
                         grpc-timeout the server saw (in ms), "big:N" answers N bytes
           ServerStream  "COUNT:SIZE" -> COUNT messages of SIZE bytes
+          Watch         "COUNT:MS" -> COUNT messages, each MS after the previous one
           ClientStream  -> the number of messages and bytes received, "n:bytes"
           Bidi          echoes every message as it comes; "stop" ends the call
         It counts calls in flight and writes the maximum to stderr at exit.
@@ -64,6 +65,12 @@ def serve(port, max_age_ms=None):
         for i in range(count):
             yield bytes([65 + i % 26]) * size
 
+    def watch(req, ctx):
+        count, gap = (int(x) for x in req.decode().split(":"))
+        for i in range(count):
+            yield ("w%d" % i).encode()
+            time.sleep(gap / 1000)
+
     def client_stream(it, ctx):
         n = total = 0
         for m in it:
@@ -80,6 +87,7 @@ def serve(port, max_age_ms=None):
     handler = grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(track(unary)),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     })
@@ -170,6 +178,36 @@ def client(port, scenario, arg):
             out.update({"code": "OK", "got": got})
         except grpc.RpcError as e:
             out.update({"code": name(e.code()), "details": e.details(), "got": got})
+    elif scenario == "watch":
+        # a server-streaming call that sends a message every MS ("COUNT:MS"): how it ends, with what it got
+        got = []
+        t = time.monotonic()
+        try:
+            for m in ch.unary_stream("/%s/Watch" % SERVICE)((arg or "3:100").encode(),
+                                                            timeout=float(os.environ.get("GRPCPEER_TIMEOUT", 60))):
+                got.append(m.decode())
+            out.update({"code": "OK", "got": len(got)})
+        except grpc.RpcError as e:
+            out.update({"code": name(e.code()), "details": e.details(), "got": len(got)})
+        out["ms"] = round((time.monotonic() - t) * 1000)
+    elif scenario == "bidi_slow":
+        # "N:MS": N messages MS apart, each echoed (a chat-like stream that lasts N * MS)
+        n, gap = (int(x) for x in (arg or "5:100").split(":"))
+
+        def gen():
+            for i in range(n):
+                yield ("m%d" % i).encode()
+                time.sleep(gap / 1000)
+            yield b"stop"
+        got = []
+        t = time.monotonic()
+        try:
+            for m in ch.stream_stream("/%s/Bidi" % SERVICE)(gen(), timeout=float(os.environ.get("GRPCPEER_TIMEOUT", 60))):
+                got.append(m.decode())
+            out.update({"code": "OK", "got": len(got)})
+        except grpc.RpcError as e:
+            out.update({"code": name(e.code()), "details": e.details(), "got": len(got)})
+        out["ms"] = round((time.monotonic() - t) * 1000)
     elif scenario == "cancel":
         # a call the server would answer after ARG ms, cancelled by the client after 1 s
         fut = unary.future(("sleep:%s" % (arg or 3000)).encode(), timeout=30)

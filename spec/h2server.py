@@ -8,6 +8,9 @@ Answers every request 200 "ok from connection N". MODE:
     silent_after_first   on each connection, after the first response stop
                          reading: PINGs are never answered (a dead peer that
                          keeps the TCP connection open)
+    reset                answers every request with RST_STREAM(INTERNAL_ERROR)
+    data_on_head         answers with a body even to HEAD (which HTTP forbids)
+    bad_frame            answers with a WINDOW_UPDATE of 0 (a connection error)
 Prints "connection N" on stdout for every accepted connection.
 """
 import socket
@@ -16,6 +19,7 @@ import threading
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 
 PORT, MODE = int(sys.argv[1]), sys.argv[2]
@@ -33,8 +37,16 @@ def handle(sock, n):
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
                 body = ("ok from connection %d" % n).encode()
-                conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
-                conn.send_data(ev.stream_id, body, end_stream=True)
+                if MODE == "reset":
+                    conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                elif MODE == "bad_frame":  # WINDOW_UPDATE of 0 on the connection: a connection error (RFC 9113 §6.9)
+                    sock.sendall(conn.data_to_send() + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+                elif MODE == "data_on_head":  # a body in answer to HEAD: against RFC 9110 §9.3.2
+                    conn.send_headers(ev.stream_id, [(":status", "200")])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
+                else:
+                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
                 served += 1
         sock.sendall(conn.data_to_send())
         if MODE == "silent_after_first" and served:

@@ -83,7 +83,8 @@ static void usage(FILE *f)
             "  -c, --config FILE     the Lua config file\n"
             "  -t, --test            validate the config (syntax, routes, settings) and exit\n"
             "      --routes          print the compiled routes (with their plugin order) and exit\n"
-            "  -l, --listen ADDR     listen here instead of the config's listen addresses\n"
+            "  -l, --listen ADDR     listen on ADDR instead of every listen of the config: one\n"
+            "                        cleartext listener for HTTP/1.1 and h2c (no TLS)\n"
             "  -w, --workers N       worker threads (default: the config's, else one per core)\n"
             "      --log-level LVL   debug, info, warn or error (default info)\n"
             "  -v, --version\n");
@@ -204,6 +205,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "gatewayd: --listen: %s\n", err);
             goto fail;
         }
+        /* cleartext (no certificate belongs to ADDR), with h2c: an HTTP/2 config keeps working on it */
+        cfg.listen[0].http2 = 1;
         cfg.nlisten = 1;
     }
     if (cfg.nlisten == 0) {

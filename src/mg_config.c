@@ -153,6 +153,48 @@ static int read_listen(lua_State *L, mg_listen_addr_t *addr, unsigned lifetime, 
     return MG_OK;
 }
 
+/* The same socket address: family, address and port (the spelling does not matter). */
+static int same_address(const mg_listen_addr_t *a, const mg_listen_addr_t *b)
+{
+    if (a->ss.ss_family != b->ss.ss_family)
+        return 0;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+/*
+ * The listener just read (cfg->listen[cfg->nlisten], entry i of the listen
+ * list; listen_at at index `at`) must not be an address an earlier one has:
+ * each worker binds every listener with SO_REUSEPORT, so both would join one
+ * socket group and the kernel would spread connections over the two
+ * listeners' settings (http2, tls) at random. A specific address next to the
+ * wildcard on the same port is allowed: the kernel gives a connection to the
+ * most specific one.
+ */
+static int listen_unique(lua_State *L, int at, mg_config_t *cfg, int i, char *err, size_t errlen)
+{
+    const mg_listen_addr_t *a = &cfg->listen[cfg->nlisten];
+    for (int k = 0; k < cfg->nlisten; k++) {
+        if (!same_address(a, &cfg->listen[k]))
+            continue;
+        lua_rawgeti(L, at, i);
+        lua_rawgeti(L, at, k + 1);
+        snprintf(err, errlen,
+                 "%s: listen %s: this address is already a listener (%s at %s); give each address once "
+                 "(http2 and tls are per listener)",
+                 lua_tostring(L, -2) ? lua_tostring(L, -2) : cfg->file, a->text, cfg->listen[k].text,
+                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 2);
+        mg_listen_addr_free(&cfg->listen[cfg->nlisten]);
+        return MG_ERROR;
+    }
+    return MG_OK;
+}
+
 /* tls_ticket_keys { "a.key", ..., where = "file:line" }: each file 80 bytes, as nginx's. */
 static int read_ticket_keys(lua_State *L, int t, mg_config_t *cfg, char *err, size_t errlen)
 {
@@ -224,18 +266,21 @@ static int read_settings(lua_State *L, int t, mg_config_t *cfg, char *err, size_
         return MG_ERROR;
 
     lua_getfield(L, t, "listen");
-    int n = (int)lua_objlen(L, -1);
-    for (int i = 1; i <= n && cfg->nlisten < MG_MAX_LISTEN; i++) {
-        lua_rawgeti(L, -1, i);
+    lua_getfield(L, t, "listen_at");
+    int n = (int)lua_objlen(L, -2), at = lua_gettop(L);
+    for (int i = 1; i <= n && cfg->nlisten < MG_MAX_LISTEN; i++) { /* config.lua refuses more */
+        lua_rawgeti(L, at - 1, i);
         rc = read_listen(L, &cfg->listen[cfg->nlisten], cfg->tls_session_ms / 1000, err, errlen);
         lua_pop(L, 1);
+        if (rc == MG_OK)
+            rc = listen_unique(L, at, cfg, i, err, errlen);
         if (rc != MG_OK) {
-            lua_pop(L, 1);
+            lua_pop(L, 2);
             return MG_ERROR;
         }
         cfg->nlisten++;
     }
-    lua_pop(L, 1);
+    lua_pop(L, 2);
 
     lua_getfield(L, t, "limits");
     int lt = lua_gettop(L);

@@ -215,9 +215,9 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
 /* A gRPC status among the upstream's fields (its trailers, or a trailers-only head), for the access log. */
 static void note_grpc_status(mg_req_t *r, const mg_header_t *h, size_t n)
 {
-    for (size_t i = 0; r->grpc && i < n; i++)
-        if (mg_http1_name_is(&h[i], "grpc-status", 11) && h[i].value_len && h[i].value_len < 4)
-            r->grpc_status = atoi(mg_pool_strndup(&r->pool, h[i].value, h[i].value_len));
+    int st = r->grpc ? mg_grpc_status_field(h, n) : -1;
+    if (st >= 0)
+        r->grpc_status = st;
 }
 
 /* An upstream field the client gets: not hop-by-hop, not the upstream's X-Request-ID (ours goes instead). */
@@ -328,9 +328,34 @@ static int filter_head(mg_req_t *r, const mg_http1_response_t *u)
     return 1;
 }
 
+/*
+ * The upstream ended a gRPC call with DEADLINE_EXCEEDED at the deadline the
+ * gateway gave it: its grpc-timeout was what was left of the request's
+ * deadline (rounded down to the millisecond), so both timers run out
+ * together and which one fires first is a race. It is the request's deadline
+ * either way: the caller gets the gateway's DEADLINE_EXCEEDED (with the
+ * trace id), the access log and the metrics say 504 `deadline`. A 4 that
+ * comes earlier is the upstream's own verdict and is relayed as it is.
+ */
+#define GRPC_DEADLINE_SLACK_US 5000 /* grpc-timeout's millisecond and the timers' precision */
+static int upstream_deadline(mg_req_t *r, const mg_header_t *h, size_t n)
+{
+    if (!r->grpc || !r->deadline_us || mg_grpc_status_field(h, n) != 4 ||
+        mg_now_us() + GRPC_DEADLINE_SLACK_US < r->deadline_us)
+        return 0;
+    mg_log_warn(r->trace_id, "route %s: request deadline exceeded (the upstream ended the call at it)",
+                r->route->name);
+    return 1;
+}
+
 static int on_head(mg_proxy_t *p, const mg_http1_response_t *u)
 {
     mg_req_t *r = p->owner;
+    if (p->framing == MG_BODY_NONE && upstream_deadline(r, u->headers, u->num_headers)) {
+        mg_forward_cancel(r); /* a trailers-only answer: the gateway's own goes instead */
+        mg_req_error(r, 0, MG_E(DEADLINE), NULL, !r->body_complete, NULL, 0);
+        return 1;
+    }
     r->status = r->upstream_status = u->status;
     r->upstream_reason = u->reason_len ? mg_pool_strndup(&r->pool, u->reason, u->reason_len) : NULL;
     int has_body = p->framing != MG_BODY_NONE;
@@ -395,11 +420,22 @@ static void on_trailers(mg_proxy_t *p, const mg_header_t *h, size_t n)
 {
     mg_req_t *r = p->owner;
     note_grpc_status(r, h, n);
-    r->trailers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (n ? n : 1));
+    int deadline = upstream_deadline(r, h, n);
+    r->trailers = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * (n + 2));
     r->ntrailers = 0;
+    if (deadline) {
+        /* the messages went out: the gateway's status ends the call, in place of the upstream's */
+        const mg_error_t *k = MG_E(DEADLINE);
+        r->error_kind = k;
+        r->status = k->status;
+        mg_grpc_status_trailers(&r->pool, k->grpc, k->message, k->name, r->trace_id, r->trailers);
+        r->ntrailers = 2;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!trailer_ok(&h[i]))
             continue;
+        if (deadline && h[i].name_len > 5 && strncasecmp(h[i].name, "grpc-", 5) == 0)
+            continue; /* grpc-status, grpc-message, grpc-status-details-bin: the upstream's, replaced */
         mg_header_t *t = &r->trailers[r->ntrailers++];
         t->name = mg_pool_strndup(&r->pool, h[i].name, h[i].name_len);
         t->name_len = h[i].name_len;
@@ -763,6 +799,31 @@ void mg_forward_output_drained(mg_req_t *r)
         r->proxy_paused = 0;
         mg_proxy_resume(r->proxy);
     }
+}
+
+/*
+ * A gRPC call over HTTP/2 whose response started, cut short (the upstream
+ * failed or went silent, the deadline, a filter's error, a body over
+ * max_body): trailers with the kind's gRPC status and the trace id end it,
+ * instead of a reset (RST_STREAM INTERNAL_ERROR, which a gRPC client
+ * reports as INTERNAL without a word of why). Trailers end a gRPC call for
+ * good: a message cut in the middle cannot be taken for a whole one (its
+ * length came first), and a non-zero status fails the call. Not for a
+ * response whose head gave a Content-Length (ending early would be a
+ * framing error) or on HTTP/1.1 (trailers there need chunked framing and a
+ * client that asked for them: it is reset as any other response).
+ */
+int mg_forward_end_grpc(mg_req_t *r)
+{
+    const mg_error_t *k = r->error_kind;
+    if (!r->grpc || !k || !r->proxy || r->upstream_cl >= 0 || strcmp(r->wire->version, "2") != 0)
+        return 0;
+    mg_header_t *t = mg_pool_alloc(&r->pool, sizeof(mg_header_t) * 2);
+    mg_grpc_status_trailers(&r->pool, k->grpc, k->message, k->name, r->trace_id, t);
+    r->grpc_status = k->grpc;
+    r->status = k->status; /* the gateway's verdict, as for a gRPC error it answers before the head */
+    mg_req_finish(r, t, 2);
+    return 1;
 }
 
 void mg_forward_cancel(mg_req_t *r)

@@ -18,6 +18,12 @@ void mg_forward_body(mg_req_t *r, const char *data, size_t len);
 void mg_forward_body_end(mg_req_t *r);
 /* The client connection's output drained: resume reading the upstream. */
 void mg_forward_output_drained(mg_req_t *r);
+/*
+ * A gRPC call on HTTP/2 whose response started and must end early
+ * (r->error_kind says why): ends it with grpc-status trailers and returns 1;
+ * 0 when the response must be reset instead (mg_req_break).
+ */
+int mg_forward_end_grpc(mg_req_t *r);
 /* Client gone or deadline: drop the upstream exchange without callbacks. */
 void mg_forward_cancel(mg_req_t *r);
 

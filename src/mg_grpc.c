@@ -44,6 +44,28 @@ size_t mg_grpc_timeout_format(char *buf, uint64_t us)
     return (size_t)snprintf(buf, 16, "%llum", (unsigned long long)ms);
 }
 
+int mg_grpc_status_value(const char *v, size_t n)
+{
+    if (n < 1 || n > 3)
+        return -1;
+    int x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x;
+}
+
+int mg_grpc_status_field(const mg_header_t *h, size_t n)
+{
+    int st = -1;
+    for (size_t i = 0; i < n; i++)
+        if (mg_http1_name_is(&h[i], "grpc-status", 11))
+            st = mg_grpc_status_value(h[i].value, h[i].value_len);
+    return st;
+}
+
 int mg_grpc_status_of_http(int status)
 {
     switch (status) {
@@ -61,7 +83,36 @@ int mg_grpc_status_of_http(int status)
     }
 }
 
-void mg_grpc_error_head(mg_resp_t *resp, int code, const char *message, const char *trace_id)
+/* "message (kind, trace id T)", percent-encoded as grpc-message wants (UTF-8, '%' and non-printables as %XX). */
+static void status_fields(mg_pool_t *pool, int code, const char *message, const char *kind, const char *trace_id,
+                          mg_header_t out[2])
+{
+    char *st = mg_pool_alloc(pool, 8);
+    int sl = snprintf(st, 8, "%d", code);
+    out[0] = (mg_header_t){ "grpc-status", 11, st, (size_t)sl };
+    char text[512];
+    int tl = snprintf(text, sizeof(text), "%s (%s%strace id %s)", message ? message : "", kind ? kind : "",
+                      kind ? ", " : "", trace_id ? trace_id : "-");
+    if (tl < 0)
+        tl = 0;
+    if ((size_t)tl >= sizeof(text))
+        tl = (int)sizeof(text) - 1;
+    char *m = mg_pool_alloc(pool, (size_t)tl * 3 + 1), *w = m;
+    static const char hex[] = "0123456789ABCDEF";
+    for (int i = 0; i < tl; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c <= 0x7e && c != '%') {
+            *w++ = (char)c;
+        } else {
+            *w++ = '%';
+            *w++ = hex[c >> 4];
+            *w++ = hex[c & 15];
+        }
+    }
+    out[1] = (mg_header_t){ "grpc-message", 12, m, (size_t)(w - m) };
+}
+
+void mg_grpc_error_head(mg_resp_t *resp, int code, const char *message, const char *kind, const char *trace_id)
 {
     resp->status = 200;
     resp->content_length = -1;
@@ -75,27 +126,14 @@ void mg_grpc_error_head(mg_resp_t *resp, int code, const char *message, const ch
                 resp->h[i].value_len = 16;
             }
     }
-    char *st = mg_pool_alloc(resp->pool, 8);
-    int sl = snprintf(st, 8, "%d", code);
-    mg_resp_add(resp, "grpc-status", 11, st, (size_t)sl);
-    /* grpc-message is percent-encoded UTF-8: everything outside printable ASCII and '%' as %XX */
-    char text[512];
-    int tl = snprintf(text, sizeof(text), "%s (trace id %s)", message ? message : "", trace_id ? trace_id : "-");
-    if (tl < 0)
-        return;
-    if ((size_t)tl >= sizeof(text))
-        tl = (int)sizeof(text) - 1;
-    char *m = mg_pool_alloc(resp->pool, (size_t)tl * 3 + 1), *w = m;
-    static const char hex[] = "0123456789ABCDEF";
-    for (int i = 0; i < tl; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c >= 0x20 && c <= 0x7e && c != '%') {
-            *w++ = (char)c;
-        } else {
-            *w++ = '%';
-            *w++ = hex[c >> 4];
-            *w++ = hex[c & 15];
-        }
-    }
-    mg_resp_add(resp, "grpc-message", 12, m, (size_t)(w - m));
+    mg_header_t f[2];
+    status_fields(resp->pool, code, message, kind, trace_id, f);
+    for (int i = 0; i < 2; i++)
+        mg_resp_add(resp, f[i].name, f[i].name_len, f[i].value, f[i].value_len);
+}
+
+void mg_grpc_status_trailers(mg_pool_t *pool, int code, const char *message, const char *kind, const char *trace_id,
+                             mg_header_t out[2])
+{
+    status_fields(pool, code, message, kind, trace_id, out);
 }

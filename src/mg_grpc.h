@@ -25,15 +25,25 @@ int64_t mg_grpc_timeout_us(const char *v, size_t n);
 /* Writes µs as a grpc-timeout value (milliseconds, at least 1) into buf (>= 16 bytes); returns its length. */
 size_t mg_grpc_timeout_format(char *buf, uint64_t us);
 
+/* A grpc-status field's value (1 to 3 digits), or -1 when it is not one. */
+int mg_grpc_status_value(const char *v, size_t n);
+/* The grpc-status among fields h[0..n), or -1 when there is none. */
+int mg_grpc_status_field(const mg_header_t *h, size_t n);
+
 /* The gRPC status for an HTTP status the gateway answers with (401 → UNAUTHENTICATED, ...). */
 int mg_grpc_status_of_http(int status);
 
 /*
  * Turns resp (from pool) into a trailers-only gRPC answer: status 200,
  * content-type application/grpc, grpc-status `code`, grpc-message the
- * percent-encoded message (with the trace id, so the caller can find the
- * logs). Fields already in resp (X-Gateway-Error, Retry-After) stay.
+ * percent-encoded message with the error kind (when there is one) and the
+ * trace id, so the caller can find the logs: "upstream timed out
+ * (read_timeout, trace id 4bf9...)". Fields already in resp
+ * (X-Gateway-Error, Retry-After) stay.
  */
-void mg_grpc_error_head(mg_resp_t *resp, int code, const char *message, const char *trace_id);
+void mg_grpc_error_head(mg_resp_t *resp, int code, const char *message, const char *kind, const char *trace_id);
+/* The same grpc-status and grpc-message as trailers (from pool): how a call whose response started ends. */
+void mg_grpc_status_trailers(mg_pool_t *pool, int code, const char *message, const char *kind, const char *trace_id,
+                             mg_header_t out[2]);
 
 #endif

@@ -4,8 +4,11 @@
 #define _GNU_SOURCE
 #include "mg_h1.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "mg_h2.h"
 #include "mg_log.h"
@@ -64,6 +67,31 @@ static int preface(const mg_conn_t *c)
     return n == sizeof(H2_PREFACE) - 1 ? 1 : 0;
 }
 
+/* The listener's address this connection came to, "ip:port" (for a log line; the buffer is the thread's). */
+static const char *local_address(const mg_conn_t *c)
+{
+    static __thread char text[80];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN + 2] = "?";
+    int port = 0;
+    if (getsockname(c->fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const void *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, ip + 1, sizeof(ip) - 2);
+            ip[0] = '[';
+            strcat(ip, "]");
+            port = ntohs(a->sin6_port);
+        } else {
+            const struct sockaddr_in *a = (const void *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+            port = ntohs(a->sin_port);
+        }
+    }
+    snprintf(text, sizeof(text), "%s:%d", ip, port);
+    return text;
+}
+
 /* Returns 1 when the state changed and the loop should go on. */
 static int read_head(mg_conn_t *c)
 {
@@ -111,7 +139,13 @@ static int read_head(mg_conn_t *c)
     }
     mg_conn_disarm(c);
     if (rc < 0) {
-        mg_log_info(NULL, "client %s: malformed request: %s", c->remote, parsed.error ? parsed.error : "?");
+        if (c->requests == 0 && !c->http2 && preface(c) >= 0)
+            /* curl --http2-prior-knowledge shows the 505 as "Empty reply from server": the log says why */
+            mg_log_info(NULL, "client %s: sent the HTTP/2 preface (h2c with prior knowledge) to a listener without "
+                        "HTTP/2: answered 505 (listen { \"%s\", http2 = true } takes h2c)", c->remote,
+                        local_address(c));
+        else
+            mg_log_info(NULL, "client %s: malformed request: %s", c->remote, parsed.error ? parsed.error : "?");
         reject(c, NULL, mg_http1_error_status(rc), MG_E(BAD_REQUEST), 1);
         return 0;
     }

@@ -39,6 +39,9 @@ typedef struct mg_h2sess {
     int in_io;                   /* inside mem_recv / mem_send: do not free */
     int closing;                 /* sess_close runs: it frees the session */
     int ping_due;                /* a PING is outstanding */
+    int got_bytes;               /* the server sent something (its first bytes must be HTTP/2's SETTINGS) */
+    int broke;                   /* the server broke HTTP/2: our nghttp2 ended the session with GOAWAY */
+    char why[160];               /* its error code and reason (the GOAWAY's debug data) */
     uint64_t last_read_ms;       /* the last frame from the server */
     uint64_t last_used_ms;       /* the last time a stream was on it (idle timeout) */
     mg_proxy_t *exchanges;
@@ -74,12 +77,22 @@ static void stop_timer(mg_proxy_t *p)
     }
 }
 
-/* The read timeout of an exchange: re-armed on every frame of its stream once the request is out. */
+/*
+ * A stream's timer: the connect timeout until it has a stream; then the send
+ * timeout while request bytes wait to go out (re-armed by each frame that
+ * goes; off while the request waits for its own client: a bidirectional
+ * call may be quiet for as long as its caller is); once the request is out,
+ * the read timeout, re-armed by every frame of the stream.
+ */
 static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
 {
     mg_proxy_t *p = arg;
     p->h2_timer_set = 0;
-    mg__proxy_fail(p, p->h2id ? MG_E(READ_TIMEOUT) : MG_E(CONNECT_TIMEOUT), !p->wrote);
+    const mg_error_t *kind = !p->h2id ? MG_E(CONNECT_TIMEOUT) : p->h2_reading ? MG_E(READ_TIMEOUT) : MG_E(SEND_TIMEOUT);
+    if (p->h2id && !p->h2_reading)
+        mg_log_info(NULL, "upstream %s: %s took no request bytes for %u ms (stream %d)", p->up->name,
+                    p->target->text, p->up->send_ms, p->h2id);
+    mg__proxy_fail(p, kind, !p->wrote);
 }
 
 static void arm_stream_timer(mg_proxy_t *p, uint32_t ms)
@@ -142,18 +155,40 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
 {
+    mg_h2sess_t *s = arg;
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR) {
+        /* we never end a session so ourselves: nghttp2 found a connection error; its reason is the debug data */
+        s->broke = 1;
+        snprintf(s->why, sizeof(s->why), "%s%s%.*s", nghttp2_http2_strerror(f->goaway.error_code),
+                 f->goaway.opaque_data_len ? ", " : "", (int)f->goaway.opaque_data_len,
+                 (const char *)f->goaway.opaque_data);
+        return 0;
+    }
     mg_proxy_t *p = f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
     if (!p)
         return 0;
+    if (f->hd.type == NGHTTP2_RST_STREAM) {
+        /* a stream we still hold is reset by nghttp2 itself (our own CANCEL detaches first): the
+         * upstream's answer broke a rule (DATA to HEAD, a bad content-length, a forbidden field) */
+        p->h2_we_reset = 1;
+        return 0;
+    }
     if (f->hd.type == NGHTTP2_HEADERS) {
         p->wrote = 1; /* the upstream may have seen the request from now on */
         if (p->trace)
             mg_trace_proxy(p, MG_TRACE_CONNECTED, NULL); /* the timeline's "connect": until the stream could go */
     }
-    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && (f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA)) {
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        p->h2_reading = 1;
         arm_stream_timer(p, p->up->read_ms); /* all sent: now the read timeout runs */
         if (p->trace)
             mg_trace_proxy(p, MG_TRACE_SENT, NULL);
+    } else if (p->h2body && evbuffer_get_length(p->h2body) > 0) {
+        arm_stream_timer(p, p->up->send_ms); /* progress; more waits for the upstream's window */
+    } else {
+        stop_timer(p); /* all the client gave is out: its own body timeout and the deadline bound the wait */
     }
     return 0;
 }
@@ -189,6 +224,14 @@ static void sess_send(mg_h2sess_t *s)
     s->in_io = 0;
     if (rc != 0) {
         sess_close(s, MG_E(RESET));
+        return;
+    }
+    if (s->broke && !s->closing) {
+        /* nghttp2 found a connection error in what the server sent and ends the session with GOAWAY */
+        mg_upconn_send(s->uc); /* the GOAWAY, as far as the socket takes it: the server learns why */
+        mg_log_warn(NULL, "upstream %s: %s broke HTTP/2 (%s): connection closed", s->t->up->name, s->t->text,
+                    s->why);
+        sess_close(s, MG_E(PROTOCOL));
         return;
     }
     while (evbuffer_get_length(s->uc->out) > 0) {
@@ -304,7 +347,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     if (!p)
         return 0;
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
-    if (p->h2_timer_set && p->body_done)
+    if (p->h2_reading)
         arm_stream_timer(p, p->up->read_ms);
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (!p->head_seen) {
@@ -371,6 +414,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     /* closed without its end (a reset, or refused: REFUSED_STREAM means not processed, RFC 9113 §8.7) */
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     p->h2_ended = 1;
+    if (p->h2_we_reset) {
+        mg_log_warn(NULL, "upstream %s: %s broke HTTP/2 on stream %d: the gateway reset it (%s)", p->up->name,
+                    p->target->text, id, nghttp2_http2_strerror(code));
+        mg__proxy_fail(p, MG_E(PROTOCOL), !p->wrote);
+        return 0;
+    }
     int refused = code == NGHTTP2_REFUSED_STREAM;
     if (!refused)
         mg_log_info(NULL, "upstream %s: %s reset stream %d (%s)", p->up->name, p->target->text, id,
@@ -485,6 +534,26 @@ static void sess_ready(mg_h2sess_t *s)
     sess_send(s);
 }
 
+/*
+ * The server's first bytes must be a SETTINGS frame (RFC 9113 §3.4: its
+ * preface): the 4th byte is the frame type, 4. Anything else is a server
+ * that does not speak HTTP/2, most often HTTP/1.1 answering our preface as
+ * a bad request: say so with its first line.
+ */
+static int not_http2(mg_h2sess_t *s, const char *buf, size_t n)
+{
+    if (n < 4 || (unsigned char)buf[3] == NGHTTP2_SETTINGS)
+        return 0;
+    char line[80];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < sizeof(line) - 1 && buf[i] != '\r' && buf[i] != '\n'; i++)
+        line[k++] = buf[i] >= 0x20 && buf[i] < 0x7f ? buf[i] : '?';
+    line[k] = '\0';
+    mg_log_warn(NULL, "upstream %s: %s does not speak HTTP/2 (protocol = \"%s\"): it answered '%s'", s->t->up->name,
+                s->t->text, s->t->up->protocol == MG_UP_H2 ? "h2" : "h2c", line);
+    return 1;
+}
+
 static void sess_read(mg_h2sess_t *s)
 {
     mg_upconn_t *uc = s->uc;
@@ -499,6 +568,13 @@ static void sess_read(mg_h2sess_t *s)
             return;
         }
         s->last_read_ms = mg_now_ms();
+        if (!s->got_bytes) {
+            s->got_bytes = 1;
+            if (not_http2(s, buf, (size_t)n)) {
+                sess_close(s, MG_E(PROTOCOL));
+                return;
+            }
+        }
         s->in_io = 1;
         ssize_t used = nghttp2_session_mem_recv(s->ng, (const uint8_t *)buf, (size_t)n);
         s->in_io = 0;
@@ -677,6 +753,7 @@ void mg_h2up_attempt(mg_proxy_t *p, mg_target_t *t)
 {
     p->h2id = 0;
     p->h2_ended = 0;
+    p->h2_reading = 0;
     p->h2_ntrailers = 0;
     p->h2_unconsumed = 0;
     p->head_seen = 0;
@@ -708,6 +785,8 @@ int mg_h2up_write_body(mg_proxy_t *p, const char *data, size_t len)
     if (!s || !p->h2body || !len)
         return 0;
     evbuffer_add(p->h2body, data, len);
+    if (!p->h2_timer_set)
+        arm_stream_timer(p, p->up->send_ms); /* until a frame takes them */
     if (p->h2_deferred) {
         p->h2_deferred = 0;
         nghttp2_session_resume_data(s->ng, p->h2id);
@@ -729,6 +808,8 @@ void mg_h2up_end_body(mg_proxy_t *p)
         return;
     p->body_done = 1;
     p->h2_want_body = 0;
+    if (!p->h2_timer_set)
+        arm_stream_timer(p, p->up->send_ms); /* until the END_STREAM goes */
     if (p->h2_deferred) {
         p->h2_deferred = 0;
         nghttp2_session_resume_data(s->ng, p->h2id);

@@ -238,6 +238,12 @@ void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double se
         u->errors[error->id]++;
 }
 
+void mg_metrics_grpc(mg_metrics_t *m, const char *route, int code)
+{
+    mg_series_t *r = series(m, route && *route ? route : "(none)", 0);
+    r->grpc[code >= 0 && code < MG_METRICS_GRPC_CODES ? code : MG_METRICS_GRPC_CODES]++;
+}
+
 static void histogram(mg_text_t *o, const char *metric, const char *key, const mg_series_t *s, int worker)
 {
     uint64_t cum = 0;
@@ -284,6 +290,16 @@ void mg_metrics_render(const mg_metrics_t *m, int worker, mg_text_t *o)
                             worker, key);
                 mg_text_label(o, s->name);
                 mg_text_add(o, "\",kind=\"%s\"} %llu\n", mg_errors[k].name, (unsigned long long)s->errors[k]);
+            }
+            for (int k = 0; k <= MG_METRICS_GRPC_CODES; k++) {
+                if (!s->grpc[k])
+                    continue;
+                mg_text_add(o, "moongate_grpc_requests_total{worker=\"%d\",route=\"", worker);
+                mg_text_label(o, s->name);
+                if (k < MG_METRICS_GRPC_CODES)
+                    mg_text_add(o, "\",grpc_status=\"%d\"} %llu\n", k, (unsigned long long)s->grpc[k]);
+                else
+                    mg_text_add(o, "\",grpc_status=\"other\"} %llu\n", (unsigned long long)s->grpc[k]);
             }
         }
     }

@@ -17,6 +17,7 @@
 #include "mg_error.h"
 
 #define MG_METRICS_BUCKETS 10
+#define MG_METRICS_GRPC_CODES 17          /* gRPC status codes 0..16 */
 
 typedef struct mg_series {
     char *name;
@@ -25,6 +26,7 @@ typedef struct mg_series {
     uint64_t hist[MG_METRICS_BUCKETS + 1]; /* latency buckets, +Inf last */
     double sum_s;
     uint64_t errors[MG_ERR__COUNT];       /* by error kind (mg_error.h) */
+    uint64_t grpc[MG_METRICS_GRPC_CODES + 1]; /* gRPC calls by the status the caller got; the last: codes above 16 */
     /* upgraded connections (tunnels, WebSocket endpoints) of this route or upstream */
     int64_t tunnels_open;
     uint64_t tunnels_total;
@@ -53,6 +55,9 @@ typedef struct mg_metrics {
  */
 void mg_metrics_record(mg_metrics_t *m, const char *route, int status, double seconds, const char *upstream,
                        double ttfb_s, const mg_error_t *error, const char *trace_id);
+
+/* One gRPC call of a route ended with this gRPC status (the caller's, whoever chose it). */
+void mg_metrics_grpc(mg_metrics_t *m, const char *route, int code);
 
 /*
  * The series of a route (is_upstream 0) or an upstream (1), made on first

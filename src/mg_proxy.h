@@ -178,6 +178,8 @@ struct mg_proxy {
     unsigned h2_want_body : 1;   /* ask the owner for more body after the send */
     unsigned h2_ended : 1;       /* the stream ended or was closed: no reset on detach */
     unsigned h2_timer_set : 1;
+    unsigned h2_reading : 1;
+    unsigned h2_we_reset : 1;    /* the gateway's nghttp2 reset the stream: the upstream broke the protocol */     /* the request is out: the timer is the read timeout (else the send timeout) */
     unsigned h2_delivered : 1;   /* response bytes went to the owner in this read: on_wait follows */
     struct event h2_timer;       /* the stream's send/read timeout */
     mg_http1_response_t resp;

@@ -150,6 +150,8 @@ static void req_end(mg_req_t *r)
     mg_metrics_record(&r->worker->metrics, r->route ? r->route->name : NULL, r->status,
                       (double)(mg_now_us() - r->start_us) / 1e6, p ? p->up->name : NULL,
                       p ? p->ttfb_us / 1e6 : 0, r->error_kind, r->trace_id);
+    if (r->grpc && r->grpc_status >= 0)
+        mg_metrics_grpc(&r->worker->metrics, r->route ? r->route->name : NULL, r->grpc_status);
     if (!r->route || !r->route->chain_logs || r->ctx_ref == LUA_NOREF) {
         req_release(r);
         return;
@@ -225,12 +227,13 @@ static void access_log(mg_req_t *r)
         snprintf(grpc, sizeof(grpc), ",\"grpc_status\":%d", r->grpc_status);
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"trace_id\":\"%s\",\"remote\":\"%s\",\"client\":\"%s\",\"host\":\"%s\","
-                     "\"method\":\"%.*s\","
+                     "\"method\":\"%.*s\",\"protocol\":\"%s\","
                      "\"path\":\"%s\",\"route\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes\":%zu,"
                      "\"duration_ms\":%.3f%s%s%s%s%s}\n",
                      ts, r->trace_id, r->remote[0] ? r->remote : "-", client[0] ? client : "-", host,
-                     (int)r->method.n,
-                     r->method.p ? r->method.p : "-", path, route, r->status, r->bytes_in, r->bytes_out,
+                     (int)r->method.n, r->method.p ? r->method.p : "-",
+                     r->minor_version == 0 && r->method.p ? "1.0" : r->wire->version, path, route, r->status,
+                     r->bytes_in, r->bytes_out,
                      ms, up, grpc, r->error_kind ? ",\"error\":\"" : "", r->error_kind ? r->error_kind->name : "",
                      r->error_kind ? "\"" : "");
     if (n > 0)
@@ -243,6 +246,8 @@ void mg_req_send_head(mg_req_t *r, const mg_resp_t *resp)
 {
     r->resp_started = 1;
     r->status = resp->status;
+    if (r->grpc && r->grpc_status < 0) /* a trailers-only answer a handler built (gw.grpc.status): its status is logged */
+        r->grpc_status = mg_grpc_status_field(resp->h, resp->n);
     r->wire->head(r, resp);
 }
 
@@ -278,6 +283,8 @@ void mg_req_finish(mg_req_t *r, const mg_header_t *trailers, size_t ntrailers)
 
 void mg_req_break(mg_req_t *r)
 {
+    if (mg_forward_end_grpc(r))
+        return; /* a gRPC call ends with its status in trailers instead */
     const mg_wire_t *wire = r->wire;
     void *conn = r->conn, *stream = r->stream;
     req_end(r);
@@ -329,7 +336,7 @@ void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *m
         for (size_t i = 0; i < nextra; i++)
             mg_resp_add(resp, extra[i].name, extra[i].name_len, extra[i].value, extra[i].value_len);
         r->grpc_status = kind ? kind->grpc : mg_grpc_status_of_http(status);
-        mg_grpc_error_head(resp, r->grpc_status, message, r->trace_id);
+        mg_grpc_error_head(resp, r->grpc_status, message, kind ? kind->name : NULL, r->trace_id);
         mg_req_send_head(r, resp);
         r->status = status; /* the access log keeps the HTTP meaning; the client got a gRPC status */
         mg_req_finish(r, NULL, 0);
@@ -457,7 +464,7 @@ static void respond_grpc_error(mg_req_t *r, lua_State *co, int status)
     }
     mg_req_add_defaults(r, resp);
     r->grpc_status = mg_grpc_status_of_http(status);
-    mg_grpc_error_head(resp, r->grpc_status, msg, r->trace_id);
+    mg_grpc_error_head(resp, r->grpc_status, msg, NULL, r->trace_id);
     mg_req_send_head(r, resp);
     r->status = status;
     mg_req_finish(r, NULL, 0);

@@ -215,6 +215,15 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
     for (size_t i = 0; i < r->nheaders; i++)
         if (mg_http1_name_is(&r->headers[i], "content-type", 12))
             r->grpc = mg_grpc_content_type(r->headers[i].value, r->headers[i].value_len);
+    for (size_t i = 0; r->grpc && i < r->nheaders; i++) {
+        /* the caller's deadline, when it says one, must be readable: a call is not run with another one */
+        const mg_header_t *h = &r->headers[i];
+        if (mg_http1_name_is(h, "grpc-timeout", 12) && mg_grpc_timeout_us(h->value, h->value_len) < 0) {
+            mg_log_info(r->trace_id, "client %s: malformed grpc-timeout '%.*s' (1 to 8 digits and H, M, S, m, u or n)",
+                        r->remote, (int)(h->value_len < 40 ? h->value_len : 40), h->value);
+            return 400;
+        }
+    }
 
     resolve_client(r);
 

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """A small gRPC service for the example (python3-grpcio, no generated code:
 messages are UTF-8 text). demo.Greeter/Hello answers "hello, <name>";
-demo.Greeter/Count streams the numbers 1..N."""
+demo.Greeter/Count streams the numbers 1..N.
+Usage: server.py [PORT] (default $GRPC_PORT, else 50051)."""
+import os
 import sys
 from concurrent import futures
 
@@ -22,7 +24,7 @@ server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[
         "Hello": grpc.unary_unary_rpc_method_handler(hello),
         "Count": grpc.unary_stream_rpc_method_handler(count),
     })])
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 50051
+port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("GRPC_PORT", "50051"))
 server.add_insecure_port("127.0.0.1:%d" % port)
 server.start()
 print("serving on 127.0.0.1:%d" % port, flush=True)

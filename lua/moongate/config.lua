@@ -86,7 +86,7 @@ local function new_state(path)
     file = path,
     dir = path:match("^(.*)/[^/]*$") or ".",
     settings = {
-      listen = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {}, http2 = {},
+      listen = {}, listen_at = {}, workers = 0, plugins_dirs = {}, limits = {}, timeouts = {}, http2 = {},
       access_log = nil, error_log = nil,
     },
     routes = {},     -- in declaration order
@@ -177,10 +177,19 @@ local function make_env(st)
   end
 
   -- listen "ip:port" | listen { "ip:port", ..., tls = {...}, http2 = bool }: an
-  -- entry is the address string, or { addr, tls, http2 } when either is given
+  -- entry is the address string, or { addr, tls, http2 } when either is given;
+  -- listen_at[i] is where entry i was written (mg_config.c names it when two
+  -- entries are the same address)
+  local function add_listen(entry)
+    local file, line = where()
+    if #s.listen >= 16 then fail("at most 16 listen addresses (MG_MAX_LISTEN)") end
+    s.listen[#s.listen + 1] = entry
+    s.listen_at[#s.listen] = file .. ":" .. line
+  end
+
   function env.listen(addr)
     if type(addr) ~= "table" then
-      s.listen[#s.listen + 1] = listen_addr(addr)
+      add_listen(listen_addr(addr))
       return
     end
     check_fields(addr, LISTEN_FIELDS, "listen", true)
@@ -195,9 +204,9 @@ local function make_env(st)
     for _, a in ipairs(addr) do
       a = listen_addr(a)
       if tls or addr.http2 ~= nil then
-        s.listen[#s.listen + 1] = { addr = a, tls = tls, http2 = addr.http2 }
+        add_listen({ addr = a, tls = tls, http2 = addr.http2 })
       else
-        s.listen[#s.listen + 1] = a
+        add_listen(a)
       end
     end
   end
@@ -480,7 +489,10 @@ local function make_env(st)
     local timeout
     if spec.timeout ~= nil then
       timeout = M.duration(spec.timeout)
-      if not timeout or timeout < 1 then fail("route 'timeout' must be a duration like \"800ms\"") end
+      if not timeout or timeout < 1 then
+        fail("route 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline; " ..
+             "a long-lived stream takes a long one, e.g. \"24h\")")
+      end
     end
     local max_body
     if spec.max_body ~= nil then
@@ -568,7 +580,9 @@ local function make_env(st)
         end
         if body.timeout ~= nil then
           g.timeout = M.duration(body.timeout)
-          if not g.timeout then fail("group 'timeout' must be a duration") end
+          if not g.timeout or g.timeout < 1 then
+            fail("group 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline)")
+          end
         end
         local items = body.routes or body
         if body.routes ~= nil then list_field(body.routes, "group " .. prefix .. " routes") end
@@ -612,6 +626,20 @@ local function make_env(st)
   return setmetatable(env, { __index = _G })
 end
 
+-- An http2 { } block tunes the listeners that take HTTP/2: with none (a TLS
+-- listener has it unless http2 = false; a cleartext one with http2 = true) it
+-- would be ignored. Without any listen, gatewayd --listen gives the listener,
+-- which takes h2c: the block applies there.
+local function check_http2_used(st)
+  local at = st.set_at.http2
+  if not at or #st.settings.listen == 0 then return end
+  for _, l in ipairs(st.settings.listen) do
+    if type(l) == "table" and (l.http2 == true or (l.tls ~= nil and l.http2 ~= false)) then return end
+  end
+  error(setmetatable({ msg = fmt("%s: http2 { } has no effect: no listener takes HTTP/2 (add http2 = true to a " ..
+                                 "cleartext listen, or listen with tls)", at) }, Located), 0)
+end
+
 --- Loads a config file. Returns the config table, or nil and "file:line: message".
 function M.load(path)
   local chunk, err = loadfile(path)
@@ -626,6 +654,7 @@ function M.load(path)
   local cfg = st.settings
   cfg.file = path
   local rok, routes = pcall(function()
+    check_http2_used(st)
     redis_mod.check(st)
     return resolve_mod.resolve(st)
   end)

@@ -68,8 +68,8 @@ end
 --- Parses "250ms", "10s", "2m", "1h" or a number of seconds into milliseconds.
 function M.duration(v)
   if type(v) == "number" then
-    if v < 0 then return nil end
-    return math.floor(v * 1000 + 0.5)
+    if v < 0 or v ~= v then return nil end
+    return M.duration_max(math.floor(v * 1000 + 0.5), v)
   end
   if type(v) ~= "string" then return nil end
   local num, unit = v:match("^%s*([%d%.]+)%s*(%a*)%s*$")
@@ -77,7 +77,17 @@ function M.duration(v)
   if not num then return nil end
   local scale = ({ ms = 1, s = 1000, [""] = 1000, m = 60000, h = 3600000 })[unit]
   if not scale then return nil end
-  return math.floor(num * scale + 0.5)
+  return M.duration_max(math.floor(num * scale + 0.5), v)
+end
+
+-- Durations are kept in 32-bit milliseconds: a longer one would wrap around
+-- to a short one, so it is refused (596h is about 24 days).
+M.MAX_DURATION_MS = 2147483647
+function M.duration_max(ms, v)
+  if ms > M.MAX_DURATION_MS then
+    M.fail("duration %s is longer than the longest one the gateway keeps (596h)", tostring(v))
+  end
+  return ms
 end
 
 --- Parses 8192, "8k", "1m", "2g" into bytes (nil when it is not a size).

@@ -116,7 +116,7 @@ M.wire = os.getenv("MOONGATE_SPEC_WIRE") or "h1"
 --- Starts gatewayd with a config body. "{{PORT}}" in it is replaced by a free port;
 -- a listen line is added when the config has none. Extra files: opts.files = { ["routes/a.lua"] = "..." };
 -- environment: opts.env = { "NAME=value", ... }; working directory: opts.cwd; opts.workers (1);
--- more arguments: opts.args. The gateway is killed when the current test (or describe) ends.
+-- more arguments: opts.args ("{{PORT}}" replaced in opts.args and opts.env too). The gateway is killed when the current test (or describe) ends.
 function M.start(config, opts)
   opts = opts or {}
   local dir = M.tmpdir()
@@ -141,9 +141,11 @@ function M.start(config, opts)
     end
     local file = dir .. "/gateway.lua"
     write_file(file, body)
-    local argv = opts.env and { "/usr/bin/env", unpack(opts.env) } or {}
+    local argv = { "/usr/bin/env" }
+    for _, e in ipairs(opts.env or {}) do argv[#argv + 1] = (e:gsub("{{PORT}}", tostring(port))) end
+    if not opts.env then argv = {} end
     for _, a in ipairs({ M.gatewayd, "-c", file, "-w", tostring(opts.workers or 1) }) do argv[#argv + 1] = a end
-    for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+    for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = (a:gsub("{{PORT}}", tostring(port))) end
     local pid = assert(gw.process.spawn(argv, { stdout = dir .. "/access.log", stderr = dir .. "/error.log", cwd = opts.cwd }))
     local ok = wait_port(port, pid, 10)
     if ok then

@@ -102,6 +102,24 @@ static void errors_by_route_and_kind(void **state)
     mg_metrics_free(&m);
 }
 
+static void grpc_calls_by_status(void **state)
+{
+    mg_metrics_t m = { 0 };
+    mg_metrics_grpc(&m, "/svc.S/{m}", 0);
+    mg_metrics_grpc(&m, "/svc.S/{m}", 0);
+    mg_metrics_grpc(&m, "/svc.S/{m}", 14);
+    mg_metrics_grpc(&m, "/svc.S/{m}", 99);
+    mg_metrics_grpc(&m, NULL, 12);
+    char *p = render(&m, 0);
+    assert_non_null(strstr(p, "moongate_grpc_requests_total{worker=\"3\",route=\"/svc.S/{m}\",grpc_status=\"0\"} 2\n"));
+    assert_non_null(strstr(p, "moongate_grpc_requests_total{worker=\"3\",route=\"/svc.S/{m}\",grpc_status=\"14\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_grpc_requests_total{worker=\"3\",route=\"/svc.S/{m}\",grpc_status=\"other\"} 1\n"));
+    assert_non_null(strstr(p, "moongate_grpc_requests_total{worker=\"3\",route=\"(none)\",grpc_status=\"12\"} 1\n"));
+    assert_null(strstr(p, "grpc_status=\"4\""));
+    free(p);
+    mg_metrics_free(&m);
+}
+
 static void last_error_names_are_cut_whole(void **state)
 {
     mg_metrics_t m = { 0 };
@@ -122,7 +140,7 @@ static void last_error_names_are_cut_whole(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = { cmocka_unit_test(prometheus_label_values), cmocka_unit_test(json_string_bodies),
-                                        cmocka_unit_test(errors_by_route_and_kind),
+                                        cmocka_unit_test(errors_by_route_and_kind), cmocka_unit_test(grpc_calls_by_status),
                                         cmocka_unit_test(last_error_names_are_cut_whole) };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,6 +39,56 @@ describe("gatewayd -t", function()
     end)
   end
 
+  it("refuses the same listen address twice, naming both lines, however it is spelled", function()
+    local cases = {
+      { 'listen { "127.0.0.1:29851", http2 = true }\nlisten "127.0.0.1:29851"\n', 2, 1 },
+      { 'listen { "127.0.0.1:29852", "127.0.0.1:29852" }\n', 1, 1 },
+      { 'listen "127.0.0.1:29853"\n\nlisten "localhost:29853"\n', 3, 1 },
+      { 'listen "*:29854"\nlisten "0.0.0.0:29854"\n', 2, 1 },
+      { 'listen "[::]:29855"\nlisten "[0:0::0]:29855"\n', 2, 1 },
+      { 'listen "[::1]:29856"\nlisten { "[0::1]:29856", http2 = true }\n', 2, 1 },
+    }
+    for _, c in ipairs(cases) do
+      local code, out, file = run({ "-t", "-c", "{{FILE}}" }, c[1] .. 'route { path = "/", handler = print }\n')
+      assert.equal(1, code, c[1] .. out)
+      assert.truthy(out:find(file .. ":" .. c[2] .. ": listen ", 1, true), out)
+      assert.truthy(out:find("this address is already a listener", 1, true), out)
+      assert.truthy(out:find(" at " .. file .. ":" .. c[3] .. ")", 1, true), out)
+    end
+    -- different addresses on one port are different listeners: the wildcard and a specific address, v4 and v6
+    local code, out = run({ "-t", "-c", "{{FILE}}" },
+      'listen "0.0.0.0:29857"\nlisten { "127.0.0.1:29857", http2 = true }\nlisten "[::]:29857"\nlisten "[::1]:29857"\n' ..
+      'route { path = "/", handler = print }\n')
+    assert.equal(0, code, out)
+  end)
+
+  it("refuses more listen addresses than it can serve", function()
+    local lines = {}
+    for i = 1, 17 do lines[i] = ('listen "127.0.0.1:%d"'):format(29860 + i) end
+    local code, out, file = run({ "-t", "-c", "{{FILE}}" }, table.concat(lines, "\n") .. "\n")
+    assert.equal(1, code, out)
+    assert.truthy(out:find(file .. ":17: at most 16 listen addresses", 1, true), out)
+  end)
+
+  it("--listen replaces the config's listeners with one cleartext listener that takes HTTP/1.1 and h2c", function()
+    local cport = helpers.free_port()
+    local g = helpers.start(([[
+      listen "127.0.0.1:%d"
+      route { path = "/v", handler = function(ctx) return 200, ctx.request.http_version end }
+    ]]):format(cport), { args = { "--listen", "127.0.0.1:{{PORT}}" } })
+    local dir = helpers.tmpdir()
+    local function curl(args)
+      local pid = assert(gw.process.spawn({ "/bin/sh", "-c", "curl -sS --max-time 5 " .. args .. " > out 2>&1" },
+                                          { cwd = dir }))
+      helpers.wait_exit(pid, 10)
+      return helpers.read_file(dir .. "/out")
+    end
+    assert.equal("2", curl(("--http2-prior-knowledge http://127.0.0.1:%d/v"):format(g.port)))
+    assert.equal("1.1", curl(("http://127.0.0.1:%d/v"):format(g.port)))
+    assert.truthy(curl(("http://127.0.0.1:%d/v"):format(cport)):find("curl: (7)", 1, true)) -- not listened on
+    g:stop()
+  end)
+
   it("refuses to start on a busy address", function()
     local g = helpers.start('route { path = "/", handler = function() return 200 end }')
     local code, out = run({ "-c", "{{FILE}}" },

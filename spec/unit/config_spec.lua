@@ -21,6 +21,8 @@ describe("config DSL", function()
     assert.equal(1500, config.duration(1.5))
     assert.is_nil(config.duration("10 parsecs"))
     assert.is_nil(config.duration(-1))
+    assert.equal(24 * 3600 * 1000, config.duration("24h"))
+    assert.equal(596 * 3600 * 1000, config.duration("596h")) -- the longest (32-bit milliseconds)
   end)
 
   it("flattens groups and includes, in declaration order", function()
@@ -226,6 +228,13 @@ describe("config tables refuse unknown fields", function()
     { 'tls_ticket_keys { "a.key", where = "x" }', "unknown field 'where' in tls_ticket_keys (known: none: it is a list)" },
     { 'trusted_proxies { "10.0.0.0/8", via = "x" }', "unknown field 'via' in trusted_proxies (known: none: it is a list)" },
     { 'http2 { max_streams = 10 }', "unknown field 'max_streams' in http2 (known: max_concurrent_streams, stream_window)" },
+    { 'route { path = "/", handler = print, timeout = 0 }',
+      "route 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline; a long-lived stream takes a long one, e.g. \"24h\")" },
+    { 'group "/g" { timeout = "0s", routes = { route { path = "/", handler = print } } }',
+      "group 'timeout' must be a duration like \"800ms\" (not 0: every request has a deadline)" },
+    { 'route { path = "/", handler = print, timeout = "1000h" }',
+      "duration 1000h is longer than the longest one the gateway keeps (596h)" },
+    { 'timeouts { request = 3e9 }', "duration 3000000000 is longer than the longest one the gateway keeps (596h)" },
   }
   for _, case in ipairs(cases) do
     it("refuses: " .. case[1], function()
@@ -294,6 +303,22 @@ listen "127.0.0.1:4"
     assert.equal("127.0.0.1:4", cfg.listen[4]) -- nil http2: a plain entry, as before
     local _, e = load('\nlisten { "127.0.0.1:1", http2 = "yes" }\n')
     assert.matches(":2: listen: http2 must be true or false", e, 1, true)
+  end)
+
+  it("refuses http2 { } when no listener takes HTTP/2 (it would be ignored)", function()
+    local _, err = load('listen "127.0.0.1:1"\nlisten { "127.0.0.1:2", http2 = false }\n' ..
+                        'listen { "127.0.0.1:3", http2 = false, tls = { cert = "a.pem", key = "a.key" } }\n' ..
+                        '\nhttp2 { max_concurrent_streams = 100 }\n')
+    assert.matches(":5: http2 { } has no effect: no listener takes HTTP/2", err, 1, true)
+    for _, ok in ipairs({
+      'listen "127.0.0.1:1"\nlisten { "127.0.0.1:2", http2 = true }\nhttp2 { max_concurrent_streams = 100 }\n',
+      'listen { "127.0.0.1:3", tls = { cert = "a.pem", key = "a.key" } }\nhttp2 { max_concurrent_streams = 100 }\n',
+      'http2 { max_concurrent_streams = 100 }\n', -- no listen: gatewayd --listen's listener takes h2c
+    }) do
+      local cfg, e = load(ok)
+      assert.is_nil(e, ok)
+      assert.equal(100, cfg.http2.max_concurrent_streams)
+    end
   end)
 end)
 
