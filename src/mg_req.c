@@ -74,10 +74,12 @@ static void req_recycle(mg_req_t *r)
 {
     if (r->ctx_ref != LUA_NOREF) {
         /* Lua may still hold ctx: mark it dead so it can no longer reach this object */
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        mg_vm_push_key(vm, L, MG_KEY_R);
         lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "_r");
+        lua_rawset(L, -3); /* ctx's metatable has no __newindex */
         lua_pop(L, 1);
         luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
         r->ctx_ref = LUA_NOREF;
@@ -327,12 +329,14 @@ void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp)
 {
     if (r->ctx_ref == LUA_NOREF)
         return;
-    lua_State *L = r->gen->vm->L;
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
     mg_req_push_ctx(r);
-    lua_pushliteral(L, "response");
+    mg_vm_push_key(vm, L, MG_KEY_RESPONSE);
     lua_rawget(L, -2);
     if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "headers");
+        mg_vm_push_key(vm, L, MG_KEY_HEADERS);
+        lua_gettable(L, -2);
         const char *bad = lua_istable(L, -1) ? mg_resp_add_lua(resp, L, -1, 1) : NULL;
         if (bad)
             mg_log_error(r->trace_id, "route %s: ctx.response.headers: %s (none of them sent)", r->route->name, bad);
@@ -373,9 +377,10 @@ void mg_req_log_failure(mg_req_t *r, const char *why)
 {
     char who[192] = "handler";
     if (r->ctx_ref != LUA_NOREF) {
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         mg_req_push_ctx(r);
-        lua_pushliteral(L, "_step");
+        mg_vm_push_key(vm, L, MG_KEY_STEP);
         lua_rawget(L, -2);
         if (lua_istable(L, -1)) {
             lua_getfield(L, -1, "phase");
@@ -453,9 +458,10 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
 {
     lua_settop(co, 3);
     if (lua_isnil(co, 1)) {
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
-        lua_pushliteral(L, "response");
+        mg_vm_push_key(vm, L, MG_KEY_RESPONSE);
         lua_rawget(L, -2);
         if (!lua_istable(L, -1)) {
             lua_pop(L, 2);
@@ -664,20 +670,26 @@ void mg_req_push_ctx(mg_req_t *r)
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
         return;
     }
-    lua_createtable(L, 0, 6);
+    /* room for what plugins usually add (request, response, consumer, _step) without a rehash; keys interned once */
+    lua_createtable(L, 0, 8);
+    mg_vm_push_key(vm, L, MG_KEY_TRACE_ID);
     lua_pushstring(L, r->trace_id);
-    lua_setfield(L, -2, "trace_id");
+    lua_rawset(L, -3);
+    mg_vm_push_key(vm, L, MG_KEY_R);
     lua_pushnumber(L, (lua_Number)(uintptr_t)r); /* see mg_ffi.h: a number keeps FFI calls compiled */
-    lua_setfield(L, -2, "_r");
+    lua_rawset(L, -3);
+    mg_vm_push_key(vm, L, MG_KEY_ROUTE);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->info_ref);
-    lua_setfield(L, -2, "route");
+    lua_rawset(L, -3);
     if (r->match.nparams) {
+        mg_vm_push_key(vm, L, MG_KEY_PARAMS);
         lua_createtable(L, 0, r->match.nparams);
         for (int i = 0; i < r->match.nparams; i++) {
+            lua_pushstring(L, r->match.names[i]);
             lua_pushlstring(L, r->match.values[i].p, r->match.values[i].n);
-            lua_setfield(L, -2, r->match.names[i]);
+            lua_rawset(L, -3);
         }
-        lua_setfield(L, -2, "params");
+        lua_rawset(L, -3);
     }
     if (r->trace) {
         lua_pushboolean(L, 1); /* plugins.lua runs the chain's traced copy (mg_trace.h) */
