@@ -41,4 +41,20 @@ const char *mg_ffi_req_body(uintptr_t r, size_t *len);
  */
 void mg_ffi_trace_step(uintptr_t r, int phase, const char *name, size_t len);
 
+/*
+ * The headers plugins set on ctx.response.headers, handed over by
+ * moongate.plugins when a proxy route's request phases end, in the order
+ * mg_resp_add_lua would walk them: mg_req_add_defaults adds them to the
+ * proxied head from there without reading ctx. _begin starts an empty set;
+ * _field checks one field (name, value; a NULL value checks the name only)
+ * with mg_resp_add_lua's rules and copies it (framing fields are skipped);
+ * _bad refuses the set (MG_FFI_BAD_*: a field Lua saw has the wrong type).
+ * Once a field is refused none is sent, and the head's builder logs why.
+ * _field returns 0, or -1 once the set is refused.
+ */
+enum { MG_FFI_BAD_NAME_TYPE = 1, MG_FFI_BAD_VALUE_TYPE = 2 };
+void mg_ffi_resp_defaults_begin(uintptr_t r);
+int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
+void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <stdio.h>
+#include <strings.h>
 
 #include "mg_forward.h"
 #include "mg_grpc.h"
@@ -327,6 +328,24 @@ void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *m
 
 void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp)
 {
+    if (r->defaults_taken) {
+        /* handed over when the request phases ended (mg_ffi_resp_defaults_*): the same rules as below */
+        if (r->defaults_bad) {
+            mg_log_error(r->trace_id, "route %s: ctx.response.headers: %s (none of them sent)", r->route->name,
+                         r->defaults_bad);
+            return;
+        }
+        size_t before = resp->n;
+        for (size_t i = 0; i < r->ndefaults; i++) {
+            const mg_header_t *d = &r->defaults[i];
+            int present = 0;
+            for (size_t j = 0; j < before && !present; j++)
+                present = resp->h[j].name_len == d->name_len && strncasecmp(resp->h[j].name, d->name, d->name_len) == 0;
+            if (!present)
+                mg_resp_add(resp, d->name, d->name_len, d->value, d->value_len);
+        }
+        return;
+    }
     if (r->ctx_ref == LUA_NOREF)
         return;
     mg_vm_t *vm = r->gen->vm;

@@ -19,6 +19,9 @@ const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, si
 int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
+void mg_ffi_resp_defaults_begin(uintptr_t r);
+int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
+void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
 ]]
 
 -- client_ip: the peer's address, or the client trusted_proxies name in X-Forwarded-For
@@ -180,6 +183,58 @@ function M.merge_response(ctx, status, flat)
     end
   end
   resp.headers = h
+end
+
+-- One field of ctx.response.headers handed to C (see hand_defaults). false once C refused the set.
+local BAD_NAME_TYPE, BAD_VALUE_TYPE = 1, 2 -- MG_FFI_BAD_* (src/mg_ffi.h)
+local function hand_value(r, k, v)
+  local t = type(v)
+  if t == "number" then
+    v = tostring(v)
+  elseif t ~= "string" then
+    C.mg_ffi_resp_defaults_bad(r, BAD_VALUE_TYPE)
+    return false
+  end
+  return C.mg_ffi_resp_defaults_field(r, k, #k, v, #v) == 0
+end
+
+local function hand_field(r, k, v)
+  if type(k) ~= "string" then
+    C.mg_ffi_resp_defaults_bad(r, BAD_NAME_TYPE)
+    return false
+  end
+  if type(v) ~= "table" then return hand_value(r, k, v) end
+  if C.mg_ffi_resp_defaults_field(r, k, #k, nil, 0) ~= 0 then return false end
+  for i = 1, #v do
+    if not hand_value(r, k, rawget(v, i)) then return false end
+  end
+  return true
+end
+
+--- Hands the headers plugins set on ctx.response.headers to C when a proxy
+-- route's request phases end, so the upstream's head gets them (as
+-- defaults) without C reading ctx: the walk of mg_resp_add_lua
+-- (src/mg_resp.c), in the same order, with its checks.
+function M.hand_defaults(ctx)
+  local r = rawget(ctx, "_r")
+  C.mg_ffi_resp_defaults_begin(r)
+  local resp = rawget(ctx, "response")
+  if type(resp) ~= "table" then return end
+  local h = resp.headers
+  if type(h) ~= "table" then return end
+  local mt = getmetatable(h)
+  local order = type(mt) == "table" and mt.order
+  if type(order) == "table" then
+    for i = 1, #order do
+      local k = rawget(order, i)
+      local v = rawget(h, k)
+      if v ~= nil and not hand_field(r, k, v) then return end
+    end
+  else
+    for k, v in pairs(h) do
+      if not hand_field(r, k, v) then return end
+    end
+  end
 end
 
 local REQ_METHODS = {}
