@@ -12,6 +12,7 @@ local ffi_string = ffi.string
 local rawget, rawset, setmetatable, getmetatable, error, type, pairs =
       rawget, rawset, setmetatable, getmetatable, error, type, pairs
 local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
+local tnew = require "table.new"
 
 ffi.cdef [[
 const char *mg_ffi_req_str(uintptr_t r, int what, size_t *len);
@@ -117,17 +118,32 @@ end
 -- the upstream sent x-tag replaces it instead of adding a second field. The
 -- fields are real keys (pairs() sees them as spelled); the metatable keeps
 -- lowercase name -> spelling, and the order fields were added in, which is
--- the order they are written in.
+-- the order they are written in. One table holds both (names in its hash
+-- part, the order in its array part), as mt.names and mt.order.
+
+-- Lowercase names, cached: every access to a header table lowercases its
+-- key, and the names a gateway uses repeat (bounded, for names made up per request).
+local lower_cache, lower_n = {}, 0
+local function lname(k)
+  local lk = lower_cache[k]
+  if lk then return lk end
+  lk = lower(k)
+  if lower_n >= 1024 then lower_cache, lower_n = {}, 0 end
+  lower_n = lower_n + 1
+  lower_cache[k] = lk
+  return lk
+end
+
 local function hdr_index(t, k)
   if type(k) ~= "string" then return nil end
-  local spelled = getmetatable(t).names[lower(k)]
+  local spelled = getmetatable(t).names[lname(k)]
   if spelled then return rawget(t, spelled) end
 end
 
 local function hdr_newindex(t, k, v)
   if type(k) ~= "string" then return rawset(t, k, v) end
   local mt = getmetatable(t)
-  local names, lk = mt.names, lower(k)
+  local names, lk = mt.names, lname(k)
   local spelled = names[lk]
   if spelled then
     rawset(t, spelled, v)
@@ -147,7 +163,8 @@ end
 
 --- A new case-insensitive header table (ctx.response.headers is one).
 function M.new_headers()
-  return setmetatable({}, { __index = hdr_index, __newindex = hdr_newindex, names = {}, order = {} })
+  local index = tnew(4, 4) -- sized for the few fields plugins set: no rehash as they come
+  return setmetatable(tnew(0, 4), { __index = hdr_index, __newindex = hdr_newindex, names = index, order = index })
 end
 local new_headers = M.new_headers
 
