@@ -36,6 +36,7 @@ const char *mg_ffi_req_str(uintptr_t rp, int what, size_t *len)
     case MG_FFI_TLS_CLIENT_FINGERPRINT: s = cstr(mg_tls_client_fingerprint(ssl)); break;
     case MG_FFI_TLS_RESUMED: s = cstr(mg_tls_resumed(ssl)); break;
     case MG_FFI_CLIENT_IP: s = cstr(mg_req_client_ip(r)); break;
+    case MG_FFI_TRACE_ID: s = cstr(r->trace_id); break;
     }
     *len = s.n;
     return s.p;
@@ -69,6 +70,22 @@ const char *mg_ffi_req_header_at(uintptr_t rp, int i, size_t *name_len, const ch
     *value = h->value;
     *value_len = h->value_len;
     return h->name;
+}
+
+int mg_ffi_req_param_count(uintptr_t rp)
+{
+    return ((mg_req_t *)rp)->match.nparams;
+}
+
+const char *mg_ffi_req_param_at(uintptr_t rp, int i, size_t *name_len, const char **value, size_t *value_len)
+{
+    mg_req_t *r = (mg_req_t *)rp;
+    if (i < 0 || i >= r->match.nparams)
+        return NULL;
+    *name_len = strlen(r->match.names[i]);
+    *value = r->match.values[i].p;
+    *value_len = r->match.values[i].n;
+    return r->match.names[i];
 }
 
 const char *mg_ffi_req_body(uintptr_t rp, size_t *len)

@@ -22,6 +22,7 @@ enum {
     MG_FFI_TLS_RESUMED = 14,
     /* the client's address without port: the peer, or the hop trusted_proxies name (mg_req_head) */
     MG_FFI_CLIENT_IP = 15,
+    MG_FFI_TRACE_ID = 16,
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */
@@ -31,6 +32,9 @@ const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, si
 /* Number of header fields, and field i (0-based). */
 int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
+/* Number of route parameters, and parameter i (0-based): its name, and its decoded value in *value. */
+int mg_ffi_req_param_count(uintptr_t r);
+const char *mg_ffi_req_param_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 /* The whole request body (read before the handler runs). */
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 /*

@@ -140,7 +140,7 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     lua_pop(L, 2);
 
     static const char *const keys[MG_KEY_COUNT] = {
-        [MG_KEY_R] = "_r", [MG_KEY_TRACE_ID] = "trace_id", [MG_KEY_ROUTE] = "route", [MG_KEY_PARAMS] = "params",
+        [MG_KEY_R] = "_r", [MG_KEY_ROUTE] = "route",
         [MG_KEY_RESPONSE] = "response", [MG_KEY_HEADERS] = "headers", [MG_KEY_STEP] = "_step",
     };
     for (int i = 0; i < MG_KEY_COUNT; i++) {

@@ -126,7 +126,7 @@ void mg_running_settle(mg_running_t *run, mg_task_t *t);
  * read. Use with lua_rawget/lua_rawset.
  */
 enum {
-    MG_KEY_R, MG_KEY_TRACE_ID, MG_KEY_ROUTE, MG_KEY_PARAMS, MG_KEY_RESPONSE, MG_KEY_HEADERS, MG_KEY_STEP,
+    MG_KEY_R, MG_KEY_ROUTE, MG_KEY_RESPONSE, MG_KEY_HEADERS, MG_KEY_STEP,
     MG_KEY_COUNT
 };
 

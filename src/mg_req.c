@@ -689,27 +689,19 @@ void mg_req_push_ctx(mg_req_t *r)
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
         return;
     }
-    /* room for what plugins usually add (request, response, consumer, _step) without a rehash; keys interned once */
+    /*
+     * Only what Lua cannot find by itself: the handle and the route (the
+     * generation's table). trace_id and params are read through FFI on first
+     * use (moongate.ctx), like the rest. Room for what plugins usually add
+     * (request, response, consumer, _step, trace_id) without a rehash.
+     */
     lua_createtable(L, 0, 8);
-    mg_vm_push_key(vm, L, MG_KEY_TRACE_ID);
-    lua_pushstring(L, r->trace_id);
-    lua_rawset(L, -3);
     mg_vm_push_key(vm, L, MG_KEY_R);
     lua_pushnumber(L, (lua_Number)(uintptr_t)r); /* see mg_ffi.h: a number keeps FFI calls compiled */
     lua_rawset(L, -3);
     mg_vm_push_key(vm, L, MG_KEY_ROUTE);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->info_ref);
     lua_rawset(L, -3);
-    if (r->match.nparams) {
-        mg_vm_push_key(vm, L, MG_KEY_PARAMS);
-        lua_createtable(L, 0, r->match.nparams);
-        for (int i = 0; i < r->match.nparams; i++) {
-            lua_pushstring(L, r->match.names[i]);
-            lua_pushlstring(L, r->match.values[i].p, r->match.values[i].n);
-            lua_rawset(L, -3);
-        }
-        lua_rawset(L, -3);
-    }
     if (r->trace) {
         lua_pushboolean(L, 1); /* plugins.lua runs the chain's traced copy (mg_trace.h) */
         lua_setfield(L, -2, "_traced");

@@ -1,8 +1,9 @@
 -- moongate.ctx: the request context handed to handlers (and, later, plugins).
 --
--- C creates ctx with trace_id, route, params and _r (the request handle). The
--- rest is built lazily on first use, so a handler that never looks at the
--- headers never pays for them: ctx.request, ctx.vars, ctx.response, ctx.log.
+-- C creates ctx with route and _r (the request handle). The rest is built
+-- lazily on first use, so a handler that never looks at the headers never
+-- pays for them: ctx.trace_id, ctx.params, ctx.request, ctx.vars,
+-- ctx.response, ctx.log.
 -- Request data is read through FFI (see src/mg_ffi.h) so traces stay compiled.
 local ffi = require "ffi"
 local gw = gw
@@ -20,6 +21,8 @@ const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, si
 int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
+int mg_ffi_req_param_count(uintptr_t r);
+const char *mg_ffi_req_param_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 void mg_ffi_resp_defaults_begin(uintptr_t r);
 int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
 void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
@@ -31,6 +34,7 @@ local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 
 local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
 local CLIENT_FIELD = { subject = 11, san = 12, fingerprint = 13 }
 local TLS_RESUMED = 14
+local TRACE_ID = 16
 
 
 local len_a = ffi.new("size_t[1]")
@@ -367,10 +371,25 @@ local function ctx_websocket(ctx, opts)
   return gw._websocket(r, max_frame, max_message, timeout, opts.pings, opts.protocols)
 end
 
+local function ctx_handle(ctx)
+  local r = rawget(ctx, "_r")
+  if not r then error("the request has ended: ctx is no longer usable", 4) end
+  return r
+end
+
 local CTX_LAZY = {
   request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
   vars = function() return {} end,
-  params = function() return {} end,
+  trace_id = function(ctx) return field(ctx_handle(ctx), TRACE_ID) end,
+  params = function(ctx)
+    local r = ctx_handle(ctx)
+    local t = {}
+    for i = 0, C.mg_ffi_req_param_count(r) - 1 do
+      local name = C.mg_ffi_req_param_at(r, i, len_a, val_p, len_b)
+      t[ffi_string(name, len_a[0])] = ffi_string(val_p[0], len_b[0])
+    end
+    return t
+  end,
   response = function() return { headers = new_headers() } end,
 }
 
