@@ -414,13 +414,18 @@ void mg_task_release(mg_task_t *t, int reusable)
         return;
     /* whatever way the task ended, what it holds goes back now (children first if newest) */
     mg_ledger_run(&t->ledger);
-    tasks_set(vm, t, 0);
     if (reusable && lua_status(t->co) == 0 && vm->pool_n < (int)mg_countof(vm->pool_co)) {
+        /*
+         * Its entry in the coroutine -> task table stays (the next start
+         * overwrites it): nothing runs on a pooled coroutine, and with an
+         * empty stack it cannot be resumed ("cannot resume dead coroutine").
+         */
         lua_settop(t->co, 0);
         vm->pool_co[vm->pool_n] = t->co;
         vm->pool_ref[vm->pool_n] = t->co_ref;
         vm->pool_n++;
     } else {
+        tasks_set(vm, t, 0); /* a coroutine kept by Lua must no longer lead to t */
         luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
     }
     t->co = NULL;
