@@ -66,7 +66,7 @@ end
 local M = {}
 
 local function handle(req)
-  local r = rawget(req, "_ctx")._r
+  local r = rawget(req, 1)._r
   if not r then error("the request has ended: ctx is no longer usable", 3) end
   return r
 end
@@ -122,19 +122,22 @@ end
 -- the upstream sent x-tag replaces it instead of adding a second field. The
 -- fields are real keys (pairs() sees them as spelled); the metatable keeps
 -- lowercase name -> spelling, and the order fields were added in, which is
--- the order they are written in. One table holds both (names in its hash
--- part, the order in its array part), as mt.names and mt.order.
+-- the order they are written in. Both live in the metatable itself (one
+-- allocation less per table): mt.names and mt.order are mt, the order is its
+-- array part and the names are keyed "\1" .. lowercase name, which no
+-- metamethod (__index, __gc, ...) nor mt's own fields can be.
 
--- Lowercase names, cached: every access to a header table lowercases its
--- key, and the names a gateway uses repeat (bounded, for names made up per request).
-local lower_cache, lower_n = {}, 0
+-- Index keys ("\1" .. lowercase), cached: every access to a header table
+-- needs one, and the names a gateway uses repeat (bounded, for names made up
+-- per request).
+local key_cache, key_n = {}, 0
 local function lname(k)
-  local lk = lower_cache[k]
+  local lk = key_cache[k]
   if lk then return lk end
-  lk = lower(k)
-  if lower_n >= 1024 then lower_cache, lower_n = {}, 0 end
-  lower_n = lower_n + 1
-  lower_cache[k] = lk
+  lk = "\1" .. lower(k)
+  if key_n >= 1024 then key_cache, key_n = {}, 0 end
+  key_n = key_n + 1
+  key_cache[k] = lk
   return lk
 end
 
@@ -167,8 +170,9 @@ end
 
 --- A new case-insensitive header table (ctx.response.headers is one).
 function M.new_headers()
-  local index = tnew(4, 4) -- sized for the few fields plugins set: no rehash as they come
-  return setmetatable(tnew(0, 4), { __index = hdr_index, __newindex = hdr_newindex, names = index, order = index })
+  local mt = tnew(4, 8) -- sized for the few fields plugins set: no rehash as they come
+  mt.__index, mt.__newindex, mt.names, mt.order = hdr_index, hdr_newindex, mt, mt
+  return setmetatable(tnew(0, 4), mt)
 end
 local new_headers = M.new_headers
 
@@ -272,7 +276,7 @@ end
 -- proxy route sends upstream (the client's header of that name is replaced
 -- or removed). Does not change what ctx.request.headers shows.
 function REQ_METHODS.set_header(req, name, value)
-  local ctx = rawget(req, "_ctx")
+  local ctx = rawget(req, 1)
   local t = rawget(ctx, "_proxy_headers")
   if not t then t = {}; rawset(ctx, "_proxy_headers", t) end
   if value == nil then
@@ -378,7 +382,8 @@ local function ctx_handle(ctx)
 end
 
 local CTX_LAZY = {
-  request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
+  -- its ctx in the array part: one allocation (colocated), until a field is cached
+  request = function(ctx) return setmetatable({ ctx }, REQ_MT) end,
   vars = function() return {} end,
   trace_id = function(ctx) return field(ctx_handle(ctx), TRACE_ID) end,
   params = function(ctx)
