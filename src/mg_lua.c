@@ -29,6 +29,26 @@ void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_C
     lua_pop(L, 1);
 }
 
+int mg_vm_ref(mg_vm_t *vm)
+{
+    if (vm->nfree_refs == 0)
+        return luaL_ref(vm->L, LUA_REGISTRYINDEX);
+    int ref = vm->free_refs[--vm->nfree_refs];
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, ref);
+    return ref;
+}
+
+void mg_vm_unref(mg_vm_t *vm, int ref)
+{
+    if (vm->nfree_refs == (int)mg_countof(vm->free_refs)) {
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
+        return;
+    }
+    lua_pushboolean(vm->L, 0);
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, ref);
+    vm->free_refs[vm->nfree_refs++] = ref;
+}
+
 mg_vm_t *mg_vm_of(lua_State *L)
 {
     lua_pushlightuserdata(L, (void *)&VM_KEY);

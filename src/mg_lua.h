@@ -153,6 +153,8 @@ struct mg_vm {
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
     int pool_ref[64];
+    int nfree_refs;
+    int free_refs[256];                 /* registry slots mg_vm_unref emptied, for mg_vm_ref */
 };
 
 /*
@@ -183,6 +185,15 @@ void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_C
 
 /* The mg_vm_t a lua_State belongs to (stored in the registry). */
 mg_vm_t *mg_vm_of(lua_State *L);
+
+/*
+ * A registry reference to the value on top of vm->L (popped), like luaL_ref
+ * but from a free list kept in C: luaL_ref keeps its list in the registry
+ * and reads and writes it on every call. mg_vm_unref empties the slot (the
+ * value can be collected) and keeps it for the next mg_vm_ref.
+ */
+int mg_vm_ref(mg_vm_t *vm);
+void mg_vm_unref(mg_vm_t *vm, int ref);
 
 /* Pushes the interned key string MG_KEY_* on L (any thread of vm). */
 static inline void mg_vm_push_key(mg_vm_t *vm, lua_State *L, int key)

@@ -82,7 +82,7 @@ static void req_recycle(mg_req_t *r)
         lua_pushboolean(L, 0);
         lua_rawset(L, -3); /* ctx's metatable has no __newindex */
         lua_pop(L, 1);
-        luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        mg_vm_unref(vm, r->ctx_ref);
         r->ctx_ref = LUA_NOREF;
     }
     evbuffer_drain(r->body, evbuffer_get_length(r->body));
@@ -709,7 +709,7 @@ void mg_req_push_ctx(mg_req_t *r)
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ctx_mt_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
-    r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    r->ctx_ref = mg_vm_ref(vm);
 }
 
 void mg_req_run(mg_req_t *r)
