@@ -102,6 +102,8 @@ void mg_ffi_trace_step(uintptr_t rp, int phase, const char *name, size_t len)
         mg_trace_step(r->trace, phase, name, len);
 }
 
+void mg_ffi_req_proxy_headers(uintptr_t rp) { ((mg_req_t *)rp)->proxy_headers = 1; }
+
 void mg_ffi_resp_defaults_begin(uintptr_t rp)
 {
     mg_req_t *r = (mg_req_t *)rp;

@@ -45,6 +45,9 @@ const char *mg_ffi_req_body(uintptr_t r, size_t *len);
  */
 void mg_ffi_trace_step(uintptr_t r, int phase, const char *name, size_t len);
 
+/* ctx.request:set_header/clear_header made ctx._proxy_headers: the upstream request head must read it. */
+void mg_ffi_req_proxy_headers(uintptr_t r);
+
 /*
  * The headers plugins set on ctx.response.headers, handed over by
  * moongate.plugins when a proxy route's request phases end, in the order

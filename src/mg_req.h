@@ -77,6 +77,7 @@ struct mg_req {
     mg_header_t *defaults;        /* copies in the arena */
     size_t ndefaults, defaults_cap;
     const char *defaults_bad;     /* a field that is refused: none is sent (logged when the head is built) */
+    int proxy_headers;            /* ctx._proxy_headers exists (mg_ffi_req_proxy_headers): build_head reads it */
     struct event deadline;
     int deadline_set;
     uint64_t deadline_us;         /* when it passes (monotonic µs), from routing */

@@ -23,6 +23,7 @@ const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const cha
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 int mg_ffi_req_param_count(uintptr_t r);
 const char *mg_ffi_req_param_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
+void mg_ffi_req_proxy_headers(uintptr_t r);
 void mg_ffi_resp_defaults_begin(uintptr_t r);
 int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
 void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
@@ -278,7 +279,12 @@ end
 function REQ_METHODS.set_header(req, name, value)
   local ctx = rawget(req, 1)
   local t = rawget(ctx, "_proxy_headers")
-  if not t then t = {}; rawset(ctx, "_proxy_headers", t) end
+  if not t then
+    t = {}
+    rawset(ctx, "_proxy_headers", t)
+    local r = rawget(ctx, "_r")
+    if r then C.mg_ffi_req_proxy_headers(r) end -- else the request has ended: nothing reads it
+  end
   if value == nil then
     t[lower(name)] = false
   else
