@@ -22,6 +22,7 @@ enum {
     MG_FFI_TLS_RESUMED = 14,
     /* the client's address without port: the peer, or the hop trusted_proxies name (mg_req_head) */
     MG_FFI_CLIENT_IP = 15,
+    MG_FFI_TRACE_ID = 16,
 };
 
 /* One of the MG_FFI_* strings of the request; NULL when absent. */
@@ -31,6 +32,9 @@ const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, si
 /* Number of header fields, and field i (0-based). */
 int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
+/* Number of route parameters, and parameter i (0-based): its name, and its decoded value in *value. */
+int mg_ffi_req_param_count(uintptr_t r);
+const char *mg_ffi_req_param_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 /* The whole request body (read before the handler runs). */
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
 /*
@@ -40,5 +44,24 @@ const char *mg_ffi_req_body(uintptr_t r, size_t *len);
  * requests with r->trace set (mg_trace.h).
  */
 void mg_ffi_trace_step(uintptr_t r, int phase, const char *name, size_t len);
+
+/* ctx.request:set_header/clear_header made ctx._proxy_headers: the upstream request head must read it. */
+void mg_ffi_req_proxy_headers(uintptr_t r);
+
+/*
+ * The headers plugins set on ctx.response.headers, handed over by
+ * moongate.plugins when a proxy route's request phases end, in the order
+ * mg_resp_add_lua would walk them: mg_req_add_defaults adds them to the
+ * proxied head from there without reading ctx. _begin starts an empty set;
+ * _field checks one field (name, value; a NULL value checks the name only)
+ * with mg_resp_add_lua's rules and copies it (framing fields are skipped);
+ * _bad refuses the set (MG_FFI_BAD_*: a field Lua saw has the wrong type).
+ * Once a field is refused none is sent, and the head's builder logs why.
+ * _field returns 0, or -1 once the set is refused.
+ */
+enum { MG_FFI_BAD_NAME_TYPE = 1, MG_FFI_BAD_VALUE_TYPE = 2 };
+void mg_ffi_resp_defaults_begin(uintptr_t r);
+int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
+void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
 
 #endif

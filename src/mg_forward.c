@@ -110,7 +110,7 @@ static void build_head(mg_proxy_t *p, mg_target_t *t, mg_upreq_t *q)
     /* headers plugins set or cleared for the upstream: ctx._proxy_headers (lowercase name -> value|false) */
     lua_State *L = r->gen->vm->L;
     int overrides = 0;
-    if (r->ctx_ref != LUA_NOREF) {
+    if (r->ctx_ref != LUA_NOREF && r->proxy_headers) {
         mg_req_push_ctx(r);
         lua_pushliteral(L, "_proxy_headers");
         lua_rawget(L, -2);

@@ -29,6 +29,26 @@ void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_C
     lua_pop(L, 1);
 }
 
+int mg_vm_ref(mg_vm_t *vm)
+{
+    if (vm->nfree_refs == 0)
+        return luaL_ref(vm->L, LUA_REGISTRYINDEX);
+    int ref = vm->free_refs[--vm->nfree_refs];
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, ref);
+    return ref;
+}
+
+void mg_vm_unref(mg_vm_t *vm, int ref)
+{
+    if (vm->nfree_refs == (int)mg_countof(vm->free_refs)) {
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
+        return;
+    }
+    lua_pushboolean(vm->L, 0);
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, ref);
+    vm->free_refs[vm->nfree_refs++] = ref;
+}
+
 mg_vm_t *mg_vm_of(lua_State *L)
 {
     lua_pushlightuserdata(L, (void *)&VM_KEY);
@@ -138,6 +158,15 @@ mg_vm_t *mg_vm_new(struct event_base *base, void *worker, int spec, char *err, s
     lua_pushcfunction(L, embedded_loader);
     lua_rawseti(L, -2, 2);
     lua_pop(L, 2);
+
+    static const char *const keys[MG_KEY_COUNT] = {
+        [MG_KEY_R] = "_r", [MG_KEY_ROUTE] = "route",
+        [MG_KEY_RESPONSE] = "response", [MG_KEY_HEADERS] = "headers", [MG_KEY_STEP] = "_step",
+    };
+    for (int i = 0; i < MG_KEY_COUNT; i++) {
+        lua_pushstring(L, keys[i]);
+        vm->key_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
 
     /* coroutine -> task, weak keys so a dropped coroutine is collected */
     lua_newtable(L);
@@ -405,13 +434,18 @@ void mg_task_release(mg_task_t *t, int reusable)
         return;
     /* whatever way the task ended, what it holds goes back now (children first if newest) */
     mg_ledger_run(&t->ledger);
-    tasks_set(vm, t, 0);
     if (reusable && lua_status(t->co) == 0 && vm->pool_n < (int)mg_countof(vm->pool_co)) {
+        /*
+         * Its entry in the coroutine -> task table stays (the next start
+         * overwrites it): nothing runs on a pooled coroutine, and with an
+         * empty stack it cannot be resumed ("cannot resume dead coroutine").
+         */
         lua_settop(t->co, 0);
         vm->pool_co[vm->pool_n] = t->co;
         vm->pool_ref[vm->pool_n] = t->co_ref;
         vm->pool_n++;
     } else {
+        tasks_set(vm, t, 0); /* a coroutine kept by Lua must no longer lead to t */
         luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
     }
     t->co = NULL;

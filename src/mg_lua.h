@@ -119,6 +119,17 @@ typedef struct mg_running {
 /* Worker thread: the slow path of leaving task t (mg_worker.c). */
 void mg_running_settle(mg_running_t *run, mg_task_t *t);
 
+/*
+ * Keys C reads or writes on Lua tables (ctx and its parts), interned once per
+ * VM and kept in the registry: lua_setfield/lua_pushliteral hash the name and
+ * look it up in the string table on every call, mg_vm_push_key is one array
+ * read. Use with lua_rawget/lua_rawset.
+ */
+enum {
+    MG_KEY_R, MG_KEY_ROUTE, MG_KEY_RESPONSE, MG_KEY_HEADERS, MG_KEY_STEP,
+    MG_KEY_COUNT
+};
+
 struct mg_vm {
     lua_State *L;
     struct event_base *base;
@@ -131,6 +142,7 @@ struct mg_vm {
     int plugins_chunk_ref;
     int plugins_whole_ref;
     int plugins_log_ref;
+    int key_ref[MG_KEY_COUNT];          /* the MG_KEY_* strings */
     void *gen;                          /* mg_gen_t* this VM belongs to (NULL in specs) */
     struct mg_upstream *adhoc;          /* upstreams made for gw.http.request{ url = ... } */
     mg_ledger_t ledger;                 /* its timers, background tasks, what its main thread took: run by mg_vm_stop */
@@ -141,6 +153,8 @@ struct mg_vm {
     int pool_n;
     lua_State *pool_co[64];             /* finished coroutines ready for reuse */
     int pool_ref[64];
+    int nfree_refs;
+    int free_refs[256];                 /* registry slots mg_vm_unref emptied, for mg_vm_ref */
 };
 
 /*
@@ -171,6 +185,21 @@ void mg_lua_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_C
 
 /* The mg_vm_t a lua_State belongs to (stored in the registry). */
 mg_vm_t *mg_vm_of(lua_State *L);
+
+/*
+ * A registry reference to the value on top of vm->L (popped), like luaL_ref
+ * but from a free list kept in C: luaL_ref keeps its list in the registry
+ * and reads and writes it on every call. mg_vm_unref empties the slot (the
+ * value can be collected) and keeps it for the next mg_vm_ref.
+ */
+int mg_vm_ref(mg_vm_t *vm);
+void mg_vm_unref(mg_vm_t *vm, int ref);
+
+/* Pushes the interned key string MG_KEY_* on L (any thread of vm). */
+static inline void mg_vm_push_key(mg_vm_t *vm, lua_State *L, int key)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->key_ref[key]);
+}
 
 /*
  * Runs the function below `nargs` arguments on top of vm->L in a (pooled)

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <stdio.h>
+#include <strings.h>
 
 #include "mg_forward.h"
 #include "mg_grpc.h"
@@ -75,12 +76,14 @@ static void req_recycle(mg_req_t *r)
 {
     if (r->ctx_ref != LUA_NOREF) {
         /* Lua may still hold ctx: mark it dead so it can no longer reach this object */
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        mg_vm_push_key(vm, L, MG_KEY_R);
         lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "_r");
+        lua_rawset(L, -3); /* ctx's metatable has no __newindex */
         lua_pop(L, 1);
-        luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        mg_vm_unref(vm, r->ctx_ref);
         r->ctx_ref = LUA_NOREF;
     }
     evbuffer_drain(r->body, evbuffer_get_length(r->body));
@@ -350,14 +353,34 @@ void mg_req_error(mg_req_t *r, int status, const mg_error_t *kind, const char *m
 
 void mg_req_add_defaults(mg_req_t *r, mg_resp_t *resp)
 {
+    if (r->defaults_taken) {
+        /* handed over when the request phases ended (mg_ffi_resp_defaults_*): the same rules as below */
+        if (r->defaults_bad) {
+            mg_log_error(r->trace_id, "route %s: ctx.response.headers: %s (none of them sent)", r->route->name,
+                         r->defaults_bad);
+            return;
+        }
+        size_t before = resp->n;
+        for (size_t i = 0; i < r->ndefaults; i++) {
+            const mg_header_t *d = &r->defaults[i];
+            int present = 0;
+            for (size_t j = 0; j < before && !present; j++)
+                present = resp->h[j].name_len == d->name_len && strncasecmp(resp->h[j].name, d->name, d->name_len) == 0;
+            if (!present)
+                mg_resp_add(resp, d->name, d->name_len, d->value, d->value_len);
+        }
+        return;
+    }
     if (r->ctx_ref == LUA_NOREF)
         return;
-    lua_State *L = r->gen->vm->L;
+    mg_vm_t *vm = r->gen->vm;
+    lua_State *L = vm->L;
     mg_req_push_ctx(r);
-    lua_pushliteral(L, "response");
+    mg_vm_push_key(vm, L, MG_KEY_RESPONSE);
     lua_rawget(L, -2);
     if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "headers");
+        mg_vm_push_key(vm, L, MG_KEY_HEADERS);
+        lua_gettable(L, -2);
         const char *bad = lua_istable(L, -1) ? mg_resp_add_lua(resp, L, -1, 1) : NULL;
         if (bad)
             mg_log_error(r->trace_id, "route %s: ctx.response.headers: %s (none of them sent)", r->route->name, bad);
@@ -398,9 +421,10 @@ void mg_req_log_failure(mg_req_t *r, const char *why)
 {
     char who[192] = "handler";
     if (r->ctx_ref != LUA_NOREF) {
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         mg_req_push_ctx(r);
-        lua_pushliteral(L, "_step");
+        mg_vm_push_key(vm, L, MG_KEY_STEP);
         lua_rawget(L, -2);
         if (lua_istable(L, -1)) {
             lua_getfield(L, -1, "phase");
@@ -510,9 +534,10 @@ static void respond_from_lua(mg_req_t *r, lua_State *co)
 {
     lua_settop(co, 3);
     if (lua_isnil(co, 1)) {
-        lua_State *L = r->gen->vm->L;
+        mg_vm_t *vm = r->gen->vm;
+        lua_State *L = vm->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
-        lua_pushliteral(L, "response");
+        mg_vm_push_key(vm, L, MG_KEY_RESPONSE);
         lua_rawget(L, -2);
         if (!lua_istable(L, -1)) {
             lua_pop(L, 2);
@@ -726,21 +751,19 @@ void mg_req_push_ctx(mg_req_t *r)
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
         return;
     }
-    lua_createtable(L, 0, 6);
-    lua_pushstring(L, r->trace_id);
-    lua_setfield(L, -2, "trace_id");
+    /*
+     * Only what Lua cannot find by itself: the handle and the route (the
+     * generation's table). trace_id and params are read through FFI on first
+     * use (moongate.ctx), like the rest. Room for what plugins usually add
+     * (request, response, consumer, _step, trace_id) without a rehash.
+     */
+    lua_createtable(L, 0, 8);
+    mg_vm_push_key(vm, L, MG_KEY_R);
     lua_pushnumber(L, (lua_Number)(uintptr_t)r); /* see mg_ffi.h: a number keeps FFI calls compiled */
-    lua_setfield(L, -2, "_r");
+    lua_rawset(L, -3);
+    mg_vm_push_key(vm, L, MG_KEY_ROUTE);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->info_ref);
-    lua_setfield(L, -2, "route");
-    if (r->match.nparams) {
-        lua_createtable(L, 0, r->match.nparams);
-        for (int i = 0; i < r->match.nparams; i++) {
-            lua_pushlstring(L, r->match.values[i].p, r->match.values[i].n);
-            lua_setfield(L, -2, r->match.names[i]);
-        }
-        lua_setfield(L, -2, "params");
-    }
+    lua_rawset(L, -3);
     if (r->trace) {
         lua_pushboolean(L, 1); /* plugins.lua runs the chain's traced copy (mg_trace.h) */
         lua_setfield(L, -2, "_traced");
@@ -748,7 +771,7 @@ void mg_req_push_ctx(mg_req_t *r)
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ctx_mt_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
-    r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    r->ctx_ref = mg_vm_ref(vm);
 }
 
 void mg_req_run(mg_req_t *r)

@@ -71,6 +71,13 @@ struct mg_req {
     mg_task_t log_task;           /* the log phase, after the response */
     mg_ledger_t ledger;           /* what its phase tasks took (task.scope): run by the teardown */
     int ctx_ref;
+    /* ctx.response.headers as a proxy route's request phases left them, handed over through
+     * mg_ffi when they end: the proxied head gets them from here, without reading ctx */
+    int defaults_taken;
+    mg_header_t *defaults;        /* copies in the arena */
+    size_t ndefaults, defaults_cap;
+    const char *defaults_bad;     /* a field that is refused: none is sent (logged when the head is built) */
+    int proxy_headers;            /* ctx._proxy_headers exists (mg_ffi_req_proxy_headers): build_head reads it */
     struct event deadline;
     int deadline_set;
     uint64_t deadline_us;         /* when it passes (monotonic µs), from routing */

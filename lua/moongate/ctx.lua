@@ -1,8 +1,9 @@
 -- moongate.ctx: the request context handed to handlers (and, later, plugins).
 --
--- C creates ctx with trace_id, route, params and _r (the request handle). The
--- rest is built lazily on first use, so a handler that never looks at the
--- headers never pays for them: ctx.request, ctx.vars, ctx.response, ctx.log.
+-- C creates ctx with route and _r (the request handle). The rest is built
+-- lazily on first use, so a handler that never looks at the headers never
+-- pays for them: ctx.trace_id, ctx.params, ctx.request, ctx.vars,
+-- ctx.response, ctx.log.
 -- Request data is read through FFI (see src/mg_ffi.h) so traces stay compiled.
 local ffi = require "ffi"
 local gw = gw
@@ -12,6 +13,7 @@ local ffi_string = ffi.string
 local rawget, rawset, setmetatable, getmetatable, error, type, pairs =
       rawget, rawset, setmetatable, getmetatable, error, type, pairs
 local lower, gsub, char, tonumber = string.lower, string.gsub, string.char, tonumber
+local tnew = require "table.new"
 
 ffi.cdef [[
 const char *mg_ffi_req_str(uintptr_t r, int what, size_t *len);
@@ -19,6 +21,12 @@ const char *mg_ffi_req_header(uintptr_t r, const char *name, size_t name_len, si
 int mg_ffi_req_header_count(uintptr_t r);
 const char *mg_ffi_req_header_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
 const char *mg_ffi_req_body(uintptr_t r, size_t *len);
+int mg_ffi_req_param_count(uintptr_t r);
+const char *mg_ffi_req_param_at(uintptr_t r, int i, size_t *name_len, const char **value, size_t *value_len);
+void mg_ffi_req_proxy_headers(uintptr_t r);
+void mg_ffi_resp_defaults_begin(uintptr_t r);
+int mg_ffi_resp_defaults_field(uintptr_t r, const char *name, size_t name_len, const char *value, size_t value_len);
+void mg_ffi_resp_defaults_bad(uintptr_t r, int why);
 ]]
 
 -- client_ip: the peer's address, or the client trusted_proxies name in X-Forwarded-For
@@ -27,6 +35,7 @@ local FIELD = { method = 0, path = 1, query = 2, target = 3, host = 4, remote = 
 local TLS_FIELD = { version = 8, cipher = 9, sni = 10 }
 local CLIENT_FIELD = { subject = 11, san = 12, fingerprint = 13 }
 local TLS_RESUMED = 14
+local TRACE_ID = 16
 
 
 local len_a = ffi.new("size_t[1]")
@@ -58,7 +67,7 @@ end
 local M = {}
 
 local function handle(req)
-  local r = rawget(req, "_ctx")._r
+  local r = rawget(req, 1)._r
   if not r then error("the request has ended: ctx is no longer usable", 3) end
   return r
 end
@@ -114,17 +123,35 @@ end
 -- the upstream sent x-tag replaces it instead of adding a second field. The
 -- fields are real keys (pairs() sees them as spelled); the metatable keeps
 -- lowercase name -> spelling, and the order fields were added in, which is
--- the order they are written in.
+-- the order they are written in. Both live in the metatable itself (one
+-- allocation less per table): mt.names and mt.order are mt, the order is its
+-- array part and the names are keyed "\1" .. lowercase name, which no
+-- metamethod (__index, __gc, ...) nor mt's own fields can be.
+
+-- Index keys ("\1" .. lowercase), cached: every access to a header table
+-- needs one, and the names a gateway uses repeat (bounded, for names made up
+-- per request).
+local key_cache, key_n = {}, 0
+local function lname(k)
+  local lk = key_cache[k]
+  if lk then return lk end
+  lk = "\1" .. lower(k)
+  if key_n >= 1024 then key_cache, key_n = {}, 0 end
+  key_n = key_n + 1
+  key_cache[k] = lk
+  return lk
+end
+
 local function hdr_index(t, k)
   if type(k) ~= "string" then return nil end
-  local spelled = getmetatable(t).names[lower(k)]
+  local spelled = getmetatable(t).names[lname(k)]
   if spelled then return rawget(t, spelled) end
 end
 
 local function hdr_newindex(t, k, v)
   if type(k) ~= "string" then return rawset(t, k, v) end
   local mt = getmetatable(t)
-  local names, lk = mt.names, lower(k)
+  local names, lk = mt.names, lname(k)
   local spelled = names[lk]
   if spelled then
     rawset(t, spelled, v)
@@ -144,7 +171,9 @@ end
 
 --- A new case-insensitive header table (ctx.response.headers is one).
 function M.new_headers()
-  return setmetatable({}, { __index = hdr_index, __newindex = hdr_newindex, names = {}, order = {} })
+  local mt = tnew(4, 8) -- sized for the few fields plugins set: no rehash as they come
+  mt.__index, mt.__newindex, mt.names, mt.order = hdr_index, hdr_newindex, mt, mt
+  return setmetatable(tnew(0, 4), mt)
 end
 local new_headers = M.new_headers
 
@@ -182,6 +211,58 @@ function M.merge_response(ctx, status, flat)
   resp.headers = h
 end
 
+-- One field of ctx.response.headers handed to C (see hand_defaults). false once C refused the set.
+local BAD_NAME_TYPE, BAD_VALUE_TYPE = 1, 2 -- MG_FFI_BAD_* (src/mg_ffi.h)
+local function hand_value(r, k, v)
+  local t = type(v)
+  if t == "number" then
+    v = tostring(v)
+  elseif t ~= "string" then
+    C.mg_ffi_resp_defaults_bad(r, BAD_VALUE_TYPE)
+    return false
+  end
+  return C.mg_ffi_resp_defaults_field(r, k, #k, v, #v) == 0
+end
+
+local function hand_field(r, k, v)
+  if type(k) ~= "string" then
+    C.mg_ffi_resp_defaults_bad(r, BAD_NAME_TYPE)
+    return false
+  end
+  if type(v) ~= "table" then return hand_value(r, k, v) end
+  if C.mg_ffi_resp_defaults_field(r, k, #k, nil, 0) ~= 0 then return false end
+  for i = 1, #v do
+    if not hand_value(r, k, rawget(v, i)) then return false end
+  end
+  return true
+end
+
+--- Hands the headers plugins set on ctx.response.headers to C when a proxy
+-- route's request phases end, so the upstream's head gets them (as
+-- defaults) without C reading ctx: the walk of mg_resp_add_lua
+-- (src/mg_resp.c), in the same order, with its checks.
+function M.hand_defaults(ctx)
+  local r = rawget(ctx, "_r")
+  C.mg_ffi_resp_defaults_begin(r)
+  local resp = rawget(ctx, "response")
+  if type(resp) ~= "table" then return end
+  local h = resp.headers
+  if type(h) ~= "table" then return end
+  local mt = getmetatable(h)
+  local order = type(mt) == "table" and mt.order
+  if type(order) == "table" then
+    for i = 1, #order do
+      local k = rawget(order, i)
+      local v = rawget(h, k)
+      if v ~= nil and not hand_field(r, k, v) then return end
+    end
+  else
+    for k, v in pairs(h) do
+      if not hand_field(r, k, v) then return end
+    end
+  end
+end
+
 local REQ_METHODS = {}
 
 --- ctx.request:header(name) -> the first value of a header, case-insensitive (no table built).
@@ -196,9 +277,14 @@ end
 -- proxy route sends upstream (the client's header of that name is replaced
 -- or removed). Does not change what ctx.request.headers shows.
 function REQ_METHODS.set_header(req, name, value)
-  local ctx = rawget(req, "_ctx")
+  local ctx = rawget(req, 1)
   local t = rawget(ctx, "_proxy_headers")
-  if not t then t = {}; rawset(ctx, "_proxy_headers", t) end
+  if not t then
+    t = {}
+    rawset(ctx, "_proxy_headers", t)
+    local r = rawget(ctx, "_r")
+    if r then C.mg_ffi_req_proxy_headers(r) end -- else the request has ended: nothing reads it
+  end
   if value == nil then
     t[lower(name)] = false
   else
@@ -295,10 +381,26 @@ local function ctx_websocket(ctx, opts)
   return gw._websocket(r, max_frame, max_message, timeout, opts.pings, opts.protocols)
 end
 
+local function ctx_handle(ctx)
+  local r = rawget(ctx, "_r")
+  if not r then error("the request has ended: ctx is no longer usable", 4) end
+  return r
+end
+
 local CTX_LAZY = {
-  request = function(ctx) return setmetatable({ _ctx = ctx }, REQ_MT) end,
+  -- its ctx in the array part: one allocation (colocated), until a field is cached
+  request = function(ctx) return setmetatable({ ctx }, REQ_MT) end,
   vars = function() return {} end,
-  params = function() return {} end,
+  trace_id = function(ctx) return field(ctx_handle(ctx), TRACE_ID) end,
+  params = function(ctx)
+    local r = ctx_handle(ctx)
+    local t = {}
+    for i = 0, C.mg_ffi_req_param_count(r) - 1 do
+      local name = C.mg_ffi_req_param_at(r, i, len_a, val_p, len_b)
+      t[ffi_string(name, len_a[0])] = ffi_string(val_p[0], len_b[0])
+    end
+    return t
+  end,
   response = function() return { headers = new_headers() } end,
 }
 

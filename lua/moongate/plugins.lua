@@ -7,6 +7,7 @@
 -- See docs/plugins.md.
 local schema_mod = require "moongate.schema"
 local ffi = require "ffi"
+local hand_defaults = require("moongate.ctx").hand_defaults
 
 local type, pairs, ipairs, tostring, pcall, error, setmetatable, rawget =
       type, pairs, ipairs, tostring, pcall, error, setmetatable, rawget
@@ -342,7 +343,12 @@ function M.run(ctx, chain, handler)
   local status, body, headers = run_phase(chain.rewrite, ctx)
   if status == nil then status, body, headers = run_phase(chain.access, ctx) end
   if status == nil then
-    if not handler then return true, run_balancer(ctx, chain) end
+    if not handler then
+      local target = run_balancer(ctx, chain)
+      -- a proxied head without header_filter gets ctx.response.headers from C (mg_req_add_defaults)
+      if not chain.has_header_filter then hand_defaults(ctx) end
+      return true, target
+    end
     ctx._step = nil -- the handler's own errors are the handler's
     if traced then
       status, body, headers = traced_handler(ctx, handler)

@@ -45,7 +45,8 @@ route { method = "GET", path = "/dead-ctx", handler = function(ctx)
 end }
 route { method = "GET", path = "/use-dead-ctx", handler = function(ctx)
   local ok, err = pcall(function() return saved_ctx.request.method end)
-  return 200, { ok = ok, err = tostring(err) }
+  local id_ok, id_err = pcall(function() return saved_ctx.trace_id end)
+  return 200, { ok = ok, err = tostring(err), id_ok = id_ok, id_err = tostring(id_err) }
 end }
 ]]
 
@@ -176,6 +177,8 @@ describe("Lua handlers", function()
     local res = g:request("GET", "/use-dead-ctx")
     assert.is_false(res.json.ok)
     assert.truthy(res.json.err:find("request has ended", 1, true))
+    assert.is_false(res.json.id_ok) -- ctx.trace_id is the request's too (docs/config.md: a kept ctx raises)
+    assert.truthy(res.json.id_err:find("request has ended", 1, true))
   end)
 
   it("cancels the handler when the client goes away mid-request", function()

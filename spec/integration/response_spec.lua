@@ -54,6 +54,11 @@ describe("the response writer", function()
       route { path = "/handler", plugins = { ["response-transformer"] = { add = { ["content-type"] = "x/default" } } },
               handler = function() return 200, "h", { ["Content-Type"] = "text/html" } end }
       route { path = "/cd/{x*}", upstream = "up" }
+      route { path = "/set/{kind}", upstream = "up", plugins = { ["set-defaults"] = { kind = "mixed" } } }
+      route { path = "/set-plain/{x*}", upstream = "up", plugins = { ["set-defaults"] = { kind = "plain" } } }
+      route { path = "/set-bad-value/{x*}", upstream = "up", plugins = { ["set-defaults"] = { kind = "bad-value" } } }
+      route { path = "/set-bad-type/{x*}", upstream = "up", plugins = { ["set-defaults"] = { kind = "bad-type" } } }
+      route { path = "/set-bad-name/{x*}", upstream = "up", plugins = { ["set-defaults"] = { kind = "bad-name" } } }
       route { path = "/fail/{phase}", plugins = { ["fail-in"] = { phase = "header_filter" } },
               handler = function() return 200, "x" end }
       route { path = "/fail-access", plugins = { ["fail-in"] = { phase = "access" } }, handler = function() return 200 end }
@@ -96,6 +101,35 @@ describe("the response writer", function()
     end
     local res = g:request("GET", "/handler")
     assert.equal("text/html", res.headers["content-type"])  -- the handler's wins over a default
+  end)
+
+  it("adds a plugin's ctx.response.headers to a proxied head: in order, arrays, numbers, never framing", function()
+    local h = head_bytes(g, "/set/x")
+    assert.truthy(h:find("\nx-tag: up\n", 1, true), h)                  -- the upstream's field stays
+    assert.equal(1, select(2, h:lower():gsub("\nx%-tag:", "")), h)
+    assert.truthy(h:find("\nX-Many: a\nX-Many: b\nX-Num: 42\nX-Last: z", 1, true), h)
+    assert.falsy(h:lower():find("x-gone", 1, true), h)
+    assert.falsy(h:find("999", 1, true), h)                                -- Content-Length is the gateway's
+    local plain = head_bytes(g, "/set-plain/x")                          -- a table of the plugin's own
+    assert.truthy(plain:find("\nX-Plain: p", 1, true), plain)
+  end)
+
+  it("sends none of a plugin's ctx.response.headers when one is bad, and says why", function()
+    for path, why in pairs({
+      ["/set-bad-value/x"] = "response header value contains CR, LF or another control character",
+      ["/set-bad-type/x"] = "response header values must be strings or numbers",
+      ["/set-bad-name/x"] = "invalid response header name",
+    }) do
+      local res = g:request("GET", path)
+      assert.equal(200, res.status, path)
+      assert.equal("body", res.body, path)
+      assert.is_nil(res.headers["x-ok"], path)
+      assert.is_nil(res.headers["injected"], path)
+      local lines = g:error_entries(res.trace_id)
+      local want = "route /set-bad-" .. path:match("/set%-bad%-(%a+)/") .. "/{x*}: ctx.response.headers: " .. why
+                   .. " (none of them sent)"
+      assert.truthy(lines[1] and lines[1].msg == want, path .. ": " .. (lines[1] and lines[1].msg or "no error line"))
+    end
   end)
 
   it("re-chunks a close-delimited upstream response so the client keeps its connection", function()
