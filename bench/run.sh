@@ -2,7 +2,8 @@
 # Moongate's own loopback benchmark: wrk against gatewayd serving bench/gateway.lua.
 # The gateway runs on CPU 0 with one worker, wrk on CPU 1 (1 thread, 50
 # connections, keep-alive). Reports rps, latency percentiles and the gateway's
-# CPU time per request (utime+stime from /proc, the comparable figure on 2 cores).
+# CPU time per request (utime+stime from /proc, the comparable figure on 2 cores),
+# split into user and kernel time.
 #
 #   bench/run.sh [path/to/gatewayd]      DURATION=10 ROUNDS=3 CONNS=50 to tune
 set -euo pipefail
@@ -27,7 +28,7 @@ for _ in $(seq 50); do
 done
 
 . "$here/lib.sh"
-printf '| workload | round | rps | p50 | p99 | gateway CPU µs/req |\n|---|---|---|---|---|---|\n'
+printf '| workload | round | rps | p50 | p99 | gateway CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|\n'
 for i in "${!URLS[@]}"; do
   measure "${NAMES[$i]}" "$gw_pid" "http://127.0.0.1:$PORT${URLS[$i]}"
 done

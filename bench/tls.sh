@@ -97,7 +97,7 @@ ngx_worker=$(pgrep -P "$ngx_master" | head -1)
 CONNS=${CONNS:-50}
 LOAD_CPU=${LOAD_CPU:-1}
 . "$here/lib.sh"
-printf '| workload | server | round | rps | p50 | p99 | server CPU µs/req |\n|---|---|---|---|---|---|---|\n'
+printf '| workload | server | round | rps | p50 | p99 | server CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|---|\n'
 run() { # name server pid port [extra wrk args...]
   local name=$1 server=$2 pid=$3 port=$4; shift 4
   measure "$name | $server" "$pid" "https://127.0.0.1:$port/hello" "$@"

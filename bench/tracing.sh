@@ -71,7 +71,7 @@ taskset -c "$LOAD_CPU" "$gatewayctl" -s "$work/timeline.sock" trace --json > /de
 sleep 0.5
 
 . "$here/lib.sh"
-printf '| variant | round | rps | p50 | p99 | gateway CPU µs/req |\n|---|---|---|---|---|---|\n'
+printf '| variant | round | rps | p50 | p99 | gateway CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|\n'
 all_rounds=$ROUNDS
 ROUNDS=1
 for r in $(seq "$all_rounds"); do
