@@ -31,7 +31,7 @@
 #include "mg_log.h"
 
 #define LINGER_MS 2000
-#define IN_INITIAL 4096
+#define IN_INITIAL MG_INBUF_SIZE
 
 void mg_conn_arm(mg_conn_t *c, uint32_t ms) { mg_ltimer_set(&c->timer, ms); }
 
@@ -54,7 +54,7 @@ void mg_conn_set_reading(mg_conn_t *c, int on)
 void mg_conn_idle(mg_conn_t *c)
 {
     if (c->in && c->in_off == c->in_len) {
-        free(c->in);
+        mg_inbuf_put(c->in, c->in_cap);
         c->in = NULL;
         c->in_cap = c->in_off = c->in_len = 0;
     }
@@ -146,7 +146,7 @@ static void conn_free(mg_conn_t *c)
         SSL_free(c->ssl);
     close(c->fd);
     evbuffer_free(c->out);
-    free(c->in);
+    mg_inbuf_put(c->in, c->in_cap);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -251,7 +251,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (!c->in) {
         /* the input buffer exists only while bytes are in flight (see mg_conn_idle) */
         c->in_cap = IN_INITIAL;
-        c->in = mg_alloc(c->in_cap);
+        c->in = mg_inbuf_get();
     }
     if (c->in_len == c->in_cap) {
         if (c->in_cap >= c->in_max) {

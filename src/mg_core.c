@@ -1,5 +1,6 @@
 #include "mg_core.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <sys/time.h>
 #include <time.h>
@@ -68,4 +69,44 @@ double mg_wall_time(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+typedef struct inbuf_cache {
+    int n;
+    char *buf[MG_INBUF_CACHED];
+} inbuf_cache_t;
+
+static __thread inbuf_cache_t inbufs;
+static pthread_key_t inbuf_key; /* its destructor frees a thread's cache when the thread ends */
+static pthread_once_t inbuf_once = PTHREAD_ONCE_INIT;
+
+static void inbuf_drain(void *unused)
+{
+    (void)unused;
+    while (inbufs.n > 0)
+        free(inbufs.buf[--inbufs.n]);
+}
+
+static void inbuf_key_make(void) { pthread_key_create(&inbuf_key, inbuf_drain); }
+
+char *mg_inbuf_get(void)
+{
+    if (inbufs.n > 0)
+        return inbufs.buf[--inbufs.n];
+    return mg_alloc(MG_INBUF_SIZE);
+}
+
+void mg_inbuf_put(char *p, size_t cap)
+{
+    if (!p)
+        return;
+    if (cap != MG_INBUF_SIZE || inbufs.n == MG_INBUF_CACHED) {
+        free(p);
+        return;
+    }
+    if (inbufs.n == 0) { /* the destructor runs only for threads with a value set */
+        pthread_once(&inbuf_once, inbuf_key_make);
+        pthread_setspecific(inbuf_key, &inbufs);
+    }
+    inbufs.buf[inbufs.n++] = p;
 }

@@ -29,6 +29,19 @@ void *mg_calloc(size_t n, size_t size);
 void *mg_realloc(void *p, size_t n);
 char *mg_strndup(const char *s, size_t n);
 
+/*
+ * A connection's read buffer (MG_INBUF_SIZE bytes), reused within a thread:
+ * keep-alive connections give theirs back between requests (so an idle one
+ * holds none) and take one at their next read; the thread's last
+ * MG_INBUF_CACHED returned buffers are handed out again without malloc.
+ * mg_inbuf_put takes any buffer from mg_inbuf_get, grown or not (one of
+ * another size is freed), and NULL. What a thread keeps is freed when it ends.
+ */
+#define MG_INBUF_SIZE 4096
+#define MG_INBUF_CACHED 32
+char *mg_inbuf_get(void);
+void mg_inbuf_put(char *p, size_t cap);
+
 void mg_assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));
 #define mg_assert(e) ((e) ? (void)0 : mg_assert_fail(#e, __FILE__, __LINE__))
 

@@ -120,7 +120,9 @@ static int read_head(mg_conn_t *c)
     const char *p = c->in + c->in_off;
     size_t want = len < cfg->limits.max_head + 1 ? len : cfg->limits.max_head + 1;
     size_t from = c->scanned > 3 ? c->scanned - 3 : 0;
-    if (!memmem(p + from, want - from, "\r\n\r\n", 4)) {
+    /* a head usually ends the bytes read (no pipelining, no body yet): look there before searching */
+    int ends_here = want >= 4 && memcmp(p + want - 4, "\r\n\r\n", 4) == 0;
+    if (!ends_here && !memmem(p + from, want - from, "\r\n\r\n", 4)) {
         /* not complete yet: parse only when a limit may already be exceeded */
         int overlong = want > cfg->limits.max_head ||
                        (want > cfg->limits.max_line && !memchr(p, '\n', cfg->limits.max_line));

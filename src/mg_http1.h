@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Return codes of the head parsers. >0 is the length of the parsed head. */
 #define MG_HTTP1_AGAIN              (-2)  /* head incomplete: read more, call again */
@@ -85,8 +86,32 @@ int mg_http1_parse_request(const char *buf, size_t len, mg_http1_request_t *req,
 int mg_http1_parse_response(const char *buf, size_t len, mg_http1_response_t *resp,
                             const mg_http1_limits_t *lim);
 
-/* Case-insensitive compare of a header name with a lowercase literal. */
-int mg_http1_name_is(const mg_header_t *h, const char *lower, size_t lower_len);
+/*
+ * Case-insensitive compare of a token (a field name, a coding) with a
+ * literal of lowercase letters, digits and '-', eight bytes a step: with
+ * such a literal, "x | 0x20 equals it" holds only for its own byte in either
+ * case, or for a control character, which no token holds. Called for every
+ * field of every message against the names that matter, hence inline.
+ */
+static inline int mg_ascii_ieq(const char *a, const char *lw, size_t n)
+{
+    for (; n >= 8; n -= 8, a += 8, lw += 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, lw, 8);
+        if ((x | 0x2020202020202020ull) != y)
+            return 0;
+    }
+    for (; n; n--, a++, lw++)
+        if (((unsigned char)*a | 0x20) != (unsigned char)*lw)
+            return 0;
+    return 1;
+}
+
+static inline int mg_http1_name_is(const mg_header_t *h, const char *lower, size_t lower_len)
+{
+    return h->name_len == lower_len && mg_ascii_ieq(h->name, lower, lower_len);
+}
 
 /* The status code a head-parse error maps to. */
 int mg_http1_error_status(int rc);

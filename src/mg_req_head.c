@@ -234,7 +234,7 @@ int mg_req_route(mg_req_t *r, const mg_http1_request_t *p)
     long hl = mg_host_check(host.p, host.n);
     if (hl < 0)
         return bad_host(r, "Host", host);
-    if (r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
+    if (t[0] != '/' && r->target.n > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
         const char *a = t + (t[4] == ':' ? 7 : 8);
         const char *s = a;
         while (s < tend && *s != '/' && *s != '?' && *s != '#')

@@ -25,9 +25,9 @@ void mg_resp_add(mg_resp_t *resp, const char *name, size_t nl, const char *value
         resp->cap = cap;
     }
     resp->h[resp->n++] = (mg_header_t){ name, nl, value, vl };
-    if (nl == 4 && strncasecmp(name, "date", 4) == 0)
+    if (nl == 4 && mg_ascii_ieq(name, "date", 4))
         resp->has_date = 1;
-    else if (nl == 12 && strncasecmp(name, "content-type", 12) == 0)
+    else if (nl == 12 && mg_ascii_ieq(name, "content-type", 12))
         resp->has_ctype = 1;
 }
 
@@ -100,8 +100,8 @@ const mg_header_t *mg_resp_connection_field(const mg_header_t *hs, size_t n)
                 p++;
             size_t len = (size_t)(p - s);
             /* close and keep-alive name no field a message would carry (keep-alive is hop-by-hop anyway) */
-            if (len && !(len == 5 && strncasecmp(s, "close", 5) == 0) &&
-                !(len == 10 && strncasecmp(s, "keep-alive", 10) == 0))
+            if (len && !(len == 5 && mg_ascii_ieq(s, "close", 5)) &&
+                !(len == 10 && mg_ascii_ieq(s, "keep-alive", 10)))
                 return &hs[i];
         }
     }

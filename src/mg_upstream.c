@@ -20,7 +20,7 @@
 #include "mg_h2up.h"
 #include "mg_log.h"
 
-#define UPCONN_IN_INITIAL 4096
+#define UPCONN_IN_INITIAL MG_INBUF_SIZE
 
 int mg_upstream_resolve(mg_upstream_t *up, char *err, size_t errlen)
 {
@@ -283,7 +283,7 @@ static void conn_destroy(mg_upconn_t *uc)
     if (uc->fd >= 0)
         close(uc->fd);
     evbuffer_free(uc->out);
-    free(uc->in);
+    mg_inbuf_put(uc->in, uc->in_cap);
     free(uc);
 }
 
@@ -453,7 +453,7 @@ void mg_upconn_input(mg_upconn_t *uc)
 {
     if (!uc->in) {
         uc->in_cap = UPCONN_IN_INITIAL;
-        uc->in = mg_alloc(uc->in_cap);
+        uc->in = mg_inbuf_get();
         uc->in_off = uc->in_len = 0;
     }
 }
@@ -468,7 +468,7 @@ void mg_upconn_detach(mg_upconn_t *uc, void (*handler)(mg_upconn_t *, int), void
     uc->target = NULL;
     uc->handler = handler;
     uc->owner = owner;
-    free(uc->in);
+    mg_inbuf_put(uc->in, uc->in_cap);
     uc->in = NULL;
     uc->in_off = uc->in_len = uc->in_cap = 0;
     uc->tls_data = 1; /* past the handshake: a TLS read error is never a handshake refusal (which names the target) */
@@ -486,7 +486,7 @@ void mg_upconn_release(mg_upconn_t *uc)
         conn_destroy(uc);
         return;
     }
-    free(uc->in); /* nothing unread (checked above): the next lessee gets a buffer when it reads */
+    mg_inbuf_put(uc->in, uc->in_cap); /* nothing unread (checked above): the next lessee gets a buffer when it reads */
     uc->in = NULL;
     uc->in_off = uc->in_len = uc->in_cap = 0;
     mg_upconn_read(uc, 1); /* still (or again) registered: a close by the upstream ends it at once */

@@ -348,6 +348,82 @@ static void chunked_trailer_rejects(void **state)
     assert_string_equal(d.error, "too many trailer fields");
 }
 
+/*
+ * Values, targets and names are scanned 16 bytes a step: a byte that breaks
+ * the rules is refused wherever it sits in a long run (inside the first
+ * block, across the boundary, in the tail), and fine bytes pass.
+ */
+static size_t with_run(char *buf, const char *before, const char *run, const char *after)
+{
+    size_t a = strlen(before), c = strlen(after);
+    memcpy(buf, before, a);
+    memcpy(buf + a, run, 40); /* NUL included: the parser is given lengths, never strings */
+    memcpy(buf + a + 40, after, c);
+    return a + 40 + c;
+}
+
+static void long_runs(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r = { .headers = h };
+    char buf[512], run[41];
+    for (int at = 0; at < 40; at++) {
+        static const unsigned char bad_value[] = { 0x00, 0x01, 0x0b, 0x1f, 0x7f, '\n' };
+        static const unsigned char bad_target[] = { 0x00, 0x1f, 0x7f, 0x80, 0xff, '\t' };
+        static const unsigned char bad_name[] = { ' ', '"', '(', '/', '@', 0x80, 0x7f, 0x00 };
+        for (size_t k = 0; k < sizeof(bad_value); k++) {
+            memset(run, 'v', 40), run[at] = (char)bad_value[k];
+            size_t n = with_run(buf, "GET / HTTP/1.1\r\nHost: a\r\nX-Long: ", run, "\r\n\r\n");
+            assert_true(mg_http1_parse_request(buf, n, &r, &LIM) < 0);
+        }
+        for (size_t k = 0; k < sizeof(bad_target); k++) {
+            memset(run, 'p', 40), run[at] = (char)bad_target[k];
+            size_t n = with_run(buf, "GET /", run, " HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_true(mg_http1_parse_request(buf, n, &r, &LIM) < 0);
+        }
+        for (size_t k = 0; k < sizeof(bad_name); k++) {
+            memset(run, 'n', 40), run[at] = (char)bad_name[k];
+            size_t n = with_run(buf, "GET / HTTP/1.1\r\nHost: a\r\nX", run, ": v\r\n\r\n");
+            assert_true(mg_http1_parse_request(buf, n, &r, &LIM) < 0);
+        }
+        /* what is allowed there passes: obs-text and tabs in values, token punctuation in names */
+        memset(run, 'v', 40), run[40] = 0, run[at] = (char)(at % 2 ? 0x80 : '\t');
+        snprintf(buf, sizeof(buf), "GET /%.*s HTTP/1.1\r\nHost: a\r\nX-%.*s_!~: %s\r\n\r\n", at, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
+                 at, "abcdefghijklmnopqrstuvwxyz0123456789-ABC", run);
+        assert_true(parse(buf, &r, h) > 0);
+        assert_int_equal(h[1].value_len, (run[0] == '\t' || run[39] == '\t') ? 39 : 40); /* a tab at either end is OWS */
+    }
+}
+
+/* Names the parser acts on are matched in any case, and only those names. */
+static void name_matching(void **state)
+{
+    mg_header_t h[16];
+    mg_http1_request_t r;
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\nCONTENT-LENGTH: 5\r\n\r\n", &r, h) > 0);
+    assert_int_equal(r.content_length, 5);
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\ncOnTeNt-LeNgTh: 7\r\n\r\n", &r, h) > 0);
+    assert_int_equal(r.content_length, 7);
+    assert_true(parse("POST / HTTP/1.1\r\nHost: a\r\nTRANSFER-ENCODING: CHUNKED\r\n\r\n", &r, h) > 0);
+    assert_true(r.flags & MG_HTTP1_F_CHUNKED);
+    assert_true(parse("GET / HTTP/1.1\r\nHost: a\r\nCONNECTION: CLOSE\r\n\r\n", &r, h) > 0);
+    assert_true(r.flags & MG_HTTP1_F_CONN_CLOSE);
+    static const char *others[] = { "Content_Length", "Content-Lengtx", "Content-Length2", "Content-Lengt", "Contenu-Length",
+                                    "Content~Length", "Content.Length" };
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        char buf[128];
+        snprintf(buf, sizeof(buf), "POST / HTTP/1.1\r\nHost: a\r\n%s: 5\r\n\r\n", others[i]);
+        assert_true(parse(buf, &r, h) > 0);
+        assert_int_equal(r.content_length, -1);
+        assert_false(mg_http1_name_is(&h[1], "content-length", 14));
+    }
+    mg_header_t te = { "TE", 2, "trailers", 8 };
+    assert_true(mg_http1_name_is(&te, "te", 2));
+    mg_header_t xff = { "X-Forwarded-FOR", 15, "", 0 };
+    assert_true(mg_http1_name_is(&xff, "x-forwarded-for", 15));
+    assert_false(mg_http1_name_is(&xff, "x-forwarded-fo", 14));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -355,6 +431,8 @@ int main(void)
         cmocka_unit_test(framing_flags),
         cmocka_unit_test(smuggling_vectors),
         cmocka_unit_test(limits),
+        cmocka_unit_test(long_runs),
+        cmocka_unit_test(name_matching),
         cmocka_unit_test(incremental_every_split),
         cmocka_unit_test(response_heads),
         cmocka_unit_test(chunked_every_boundary),
