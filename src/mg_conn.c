@@ -226,9 +226,8 @@ void mg_conn_reset(mg_conn_t *c)
     conn_free(c);
 }
 
-static void on_readable(evutil_socket_t fd, short what, void *arg)
+static void readable(mg_conn_t *c)
 {
-    mg_conn_t *c = arg;
     if (c->handshaking) {
         int rc = tls_handshake(c);
         if (rc < 0)
@@ -271,6 +270,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     c->proto->eof(c);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    mg_clock_hold(); /* one clock reading for the requests this read parses, routes and forwards */
+    readable(arg);
+    mg_clock_release();
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)

@@ -50,14 +50,9 @@ void mg_assert_fail(const char *expr, const char *file, int line)
     abort();
 }
 
-uint64_t mg_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+__thread mg_clock_t mg_clock_;
 
-uint64_t mg_now_us(void)
+uint64_t mg_clock_read_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

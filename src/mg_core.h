@@ -70,9 +70,52 @@ static inline uint32_t mg_hash(const char *s, size_t n)
     return h;
 }
 
-/* Monotonic clock in milliseconds and microseconds. */
-uint64_t mg_now_ms(void);
-uint64_t mg_now_us(void);
+/*
+ * The monotonic clock. A proxied request takes a dozen timestamps (start,
+ * deadline, queue, attempt, connect, first byte, timers, end) microseconds
+ * apart in the same loop callback, and a clock reading costs ~20 ns on a VM.
+ * Within a hold (mg_clock_hold ... mg_clock_release, around the connection
+ * callbacks that parse, route, forward and relay) the first reading serves
+ * every later one, as the per-loop-pass clocks of nginx and h2o do, but
+ * finer: Lua never runs inside a hold (resuming a task suspends it, so
+ * gw.now, gw.sleep and the timeline read the real clock), so a held reading
+ * is never older than a stretch of C work. Per thread.
+ */
+typedef struct mg_clock {
+    uint64_t us; /* the held reading; 0: none yet */
+    int depth;   /* holds open; 0: every call reads the clock */
+} mg_clock_t;
+extern __thread mg_clock_t mg_clock_;
+uint64_t mg_clock_read_us(void);
+
+static inline uint64_t mg_now_us(void)
+{
+    if (!mg_clock_.depth)
+        return mg_clock_read_us();
+    if (!mg_clock_.us)
+        mg_clock_.us = mg_clock_read_us();
+    return mg_clock_.us;
+}
+static inline uint64_t mg_now_ms(void) { return mg_now_us() / 1000u; }
+static inline void mg_clock_hold(void) { mg_clock_.depth++; }
+static inline void mg_clock_release(void)
+{
+    if (--mg_clock_.depth == 0)
+        mg_clock_.us = 0;
+}
+/* Lua is about to run: the real clock until mg_clock_unsuspend(what this returned). */
+static inline int mg_clock_suspend(void)
+{
+    int depth = mg_clock_.depth;
+    mg_clock_.depth = 0;
+    mg_clock_.us = 0;
+    return depth;
+}
+static inline void mg_clock_unsuspend(int depth)
+{
+    mg_clock_.depth = depth;
+    mg_clock_.us = 0; /* time went on while Lua ran */
+}
 /* Wall clock, for logs and Date headers. */
 double mg_wall_time(void);
 

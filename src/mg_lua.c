@@ -373,6 +373,7 @@ static void task_resume(mg_task_t *t, int nargs)
     lua_State *co = t->co;
     /* a recorded request: the wait (if any) ends here, and this run's time starts (mg_trace.h) */
     struct mg_trace *tr = t->trace;
+    int held = mg_clock_suspend(); /* Lua sees the real clock (mg_core.h) */
     if (mg_unlikely(tr != NULL))
         mg_trace_enter(tr);
     t->wait = NULL;
@@ -389,6 +390,7 @@ static void task_resume(mg_task_t *t, int nargs)
     }
     if (mg_unlikely(tr != NULL))
         mg_trace_leave(tr, rc == LUA_YIELD && t->wait ? t->wait : NULL);
+    mg_clock_unsuspend(held);
     if (rc == LUA_YIELD) {
         if (t->wait)
             return; /* a gw.* operation is pending; its completion resumes us */

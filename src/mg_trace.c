@@ -92,6 +92,17 @@ static int hexval(char c)
     return -1;
 }
 
+/* exactly 32 lowercase hex digits (a W3C trace id), the first non-digit (the NUL of a shorter one) ends the look */
+static int is_hex32(const char *s)
+{
+    for (int i = 0; i < 32; i++) {
+        unsigned c = (unsigned char)s[i];
+        if (c - '0' > 9u && c - 'a' > 5u)
+            return 0;
+    }
+    return s[32] == '\0';
+}
+
 /* n lowercase hex digits into bytes; 0 when one is not */
 static int parse_hex(const char *s, size_t n, uint8_t *out)
 {
@@ -378,8 +389,7 @@ size_t mg_trace_parent_value(char *tp, const mg_trace_t *tr, const char *trace_i
             tp[4 + 2 * i] = HEX[tr->trace_id[i] & 15];
         }
     } else {
-        uint8_t id[16];
-        if (!trace_id || strlen(trace_id) != 32 || !parse_hex(trace_id, 32, id))
+        if (!trace_id || !is_hex32(trace_id))
             return 0;
         memcpy(tp + 3, trace_id, 32);
     }

@@ -318,10 +318,12 @@ static int tls_housekeeping(mg_upconn_t *uc)
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     mg_upconn_t *uc = arg;
+    mg_clock_hold(); /* one clock reading for the response this read relays and the request it ends */
     if (uc->handler)
         uc->handler(uc, MG_UC_READ);
     else if (!(uc->ssl && tls_housekeeping(uc)))
         idle_end(uc);
+    mg_clock_release();
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)

@@ -196,3 +196,27 @@ describe("Lua handlers", function()
     assert.equal(200, g:request("GET", "/fast").status)
   end)
 end)
+
+describe("the clock a handler sees", function()
+  local g
+  setup(function()
+    g = helpers.start([[
+      route { method = "GET", path = "/spin", handler = function()
+        -- computes for 60 ms by the gateway's clock; os.clock (CPU time) ends it if that clock stood still
+        local t0, c0 = gw.monotonic_ms(), os.clock()
+        while gw.monotonic_ms() - t0 < 60 and os.clock() - c0 < 1 do end
+        return 200, { elapsed = gw.monotonic_ms() - t0 }
+      end }
+    ]], { workers = 1 })
+  end)
+  teardown(function() g:stop() end)
+
+  -- the gateway holds one clock reading per stretch of C work; Lua must never run inside one
+  it("moves while the handler computes, and the request's duration counts that time", function()
+    local res = g:request("GET", "/spin")
+    assert.equal(200, res.status)
+    assert.is_true(res.json.elapsed >= 60, "gw.monotonic_ms moved " .. res.json.elapsed .. " ms in a 60 ms loop")
+    local entry = g:entry(res.headers["x-request-id"])
+    assert.is_true(entry.duration_ms >= 60, "logged duration " .. entry.duration_ms .. " ms")
+  end)
+end)
