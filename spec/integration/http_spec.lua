@@ -262,6 +262,12 @@ describe("HTTP/1.1 server", function()
   end)
 end)
 
+-- The gateway's C heap in use (gatewayctl status: mallinfo2), which Lua garbage does not blur as it does RSS.
+local function heap_in_use(g)
+  local _, out = g:ctl("status", "--json")
+  return gw.json.decode(out).memory.heap_in_use
+end
+
 describe("idle keep-alive connections", function()
   local gw_
   setup(function()
@@ -272,17 +278,13 @@ describe("idle keep-alive connections", function()
   end)
   teardown(function() gw_:stop() end)
 
-  local function heap()
-    local _, out = gw_:ctl("status", "--json")
-    return gw.json.decode(out).memory.heap_in_use
-  end
 
   it("cost about a kilobyte each once their request is answered", function()
     if gw_:sanitized() then return end -- redzones and quarantine: the figure would measure ASan
     local N = 2000
     for _ = 1, 50 do gw_:request("GET", "/", { h1 = true }) end -- warm-up: the JIT, the allocator
     -- the C heap, not RSS: Lua garbage not yet collected would blur RSS by kilobytes per request
-    local before = heap()
+    local before = heap_in_use(gw_)
     local socks = {}
     for i = 1, N do
       local s = assert(gw_:connect(5000))
@@ -290,7 +292,7 @@ describe("idle keep-alive connections", function()
       assert.equal(200, assert(helpers.read_response(s)).status)
       socks[i] = s
     end
-    local per_conn = (heap() - before) / N
+    local per_conn = (heap_in_use(gw_) - before) / N
     for _, s in ipairs(socks) do s:close() end
     -- an input buffer kept per idle connection would cost 4 KiB more each
     assert.is_true(per_conn < 2048, ("%d bytes per idle connection"):format(per_conn))
@@ -306,10 +308,6 @@ describe("memory after a burst", function()
   end)
   teardown(function() gw_:stop() end)
 
-  local function heap()
-    local _, out = gw_:ctl("status", "--json")
-    return gw.json.decode(out).memory.heap_in_use
-  end
 
   it("is given back: a worker keeps a bounded number of request objects for reuse", function()
     if gw_:sanitized() then return end -- ASan's quarantine holds freed memory on purpose
@@ -321,10 +319,10 @@ describe("memory after a burst", function()
     end
     burst(100) -- a smaller burst first: what any burst leaves (Lua, the allocator's own tables, the cache)
     gw.sleep(0.2)
-    local before = heap()
+    local before = heap_in_use(gw_)
     burst(N)
     gw.sleep(0.2)
-    local grown = heap() - before
+    local grown = heap_in_use(gw_) - before
     -- keeping every object a burst used would hold N of them (over 12 KB each)
     assert.is_true(grown < N * 4096, ("the heap grew by %d bytes after a burst of %d"):format(grown, N))
   end)
