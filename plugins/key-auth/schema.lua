@@ -18,6 +18,11 @@ local function read_keys(path, set)
   return true
 end
 
+-- A keys_file is read once per load (this module lives as long as the
+-- generation's VM; a reload makes a new one and reads the file again): a
+-- route per service, each naming the same file of 1,000 keys, holds one set.
+local file_sets = {}
+
 return {
   fields = {
     header = { type = "header_name", default = "apikey",
@@ -39,12 +44,23 @@ return {
       -- the key would still reach the upstream in the query string
       return nil, "field 'hide_credentials': cannot hide a key sent in the query; drop query or hide_credentials"
     end
-    local set = {}
-    for k, consumer in pairs(conf.keys or {}) do set[k] = consumer end
+    local from_file
     if conf.keys_file then
-      local ok, err = read_keys(conf.keys_file, set)
-      if not ok then return nil, err end
+      from_file = file_sets[conf.keys_file]
+      if not from_file then
+        from_file = {}
+        local ok, err = read_keys(conf.keys_file, from_file)
+        if not ok then return nil, err end
+        file_sets[conf.keys_file] = from_file
+      end
     end
+    if not conf.keys then
+      conf._set = from_file -- shared, read-only: one table per file, however many routes name it
+      return true
+    end
+    local set = {}
+    for k, consumer in pairs(from_file or {}) do set[k] = consumer end
+    for k, consumer in pairs(conf.keys) do set[k] = consumer end
     conf._set = set
     return true
   end,
