@@ -86,24 +86,31 @@ int mg_resp_hop_by_hop(const mg_header_t *h)
     }
 }
 
+/* The next token of a Connection value from *p (its length in *len, 0 at the end). */
+static const char *connection_token(const char **p, const char *end, size_t *len)
+{
+    const char *q = *p;
+    while (q < end && (*q == ' ' || *q == '\t' || *q == ','))
+        q++;
+    const char *s = q;
+    while (q < end && *q != ',' && *q != ' ' && *q != '\t')
+        q++;
+    *p = q;
+    *len = (size_t)(q - s);
+    return s;
+}
+
 const mg_header_t *mg_resp_connection_field(const mg_header_t *hs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (!mg_http1_name_is(&hs[i], "connection", 10))
             continue;
         const char *p = hs[i].value, *end = p + hs[i].value_len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            size_t len = (size_t)(p - s);
+        size_t len;
+        for (const char *s = connection_token(&p, end, &len); len; s = connection_token(&p, end, &len))
             /* close and keep-alive name no field a message would carry (keep-alive is hop-by-hop anyway) */
-            if (len && !(len == 5 && mg_ascii_ieq(s, "close", 5)) &&
-                !(len == 10 && mg_ascii_ieq(s, "keep-alive", 10)))
+            if (!(len == 5 && mg_ascii_ieq(s, "close", 5)) && !(len == 10 && mg_ascii_ieq(s, "keep-alive", 10)))
                 return &hs[i];
-        }
     }
     return NULL;
 }
@@ -114,15 +121,10 @@ int mg_resp_named_by_connection(const mg_header_t *hs, size_t n, const mg_header
         if (!mg_http1_name_is(&hs[i], "connection", 10))
             continue;
         const char *p = hs[i].value, *end = p + hs[i].value_len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if (p > s && (size_t)(p - s) == h->name_len && strncasecmp(s, h->name, h->name_len) == 0)
+        size_t len;
+        for (const char *s = connection_token(&p, end, &len); len; s = connection_token(&p, end, &len))
+            if (len == h->name_len && strncasecmp(s, h->name, len) == 0)
                 return 1;
-        }
     }
     return 0;
 }
