@@ -24,11 +24,8 @@ GW_PORT=18096 NGXLUA_PORT=18092
 for f in run/upstream/nginx.conf run/nginx-lua/nginx.conf run/conf/routes.tsv run/conf/keys.txt; do
   [ -f "$ANCHORS/$f" ] || { echo "$ANCHORS/$f is missing: run the harness once (see above)"; exit 1; }
 done
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
 . "$here/lib.sh"
+bench_scratch
 up() { curl -sf -o /dev/null -H 'apikey: key-0777' "$1"; }
 wait_up() { for _ in $(seq 50); do up "$1" && return 0; sleep 0.1; done; echo "$1 does not answer"; exit 1; }
 taskset -c 1 nginx -c "$ANCHORS/run/upstream/nginx.conf" >/dev/null 2>&1 & pids+=($!)

@@ -15,15 +15,11 @@ CONNS=${CONNS:-50}
 LOAD_CPU=1
 UP_PORT=${PORT_BASE:-18700} GW_PORT=$(( ${PORT_BASE:-18700} + 1 )) NGX_PORT=$(( ${PORT_BASE:-18700} + 2 ))
 for t in wrk nginx; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
 . "$here/lib.sh"
+bench_scratch
 anchor_configs "$dir" $UP_PORT $GW_PORT
 pids+=("$(taskset -c 1 bash -c ". '$here/lib.sh'; start_nginx '$dir' '$dir/upstream.conf' 'http://127.0.0.1:$UP_PORT/'")")
-nginx_conf "$dir" "upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$NGX_PORT; location /plain/ { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" > "$dir/peer.conf"
+nginx_peer_conf "$dir" $UP_PORT $NGX_PORT > "$dir/peer.conf"
 ngx=$(taskset -c 0 bash -c ". '$here/lib.sh'; start_nginx '$dir' '$dir/peer.conf' 'http://127.0.0.1:$NGX_PORT/plain/hello'"); pids+=("$ngx")
 ngx_worker=$(pgrep -P "$ngx" | head -1)
 taskset -c 0 "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" & gw=$!; pids+=($gw)

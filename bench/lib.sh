@@ -54,6 +54,23 @@ measure_h2() {
   rm -f "$log"
 }
 
+# A scratch directory ($dir, removed at exit) and the processes to stop at
+# exit ($pids: append the pid of each one started).
+bench_scratch() {
+  dir=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+}
+
+# The nginx peer as the shared harness runs it (proxy_pass to a keep-alive
+# upstream block, /plain/ only): its config in DIR, listening on NGX_PORT.
+#
+#   nginx_peer_conf DIR UP_PORT NGX_PORT > peer.conf
+nginx_peer_conf() {
+  nginx_conf "$1" "upstream up { server 127.0.0.1:$2; keepalive 64; }
+  server { listen 127.0.0.1:$3; location /plain/ { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+}
+
 # The anchors' route contract (../shared/bench README) in DIR, for the
 # scripts that measure one thing outside the timed harness (profile.sh,
 # syscalls.sh): routes.tsv (/plain/* and 100 routes with the plugin chain to

@@ -16,12 +16,9 @@ UP_PORT=${PORT_BASE:-18680} GW_PORT=$(( ${PORT_BASE:-18680} + 1 ))
 for t in valgrind callgrind_annotate h2load nginx; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
 out=$here/results/profile-$(date -u +%Y%m%dT%H%M%S)
 mkdir -p "$out"
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-
 . "$here/lib.sh"
+bench_scratch
+
 anchor_configs "$dir" $UP_PORT $GW_PORT
 pids+=("$(start_nginx "$dir" "$dir/upstream.conf" "http://127.0.0.1:$UP_PORT/")")
 

@@ -12,16 +12,12 @@ gatewayd=${1:-$here/../build/gatewayd}
 REQUESTS=${REQUESTS:-10000}
 UP_PORT=${PORT_BASE:-18690} GW_PORT=$(( ${PORT_BASE:-18690} + 1 )) NGX_PORT=$(( ${PORT_BASE:-18690} + 2 ))
 for t in strace h2load nginx; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
 . "$here/lib.sh"
+bench_scratch
 anchor_configs "$dir" $UP_PORT $GW_PORT
 pids+=("$(start_nginx "$dir" "$dir/upstream.conf" "http://127.0.0.1:$UP_PORT/")")
 # the nginx peer as the shared harness runs it: proxy_pass to a keep-alive upstream block
-nginx_conf "$dir" "upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$NGX_PORT; location /plain/ { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" > "$dir/peer.conf"
+nginx_peer_conf "$dir" $UP_PORT $NGX_PORT > "$dir/peer.conf"
 ngx=$(start_nginx "$dir" "$dir/peer.conf" "http://127.0.0.1:$NGX_PORT/plain/hello"); pids+=("$ngx")
 "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" & gw=$!; pids+=($gw)
 for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/plain/hello" && break; sleep 0.1; done
