@@ -550,14 +550,12 @@ local function make_env(st)
     if type(prefix) ~= "string" or (prefix ~= "" and prefix:sub(1, 1) ~= "/") then
       fail("group expects a path prefix starting with '/'")
     end
-    local file, line = where()
+    local got_body, file, line = check.awaiting_body(st,
+      ("group %s has no body: write group \"%s\" { routes = { ... } }"):format(prefix, prefix))
     local g = { kind = "group", prefix = prefix:gsub("/$", ""), file = file, line = line,
                 parent = st.groups[#st.groups] }
-    local pending = { what = ("group %s has no body: write group \"%s\" { routes = { ... } }"):format(prefix, prefix),
-                      file = file, line = line }
-    st.unfinished[pending] = true
     return function(body)
-      st.unfinished[pending] = nil
+      got_body()
       if not g.listed then
         g.listed = true
         st.group_list[#st.group_list + 1] = g

@@ -49,6 +49,17 @@ function M.fail(msg, ...)
 end
 local fail = M.fail
 
+--- A block directive (`upstream "x"`, `redis "x"`, `group "/x"`) called
+-- with its name and not yet with its body: st.unfinished reports it at the
+-- end of the config (what, at the calling line) unless the returned
+-- function, called when the body comes, takes it off. Also returns the line.
+function M.awaiting_body(st, what)
+  local file, line = where()
+  local pending = { what = what, file = file, line = line }
+  st.unfinished[pending] = true
+  return function() st.unfinished[pending] = nil end, file, line
+end
+
 --- Is word a likely misspelling of known (not it, but within two edits: "websockets", "web-socket")?
 function M.near_miss(word, known)
   if word == known or math.abs(#word - #known) > 2 then return false end

@@ -31,12 +31,10 @@ function M.directive(st)
     if type(name) ~= "string" or not name:match("^[%w_.%-]+$") then
       fail("redis expects a name made of letters, digits, '_', '.' or '-'")
     end
-    local file, line = where()
-    local pending = { what = ("redis %s has no body: write redis \"%s\" { address = \"host:port\" }"):format(name, name),
-                      file = file, line = line }
-    st.unfinished[pending] = true
+    local got_body, file, line = check.awaiting_body(st,
+      ("redis %s has no body: write redis \"%s\" { address = \"host:port\" }"):format(name, name))
     return function(t)
-      st.unfinished[pending] = nil
+      got_body()
       local what = "redis " .. name
       if type(t) ~= "table" then fail("%s expects a table { address = \"host:port\", ... }", what) end
       if st.redis[name] then fail("%s is already defined at %s", what, st.redis[name].where) end

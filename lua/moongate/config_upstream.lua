@@ -59,12 +59,10 @@ function M.directive(st)
     if type(name) ~= "string" or not name:match("^[%w_.%-]+$") then
       fail("upstream expects a name made of letters, digits, '_', '.' or '-'")
     end
-    local file, line = where()
-    local pending = { what = ("upstream %s has no body: write upstream \"%s\" { targets = { ... } }"):format(name, name),
-                      file = file, line = line }
-    st.unfinished[pending] = true
+    local got_body, file, line = check.awaiting_body(st,
+      ("upstream %s has no body: write upstream \"%s\" { targets = { ... } }"):format(name, name))
     return function(t)
-      st.unfinished[pending] = nil
+      got_body()
       if type(t) ~= "table" then fail("upstream %s expects a table", name) end
       if st.upstreams[name] then
         fail("upstream %s is already defined at %s:%d", name, st.upstreams[name].file, st.upstreams[name].line)
