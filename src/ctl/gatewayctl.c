@@ -79,7 +79,7 @@ static int dial(const char *path, const char *line)
     return fd;
 }
 
-static int answer(const char *path, int fd, char *buf, size_t len, size_t cap);
+static int answer(const char *path, int fd, char *buf, size_t len);
 
 /* Sends one command line; prints the answer. Returns the exit status. */
 static int exchange(const char *path, const char *line)
@@ -113,13 +113,12 @@ static int exchange(const char *path, const char *line)
             break;
         len += (size_t)n;
     }
-    return answer(path, fd, buf, len, cap);
+    return answer(path, fd, buf, len);
 }
 
 /* The whole answer is in buf[0..len): print it. Closes fd, frees buf. */
-static int answer(const char *path, int fd, char *buf, size_t len, size_t cap)
+static int answer(const char *path, int fd, char *buf, size_t len)
 {
-    (void)cap;
     close(fd);
     char *nl = memchr(buf, '\n', len);
     int ok = len >= 3 && strncmp(buf, "OK", 2) == 0 && (buf[2] == ' ' || buf[2] == '\n');
@@ -174,7 +173,7 @@ static int stream(const char *path, const char *line)
                 close(fd);
                 return n < 0 ? 3 : 0; /* the gateway ended the stream */
             }
-            return answer(path, fd, buf, len, cap);
+            return answer(path, fd, buf, len);
         }
         len += (size_t)n;
         if (!streaming) {
@@ -182,14 +181,12 @@ static int stream(const char *path, const char *line)
                 streaming = 1;
                 memmove(buf, buf + 7, len - 7);
                 len -= 7;
-            } else if (memchr(buf, '\n', len) || len == cap) {
-                /* an ordinary answer: read it whole */
+            } else {
+                /* an ordinary answer, or its first line still coming: read it whole */
                 if (len == cap) {
                     cap *= 2;
                     buf = realloc(buf, cap);
                 }
-                continue;
-            } else {
                 continue;
             }
         }
