@@ -56,6 +56,14 @@ local function sorted_keys(t)
   return out
 end
 
+-- The error for a name that none of the config's blocks of this kind declares (nil when one does, or when
+-- the blocks are not known here).
+local function undeclared(path, name, blocks, kind)
+  if not blocks or blocks[name] then return nil end
+  local names = sorted_keys(blocks)
+  return fmt("field '%s': no %s named '%s' (declared: %s)", path, kind, name, #names > 0 and concat(names, ", ") or "none")
+end
+
 local function is_header_value(v)
   -- no CR, LF, NUL or other controls (HTAB is allowed): no header injection
   return not v:find("[%z\1-\8\10-\31\127]")
@@ -102,20 +110,12 @@ local function check_value(field, v, path, env)
     return key
   elseif t == "upstream" then
     if type(v) ~= "string" then return nil, fmt("field '%s': expected an upstream name, got %s", path, type(v)) end
-    local ups = env and env.upstreams
-    if ups and not ups[v] then
-      local names = sorted_keys(ups)
-      return nil, fmt("field '%s': no upstream named '%s' (declared: %s)", path, v,
-                      #names > 0 and concat(names, ", ") or "none")
-    end
+    local err = undeclared(path, v, env and env.upstreams, "upstream")
+    if err then return nil, err end
   elseif t == "redis" then
     if type(v) ~= "string" then return nil, fmt("field '%s': expected the name of a redis block, got %s", path, type(v)) end
-    local blocks = env and env.redis
-    if blocks and not blocks[v] then
-      local names = sorted_keys(blocks)
-      return nil, fmt("field '%s': no redis named '%s' (declared: %s)", path, v,
-                      #names > 0 and concat(names, ", ") or "none")
-    end
+    local err = undeclared(path, v, env and env.redis, "redis")
+    if err then return nil, err end
   elseif t == "file" then
     if type(v) ~= "string" or v == "" then return nil, fmt("field '%s': expected a file path", path) end
     -- like every path in a config: relative to the config file, never to the cwd

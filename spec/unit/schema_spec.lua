@@ -74,6 +74,14 @@ describe("schema", function()
     assert.equal("field 'upstream': no upstream named 'x' (declared: none)", select(2, v(f, { upstream = "x" }, { upstreams = {} })))
   end)
 
+  it("checks redis fields against the config's redis blocks", function()
+    local f = { redis = { type = "redis" } }
+    local env = { redis = { main = true, cache = true } }
+    assert.same({ redis = "main" }, v(f, { redis = "main" }, env))
+    assert.equal("field 'redis': no redis named 'mian' (declared: cache, main)", select(2, v(f, { redis = "mian" }, env)))
+    assert.equal("field 'redis': expected the name of a redis block, got number", select(2, v(f, { redis = 1 }, env)))
+  end)
+
   it("takes relative file fields from the config's directory", function()
     local f = { file = { type = "file" } }
     assert.same({ file = "/etc/gw/keys.txt" }, v(f, { file = "keys.txt" }, { dir = "/etc/gw" }))
