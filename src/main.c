@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "mg_admin.h"
+#include "mg_bgjob.h"
 #include "mg_config.h"
 #include "mg_log.h"
 #include "mg_otel.h"
@@ -38,16 +39,23 @@ typedef struct control {
     mg_config_t *cfg;
     int sfd;
     uint32_t drain_ms;
+    int reaping;                  /* a job frees the retired generations */
 } control_t;
 
 enum { PRIO_CONTROL, PRIO_ADMIN, PRIO_COUNT };
+
+static void reap(void *arg) { mg_gen_graveyard_empty(); }
+static void reaped(void *arg) { ((control_t *)arg)->reaping = 0; }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     control_t *c = arg;
     for (int i = 0; i < c->nworkers; i++)
         mg_worker_watchdog(&c->workers[i], c->cfg->watchdog_ms);
-    mg_gen_graveyard_empty();
+    if (!c->reaping && mg_gen_graveyard_has()) {
+        c->reaping = 1; /* closing a big VM takes a while: off this thread, on idle CPU */
+        mg_bgjob_start(c->base, reap, reaped, c);
+    }
 }
 
 static void on_signal(evutil_socket_t fd, short what, void *arg)
@@ -59,8 +67,7 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
     int sig = (int)si.ssi_signo;
     char err[2048];
     if (sig == SIGHUP) {
-        if (mg_admin_reload(c->admin, err, sizeof(err)) != MG_OK)
-            mg_log_error(NULL, "SIGHUP: reload refused, the running configuration is unchanged: %s", err);
+        mg_admin_reload(c->admin); /* a refusal is logged */
         return;
     }
     if (sig == SIGUSR1) {
@@ -121,7 +128,7 @@ static int bind_socket(const mg_listen_addr_t *a, char *err, size_t errlen)
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (a->ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
         close(fd);
         return -1;
@@ -176,6 +183,8 @@ int main(int argc, char **argv)
     mg_config_t cfg;
     memset(&cfg, 0, sizeof(cfg));
     struct event_base *check_base = event_base_new();
+    mg_file_id_t file_before; /* the validation and each worker's load read the file each */
+    mg_file_id(file, &file_before);
     mg_gen_t *gen = mg_gen_load(file, check_base, NULL, &cfg, err, sizeof(err));
     if (!gen) {
         fprintf(stderr, "gatewayd: %s\n", err);
@@ -274,6 +283,18 @@ int main(int argc, char **argv)
             goto fail;
         }
     }
+    mg_file_id_t file_after;
+    mg_file_id(file, &file_after);
+    /* connections are taken once every worker has its routes: nothing is answered by a config half started */
+    for (int i = 0; i < nworkers; i++) {
+        for (int k = 0; k < workers[i].nlisteners; k++) {
+            if (listen(workers[i].fds[k], 4096) < 0) {
+                fprintf(stderr, "gatewayd: cannot listen on %s: %s\n", cfg.listen[k].text, strerror(errno));
+                mg_admin_close(&admin);
+                goto fail;
+            }
+        }
+    }
     for (int i = 0; i < nworkers; i++)
         pthread_create(&workers[i].thread, NULL, mg_worker_run, &workers[i]);
     char addrs[512] = "";
@@ -295,6 +316,11 @@ int main(int argc, char **argv)
     event_add(sig_ev, NULL);
     event_add(tick, &second);
     mg_admin_start(&admin, ctl.base, PRIO_ADMIN);
+    if (mg_file_id_changed(&file_before, &file_after)) {
+        /* the workers may have read different files */
+        mg_log_warn(NULL, "%s changed while gatewayd was starting: reloading it", file);
+        mg_admin_reload(&admin);
+    }
     mg_timeline_start(ctl.base, PRIO_ADMIN);
     event_base_dispatch(ctl.base);
     uint32_t drain_ms = ctl.drain_ms;
@@ -303,6 +329,7 @@ int main(int argc, char **argv)
         mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
     }
     mg_admin_close(&admin);
+    mg_bgjob_finish_all(); /* a reload still loading is dropped */
     mg_timeline_stop();
     event_free(sig_ev);
     event_free(tick);

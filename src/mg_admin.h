@@ -44,6 +44,10 @@ typedef struct mg_admin {
     int nworkers;
     double started;               /* wall time */
     uint64_t reloads, reload_failures;
+    struct reload *loading;       /* the reload loading now, or NULL (mg_reload.c) */
+    uint64_t reload_number;       /* of the last reload started */
+    int reload_again;             /* asked for during that load: the next one starts when it ends */
+    int closing;                  /* mg_admin_close ran: a load that ends now is dropped */
     char reload_warning[1024];    /* the last reload's changed settings that need a restart ("" when none) */
     int listen_fd;                /* the admin socket, -1 when none */
     int http_fd;                  /* the admin HTTP listener (metrics, status), -1 when none */
@@ -75,17 +79,34 @@ int mg_admin_open_http(mg_admin_t *a, const char *addr, char *err, size_t errlen
  */
 int mg_admin_start(mg_admin_t *a, struct event_base *base, int priority);
 /*
- * Loads `a->file` again: validated completely, then built for every worker
- * (on this thread) and published; returns without waiting for the workers to
- * switch. On error nothing changes; the message (file:line) is in err. On
- * success, settings the file changed that only a restart applies (listen,
- * workers, limits, timeouts but tunnel, http2, log paths, error_header,
- * hosts_file, admin_*) are named in a->reload_warning and logged as a warning.
+ * Asks for a reload of `a->file` and returns its number. The file is loaded
+ * for every worker on background jobs (mg_bgjob.h: idle CPU first, so no
+ * request waits behind a load) and validated completely before anything
+ * changes; then the generations are published, each worker switching between
+ * two of its requests. This thread goes on serving meanwhile. When the reload
+ * ended, mg__admin_reloaded is called with its number.
+ *
+ * One reload loads at a time. Asked for while one loads, a reload is the
+ * next one, started when that one ends, so it reads the file as it is then:
+ * a change made before the ask is never answered with an older load. All the
+ * asks during one load share that next reload.
+ *
+ * On error nothing changes; the message (file:line) is logged and given to
+ * mg__admin_reloaded. On success, settings the file changed that only a
+ * restart applies (listen, workers, limits, timeouts but tunnel, http2, log
+ * paths, error_header, hosts_file, admin_*) are named in a->reload_warning
+ * and logged as a warning. mg_reload.c.
  */
-int mg_admin_reload(mg_admin_t *a, char *err, size_t errlen);
+uint64_t mg_admin_reload(mg_admin_t *a);
+/*
+ * Reload `number` ended (mg_admin.c answers the gatewayctl clients that
+ * asked for it): published when err is NULL, gens_before then holding each
+ * worker's generation just before; refused otherwise.
+ */
+void mg__admin_reloaded(mg_admin_t *a, uint64_t number, const char *err, const uint64_t *gens_before);
 /* Tracing settings take effect (the sampler, the exporter, the timeline hub): at start and on a reload. */
 void mg_admin_apply_tracing(const mg_trace_conf_t *c);
-/* Closes the listeners (removing the socket file) and every admin connection. */
+/* Closes the listeners (removing the socket file) and every admin connection; later reloads are dropped. */
 void mg_admin_close(mg_admin_t *a);
 /* The compiled routes of `file` as text (malloc'd), or NULL with err. */
 char *mg_admin_routes_text(const char *file, char *err, size_t errlen);

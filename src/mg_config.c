@@ -762,6 +762,14 @@ void mg_gen_bury(mg_gen_t *gen)
     pthread_mutex_unlock(&graveyard_lock);
 }
 
+int mg_gen_graveyard_has(void)
+{
+    pthread_mutex_lock(&graveyard_lock);
+    int has = graveyard != NULL;
+    pthread_mutex_unlock(&graveyard_lock);
+    return has;
+}
+
 void mg_gen_graveyard_empty(void)
 {
     pthread_mutex_lock(&graveyard_lock);

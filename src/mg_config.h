@@ -116,11 +116,16 @@ void mg_gen_free(mg_gen_t *gen);
  * On the generation's loop thread: stops what it runs on the loop (timers,
  * pools, health checks). What is left (the VM, the router) is plain memory
  * that any thread may free: a retired generation goes to the graveyard, and
- * the main thread frees it, so a worker never stalls on a large VM's close.
+ * a background job of the main thread's frees it (main.c, mg_bgjob.h), so
+ * neither a worker nor the main thread stalls on a large VM's close. A
+ * generation never installed (a refused or superseded reload) has run
+ * nothing on its loop: the main thread buries it.
  */
 void mg_gen_stop(mg_gen_t *gen);
 void mg_gen_bury(mg_gen_t *gen);
-/* Main thread: frees buried generations. */
+/* Whether generations wait in the graveyard; any thread. */
+int mg_gen_graveyard_has(void);
+/* Frees buried generations; any thread, one at a time (at exit: after the workers stopped). */
 void mg_gen_graveyard_empty(void);
 
 /* Parses "host:port", "[v6]:port" or ":port" into addr. */

@@ -105,3 +105,13 @@ void mg_inbuf_put(char *p, size_t cap)
     }
     inbufs.buf[inbufs.n++] = p;
 }
+
+void mg_file_id(const char *path, mg_file_id_t *id) { id->ok = stat(path, &id->st) == 0; }
+
+int mg_file_id_changed(const mg_file_id_t *x, const mg_file_id_t *y)
+{
+    if (x->ok != y->ok)
+        return 1;
+    return x->ok && (x->st.st_ino != y->st.st_ino || x->st.st_dev != y->st.st_dev || x->st.st_size != y->st.st_size ||
+                     x->st.st_mtim.tv_sec != y->st.st_mtim.tv_sec || x->st.st_mtim.tv_nsec != y->st.st_mtim.tv_nsec);
+}

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Control-flow codes, the same numbers across the FFI boundary. */
 #define MG_OK        0
@@ -118,5 +119,19 @@ static inline void mg_clock_unsuspend(int depth)
 }
 /* Wall clock, for logs and Date headers. */
 double mg_wall_time(void);
+
+/*
+ * A file's identity (device, inode, size, mtime) at one moment: loads that
+ * read the config file each on their own (one per worker) read the same file
+ * when its identity did not change from before the first to after the last
+ * (an editor's rename changes the inode, a rewrite the size or mtime).
+ */
+typedef struct mg_file_id {
+    int ok;                       /* stat succeeded */
+    struct stat st;
+} mg_file_id_t;
+
+void mg_file_id(const char *path, mg_file_id_t *id);
+int mg_file_id_changed(const mg_file_id_t *before, const mg_file_id_t *after);
 
 #endif

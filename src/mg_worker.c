@@ -107,9 +107,10 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
  * a worker is late, a loop that reaches the interpreter is long blacklisted).
  * Main sets the hook on the VM the task runs on (task->vm->L: hooks belong to
  * the VM, not to a coroutine), inside the window. That VM cannot be closed
- * meanwhile, or at all while the watchdog runs: only the main thread closes
- * VMs (mg_gen_graveyard_empty, reload's never-installed generations,
- * mg_worker_free after the join), and it is busy here. The hook runs on the
+ * meanwhile: the task keeps its generation referenced, and a generation is
+ * closed only once buried, after its last request ended (the graveyard's
+ * job, mg_bgjob), or by the main thread, busy here (mg_worker_free after the
+ * join). The hook runs on the
  * worker thread and touches only worker state. The worker removes it when the
  * task it was aimed at leaves its resume, however it leaves (mg_running_settle,
  * which never overlaps main's lua_sethook: main sets a hook only inside a
@@ -405,7 +406,7 @@ void mg_worker_post_gen(mg_worker_t *w, mg_gen_t *gen)
     w->pending_gen = gen;
     pthread_mutex_unlock(&w->reload_lock);
     if (stale)
-        mg_gen_free(stale); /* never installed: no request uses it */
+        mg_gen_bury(stale); /* never installed: no request uses it */
     uint64_t one = 1;
     if (write(w->reload_fd, &one, sizeof(one)) < 0)
         mg_log_error(NULL, "cannot signal worker %d to reload", w->id);

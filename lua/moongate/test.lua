@@ -236,14 +236,21 @@ function Gateway:sanitized() return read_file("/proc/" .. self.pid .. "/maps"):f
 function Gateway:rss_kb() return tonumber(read_file("/proc/" .. self.pid .. "/status"):match("VmRSS:%s+(%d+)")) end
 function Gateway:access_log() return read_file(self.dir .. "/access.log") end
 
+local ctl_calls = 0
+
 --- Runs gatewayctl against this gateway; returns exit code and output (stdout then stderr).
+-- Calls may run at the same time (each has its own output files).
 function Gateway:ctl(...)
   local ctl = M.gatewayd:gsub("gatewayd$", "gatewayctl")
   local argv = { ctl, "-s", self.socket, ... }
-  local out = self.dir .. "/ctl.out"
+  ctl_calls = ctl_calls + 1
+  local out = ("%s/ctl-%d.out"):format(self.dir, ctl_calls)
   local pid = assert(gw.process.spawn(argv, { stdout = out, stderr = out .. ".err" }))
   local _, code = M.wait_exit(pid, 20)
-  return code, read_file(out) .. read_file(out .. ".err")
+  local text = read_file(out) .. read_file(out .. ".err")
+  os.remove(out)
+  os.remove(out .. ".err")
+  return code, text
 end
 
 local function json_lines(text)

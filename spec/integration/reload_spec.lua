@@ -239,6 +239,134 @@ describe("reload and the settings it cannot apply", function()
   end)
 end)
 
+describe("a reload that takes a while", function()
+  -- a config whose load spins for `ms` of wall clock before its routes
+  local function config(g, version, ms)
+    return ('listen "127.0.0.1:%d"\nadmin_socket "%s"\n'):format(g.port, g.socket) .. ([[
+      local t = gw.monotonic_ms()
+      while gw.monotonic_ms() - t < %d do end
+      route { method = "GET", path = "/version", handler = function() return 200, "v%d" end }
+    ]]):format(ms, version)
+  end
+  local function reloads_logged(g)
+    local n = 0
+    for _ in g:error_log():gmatch('"msg":"reloaded ') do n = n + 1 end
+    return n
+  end
+  local g
+  before_each(function()
+    g = helpers.start('route { method = "GET", path = "/version", handler = function() return 200, "v1" end }',
+                      { workers = 2 })
+  end)
+  after_each(function() g:stop() end)
+
+  it("leaves the admin side answering while it loads", function()
+    helpers.write_file(g.file, config(g, 2, 2500))
+    local done = {}
+    local results = helpers.parallel({
+      function()
+        local code, out = g:ctl("reload")
+        done.reload = gw.monotonic_ms()
+        return { code, out }
+      end,
+      function()
+        gw.sleep(0.3) -- the reload is loading now
+        local code, out = g:ctl("status")
+        done.status = gw.monotonic_ms()
+        return { code, out }
+      end,
+    })
+    assert.equal(0, results[1][1], results[1][2])
+    assert.equal(0, results[2][1], results[2][2])
+    -- status did not wait for the load
+    assert.is_true(done.reload - done.status > 1000, ("status %d ms before the reload"):format(done.reload - done.status))
+    assert.equal("v2", g:request("GET", "/version").body)
+  end)
+
+  it("answers a reload asked during a load with a load of the file as it is then, shared by every ask", function()
+    helpers.write_file(g.file, config(g, 2, 1500))
+    local before = reloads_logged(g)
+    local results = helpers.parallel({
+      function() return { g:ctl("reload") } end,
+      function()
+        gw.sleep(0.3)
+        helpers.write_file(g.file, config(g, 3, 0))
+        return { g:ctl("reload") }
+      end,
+      function()
+        gw.sleep(0.4)
+        return { g:ctl("reload") }
+      end,
+    })
+    for i = 1, 3 do assert.equal(0, results[i][1], results[i][2]) end
+    assert.equal("v3", g:request("GET", "/version").body)
+    local logged
+    for _ = 1, 40 do
+      logged = reloads_logged(g) - before
+      if logged >= 2 then break end
+      gw.sleep(0.025)
+    end
+    assert.equal(2, logged) -- the first, then one for both asks made during it
+  end)
+
+  it("loads again when the file changes during a load, so every worker runs the same config", function()
+    helpers.write_file(g.file, config(g, 2, 1500))
+    local results = helpers.parallel({
+      function() return { g:ctl("reload") } end,
+      function()
+        gw.sleep(0.3)
+        helpers.write_file(g.file, config(g, 3, 0) .. "route { path = \n")
+        return { g:ctl("reload") }
+      end,
+    })
+    -- the first reload's file changed under it: it was loaded again, broken, like the second
+    for i = 1, 2 do
+      assert.equal(1, results[i][1], results[i][2])
+      assert.truthy(results[i][2]:find(g.file .. ":7: ", 1, true), results[i][2])
+      assert.truthy(results[i][2]:find("the running configuration is unchanged", 1, true), results[i][2])
+    end
+    for _ = 1, 10 do assert.equal("v1", g:request("GET", "/version").body) end
+  end)
+
+  it("checks a config without holding up the admin side", function()
+    helpers.write_file(g.file, config(g, 2, 2000))
+    local done = {}
+    local results = helpers.parallel({
+      function()
+        local code, out = g:ctl("check")
+        done.check = gw.monotonic_ms()
+        return { code, out }
+      end,
+      function()
+        gw.sleep(0.3)
+        local code, out = g:ctl("status")
+        done.status = gw.monotonic_ms()
+        return { code, out }
+      end,
+    })
+    assert.equal(0, results[1][1], results[1][2])
+    assert.truthy(results[1][2]:find("is valid (1 routes)", 1, true), results[1][2])
+    assert.is_true(done.check - done.status > 1000, ("status %d ms before the check"):format(done.check - done.status))
+    assert.equal("v1", g:request("GET", "/version").body, g:error_log()) -- a check applies nothing
+  end)
+
+  it("stops promptly when asked to during a load", function()
+    helpers.write_file(g.file, config(g, 2, 1500))
+    local results = helpers.parallel({
+      function() return { g:ctl("reload") } end,
+      function()
+        gw.sleep(0.3)
+        return { g:ctl("stop") }
+      end,
+    })
+    assert.equal(0, results[2][1], results[2][2])
+    assert.is_not.equal(0, results[1][1]) -- its gateway went away before the reload was applied
+    local how, status = helpers.wait_exit(g.pid, 10)
+    assert.same({ "exit", 0 }, { how, status }, g:error_log())
+    g.stopped, g.how, g.code = true, how, status
+  end)
+end)
+
 describe("gatewayctl without a gateway", function()
   it("says clearly that nothing answers", function()
     local ctl = helpers.gatewayd:gsub("gatewayd$", "gatewayctl")
