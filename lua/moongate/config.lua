@@ -60,8 +60,11 @@ local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = tr
 local TRACING_FIELDS = { endpoint = true, ratio = true, parent_based = true, service_name = true,
                          batch = true, queue = true, timeout = true, interval = true, headers = true }
 
-local function check_plugins_field(p, what)
+-- what: "plugins", or with name "route /x" (put together only for a message:
+-- most routes have no plugins table)
+local function check_plugins_field(p, what, name)
   if p == nil then return nil end
+  if name then what = what .. " " .. name end
   if type(p) ~= "table" then fail("%s: plugins must be a table { [\"name\"] = conf, ... }", what) end
   for k, v in pairs(p) do
     if type(k) ~= "string" then fail("%s: plugins must be keyed by plugin name (found [%s])", what, tostring(k)) end
@@ -545,7 +548,7 @@ local function make_env(st)
     end
     local file, line = where()
     local r = {
-      kind = "route", max_body = max_body, upgrade = upgrade, plugins = check_plugins_field(spec.plugins, "route " .. spec.path),
+      kind = "route", max_body = max_body, upgrade = upgrade, plugins = check_plugins_field(spec.plugins, "route", spec.path),
       path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
@@ -582,7 +585,7 @@ local function make_env(st)
         end
         if body.host ~= nil and type(body.host) ~= "string" then fail("group 'host' must be a string") end
         g.host = body.host
-        g.plugins = check_plugins_field(body.plugins, "group " .. prefix)
+        g.plugins = check_plugins_field(body.plugins, "group", prefix)
         if body.max_body ~= nil then
           g.max_body = size_value(body.max_body)
           if not g.max_body then fail("group 'max_body' must be a size like \"10m\" (0: no limit)") end

@@ -151,11 +151,14 @@ function M.resolve(st)
       fail_at(r.file, r.line, "route %s: upstream %s hashes on param:%s, which this path does not have",
               path, r.upstream, up.hash_param)
     end
+    local name = r.name or path
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
       chain = route_chain(st, r, path),
-      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body, upgrade = r.upgrade,
+      upstream = r.upstream, name = name, timeout = timeout, max_body = max_body, upgrade = r.upgrade,
       file = r.file, line = r.line,
+      -- ctx.route: what a handler may know about its route
+      info = { name = name, path = path, host = host, methods = r.methods, declared_at = r.file .. ":" .. r.line },
     }
   end
   for _, g in ipairs(st.group_list) do
