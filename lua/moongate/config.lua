@@ -75,21 +75,30 @@ local function check_plugins_field(p, what, name)
   return p
 end
 
+-- A method name as routes keep it (upper case), or "*".
+local function method_token(name)
+  if type(name) ~= "string" then fail("route methods must be strings") end
+  local up = name:upper()
+  if up ~= "*" and not METHODS[up] and not up:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+    fail("route method '%s' is not a valid method token", name)
+  end
+  return up
+end
+
 local function normalize_methods(spec)
   local m = spec.methods or spec.method
   if m == nil or m == "*" or m == "ANY" then return "*" end
-  if type(m) == "string" then m = { m } end
+  if type(m) == "string" then -- the usual method = "GET"
+    local up = method_token(m)
+    return up == "*" and "*" or { up }
+  end
   if type(m) ~= "table" or #m == 0 then
     fail("route 'method' must be a method name, a list of them, or \"*\"")
   end
   local out = {}
   for _, name in ipairs(m) do
-    if type(name) ~= "string" then fail("route methods must be strings") end
-    local up = name:upper()
+    local up = method_token(name)
     if up == "*" then return "*" end
-    if not METHODS[up] and not up:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
-      fail("route method '%s' is not a valid method token", name)
-    end
     out[#out + 1] = up
   end
   return out

@@ -6,7 +6,7 @@
 local check = require "moongate.config_check"
 local plugins = require "moongate.plugins"
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
 local fail_at = check.fail_at
 
 local M = {}
@@ -83,9 +83,9 @@ local function route_chain(st, r, path)
     eff = merge(above, configure_level(st, r.plugins, "route " .. path,
                                        function() return r.file end, function() return r.line end, above))
   end
+  if next(eff) == nil then return nil end -- no plugins, no chain
   local names = {}
   for name in pairs(eff) do names[#names + 1] = name end
-  if #names == 0 then return nil end
   table.sort(names)
   local entries, key = {}, {}
   for i, name in ipairs(names) do
