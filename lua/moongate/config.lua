@@ -60,8 +60,9 @@ local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = tr
 local TRACING_FIELDS = { endpoint = true, ratio = true, parent_based = true, service_name = true,
                          batch = true, queue = true, timeout = true, interval = true, headers = true }
 
--- what: "plugins", or with name "route /x" (put together only for a message:
--- most routes have no plugins table)
+-- A plugins table's check; its messages name the owner: what ("plugins"), or
+-- what and name ("route", "/x"), joined only when there is a table to check
+-- (most routes have none).
 local function check_plugins_field(p, what, name)
   if p == nil then return nil end
   if name then what = what .. " " .. name end
