@@ -551,21 +551,19 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         int r = lua_gettop(L);
         lua_getfield(L, r, "path");
         lua_getfield(L, r, "host");
-        lua_getfield(L, r, "file");
-        lua_getfield(L, r, "line");
         lua_getfield(L, r, "methods");
-        char where[512];
-        snprintf(where, sizeof(where), "%s:%d", lua_tostring(L, r + 3), (int)lua_tointeger(L, r + 4));
+        lua_getfield(L, r, "upstream");
+        lua_getfield(L, r, "info"); /* ctx.route: what a handler may know about its route */
+        lua_getfield(L, r + 5, "declared_at");
+        const char *where = lua_tostring(L, -1); /* "file:line"; alive while info is on the stack */
         mg_route_spec_t spec = {
             .id = i - 1,
-            .methods = methods_mask(L, r + 5),
+            .methods = methods_mask(L, r + 3),
             .host = lua_tostring(L, r + 2),
             .path = lua_tostring(L, r + 1),
             .where = where,
         };
-        lua_getfield(L, r, "upstream");
-        int proxied = lua_isstring(L, -1);
-        lua_pop(L, 1);
+        int proxied = lua_isstring(L, r + 4);
         if (proxied && (spec.methods & MG_M_CONNECT)) {
             /* a 2xx to CONNECT turns the upstream connection into a tunnel, which the proxy does not do */
             snprintf(err, errlen, "%s: route %s: CONNECT cannot be proxied (the gateway does not tunnel); "
@@ -582,10 +580,8 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         mg_route_t *route = &gen->routes[i - 1];
         lua_getfield(L, r, "handler");
         route->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        lua_getfield(L, r, "upstream");
-        if (lua_isstring(L, -1))
-            route->upstream = mg_gen_upstream(gen, lua_tostring(L, -1));
-        lua_pop(L, 1);
+        if (proxied)
+            route->upstream = mg_gen_upstream(gen, lua_tostring(L, r + 4));
         lua_getfield(L, r, "timeout");
         route->timeout_ms = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
@@ -622,18 +618,7 @@ static int compile_routes(mg_gen_t *gen, lua_State *L, int t, char *err, size_t 
         lua_getfield(L, r, "name");
         route->name = strdup(lua_tostring(L, -1));
         lua_pop(L, 1);
-        /* ctx.route: what a handler may know about its route */
-        lua_createtable(L, 0, 6);
-        lua_getfield(L, r, "name");
-        lua_setfield(L, -2, "name");
-        lua_pushvalue(L, r + 1);
-        lua_setfield(L, -2, "path");
-        lua_pushvalue(L, r + 2);
-        lua_setfield(L, -2, "host");
         lua_pushvalue(L, r + 5);
-        lua_setfield(L, -2, "methods");
-        lua_pushstring(L, where);
-        lua_setfield(L, -2, "declared_at");
         route->info_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         gen->nroutes = i;
         lua_settop(L, rt);

@@ -27,7 +27,7 @@ typedef struct route {
 
 typedef struct route_list {
     route_t **v;
-    size_t n;
+    size_t n, cap;
 } route_list_t;
 
 typedef struct static_edge {
@@ -37,8 +37,9 @@ typedef struct static_edge {
 } static_edge_t;
 
 typedef struct regex_edge {
-    char *source;
-    pcre2_code *code;         /* borrowed from the router's pattern table */
+    const char *source;       /* source and code borrowed from the router's pattern table */
+    size_t len;
+    pcre2_code *code;
     node_t *child;
 } regex_edge_t;
 
@@ -53,9 +54,9 @@ typedef struct pattern {
 
 struct node {
     static_edge_t *statics;   /* sorted by (len, bytes) for binary search */
-    size_t nstatics;
+    size_t nstatics, statics_cap;
     regex_edge_t *regexes;    /* declaration order */
-    size_t nregexes;
+    size_t nregexes, regexes_cap;
     node_t *param;
     route_list_t routes;      /* routes ending at this node */
     route_list_t catchalls;   /* routes with a catch-all at this position */
@@ -66,6 +67,7 @@ struct mg_router {
     size_t count;
     pcre2_match_data *md;
     route_t **all;
+    size_t all_cap;
     pattern_t *patterns;      /* open addressing, a power of two, at most half full */
     size_t npatterns, patterns_cap;
 };
@@ -114,10 +116,8 @@ static void node_free(node_t *n, int is_root)
         free(n->statics[i].seg);
         node_free(n->statics[i].child, 0);
     }
-    for (size_t i = 0; i < n->nregexes; i++) {
-        free(n->regexes[i].source);
+    for (size_t i = 0; i < n->nregexes; i++)
         node_free(n->regexes[i].child, 0);
-    }
     node_free(n->param, 0);
     free(n->statics);
     free(n->regexes);
@@ -157,6 +157,16 @@ void mg_router_free(mg_router_t *r)
 
 size_t mg_router_count(const mg_router_t *r) { return r->count; }
 
+/* Room for one more element in an array of n (capacity *cap), doubling: a root
+ * with 10,000 children, or the route table, is not reallocated per route. */
+static void *grow(void *v, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return v;
+    *cap = *cap ? 2 * *cap : 1; /* most nodes have one child, one route */
+    return mg_realloc(v, *cap * size);
+}
+
 static int cmp_seg(const char *a, size_t alen, const char *b, size_t blen)
 {
     if (alen != blen)
@@ -179,7 +189,7 @@ static node_t *static_child(node_t *n, const char *seg, size_t len, int create)
     }
     if (!create)
         return NULL;
-    n->statics = mg_realloc(n->statics, (n->nstatics + 1) * sizeof(*n->statics));
+    n->statics = grow(n->statics, n->nstatics, &n->statics_cap, sizeof(*n->statics));
     memmove(&n->statics[lo + 1], &n->statics[lo], (n->nstatics - lo) * sizeof(*n->statics));
     n->statics[lo].seg = mg_strndup(seg, len);
     n->statics[lo].len = len;
@@ -205,14 +215,17 @@ static pattern_t *pattern_slot(pattern_t *tab, size_t cap, const char *src, size
     }
 }
 
-/* The compiled form of a constraint: from the table, or compiled now. NULL with err on a bad regex. */
-static pcre2_code *pattern(mg_router_t *r, const char *src, size_t len, char *err, size_t errlen)
+/*
+ * The table's entry for a constraint: found, or compiled now. NULL with err on
+ * a bad regex. The entry moves when the table grows; its source and code stay.
+ */
+static const pattern_t *pattern(mg_router_t *r, const char *src, size_t len, char *err, size_t errlen)
 {
     uint64_t h = hash_bytes(src, len);
     if (r->patterns_cap) {
         pattern_t *p = pattern_slot(r->patterns, r->patterns_cap, src, len, h);
         if (p->code)
-            return p->code;
+            return p;
     }
     int ec;
     PCRE2_SIZE eo;
@@ -236,24 +249,25 @@ static pcre2_code *pattern(mg_router_t *r, const char *src, size_t len, char *er
         r->patterns = tab;
         r->patterns_cap = cap;
     }
-    *pattern_slot(r->patterns, r->patterns_cap, src, len, h) =
-        (pattern_t){ .source = mg_strndup(src, len), .len = len, .hash = h, .code = code };
+    pattern_t *p = pattern_slot(r->patterns, r->patterns_cap, src, len, h);
+    *p = (pattern_t){ .source = mg_strndup(src, len), .len = len, .hash = h, .code = code };
     r->npatterns++;
-    return code;
+    return p;
 }
 
 static node_t *regex_child(mg_router_t *r, node_t *n, const char *src, size_t len, char *err, size_t errlen)
 {
     for (size_t i = 0; i < n->nregexes; i++)
-        if (strlen(n->regexes[i].source) == len && memcmp(n->regexes[i].source, src, len) == 0)
+        if (n->regexes[i].len == len && memcmp(n->regexes[i].source, src, len) == 0)
             return n->regexes[i].child;
-    pcre2_code *code = pattern(r, src, len, err, errlen);
-    if (!code)
+    const pattern_t *p = pattern(r, src, len, err, errlen);
+    if (!p)
         return NULL;
-    n->regexes = mg_realloc(n->regexes, (n->nregexes + 1) * sizeof(*n->regexes));
+    n->regexes = grow(n->regexes, n->nregexes, &n->regexes_cap, sizeof(*n->regexes));
     regex_edge_t *e = &n->regexes[n->nregexes++];
-    e->source = mg_strndup(src, len);
-    e->code = code;
+    e->source = p->source;
+    e->len = p->len;
+    e->code = p->code;
     e->child = mg_calloc(1, sizeof(node_t));
     return e->child;
 }
@@ -309,7 +323,7 @@ static int list_insert(route_list_t *l, route_t *rt, char *err, size_t errlen)
     size_t pos = l->n;
     while (pos > 0 && before(rt, l->v[pos - 1]))
         pos--;
-    l->v = mg_realloc(l->v, (l->n + 1) * sizeof(*l->v));
+    l->v = grow(l->v, l->n, &l->cap, sizeof(*l->v));
     memmove(&l->v[pos + 1], &l->v[pos], (l->n - pos) * sizeof(*l->v));
     l->v[pos] = rt;
     l->n++;
@@ -420,7 +434,7 @@ int mg_router_add(mg_router_t *r, const mg_route_spec_t *spec, char *err, size_t
     }
     if (list_insert(catchall ? &n->catchalls : &n->routes, rt, err, errlen) != MG_OK)
         goto fail;
-    r->all = mg_realloc(r->all, (r->count + 1) * sizeof(*r->all));
+    r->all = grow(r->all, r->count, &r->all_cap, sizeof(*r->all));
     r->all[r->count++] = rt;
     return MG_OK;
 fail:

@@ -25,6 +25,17 @@ local fail, where, Located = check.fail, check.where, check.Located
 local check_fields, list_field = check.check_fields, check.list_field
 local size_value = check.size
 
+-- A config file's chunk is straight-line code: one call per directive. Each
+-- directive's trace would end returning to a new call site in it, so the JIT
+-- would compile a side trace per route until it gives up (most of a
+-- 10,000-route load); interpreted, the chunk runs once at no such cost. Only
+-- the chunk itself: the functions it defines (handlers) are compiled as usual.
+local function load_config_chunk(file)
+  local chunk, err = loadfile(file)
+  if chunk then jit.off(chunk) end
+  return chunk, err
+end
+
 --- Parses "250ms", "10s", "2m", "1h" or a number of seconds into milliseconds.
 M.duration = check.duration
 
@@ -49,8 +60,12 @@ local TIMEOUT_FIELDS = { header = true, body = true, keepalive = true, send = tr
 local TRACING_FIELDS = { endpoint = true, ratio = true, parent_based = true, service_name = true,
                          batch = true, queue = true, timeout = true, interval = true, headers = true }
 
-local function check_plugins_field(p, what)
+-- A plugins table's check; its messages name the owner: what ("plugins"), or
+-- what and name ("route", "/x"), joined only when there is a table to check
+-- (most routes have none).
+local function check_plugins_field(p, what, name)
   if p == nil then return nil end
+  if name then what = what .. " " .. name end
   if type(p) ~= "table" then fail("%s: plugins must be a table { [\"name\"] = conf, ... }", what) end
   for k, v in pairs(p) do
     if type(k) ~= "string" then fail("%s: plugins must be keyed by plugin name (found [%s])", what, tostring(k)) end
@@ -61,21 +76,30 @@ local function check_plugins_field(p, what)
   return p
 end
 
+-- A method name as routes keep it (upper case), or "*".
+local function method_token(name)
+  if type(name) ~= "string" then fail("route methods must be strings") end
+  local up = name:upper()
+  if up ~= "*" and not METHODS[up] and not up:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+    fail("route method '%s' is not a valid method token", name)
+  end
+  return up
+end
+
 local function normalize_methods(spec)
   local m = spec.methods or spec.method
   if m == nil or m == "*" or m == "ANY" then return "*" end
-  if type(m) == "string" then m = { m } end
+  if type(m) == "string" then -- the usual method = "GET"
+    local up = method_token(m)
+    return up == "*" and "*" or { up }
+  end
   if type(m) ~= "table" or #m == 0 then
     fail("route 'method' must be a method name, a list of them, or \"*\"")
   end
   local out = {}
   for _, name in ipairs(m) do
-    if type(name) ~= "string" then fail("route methods must be strings") end
-    local up = name:upper()
+    local up = method_token(name)
     if up == "*" then return "*" end
-    if not METHODS[up] and not up:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
-      fail("route method '%s' is not a valid method token", name)
-    end
     out[#out + 1] = up
   end
   return out
@@ -534,7 +558,7 @@ local function make_env(st)
     end
     local file, line = where()
     local r = {
-      kind = "route", max_body = max_body, upgrade = upgrade, plugins = check_plugins_field(spec.plugins, "route " .. spec.path),
+      kind = "route", max_body = max_body, upgrade = upgrade, plugins = check_plugins_field(spec.plugins, "route", spec.path),
       path = spec.path, host = spec.host, name = spec.name,
       methods = normalize_methods(spec), handler = spec.handler, upstream = spec.upstream, timeout = timeout,
       file = file, line = line, parent = st.groups[#st.groups],
@@ -571,7 +595,7 @@ local function make_env(st)
         end
         if body.host ~= nil and type(body.host) ~= "string" then fail("group 'host' must be a string") end
         g.host = body.host
-        g.plugins = check_plugins_field(body.plugins, "group " .. prefix)
+        g.plugins = check_plugins_field(body.plugins, "group", prefix)
         if body.max_body ~= nil then
           g.max_body = size_value(body.max_body)
           if not g.max_body then fail("group 'max_body' must be a size like \"10m\" (0: no limit)") end
@@ -611,7 +635,7 @@ local function make_env(st)
       fail("include: no such file: %s", pattern)
     end
     for _, f in ipairs(files) do
-      local chunk, err = loadfile(f)
+      local chunk, err = load_config_chunk(f)
       if not chunk then
         -- a syntax error message already reads "file:line: ..."
         error(setmetatable({ msg = err }, Located), 0)
@@ -640,7 +664,7 @@ end
 
 --- Loads a config file. Returns the config table, or nil and "file:line: message".
 function M.load(path)
-  local chunk, err = loadfile(path)
+  local chunk, err = load_config_chunk(path)
   if not chunk then return nil, err end
   local st = new_state(path)
   setfenv(chunk, make_env(st))

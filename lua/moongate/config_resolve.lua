@@ -6,7 +6,7 @@
 local check = require "moongate.config_check"
 local plugins = require "moongate.plugins"
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
 local fail_at = check.fail_at
 
 local M = {}
@@ -83,9 +83,9 @@ local function route_chain(st, r, path)
     eff = merge(above, configure_level(st, r.plugins, "route " .. path,
                                        function() return r.file end, function() return r.line end, above))
   end
+  if next(eff) == nil then return nil end -- no plugins, no chain
   local names = {}
   for name in pairs(eff) do names[#names + 1] = name end
-  if #names == 0 then return nil end
   table.sort(names)
   local entries, key = {}, {}
   for i, name in ipairs(names) do
@@ -151,11 +151,14 @@ function M.resolve(st)
       fail_at(r.file, r.line, "route %s: upstream %s hashes on param:%s, which this path does not have",
               path, r.upstream, up.hash_param)
     end
+    local name = r.name or path
     out[i] = {
       id = i, path = path, host = host, methods = r.methods, handler = r.handler,
       chain = route_chain(st, r, path),
-      upstream = r.upstream, name = r.name or path, timeout = timeout, max_body = max_body, upgrade = r.upgrade,
+      upstream = r.upstream, name = name, timeout = timeout, max_body = max_body, upgrade = r.upgrade,
       file = r.file, line = r.line,
+      -- ctx.route: what a handler may know about its route
+      info = { name = name, path = path, host = host, methods = r.methods, declared_at = r.file .. ":" .. r.line },
     }
   end
   for _, g in ipairs(st.group_list) do

@@ -43,6 +43,14 @@ route { method = "GET", path = "/dead-ctx", handler = function(ctx)
   saved_ctx = ctx
   return 200, "saved"
 end }
+local function route_info(ctx)
+  local r = ctx.route
+  return 200, { name = r.name, path = r.path, host = r.host or "none", methods = r.methods, declared_at = r.declared_at }
+end
+route { methods = { "get", "POST" }, path = "/route-info/{id}", handler = route_info }
+group "/grouped" { host = "api.test", routes = {
+  route { path = "/info", name = "grouped-info", handler = route_info },
+} }
 route { method = "GET", path = "/use-dead-ctx", handler = function(ctx)
   local ok, err = pcall(function() return saved_ctx.request.method end)
   local id_ok, id_err = pcall(function() return saved_ctx.trace_id end)
@@ -113,6 +121,27 @@ describe("Lua handlers", function()
       assert.truthy(line:find("gateway.lua:", 1, true))
     end
     assert.equal(200, g:request("GET", "/fast").status)
+  end)
+
+  it("tells a handler its route in ctx.route: name, full path, host, methods, file:line", function()
+    local f = assert(io.open(g.file))
+    local written = f:read("*a") -- the config as written, with the lines the test kit adds
+    f:close()
+    local function line_of(text)
+      local n = 1
+      for l in written:gmatch("([^\n]*)\n") do
+        if l:find(text, 1, true) then return g.file .. ":" .. n end
+        n = n + 1
+      end
+    end
+    local res = g:request("POST", "/route-info/7")
+    assert.equal(200, res.status)
+    assert.same({ name = "/route-info/{id}", path = "/route-info/{id}", host = "none", methods = { "GET", "POST" },
+                  declared_at = line_of('path = "/route-info/{id}"') }, res.json)
+    res = g:request("GET", "/grouped/info", { host = "api.test" })
+    assert.equal(200, res.status)
+    assert.same({ name = "grouped-info", path = "/grouped/info", host = "api.test", methods = "*",
+                  declared_at = line_of('name = "grouped-info"') }, res.json)
   end)
 
   it("accepts ctx.response instead of return values", function()
