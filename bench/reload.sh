@@ -33,6 +33,7 @@ done
 echo "reload of $ROUTES routes, $WORKERS worker(s): ${times[*]} ms (gatewayctl reload, wall clock)"
 measure() { taskset -c 1 wrk -t1 -c20 -d"${DURATION}s" --latency "http://127.0.0.1:18296/svc$((ROUTES / 2))/items/7" \
   | awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /Non-2xx|Socket errors/ {bad=$0} END {printf "%s rps, p50 %s, p99 %s %s", rps, p50, p99, bad}'; }
+measure >/dev/null # warm-up: the first run after start pays for the JIT's first traces
 # rounds alternate: without reloads, then while reloading back to back
 for r in $(seq "${ROUNDS:-3}"); do
   echo "round $r without reloads: $(measure)"

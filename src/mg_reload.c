@@ -21,6 +21,7 @@
 #include "mg_admin.h"
 #include "mg_bgjob.h"
 #include "mg_log.h"
+#include "mg_lua.h"
 
 typedef struct reload reload_t;
 
@@ -50,6 +51,9 @@ static void load_work(void *arg)
     mg_admin_t *a = l->r->a;
     mg_worker_t *w = &a->workers[l->worker];
     l->gen = mg_gen_load(a->file, w->base, w, l->cfg, l->err, sizeof(l->err));
+    /* the load's garbage (tens of MB for 10,000 routes) is swept here, not by the worker's first requests */
+    if (l->gen)
+        lua_gc(l->gen->vm->L, LUA_GCCOLLECT, 0);
 }
 
 static int str_differ(const char *x, const char *y) { return (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0); }
