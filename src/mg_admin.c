@@ -332,7 +332,8 @@ static int check_file(const char *file, int json, mg_text_t *t)
     memset(&cfg, 0, sizeof(cfg));
     struct event_base *base = event_base_new();
     mg_gen_t *gen = mg_gen_load(file, base, NULL, &cfg, err, sizeof(err));
-    if (gen) {
+    int ok = gen != NULL;
+    if (ok) {
         mg_text_json(t, file);
         mg_text_add(t, " is valid (%d routes)\n", gen->nroutes);
         mg_gen_free(gen);
@@ -341,7 +342,7 @@ static int check_file(const char *file, int json, mg_text_t *t)
     }
     event_base_free(base);
     mg_config_free(&cfg);
-    return gen != NULL;
+    return ok;
 }
 
 static int routes_of(const char *file, int json, mg_text_t *t)

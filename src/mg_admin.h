@@ -45,6 +45,7 @@ typedef struct mg_admin {
     double started;               /* wall time */
     uint64_t reloads, reload_failures;
     struct reload *loading;       /* the reload loading now, or NULL (mg_reload.c) */
+    uint64_t loading_since_ms;    /* when it was asked for (its first load, if it loads again) */
     uint64_t reload_number;       /* of the last reload started */
     int reload_again;             /* asked for during that load: the next one starts when it ends */
     int closing;                  /* mg_admin_close ran: a load that ends now is dropped */

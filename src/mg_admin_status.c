@@ -242,6 +242,10 @@ void mg__admin_status_fields(mg_admin_t *a, mg_text_t *o)
     mg_text_json(o, a->file);
     mg_text_add(o, "\",\"uptime_s\":%.0f,\"reloads\":%llu,\"reload_failures\":%llu,",
                 mg_wall_time() - a->started, (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
+    if (a->loading)
+        mg_text_add(o, "\"reload_loading_ms\":%llu,", (unsigned long long)(mg_now_ms() - a->loading_since_ms));
+    else
+        mg_text_add(o, "\"reload_loading_ms\":null,");
     /* the C side's allocations in use (LuaJIT's heaps are its own: see the Lua figures per worker) */
     struct mallinfo2 mi = mallinfo2();
     mg_text_add(o, "\"memory\":{\"resident_kb\":%ld,\"heap_in_use\":%zu},\"workers\":[", resident_kb(),
@@ -276,8 +280,11 @@ void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
     view_build(&v);
     mg_text_add(o, "gatewayd %s, config ", MG_VERSION);
     mg_text_json(o, a->file);
-    mg_text_add(o, ", up %.0f s, %llu reloads (%llu refused)\n", up, (unsigned long long)a->reloads,
+    mg_text_add(o, ", up %.0f s, %llu reloads (%llu refused)", up, (unsigned long long)a->reloads,
                 (unsigned long long)a->reload_failures);
+    if (a->loading)
+        mg_text_add(o, ", a reload loading for %llu ms (on idle CPU)", (unsigned long long)(mg_now_ms() - a->loading_since_ms));
+    mg_text_add(o, "\n");
     for (int i = 0; i < a->nworkers; i++)
         worker_text(o, &a->workers[i]);
     mg_text_add(o, "semaphores:\n");

@@ -125,7 +125,7 @@ void mg_gen_stop(mg_gen_t *gen);
 void mg_gen_bury(mg_gen_t *gen);
 /* Whether generations wait in the graveyard; any thread. */
 int mg_gen_graveyard_has(void);
-/* Frees buried generations; any thread, one at a time (at exit: after the workers stopped). */
+/* Frees buried generations; any thread (at exit: after the workers stopped). */
 void mg_gen_graveyard_empty(void);
 
 /* Parses "host:port", "[v6]:port" or ":port" into addr. */

@@ -195,6 +195,8 @@ static reload_t *start(mg_admin_t *a, uint64_t number, int torn)
     r->number = number;
     r->torn = torn;
     r->started_ms = mg_now_ms();
+    if (!torn)
+        a->loading_since_ms = r->started_ms;
     mg_file_id(a->file, &r->before);
     r->pending = a->nworkers;
     for (int i = 0; i < a->nworkers; i++)

@@ -285,7 +285,9 @@ describe("a reload that takes a while", function()
     assert.equal(0, reload[1], reload[2])
     assert.equal(0, status[1], status[2])
     assert.is_true(sooner > 1000, ("status answered %d ms before the reload"):format(sooner))
+    assert.truthy(status[2]:find("a reload loading for %d+ ms"), status[2]) -- and said so
     assert.equal("v2", g:request("GET", "/version").body)
+    assert.equal(gw.null, gw.json.decode(select(2, g:ctl("status", "--json"))).reload_loading_ms)
   end)
 
   it("answers a reload asked during a load with a load of the file as it is then, shared by every ask", function()
