@@ -15,6 +15,13 @@
  * RLIMIT_NICE of at least 1 (systemd: LimitNICE=19); without either, jobs
  * run at that nice from the start instead (mg_bgjob_idle_allowed).
  *
+ * A job at idle priority must not hold what a worker waits for: jobs share
+ * with workers only short critical sections (the allocator's arenas, the log
+ * ring), so a worker that blocks on one sleeps, its core idles and the job
+ * runs at once. (On a core that other processes keep busy, that wait lasts
+ * until the job gets its small share: the price of never taking CPU from a
+ * worker.)
+ *
  * Everything here but the job's work runs on the main thread, on the loop
  * given to mg_bgjob_start. The main thread never waits for a job: it is
  * told on its loop when the job ended (an eventfd), so the admin side, the
