@@ -67,7 +67,8 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
     int sig = (int)si.ssi_signo;
     char err[2048];
     if (sig == SIGHUP) {
-        mg_admin_reload(c->admin); /* a refusal is logged */
+        mg_log_info(NULL, "SIGHUP: reloading %s", c->admin->file);
+        mg_admin_reload(c->admin); /* the outcome is logged */
         return;
     }
     if (sig == SIGUSR1) {
@@ -329,7 +330,8 @@ int main(int argc, char **argv)
         mg_log_info(NULL, "stop requested: draining (up to %u ms) and stopping", drain_ms);
     }
     mg_admin_close(&admin);
-    mg_bgjob_finish_all(); /* a reload still loading is dropped */
+    mg_gen_load_cancel_all(); /* a reload, check or routes still loading ends now, and is dropped */
+    mg_bgjob_finish_all();
     mg_timeline_stop();
     event_free(sig_ev);
     event_free(tick);

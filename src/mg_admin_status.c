@@ -280,10 +280,10 @@ void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json)
     view_build(&v);
     mg_text_add(o, "gatewayd %s, config ", MG_VERSION);
     mg_text_json(o, a->file);
-    mg_text_add(o, ", up %.0f s, %llu reloads (%llu refused)", up, (unsigned long long)a->reloads,
+    mg_text_add(o, ", up %.0f s, %llu reloads, %llu refused", up, (unsigned long long)a->reloads,
                 (unsigned long long)a->reload_failures);
     if (a->loading)
-        mg_text_add(o, ", a reload loading for %llu ms (on idle CPU)", (unsigned long long)(mg_now_ms() - a->loading_since_ms));
+        mg_text_add(o, ", a reload loading for %llu ms", (unsigned long long)(mg_now_ms() - a->loading_since_ms));
     mg_text_add(o, "\n");
     for (int i = 0; i < a->nworkers; i++)
         worker_text(o, &a->workers[i]);
@@ -532,9 +532,7 @@ int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t
     lua_pushliteral(L, "moongate.config");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, json ? "describe_json" : "describe");
-    lua_getfield(L, -2, "load");
-    lua_pushstring(L, file);
-    lua_call(L, 1, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, MG_LOADED_CONFIG);
     lua_call(L, 1, 1);
     size_t n;
     const char *text = lua_tolstring(L, -1, &n);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "mg_core.h"
+#include "mg_log.h"
 
 typedef struct job {
     mg_bgjob_fn work, done;
@@ -52,6 +53,10 @@ static void probe(void)
     int ok = 0;
     if (pthread_create(&t, NULL, probe_thread, &ok) == 0 && pthread_join(t, NULL) == 0)
         idle_allowed = ok;
+    if (!idle_allowed)
+        mg_log_info(NULL, "reloads and other background work run at nice %d, not on idle CPU only: leaving "
+                          "SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of at least 1 (systemd: LimitNICE=19)",
+                    MG_BGJOB_NICE);
 }
 
 int mg_bgjob_idle_allowed(void)

@@ -659,6 +659,17 @@ static int read_trusted_proxies(mg_gen_t *gen, lua_State *L, int t, char *err, s
     return MG_OK;
 }
 
+static int loads_cancelled; /* mg_gen_load_cancel_all */
+
+void mg_gen_load_cancel_all(void) { __atomic_store_n(&loads_cancelled, 1, __ATOMIC_RELAXED); }
+
+/* A config's code can run for long (a large file, a loop at its top): a load is never what keeps a stop waiting. */
+static void load_hook(lua_State *L, lua_Debug *ar)
+{
+    if (__atomic_load_n(&loads_cancelled, __ATOMIC_RELAXED))
+        luaL_error(L, "the gateway is stopping");
+}
+
 mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
                       char *err, size_t errlen)
 {
@@ -675,7 +686,10 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "load");
     lua_pushstring(L, file);
-    if (lua_pcall(L, 1, 2, 0) != 0) {
+    lua_sethook(L, load_hook, LUA_MASKCOUNT, 10000);
+    int rc = lua_pcall(L, 1, 2, 0);
+    lua_sethook(L, NULL, 0, 0);
+    if (rc != 0) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto fail;
     }
@@ -714,6 +728,8 @@ mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, m
         }
         lua_pop(L, 1);
     }
+    lua_pushvalue(L, t); /* what describes the routes (mg__admin_routes) without loading the file again */
+    lua_setfield(L, LUA_REGISTRYINDEX, MG_LOADED_CONFIG);
     lua_settop(L, 0);
     return gen;
 fail:

@@ -103,6 +103,9 @@ mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name);
 /* The generation's redis pool with this name, or NULL. */
 mg_redis_t *mg_gen_redis(mg_gen_t *gen, const char *name);
 
+/* The registry key of the config table a generation's VM was loaded from (moongate.config's load). */
+#define MG_LOADED_CONFIG "moongate.loaded_config"
+
 /*
  * Loads `file` into a new generation running on `base`. When cfg is not NULL
  * the settings are filled in too (and `listen_override`, if set, replaces the
@@ -111,6 +114,8 @@ mg_redis_t *mg_gen_redis(mg_gen_t *gen, const char *name);
 mg_gen_t *mg_gen_load(const char *file, struct event_base *base, void *worker, mg_config_t *cfg,
                       char *err, size_t errlen);
 void mg_gen_free(mg_gen_t *gen);
+/* At exit: every load running or still to come fails soon ("the gateway is stopping"); any thread. */
+void mg_gen_load_cancel_all(void);
 
 /*
  * On the generation's loop thread: stops what it runs on the loop (timers,

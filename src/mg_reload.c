@@ -128,8 +128,10 @@ static void publish(reload_t *r)
     for (int i = 0; i < a->nworkers; i++)
         mg_worker_post_gen(&a->workers[i], r->loads[i].gen);
     a->reloads++;
-    mg_log_info(NULL, "reloaded %s: %d routes in %llu ms", a->file, r->loads[0].gen->nroutes,
-                (unsigned long long)(mg_now_ms() - r->started_ms));
+    /* from the ask: a load that ran again because the file changed is part of it */
+    mg_log_info(NULL, "reloaded %s: %d routes in %llu ms%s", a->file, r->loads[0].gen->nroutes,
+                (unsigned long long)(mg_now_ms() - a->loading_since_ms),
+                r->torn ? " (loaded again: the file changed during a load)" : "");
     mg__admin_reloaded(a, r->number, NULL, before);
     free(before);
 }
@@ -172,11 +174,14 @@ static void load_done(void *arg)
         for (int i = 0; i < a->nworkers; i++)
             if (r->loads[i].gen)
                 mg_gen_bury(r->loads[i].gen); /* never installed; freed off this thread */
-        if (failed) {
+        if (a->closing) {
+            mg_log_info(NULL, "reload dropped: the gateway is stopping");
+            failed = "the gateway is stopping";
+        } else {
             a->reload_failures++;
             mg_log_error(NULL, "reload refused, the running configuration is unchanged: %s", failed);
         }
-        mg__admin_reloaded(a, r->number, failed ? failed : "the gateway is stopping", NULL);
+        mg__admin_reloaded(a, r->number, failed, NULL);
     } else {
         publish(r);
     }

@@ -326,7 +326,14 @@ describe("HTTP/2 drain and reload", function()
     -- nghttp (nghttp2-client) keeps reading after GOAWAY, as a client must for the streams below last_stream_id
     local pid = assert(gw.process.spawn({ "/usr/bin/nghttp", "-v", ("http://127.0.0.1:%d/slow"):format(g.port) },
                                         { stdout = dir .. "/out", stderr = dir .. "/err" }))
-    gw.sleep(0.2)
+    -- its stream is in flight once its connection is open (the handler takes 0.6 s): then the drain
+    for _ = 1, 100 do
+      local open = 0
+      for _, w in ipairs(gw.json.decode(select(2, g:ctl("status", "--json"))).workers) do open = open + w.connections end
+      if open > 0 then break end
+      gw.sleep(0.02)
+    end
+    gw.sleep(0.05)
     local code, out = g:ctl("stop", "--drain", "5")
     assert.equal(0, code, out)
     helpers.wait_exit(pid, 20)
