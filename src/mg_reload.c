@@ -14,7 +14,6 @@
  * the loads and after them; when it changed, the loads are dropped
  * and run again, at most MAX_TORN times (then the reload is refused).
  */
-#define MAX_TORN 5
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +21,8 @@
 #include "mg_bgjob.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+
+#define MAX_TORN 5
 
 typedef struct reload reload_t;
 
@@ -37,7 +38,6 @@ typedef struct load {
 struct reload {
     mg_admin_t *a;
     uint64_t number;
-    uint64_t started_ms;
     int torn;                     /* times the file changed during the loads */
     mg_file_id_t before;
     int pending;                  /* loads not yet ended */
@@ -199,9 +199,8 @@ static reload_t *start(mg_admin_t *a, uint64_t number, int torn)
     r->a = a;
     r->number = number;
     r->torn = torn;
-    r->started_ms = mg_now_ms();
     if (!torn)
-        a->loading_since_ms = r->started_ms;
+        a->loading_since_ms = mg_now_ms();
     mg_file_id(a->file, &r->before);
     r->pending = a->nworkers;
     for (int i = 0; i < a->nworkers; i++)
