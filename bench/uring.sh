@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Could io_uring cut the kernel's share of a proxied W1 request? Builds the
+# prototype bench/uring/proxy.c (one small keep-alive proxy, two event cores:
+# epoll as libevent gives Moongate, and io_uring variants) and measures it
+# next to Moongate itself in one run, rounds alternating: rps and CPU per
+# request split into user and kernel time (/proc/<pid>/stat over a wrk run),
+# then system calls per request over REQUESTS requests (perf's syscall
+# tracepoint, strace -c -f for which ones; for io_uring that is io_uring_enter)
+# and the proxies' own counts.
+# Every server runs on CPU 0 (one worker), wrk and the upstream nginx
+# ("hello world\n", as the shared harness's W1) on CPU 1.
+#
+#   bench/uring.sh [path/to/gatewayd]    DURATION=3 ROUNDS=5 CONNS=50 REQUESTS=20000
+#                                        VARIANTS="uring,defer ..." PORT_BASE=18760
+# Needs liburing-dev (bench only: `make test` does not), wrk, nginx, strace, perf, h2load.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+gatewayd=${1:-$here/../build/gatewayd}
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-50}
+REQUESTS=${REQUESTS:-20000}
+# the io_uring variants (proxy.c's header says what each word does)
+VARIANTS=${VARIANTS:-"uring uring,coop uring,defer uring,defer,pollfirst uring,multishot,defer uring,sendskip,defer uring,multishot,sendskip,defer"}
+LOAD_CPU=1
+base=${PORT_BASE:-18760}
+UP_PORT=$base GW_PORT=$((base + 1))
+
+for t in cc wrk nginx strace perf h2load curl taskset; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
+if ! printf '#include <liburing.h>\n' | cc -E -x c - >/dev/null 2>&1; then
+  echo "liburing.h is missing: install liburing-dev (Debian: apt-get install -y liburing-dev)."
+  echo "Only this benchmark needs it; the gateway and make test do not."
+  exit 1
+fi
+[ -x "$gatewayd" ] || { echo "$gatewayd is missing: build Moongate first (make build)"; exit 1; }
+. "$here/lib.sh"
+bench_scratch
+cc -O2 -Wall -Wextra -o "$dir/proxy" "$here/uring/proxy.c" -luring
+
+# the upstream and Moongate's config (routes.tsv, gw.lua) as bench/syscalls.sh has them
+anchor_configs "$dir" $UP_PORT $GW_PORT
+pids+=("$(taskset -c $LOAD_CPU bash -c ". '$here/lib.sh'; start_nginx '$dir' '$dir/upstream.conf' 'http://127.0.0.1:$UP_PORT/'")")
+want=$(curl -sf "http://127.0.0.1:$UP_PORT/plain/hello")
+
+# the servers, all on CPU 0 (idle ones cost nothing): name, pid, port
+names=() ports=()
+declare -A pid_of port_of
+port=$((base + 2))
+for mode in epoll $VARIANTS; do
+  taskset -c 0 "$dir/proxy" "$mode" $port $UP_PORT 2>"$dir/$mode.err" & pid_of[$mode]=$!; pids+=($!)
+  names+=("$mode"); port_of[$mode]=$port; port=$((port + 1))
+done
+taskset -c 0 "$gatewayd" -c "$dir/gw.lua" -w 1 2>"$dir/gw.err" & pid_of[moongate]=$!; pids+=($!)
+names+=(moongate); port_of[moongate]=$GW_PORT
+
+# smoke: one request through each must return the upstream's body, or nothing is measured
+for n in "${names[@]}"; do
+  got=""
+  for _ in $(seq 50); do got=$(curl -sf "http://127.0.0.1:${port_of[$n]}/plain/hello" || true); [ -n "$got" ] && break; sleep 0.1; done
+  [ "$got" = "$want" ] || { echo "smoke: $n returned '$got', not the upstream's '$want'"; cat "$dir/$n.err" 2>/dev/null; exit 1; }
+done
+echo "smoke: ${#names[@]} servers return the upstream body"
+
+echo "## $(date -u +%Y-%m-%d): W1 through the io_uring prototype, same run ($ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS)"
+echo
+printf '| server | round | rps | p50 | p99 | CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|\n'
+for n in "${names[@]}"; do [ "$n" = moongate ] || kill -USR1 "${pid_of[$n]}"; done
+all=$ROUNDS
+ROUNDS=1
+for r in $(seq "$all"); do
+  for n in "${names[@]}"; do
+    measure "$n" "${pid_of[$n]}" "http://127.0.0.1:${port_of[$n]}/plain/hello" | sed "s/| 1 |/| $r |/"
+  done
+done | tee "$dir/rows"
+for n in "${names[@]}"; do [ "$n" = moongate ] || kill -USR1 "${pid_of[$n]}"; done
+sleep 0.3
+
+# system calls per request: counted by perf's raw_syscalls:sys_enter tracepoint
+# (no stop per call: the batching stays as without it), then under strace -c -f
+# for which ones (strace stops the server at every call, so its batches grow
+# and the epoll_wait / io_uring_enter share shrinks). Prints "perf|strace|top".
+sc_count() {
+  local pid=$1 url=$2 st
+  run_h2() { taskset -c $LOAD_CPU h2load --h1 -n "$1" -c "$CONNS" "$url" | grep -q "status codes: $1 2xx" || { echo "$url: not every request got a 2xx" >&2; return 1; }; }
+  run_h2 5000 # warm-up
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$dir/perf.out" & st=$!
+  sleep 0.5; run_h2 "$REQUESTS"; sleep 0.3; kill -INT $st; wait $st 2>/dev/null || true
+  strace -c -f -q -p "$pid" -o "$dir/strace.out" & st=$!
+  sleep 0.5; run_h2 "$REQUESTS"; sleep 0.3; kill -INT $st; wait $st 2>/dev/null || true
+  awk -F, -v n="$REQUESTS" '$3 ~ /raw_syscalls:sys_enter/ {printf "%.2f|", $1 / n}' "$dir/perf.out"
+  awk -v n="$REQUESTS" '$1 ~ /^[0-9.]+$/ && $NF != "total" {c[$NF] = ($4 ~ /^[0-9]+$/) ? $4 : $(NF-1)}
+    END { top = ""; for (s in c) { t += c[s]; if (c[s] / n >= 0.05) top = top sprintf("%s %.2f, ", s, c[s] / n) }
+          printf "%.2f|%s\n", t / n, substr(top, 1, length(top) - 2) }' "$dir/strace.out"
+}
+declare -A pf_of sc_of top_of
+for n in "${names[@]}"; do
+  sc_count "${pid_of[$n]}" "http://127.0.0.1:${port_of[$n]}/plain/hello" > "$dir/sc"
+  IFS='|' read -r pf_of[$n] sc_of[$n] top_of[$n] < "$dir/sc"
+done
+
+# the proxies' own counts over the measured rounds (the two SIGUSR1 dumps): no strace
+own() { # name -> "syscalls/req turns/req"
+  awk '/requests,/ {r[++k] = $2; t[k] = $4; s[k] = $7} END { if (k >= 2 && r[2] > r[1])
+    printf "%.2f %.2f\n", (s[2] - s[1]) / (r[2] - r[1]), (t[2] - t[1]) / (r[2] - r[1]); else printf "- -\n" }' "$dir/$1.err"
+}
+med() { sort -n | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+col() { awk -F'|' -v g="$1" -v c="$2" '{x = $2; gsub(/ /, "", x)} x == g {v = $c; gsub(/ /, "", v); if (v ~ /ms$/) v = v * 1000; else if (v ~ /us$/) v = v + 0; print v + 0}' "$dir/rows" | med; }
+echo
+echo "Medians of $all rounds. System calls per request over $REQUESTS requests (h2load --h1 -c$CONNS):"
+echo "perf (raw_syscalls:sys_enter), then strace -c -f and its largest; own: the proxy's own count of its"
+echo "system calls (io_uring_enter once per loop turn) and loop turns per request over the measured wrk rounds."
+echo
+echo "| server | rps | user µs/req | kernel µs/req | CPU µs/req | syscalls/req (perf) | strace | of which (strace, ≥ 0.05/req) | own: syscalls, turns /req |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for n in "${names[@]}"; do
+  os=- ot=-
+  [ "$n" = moongate ] || read -r os ot < <(own "$n")
+  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s, %s |\n' "$n" "$(col "$n" 4)" "$(col "$n" 8)" "$(col "$n" 9)" "$(col "$n" 7)" \
+    "${pf_of[$n]}" "${sc_of[$n]}" "${top_of[$n]}" "$os" "$ot"
+done
