@@ -59,7 +59,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { BUF = 16384, RING = 4096, BR_ENTRIES = 1024, BR_SIZE = 4096 };
+enum { BUF = 16384, RING = 4096 };
 enum { OP_RECV = 0, OP_SEND = 1, OP_MASK = 1 }; /* low bit of user_data */
 
 struct conn {
