@@ -26,7 +26,7 @@ LOAD_CPU=1
 base=${PORT_BASE:-18760}
 UP_PORT=$base GW_PORT=$((base + 1))
 
-for t in cc wrk nginx strace perf h2load curl taskset; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
+for t in cc wrk nginx strace perf h2load curl taskset /usr/bin/time; do command -v $t >/dev/null || { echo "$t is missing"; exit 1; }; done
 if ! printf '#include <liburing.h>\n' | cc -E -x c - >/dev/null 2>&1; then
   echo "liburing.h is missing: install liburing-dev (Debian: apt-get install -y liburing-dev)."
   echo "Only this benchmark needs it; the gateway and make test do not."
@@ -61,15 +61,37 @@ for n in "${names[@]}"; do
 done
 echo "smoke: ${#names[@]} servers return the upstream body"
 
+# One round of wrk against a server, as lib.sh's measure, plus what others
+# ran meanwhile: foreign CPU 0 = CPU 0's busy time less the server's, foreign
+# all = both CPUs' busy time less the server's, the upstream's and wrk's,
+# each in % of the round (one CPU's time for CPU 0, two for all).
+#   measure_w1 label pid url round
+hz=$(getconf CLK_TCK)
+upw=$(pgrep -P "${pids[0]}" | head -1)
+busy() { awk -v c="$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+measure_w1() {
+  local label=$1 pid=$2 url=$3 round=$4 u0 s0 u1 s1 w0 w1 a0 a1 c0 c1 out wu ws
+  taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null # warm-up
+  read -r u0 s0 < <(ticks "$pid"); w0=$(ticks "$upw" | awk '{print $1 + $2}'); a0=$(busy cpu); c0=$(busy cpu0)
+  out=$(timeout $((DURATION + 20)) /usr/bin/time -o "$dir/wrk.time" -f '%U %S' taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
+  read -r u1 s1 < <(ticks "$pid"); w1=$(ticks "$upw" | awk '{print $1 + $2}'); a1=$(busy cpu); c1=$(busy cpu0)
+  read -r wu ws < "$dir/wrk.time"
+  echo "$out" | awk -v l="$label" -v r="$round" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$hz" -v d="$DURATION" \
+      -v up=$((w1 - w0)) -v all=$((a1 - a0)) -v cpu0=$((c1 - c0)) -v wrk="$(awk -v u="$wu" -v s="$ws" -v hz="$hz" 'BEGIN {print (u + s) * hz}')" '
+    /requests in/ {n = $1} /Requests\/sec/ {rps = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
+    END { f0 = (cpu0 - du - ds) / (d * hz) * 100; fa = (all - du - ds - up - wrk) / (2 * d * hz) * 100
+          printf "| %s | %d | %s | %s | %s | %.1f | %.1f | %.1f | %.0f | %.0f |\n", l, r, rps, p50, p99,
+                 (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n, f0 < 0 ? 0 : f0, fa < 0 ? 0 : fa }'
+}
+
 echo "## $(date -u +%Y-%m-%d): W1 through the io_uring prototype, same run ($ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS)"
 echo
-printf '| server | round | rps | p50 | p99 | CPU µs/req | user | kernel |\n|---|---|---|---|---|---|---|---|\n'
+printf '| server | round | rps | p50 | p99 | CPU µs/req | user | kernel | foreign CPU 0 %% | foreign all %% |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for n in "${names[@]}"; do [ "$n" = moongate ] || kill -USR1 "${pid_of[$n]}"; done
-all=$ROUNDS
-ROUNDS=1
-for r in $(seq "$all"); do
+for r in $(seq "$ROUNDS"); do
   for n in "${names[@]}"; do
-    measure "$n" "${pid_of[$n]}" "http://127.0.0.1:${port_of[$n]}/plain/hello" | sed "s/| 1 |/| $r |/"
+    measure_w1 "$n" "${pid_of[$n]}" "http://127.0.0.1:${port_of[$n]}/plain/hello" "$r"
   done
 done | tee "$dir/rows"
 for n in "${names[@]}"; do [ "$n" = moongate ] || kill -USR1 "${pid_of[$n]}"; done
@@ -103,18 +125,19 @@ own() { # name -> "syscalls/req turns/req"
   awk '/requests,/ {r[++k] = $2; t[k] = $4; s[k] = $7} END { if (k >= 2 && r[2] > r[1])
     printf "%.2f %.2f\n", (s[2] - s[1]) / (r[2] - r[1]), (t[2] - t[1]) / (r[2] - r[1]); else printf "- -\n" }' "$dir/$1.err"
 }
+colmax() { awk -F'|' -v g="$1" -v c="$2" '{x = $2; gsub(/ /, "", x)} x == g && $c + 0 > m {m = $c + 0} END {print m + 0}' "$dir/rows"; }
 med() { sort -n | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 col() { awk -F'|' -v g="$1" -v c="$2" '{x = $2; gsub(/ /, "", x)} x == g {v = $c; gsub(/ /, "", v); if (v ~ /ms$/) v = v * 1000; else if (v ~ /us$/) v = v + 0; print v + 0}' "$dir/rows" | med; }
 echo
-echo "Medians of $all rounds. System calls per request over $REQUESTS requests (h2load --h1 -c$CONNS):"
+echo "Medians of $ROUNDS rounds (foreign: the largest of any round). System calls per request over $REQUESTS requests (h2load --h1 -c$CONNS):"
 echo "perf (raw_syscalls:sys_enter), then strace -c -f and its largest; own: the proxy's own count of its"
 echo "system calls (io_uring_enter once per loop turn) and loop turns per request over the measured wrk rounds."
 echo
-echo "| server | rps | user µs/req | kernel µs/req | CPU µs/req | syscalls/req (perf) | strace | of which (strace, ≥ 0.05/req) | own: syscalls, turns /req |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| server | rps | user µs/req | kernel µs/req | CPU µs/req | foreign CPU 0, all % | syscalls/req (perf) | strace | of which (strace, ≥ 0.05/req) | own: syscalls, turns /req |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in "${names[@]}"; do
   os=- ot=-
   [ "$n" = moongate ] || read -r os ot < <(own "$n")
-  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s, %s |\n' "$n" "$(col "$n" 4)" "$(col "$n" 8)" "$(col "$n" 9)" "$(col "$n" 7)" \
-    "${pf_of[$n]}" "${sc_of[$n]}" "${top_of[$n]}" "$os" "$ot"
+  printf '| %s | %.0f | %s | %s | %s | %s, %s | %s | %s | %s | %s, %s |\n' "$n" "$(col "$n" 4)" "$(col "$n" 8)" "$(col "$n" 9)" "$(col "$n" 7)" \
+    "$(colmax "$n" 10)" "$(colmax "$n" 11)" "${pf_of[$n]}" "${sc_of[$n]}" "${top_of[$n]}" "$os" "$ot"
 done
