@@ -11,7 +11,9 @@
 # ("hello world\n", as the shared harness's W1) on CPU 1.
 #
 #   bench/uring.sh [path/to/gatewayd]    DURATION=3 ROUNDS=5 CONNS=50 REQUESTS=20000
-#                                        VARIANTS="uring,defer ..." PORT_BASE=18760
+#                                        VARIANTS="uring,defer ..." FOREIGN_MAX=3 PORT_BASE=18760
+# A round in which other processes took more than FOREIGN_MAX % of CPU 0 is
+# shown but left out of the medians.
 # Needs liburing-dev (bench only: `make test` does not), wrk, nginx, strace, perf, h2load.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +22,7 @@ DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-50}
 REQUESTS=${REQUESTS:-20000}
+FOREIGN_MAX=${FOREIGN_MAX:-3}
 # the io_uring variants (proxy.c's header says what each word does)
 VARIANTS=${VARIANTS:-"uring uring,coop uring,defer uring,defer,pollfirst uring,multishot,defer uring,sendskip,defer uring,multishot,sendskip,defer"}
 LOAD_CPU=1
@@ -127,17 +130,20 @@ own() { # name -> "syscalls/req turns/req"
 }
 colmax() { awk -F'|' -v g="$1" -v c="$2" '{x = $2; gsub(/ /, "", x)} x == g && $c + 0 > m {m = $c + 0} END {print m + 0}' "$dir/rows"; }
 med() { sort -n | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-col() { awk -F'|' -v g="$1" -v c="$2" '{x = $2; gsub(/ /, "", x)} x == g {v = $c; gsub(/ /, "", v); if (v ~ /ms$/) v = v * 1000; else if (v ~ /us$/) v = v + 0; print v + 0}' "$dir/rows" | med; }
+# medians over the clean rounds: at most FOREIGN_MAX % of CPU 0 went to other processes
+col() { awk -F'|' -v g="$1" -v c="$2" -v fm="$FOREIGN_MAX" '{x = $2; gsub(/ /, "", x)} x == g && $10 + 0 <= fm {v = $c; gsub(/ /, "", v); if (v ~ /ms$/) v = v * 1000; else if (v ~ /us$/) v = v + 0; print v + 0}' "$dir/rows" | med; }
 echo
-echo "Medians of $ROUNDS rounds (foreign: the largest of any round). System calls per request over $REQUESTS requests (h2load --h1 -c$CONNS):"
+clean() { awk -F'|' -v g="$1" -v fm="$FOREIGN_MAX" '{x = $2; gsub(/ /, "", x)} x == g && $10 + 0 <= fm {n++} END {print n + 0}' "$dir/rows"; }
+echo "Medians of the clean rounds (other processes took at most $FOREIGN_MAX % of CPU 0; foreign: the largest of any round)."
+echo "System calls per request over $REQUESTS requests (h2load --h1 -c$CONNS):"
 echo "perf (raw_syscalls:sys_enter), then strace -c -f and its largest; own: the proxy's own count of its"
 echo "system calls (io_uring_enter once per loop turn) and loop turns per request over the measured wrk rounds."
 echo
-echo "| server | rps | user µs/req | kernel µs/req | CPU µs/req | foreign CPU 0, all % | syscalls/req (perf) | strace | of which (strace, ≥ 0.05/req) | own: syscalls, turns /req |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| server | clean rounds | rps | user µs/req | kernel µs/req | CPU µs/req | foreign CPU 0, all % | syscalls/req (perf) | strace | of which (strace, ≥ 0.05/req) | own: syscalls, turns /req |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${names[@]}"; do
   os=- ot=-
   [ "$n" = moongate ] || read -r os ot < <(own "$n")
-  printf '| %s | %.0f | %s | %s | %s | %s, %s | %s | %s | %s | %s, %s |\n' "$n" "$(col "$n" 4)" "$(col "$n" 8)" "$(col "$n" 9)" "$(col "$n" 7)" \
+  printf '| %s | %s/%s | %.0f | %s | %s | %s | %s, %s | %s | %s | %s | %s, %s |\n' "$n" "$(clean "$n")" "$ROUNDS" "$(col "$n" 4)" "$(col "$n" 8)" "$(col "$n" 9)" "$(col "$n" 7)" \
     "$(colmax "$n" 10)" "$(colmax "$n" 11)" "${pf_of[$n]}" "${sc_of[$n]}" "${top_of[$n]}" "$os" "$ot"
 done
