@@ -58,6 +58,16 @@ static void load_work(void *arg)
 
 static int str_differ(const char *x, const char *y) { return (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0); }
 
+static int same_listen(const mg_config_t *x, const mg_config_t *y)
+{
+    if (x->nlisten != y->nlisten)
+        return 0;
+    for (int i = 0; i < x->nlisten; i++)
+        if (strcmp(x->listen[i].text, y->listen[i].text) != 0)
+            return 0;
+    return 1;
+}
+
 /*
  * The settings next changes that a reload does not apply (the running values
  * stay until a restart), as a sentence in out ("" when none): a changed value
@@ -65,14 +75,11 @@ static int str_differ(const char *x, const char *y) { return (x == NULL) != (y =
  */
 static void restart_only_changes(const mg_config_t *cur, const mg_config_t *next, char *out, size_t outlen)
 {
-    int same_listen = next->nlisten == cur->nlisten;
-    for (int i = 0; same_listen && i < next->nlisten; i++)
-        same_listen = strcmp(next->listen[i].text, cur->listen[i].text) == 0;
     const struct {
         int changed;
         const char *name;
     } s[] = {
-        { !same_listen, "listen" },
+        { !same_listen(cur, next), "listen" },
         { next->workers != cur->workers, "workers" },
         { next->limits.max_line != cur->limits.max_line, "limits.max_request_line" },
         { next->limits.max_head != cur->limits.max_head, "limits.max_header_size" },
@@ -111,15 +118,13 @@ static void publish(reload_t *r)
 {
     mg_admin_t *a = r->a;
     mg_config_t *next = &r->next;
-    /* the new certificates serve new connections when the addresses are the same */
-    int same_listen = next->nlisten == a->cfg->nlisten;
-    for (int i = 0; same_listen && i < next->nlisten; i++)
-        same_listen = strcmp(next->listen[i].text, a->cfg->listen[i].text) == 0;
     restart_only_changes(a->cfg, next, a->reload_warning, sizeof(a->reload_warning));
     if (a->reload_warning[0])
         mg_log_warn(NULL, "reload: %s", a->reload_warning);
+    /* the new certificates serve new connections when the addresses are the same */
+    const mg_config_t *tls = same_listen(a->cfg, next) ? next : a->cfg;
     for (int i = 0; i < a->nworkers; i++)
-        mg_gen_use_tls(r->loads[i].gen, same_listen ? next : a->cfg);
+        mg_gen_use_tls(r->loads[i].gen, tls);
     mg_config_apply_tls(next);
     mg_admin_apply_tracing(&next->tracing);
     uint64_t *before = mg_calloc((size_t)a->nworkers, sizeof(*before));
@@ -138,6 +143,14 @@ static void publish(reload_t *r)
 
 static reload_t *start(mg_admin_t *a, uint64_t number, int torn);
 
+/* The loads that succeeded, never installed: freed off this thread. */
+static void drop_loads(reload_t *r)
+{
+    for (int i = 0; i < r->a->nworkers; i++)
+        if (r->loads[i].gen)
+            mg_gen_bury(r->loads[i].gen);
+}
+
 static void load_done(void *arg)
 {
     load_t *l = arg;
@@ -145,49 +158,44 @@ static void load_done(void *arg)
     if (--r->pending)
         return;
     mg_admin_t *a = r->a;
+    a->loading = NULL;
     mg_file_id_t after;
     mg_file_id(a->file, &after);
-    int torn = mg_file_id_changed(&r->before, &after);
+    int torn = mg_file_id_changed(&r->before, &after) && !a->closing;
+    /* the workers may have read different files: again, as it is now (the same reload to whoever asked) */
+    int again = torn && r->torn + 1 < MAX_TORN;
     const char *failed = NULL;
     char msg[256];
     for (int i = 0; i < a->nworkers && !failed; i++)
         if (!r->loads[i].gen)
             failed = r->loads[i].err;
-    a->loading = NULL;
-    if (torn && !a->closing) {
-        if (r->torn + 1 < MAX_TORN) {
-            /* the workers may have read different files: again, as it is now (the same reload to whoever asked) */
-            for (int i = 0; i < a->nworkers; i++)
-                if (r->loads[i].gen)
-                    mg_gen_bury(r->loads[i].gen);
-            mg_log_info(NULL, "reload: %s changed while it was being loaded; loading it again", a->file);
-            start(a, r->number, r->torn + 1);
-            mg_config_free(&r->next);
-            free(r);
-            return;
-        }
+    if (torn && !again) {
         snprintf(msg, sizeof(msg), "%s changed while it was being loaded, %d times in a row: reload once it is written",
                  a->file, MAX_TORN);
         failed = msg;
     }
-    if (failed || a->closing) {
-        for (int i = 0; i < a->nworkers; i++)
-            if (r->loads[i].gen)
-                mg_gen_bury(r->loads[i].gen); /* never installed; freed off this thread */
-        if (a->closing) {
-            mg_log_info(NULL, "reload dropped: the gateway is stopping");
-            failed = "the gateway is stopping";
-        } else {
-            a->reload_failures++;
-            mg_log_error(NULL, "reload refused, the running configuration is unchanged: %s", failed);
-        }
+    if (again) {
+        drop_loads(r);
+        mg_log_info(NULL, "reload: %s changed while it was being loaded; loading it again", a->file);
+    } else if (a->closing) {
+        drop_loads(r);
+        mg_log_info(NULL, "reload dropped: the gateway is stopping");
+        mg__admin_reloaded(a, r->number, "the gateway is stopping", NULL);
+    } else if (failed) {
+        drop_loads(r);
+        a->reload_failures++;
+        mg_log_error(NULL, "reload refused, the running configuration is unchanged: %s", failed);
         mg__admin_reloaded(a, r->number, failed, NULL);
     } else {
         publish(r);
     }
+    uint64_t number = r->number;
+    int tries = r->torn + 1;
     mg_config_free(&r->next); /* the generations hold what they use */
     free(r);
-    if (a->reload_again && !a->closing) {
+    if (again) {
+        start(a, number, tries);
+    } else if (a->reload_again && !a->closing) {
         a->reload_again = 0;
         start(a, ++a->reload_number, 0);
     }
