@@ -26,7 +26,6 @@ typedef struct job {
 } job_t;
 
 static job_t *jobs; /* main thread only */
-static int njobs;
 
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static int idle_allowed;
@@ -96,7 +95,6 @@ static void job_end(job_t *j)
         jobs = j->next;
     if (j->next)
         j->next->prev = j->prev;
-    njobs--;
     mg_bgjob_fn done = j->done;
     void *arg = j->arg;
     free(j);
@@ -120,7 +118,6 @@ void mg_bgjob_start(struct event_base *base, mg_bgjob_fn work, mg_bgjob_fn done,
     if (jobs)
         jobs->prev = j;
     jobs = j;
-    njobs++;
     j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     j->ended = event_new(base, j->efd, EV_READ, on_ended, j);
     j->threaded = j->efd >= 0 && pthread_create(&j->thread, NULL, job_thread, j) == 0;
@@ -137,7 +134,13 @@ void mg_bgjob_start(struct event_base *base, mg_bgjob_fn work, mg_bgjob_fn done,
     }
 }
 
-int mg_bgjob_running(void) { return njobs; }
+int mg_bgjob_running(void)
+{
+    int n = 0;
+    for (job_t *j = jobs; j; j = j->next)
+        n++;
+    return n;
+}
 
 void mg_bgjob_finish_all(void)
 {
