@@ -45,17 +45,40 @@ typedef struct control {
 enum { PRIO_CONTROL, PRIO_ADMIN, PRIO_COUNT };
 
 static void reap(void *arg) { mg_gen_graveyard_empty(); }
-static void reaped(void *arg) { ((control_t *)arg)->reaping = 0; }
+static void reaped(void *arg);
+
+static void reap_if_buried(control_t *c)
+{
+    if (!c->reaping && mg_gen_graveyard_has()) {
+        c->reaping = 1; /* closing a big VM takes a while: off this thread, on idle CPU */
+        mg_bgjob_start(c->base, reap, reaped, c);
+    }
+}
+
+/* Buried while the last job freed: those go now, not at the next burial. */
+static void reaped(void *arg)
+{
+    control_t *c = arg;
+    c->reaping = 0;
+    reap_if_buried(c);
+}
+
+static void on_buried(evutil_socket_t fd, short what, void *arg)
+{
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0) {
+        /* EAGAIN: another wake-up already drained it */
+    }
+    reap_if_buried(arg);
+}
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     control_t *c = arg;
     for (int i = 0; i < c->nworkers; i++)
         mg_worker_watchdog(&c->workers[i], c->cfg->watchdog_ms);
-    if (!c->reaping && mg_gen_graveyard_has()) {
-        c->reaping = 1; /* closing a big VM takes a while: off this thread, on idle CPU */
-        mg_bgjob_start(c->base, reap, reaped, c);
-    }
+    if (mg_gen_graveyard_fd() < 0)
+        reap_if_buried(c); /* no eventfd to wake us */
 }
 
 static void on_signal(evutil_socket_t fd, short what, void *arg)
@@ -311,11 +334,18 @@ int main(int argc, char **argv)
     int sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
     struct event *sig_ev = event_new(ctl.base, sfd, EV_READ | EV_PERSIST, on_signal, &ctl);
     struct event *tick = event_new(ctl.base, -1, EV_PERSIST, on_tick, &ctl);
+    struct event *buried_ev = NULL;
+    if (mg_gen_graveyard_fd() >= 0) {
+        buried_ev = event_new(ctl.base, mg_gen_graveyard_fd(), EV_READ | EV_PERSIST, on_buried, &ctl);
+        event_priority_set(buried_ev, PRIO_CONTROL);
+        event_add(buried_ev, NULL);
+    }
     event_priority_set(sig_ev, PRIO_CONTROL);
     event_priority_set(tick, PRIO_CONTROL);
     struct timeval second = { 1, 0 };
     event_add(sig_ev, NULL);
     event_add(tick, &second);
+    reap_if_buried(&ctl); /* buried before this loop listened */
     mg_admin_start(&admin, ctl.base, PRIO_ADMIN);
     if (mg_file_id_changed(&file_before, &file_after)) {
         /* the workers may have read different files */
@@ -335,6 +365,8 @@ int main(int argc, char **argv)
     mg_timeline_stop();
     event_free(sig_ev);
     event_free(tick);
+    if (buried_ev)
+        event_free(buried_ev);
     event_base_free(ctl.base);
     close(sfd);
     for (int i = 0; i < nworkers; i++)

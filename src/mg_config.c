@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -753,6 +755,16 @@ void mg_gen_stop(mg_gen_t *gen)
 
 static pthread_mutex_t graveyard_lock = PTHREAD_MUTEX_INITIALIZER;
 static mg_gen_t *graveyard;
+static pthread_once_t graveyard_once = PTHREAD_ONCE_INIT;
+static int graveyard_efd = -1;
+
+static void graveyard_efd_open(void) { graveyard_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int mg_gen_graveyard_fd(void)
+{
+    pthread_once(&graveyard_once, graveyard_efd_open);
+    return graveyard_efd;
+}
 
 void mg_gen_bury(mg_gen_t *gen)
 {
@@ -761,6 +773,11 @@ void mg_gen_bury(mg_gen_t *gen)
     gen->next_retired = graveyard;
     graveyard = gen;
     pthread_mutex_unlock(&graveyard_lock);
+    int fd = mg_gen_graveyard_fd();
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* the counter is saturated: a wake-up is already pending */
+    }
 }
 
 int mg_gen_graveyard_has(void)

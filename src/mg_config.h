@@ -121,7 +121,8 @@ void mg_gen_load_cancel_all(void);
  * On the generation's loop thread: stops what it runs on the loop (timers,
  * pools, health checks). What is left (the VM, the router) is plain memory
  * that any thread may free: a retired generation goes to the graveyard, and
- * a background job of the main thread's frees it (main.c, mg_bgjob.h), so
+ * a background job of the main thread's frees it as soon as it is buried
+ * (mg_gen_graveyard_fd, main.c, mg_bgjob.h), so
  * neither a worker nor the main thread stalls on a large VM's close. A
  * generation never installed (a refused or superseded reload) has run
  * nothing on its loop: the main thread buries it.
@@ -130,6 +131,13 @@ void mg_gen_stop(mg_gen_t *gen);
 void mg_gen_bury(mg_gen_t *gen);
 /* Whether generations wait in the graveyard; any thread. */
 int mg_gen_graveyard_has(void);
+/*
+ * An eventfd that becomes readable whenever a generation is buried, so the
+ * main thread frees it at once rather than on a timer: back-to-back reloads
+ * would otherwise pile retired VMs up between ticks. Owned by this module;
+ * -1 when no eventfd could be had (then nothing wakes: poll has()).
+ */
+int mg_gen_graveyard_fd(void);
 /* Frees buried generations; any thread (at exit: after the workers stopped). */
 void mg_gen_graveyard_empty(void);
 

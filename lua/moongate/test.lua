@@ -242,6 +242,7 @@ local ctl_calls = 0
 -- Calls may run at the same time (each has its own output files).
 function Gateway:ctl(...)
   local ctl = M.gatewayd:gsub("gatewayd$", "gatewayctl")
+  assert(io.open(ctl), ctl .. " is missing: build gatewayctl beside gatewayd"):close()
   local argv = { ctl, "-s", self.socket, ... }
   ctl_calls = ctl_calls + 1
   local out = ("%s/ctl-%d.out"):format(self.dir, ctl_calls)

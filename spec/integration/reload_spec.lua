@@ -75,8 +75,9 @@ describe("gatewayctl and live reload", function()
 
   it("reloads 20 times under continuous load without a failed request", function()
     local stop, failures, served = false, 0, 0
+    local deadline = gw.now() + 60 -- the clients stop even if the reloading side fails
     local function client()
-      while not stop do
+      while not stop and gw.now() < deadline do
         local ok, res = pcall(g.request, g, "GET", "/version")
         if ok and res and res.status == 200 and (res.body == "v5" or res.body == "v6" or res.body == "v3") then
           served = served + 1
@@ -148,12 +149,19 @@ describe("gatewayctl and live reload", function()
     assert.equal("v7", body)
   end)
 
-  it("keeps memory bounded over many reloads", function()
+  it("keeps memory bounded over many reloads, back to back", function()
+    -- a retired generation is freed as soon as its last request ends, not on a
+    -- timer: 150 reloads in a few seconds must not pile up retired VMs
     for _ = 1, 20 do g:ctl("reload") end
     local before = g:rss_kb()
-    for _ = 1, 150 do g:ctl("reload") end
-    local after = g:rss_kb()
-    assert.is_true(after - before < 20 * 1024, ("RSS %d KiB -> %d KiB over 150 reloads"):format(before, after))
+    local peak = before
+    for _ = 1, 150 do
+      g:ctl("reload")
+      peak = math.max(peak, g:rss_kb())
+    end
+    -- under ASan, its 8 MB quarantine and per-thread caches fill with freed memory too
+    local bound = g:sanitized() and 16 * 1024 or 4 * 1024
+    assert.is_true(peak - before < bound, ("RSS %d KiB, up to %d KiB over 150 reloads"):format(before, peak))
   end)
 
   it("checks a config without applying it", function()
