@@ -206,6 +206,7 @@ int main(int argc, char **argv)
     char err[2048];
     mg_config_t cfg;
     memset(&cfg, 0, sizeof(cfg));
+    mg_routes_view_t routes_view = { 0 };
     struct event_base *check_base = event_base_new();
     mg_file_id_t file_before; /* the validation and each worker's load read the file each */
     mg_file_id(file, &file_before);
@@ -216,20 +217,17 @@ int main(int argc, char **argv)
         goto fail;
     }
     int nroutes = gen->nroutes;
-    if (routes) {
-        mg_gen_free(gen);
-        event_base_free(check_base);
-        char *text = mg_admin_routes_text(file, err, sizeof(err));
-        if (text)
-            fputs(text, stdout);
-        else
-            fprintf(stderr, "gatewayd: %s\n", err);
-        free(text);
-        mg_config_free(&cfg);
-        return text ? 0 : 1;
-    }
+    /* the routes `gatewayctl routes` shows until a reload: this load's (a file changed since is reloaded below) */
+    if (!test)
+        mg_routes_view_render(&routes_view, gen);
     mg_gen_free(gen);
     event_base_free(check_base);
+    if (routes) {
+        fwrite(routes_view.text.p, 1, routes_view.text.len, stdout);
+        mg_routes_view_free(&routes_view);
+        mg_config_free(&cfg);
+        return 0;
+    }
     if (listen_override) {
         for (int i = 0; i < cfg.nlisten; i++)
             mg_listen_addr_free(&cfg.listen[i]);
@@ -280,8 +278,9 @@ int main(int argc, char **argv)
         }
     }
     /* the control side first: gatewayctl works as soon as requests are served (it is answered once the loop runs) */
-    mg_admin_t admin = { .file = file, .cfg = &cfg, .nworkers = nworkers,
+    mg_admin_t admin = { .file = file, .cfg = &cfg, .nworkers = nworkers, .routes = routes_view,
                          .started = mg_wall_time(), .listen_fd = -1, .http_fd = -1 };
+    routes_view = (mg_routes_view_t){ 0 }; /* the admin's */
     if (cfg.admin_listen && mg_admin_open_http(&admin, cfg.admin_listen, err, sizeof(err)) != MG_OK)
         mg_log_error(NULL, "%s", err);
     const char *sock = cfg.admin_socket ? cfg.admin_socket : "/tmp/moongate-gatewayd.sock";
@@ -400,6 +399,7 @@ int main(int argc, char **argv)
 fail:
     /* start-up failed: nothing runs yet; sockets and workers die with the process */
     mg_log_stop();
+    mg_routes_view_free(&routes_view);
     mg_config_free(&cfg);
     return 1;
 }

@@ -6,7 +6,7 @@
  * answers when every worker did, or after RENDER_TIMEOUT_MS with what came.
  *
  * A connection goes READING (its head, under the head deadline) → LOADING
- * (reload, check, routes: until the file was loaded, on idle CPU) →
+ * (reload, check: until the file was loaded, on idle CPU) →
  * WAITING (for workers' renderings, or for the workers to switch after a
  * reload) →
  * WRITING (bufferevent output, under the send timeouts) → freed. Input that
@@ -64,21 +64,18 @@ struct mg_admin_conn {
     uint64_t *gens_before;
     uint64_t wait_until;
     char *warning;              /* the reload's settings that need a restart, for its answer (or NULL) */
-    struct mg_admin_offload *offload; /* LOADING an answer off this thread (check, routes), or NULL */
+    struct mg_admin_check *check; /* LOADING: a `check` loading its file off this thread, or NULL */
     mg_timeline_sub_t *sub;     /* STREAMING: its timeline subscription */
     mg_admin_conn_t *next, *prev;
 };
 
-/* An answer made off this thread (offload, below): a load of the file takes a while. */
-typedef int (*offload_fn)(const char *file, int json, mg_text_t *t);
-
-typedef struct mg_admin_offload {
+/* A `check` answered off this thread (check_start, below): a load of the file takes a while. */
+typedef struct mg_admin_check {
     mg_admin_conn_t *c;         /* NULL once the connection is gone */
-    offload_fn fn;
     char *file;
-    int json, ok;
+    int ok;
     mg_text_t t;
-} mg_admin_offload_t;
+} mg_admin_check_t;
 
 static void conn_free(mg_admin_conn_t *c)
 {
@@ -89,8 +86,8 @@ static void conn_free(mg_admin_conn_t *c)
                 mg_render_put(c->renders[i]); /* a worker still rendering frees it when done */
         free(c->renders);
     }
-    if (c->offload)
-        c->offload->c = NULL; /* its job ends on its own; nobody is answered */
+    if (c->check)
+        c->check->c = NULL; /* its job ends on its own; nobody is answered */
     free(c->gens_before);
     free(c->warning);
     mg_timeline_unsubscribe(c->sub);
@@ -321,11 +318,11 @@ static void start_stream(mg_admin_conn_t *c, const char *args)
 }
 
 /*
- * An answer that loads the config file (check, routes) is made on a
- * background job, like a reload's loads: a load takes a while, and neither
- * the admin side nor a worker sharing this core should wait for it.
+ * `check` loads a config file on a background job, like a reload's loads: a
+ * load takes a while, and neither the admin side nor a worker sharing this
+ * core should wait for it.
  */
-static int check_file(const char *file, int json, mg_text_t *t)
+static int check_file(const char *file, mg_text_t *t)
 {
     char err[2048];
     mg_config_t cfg;
@@ -345,26 +342,17 @@ static int check_file(const char *file, int json, mg_text_t *t)
     return ok;
 }
 
-static int routes_of(const char *file, int json, mg_text_t *t)
+static void check_work(void *arg)
 {
-    char err[2048];
-    if (mg__admin_routes(file, t, json, err, sizeof(err)) == MG_OK)
-        return 1;
-    mg_text_add(t, "%s\n", err);
-    return 0;
+    mg_admin_check_t *o = arg;
+    o->ok = check_file(o->file, &o->t);
 }
 
-static void offload_work(void *arg)
+static void check_done(void *arg)
 {
-    mg_admin_offload_t *o = arg;
-    o->ok = o->fn(o->file, o->json, &o->t);
-}
-
-static void offload_done(void *arg)
-{
-    mg_admin_offload_t *o = arg;
+    mg_admin_check_t *o = arg;
     if (o->c) {
-        o->c->offload = NULL;
+        o->c->check = NULL;
         answer_text(o->c, o->ok, &o->t);
     } else {
         free(o->t.p);
@@ -373,13 +361,13 @@ static void offload_done(void *arg)
     free(o);
 }
 
-static void offload(mg_admin_conn_t *c, offload_fn fn, const char *file, int json)
+static void check_start(mg_admin_conn_t *c, const char *file)
 {
-    mg_admin_offload_t *o = mg_calloc(1, sizeof(*o));
-    *o = (mg_admin_offload_t){ .c = c, .fn = fn, .file = strdup(file), .json = json };
+    mg_admin_check_t *o = mg_calloc(1, sizeof(*o));
+    *o = (mg_admin_check_t){ .c = c, .file = strdup(file) };
     c->state = LOADING;
-    c->offload = o;
-    mg_bgjob_start(c->a->base, offload_work, offload_done, o);
+    c->check = o;
+    mg_bgjob_start(c->a->base, check_work, check_done, o);
 }
 
 /* One admin socket command. line is NUL-terminated, without its newline. */
@@ -409,11 +397,11 @@ static void run_command(mg_admin_conn_t *c, char *line)
         c->reload = mg_admin_reload(a);
         return;
     } else if (strcmp(cmd, "check") == 0) {
-        offload(c, check_file, arg && *arg ? arg : a->file, 0);
+        check_start(c, arg && *arg ? arg : a->file);
         return;
     } else if (strcmp(cmd, "routes") == 0) {
-        offload(c, routes_of, a->file, json);
-        return;
+        const mg_text_t *v = json ? &a->routes.json : &a->routes.text;
+        mg_text_append(&t, v->p ? v->p : "", v->len);
     } else if (strcmp(cmd, "reopen-logs") == 0) {
         if (mg_log_reopen(err, sizeof(err)) == MG_OK) {
             mg_text_add(&t, "logs reopened\n");
@@ -701,6 +689,7 @@ void mg_admin_close(mg_admin_t *a)
     a->listen_fd = -1;
     free(a->socket_path);
     a->socket_path = NULL;
+    mg_routes_view_free(&a->routes);
 }
 
 void mg_admin_apply_tracing(const mg_trace_conf_t *c)

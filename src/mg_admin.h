@@ -17,7 +17,8 @@
  * Admin socket protocol (one exchange per connection): the client sends one
  * line "<command> [args]\n"; the server answers "OK <length>\n" or
  * "ERR <length>\n", then <length> bytes of text, then closes. Commands:
- * status [json], routes [json], upstreams [json], reload, check [FILE],
+ * status [json], routes [json] (the running configuration's), upstreams
+ * [json], reload, check [FILE],
  * reopen-logs, stop [DRAIN_SECONDS]; and one stream: `trace [route=NAME]
  * [status=5xx] [slower=200ms] [limit=N] [json] [recent]` answers "STREAM\n"
  * and then the requests as they end (mg_timeline.h), until the client
@@ -37,6 +38,17 @@
 
 typedef struct mg_admin_conn mg_admin_conn_t;
 
+/*
+ * A generation's compiled routes as `gatewayctl routes` shows them, text and
+ * JSON (malloc'd, owned by whoever holds the view). Rendered where the
+ * generation was loaded, before any worker runs it: the admin side answers
+ * with the configuration that runs, not the file as it is now, and never
+ * touches a worker's VM.
+ */
+typedef struct mg_routes_view {
+    mg_text_t text, json;
+} mg_routes_view_t;
+
 typedef struct mg_admin {
     const char *file;             /* the config file reloads read */
     mg_config_t *cfg;
@@ -50,6 +62,7 @@ typedef struct mg_admin {
     int reload_again;             /* asked for during that load: the next one starts when it ends */
     int closing;                  /* mg_admin_close ran: a load that ends now is dropped */
     char reload_warning[1024];    /* the last reload's changed settings that need a restart ("" when none) */
+    mg_routes_view_t routes;      /* what `gatewayctl routes` answers: the running generation's routes */
     int listen_fd;                /* the admin socket, -1 when none */
     int http_fd;                  /* the admin HTTP listener (metrics, status), -1 when none */
     char *socket_path;
@@ -109,8 +122,9 @@ void mg__admin_reloaded(mg_admin_t *a, uint64_t number, const char *err, const u
 void mg_admin_apply_tracing(const mg_trace_conf_t *c);
 /* Closes the listeners (removing the socket file) and every admin connection; later reloads are dropped. */
 void mg_admin_close(mg_admin_t *a);
-/* The compiled routes of `file` as text (malloc'd), or NULL with err. */
-char *mg_admin_routes_text(const char *file, char *err, size_t errlen);
+/* Renders gen's routes (on the thread that loaded it, before it runs anywhere) into v, replacing what v held. */
+void mg_routes_view_render(mg_routes_view_t *v, mg_gen_t *gen);
+void mg_routes_view_free(mg_routes_view_t *v);
 
 /* Internal to mg_admin*.c: the answers (mg_admin_status.c). */
 void mg__admin_status(mg_admin_t *a, mg_text_t *o, int json);
@@ -124,6 +138,5 @@ void mg__admin_metrics(mg_admin_t *a, mg_text_t *o);
  * comment lines first.
  */
 void mg__admin_metrics_families(mg_text_t *t);
-int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen);
 
 #endif

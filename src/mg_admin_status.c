@@ -516,43 +516,35 @@ void mg__admin_metrics_families(mg_text_t *t)
     *t = out;
 }
 
-int mg__admin_routes(const char *file, mg_text_t *o, int json, char *err, size_t errlen)
+/* moongate.config's describe or describe_json of the loaded config table, appended to o. */
+static void describe(lua_State *L, const char *fn, mg_text_t *o)
 {
-    mg_config_t cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    struct event_base *base = event_base_new();
-    mg_gen_t *gen = mg_gen_load(file, base, NULL, &cfg, err, errlen);
-    if (!gen) {
-        event_base_free(base);
-        mg_config_free(&cfg);
-        return MG_ERROR;
-    }
-    lua_State *L = gen->vm->L;
+    int top = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.config");
     lua_call(L, 1, 1);
-    lua_getfield(L, -1, json ? "describe_json" : "describe");
+    lua_getfield(L, -1, fn);
     lua_getfield(L, LUA_REGISTRYINDEX, MG_LOADED_CONFIG);
     lua_call(L, 1, 1);
     size_t n;
     const char *text = lua_tolstring(L, -1, &n);
-    if (!json)
-        mg_text_add(o, "%-4s %-12s %-20s %-40s %-24s %s\n", "id", "methods", "host", "path", "target",
-                    "plugins (in order)");
     mg_text_append(o, text ? text : "", text ? n : 0);
     mg_text_append(o, "\n", 1);
-    mg_gen_free(gen);
-    event_base_free(base);
-    mg_config_free(&cfg);
-    return MG_OK;
+    lua_settop(L, top);
 }
 
-char *mg_admin_routes_text(const char *file, char *err, size_t errlen)
+void mg_routes_view_render(mg_routes_view_t *v, mg_gen_t *gen)
 {
-    mg_text_t t = { 0 };
-    if (mg__admin_routes(file, &t, 0, err, errlen) != MG_OK) {
-        free(t.p);
-        return NULL;
-    }
-    return t.p;
+    mg_routes_view_free(v);
+    mg_text_add(&v->text, "%-4s %-12s %-20s %-40s %-24s %s\n", "id", "methods", "host", "path", "target",
+                "plugins (in order)");
+    describe(gen->vm->L, "describe", &v->text);
+    describe(gen->vm->L, "describe_json", &v->json);
+}
+
+void mg_routes_view_free(mg_routes_view_t *v)
+{
+    free(v->text.p);
+    free(v->json.p);
+    *v = (mg_routes_view_t){ 0 };
 }

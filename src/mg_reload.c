@@ -32,6 +32,7 @@ typedef struct load {
     int worker;
     mg_config_t *cfg;             /* worker 0's load also reads the settings */
     mg_gen_t *gen;
+    mg_routes_view_t routes;      /* worker 0's: what `gatewayctl routes` answers once it runs */
     char err[1024];
 } load_t;
 
@@ -51,6 +52,8 @@ static void load_work(void *arg)
     mg_admin_t *a = l->r->a;
     mg_worker_t *w = &a->workers[l->worker];
     l->gen = mg_gen_load(a->file, w->base, w, l->cfg, l->err, sizeof(l->err));
+    if (l->gen && l->cfg)
+        mg_routes_view_render(&l->routes, l->gen); /* here: the worker's VM is the worker's once published */
     /* the load's garbage (tens of MB for 10,000 routes) is swept here, not by the worker's first requests */
     if (l->gen)
         lua_gc(l->gen->vm->L, LUA_GCCOLLECT, 0);
@@ -132,6 +135,9 @@ static void publish(reload_t *r)
         before[i] = mg_worker_generation(&a->workers[i]);
     for (int i = 0; i < a->nworkers; i++)
         mg_worker_post_gen(&a->workers[i], r->loads[i].gen);
+    mg_routes_view_t old = a->routes;
+    a->routes = r->loads[0].routes;
+    r->loads[0].routes = old; /* freed with the reload */
     a->reloads++;
     /* from the ask: a load that ran again because the file changed is part of it */
     mg_log_info(NULL, "reloaded %s: %d routes in %llu ms%s", a->file, r->loads[0].gen->nroutes,
@@ -192,6 +198,7 @@ static void load_done(void *arg)
     uint64_t number = r->number;
     int tries = r->torn + 1;
     mg_config_free(&r->next); /* the generations hold what they use */
+    mg_routes_view_free(&r->loads[0].routes);
     free(r);
     if (again) {
         start(a, number, tries);

@@ -13,6 +13,24 @@ local function run(args, config, files)
   return code, helpers.read_file(dir .. "/out") .. helpers.read_file(dir .. "/err"), file
 end
 
+describe("gatewayd --routes", function()
+  it("prints a file's compiled routes with their plugins in order and where each was declared", function()
+    local code, out, file = run({ "--routes", "-c", "{{FILE}}" }, 'listen "127.0.0.1:1"\n' ..
+      'route { path = "/a", handler = print }\n' ..
+      'route { method = { "GET", "POST" }, path = "/b/{id}", plugins = { ["request-id"] = {} }, handler = print }\n')
+    assert.equal(0, code, out)
+    assert.truthy(out:find("^id +methods +host +path"), out)
+    assert.truthy(out:find("/a +handler +%- +%(" .. file:gsub("%p", "%%%0") .. ":2%)"), out)
+    assert.truthy(out:find("GET,POST +%* +/b/{id} +handler +request%-id"), out)
+  end)
+
+  it("refuses a broken file with file:line", function()
+    local code, out, file = run({ "--routes", "-c", "{{FILE}}" }, 'route { path = "/a", handler = print }\nroute {\n')
+    assert.equal(1, code)
+    assert.truthy(out:find(file .. ":", 1, true), out)
+  end)
+end)
+
 describe("gatewayd -t", function()
   it("accepts a valid config", function()
     local code, out = run({ "-t", "-c", "{{FILE}}" },

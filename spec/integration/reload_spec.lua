@@ -137,6 +137,34 @@ describe("gatewayctl and live reload", function()
     g:ctl("reload")
   end)
 
+  it("shows the routes that run, not the file as it is now", function()
+    local function listed()
+      local code, out = g:ctl("routes")
+      assert.equal(0, code, out)
+      local _, json = g:ctl("routes", "--json")
+      local paths = {}
+      for _, r in ipairs(gw.json.decode(json)) do paths[#paths + 1] = r.path end
+      return out, table.concat(paths, " ")
+    end
+    assert.equal(0, (g:ctl("reload")))
+    local running = g:request("GET", "/version").body:match("v(%d+)")
+    write_config(routes(8)) -- written, not reloaded
+    local text, json = listed()
+    assert.truthy(text:find("/only-v" .. running, 1, true), text)
+    assert.falsy(text:find("/only-v8", 1, true), text)
+    assert.equal("/version /only-v" .. running .. " /slow", json)
+    write_config(routes(8) .. "\nroute { path = \n") -- a reload of this is refused
+    assert.equal(1, (g:ctl("reload")))
+    text, json = listed()
+    assert.equal("/version /only-v" .. running .. " /slow", json)
+    write_config(routes(8))
+    assert.equal(0, (g:ctl("reload")))
+    text, json = listed()
+    assert.truthy(text:find("/only-v8", 1, true), text)
+    assert.truthy(text:find(g.file .. ":4)", 1, true), text) -- where each route was declared
+    assert.equal("/version /only-v8 /slow", json)
+  end)
+
   it("reloads on SIGHUP too", function()
     write_config(routes(7))
     gw.process.kill(g.pid, 1) -- SIGHUP
