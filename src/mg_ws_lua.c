@@ -24,7 +24,11 @@
  * request or its connection lives; C reaches it from the connection
  * (c->proto_data) and the request (r->websocket). Whichever goes first
  * detaches itself; when both are gone, the reference is dropped and ws is a
- * dead handle (its calls return "closed").
+ * dead handle (its calls return "closed"). ws lives in its generation's VM,
+ * which the request keeps open; the connection holds a reference on the
+ * generation of its own (ws->gen) for as long as it holds ws, since it
+ * outlives the request when the handler returns first (the close frame is
+ * still to be sent) or at a shutdown.
  */
 #define _GNU_SOURCE
 #include "mg_ws_lua.h"
@@ -78,6 +82,7 @@ typedef struct mg_ws_lua {
     int rtimer_set;
     char protocol[64];                /* the subprotocol chosen, or "" */
     mg_worker_t *w;
+    mg_gen_t *gen;                    /* referenced by the connection while it holds ws */
     mg_series_t *series;              /* the route's (open WebSockets, bytes) */
     uint64_t bytes[2];                /* [0] from the client, [1] to it */
     size_t counted;                   /* input bytes left unparsed (counted already) after the last pass */
@@ -364,11 +369,21 @@ static void ws_eof(mg_conn_t *c)
     mg_conn_close(c); /* closing tells the handler */
 }
 
+static void ws_detach(mg_conn_t *c, mg_ws_lua_t *ws);
+
 static void ws_closing(mg_conn_t *c)
 {
     mg_ws_lua_t *ws = c->proto_data;
     if (!ws)
         return;
+    mg_gen_t *gen = ws->gen;
+    ws_detach(c, ws);
+    mg_worker_gen_unref(c->worker, gen); /* the VM ws lives in may close from the next loop pass */
+}
+
+/* The connection lets go of ws: the request, if it is still there, goes on without it. */
+static void ws_detach(mg_conn_t *c, mg_ws_lua_t *ws)
+{
     c->proto_data = NULL;
     ws->c = NULL;
     __atomic_sub_fetch(&ws->w->tunnels, 1, __ATOMIC_RELAXED);
@@ -788,6 +803,8 @@ static int l_websocket(lua_State *L)
     r->websocket = ws;
     mg_req_send_upgrade(r, resp);
     ws->w = c->worker;
+    ws->gen = r->gen;
+    ws->gen->refs++; /* the connection's: dropped in ws_closing */
     __atomic_add_fetch(&ws->w->tunnels, 1, __ATOMIC_RELAXED);
     ws->series = mg_metrics_series(&c->worker->metrics, r->route->name, 0);
     ws->series->tunnels_open++;

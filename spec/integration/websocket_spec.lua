@@ -584,6 +584,11 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
         ws:recv()
         error("boom")
       end }
+      route { path = "/close-and-return", handler = function(ctx)
+        local ws = assert(ctx:websocket{})
+        ws:recv()
+        ws:close(4002, "done") -- and returns: the connection waits for the client's close alone
+      end }
     ]]):format(up.port))
   end)
   teardown(function()
@@ -669,6 +674,16 @@ describe("WebSocket endpoints in Lua (ctx:websocket)", function()
     for _, x in ipairs(g:access_entries()) do if x.path == "/echo" and x.error then kinds[x.error] = true end end
     assert.is_true(kinds.websocket_protocol)
     assert.is_true(kinds.websocket_too_big)
+  end)
+
+  it("keeps the generation the socket lives in until the connection is gone, when the handler ends first", function()
+    local ws = assert(helpers.websocket.connect(g.port, "/close-and-return"))
+    assert.equal(0, (g:ctl("reload"))) -- the handler runs on in the generation now retired
+    ws:send_text("go")                  -- it closes and returns: its request, and its hold on the generation, end
+    gw.sleep(0.3)                       -- a retired generation nothing holds is freed by now
+    ws:disconnect()                     -- the connection, open all along, goes only now
+    gw.sleep(0.1)
+    assert.equal(404, g:request("GET", "/nothing-here").status) -- the gateway runs on
   end)
 
   it("tells the handler when the client vanishes", function()
