@@ -83,7 +83,8 @@ describe("load balancing and health", function()
   end)
 
   it("ejects a failing target after consecutive failures, then tries it again", function()
-    start('health = { passive = { failures = 2, eject = "400ms" } },')
+    -- ejected long enough for the 16 requests below, one curl each over HTTP/2 on a loaded machine
+    start('health = { passive = { failures = 2, eject = "2s" } },')
     a.handler = function(req, res) res:reset() end
     for i = 1, 10 do assert.equal(200, g:request("GET", "/p/" .. i).status) end
     local a_before = a.requests
@@ -91,7 +92,7 @@ describe("load balancing and health", function()
     for i = 1, 6 do g:request("GET", "/p/" .. i) end
     assert.equal(a_before, a.requests) -- ejected: no traffic at all
     a.handler = function() return 200, {}, "a" end
-    gw.sleep(0.5)
+    gw.sleep(2.1)
     for i = 1, 6 do g:request("GET", "/p/" .. i) end
     assert.is_true(a.requests > a_before, "a never got a trial request")
     assert.truthy(g:error_log():find("ejected", 1, true))
