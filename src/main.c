@@ -219,11 +219,14 @@ int main(int argc, char **argv)
     int nroutes = gen->nroutes;
     /* the routes `gatewayctl routes` shows until a reload: this load's (a file changed since is reloaded below) */
     if (!test)
-        mg_routes_view_render(&routes_view, gen);
+        mg_routes_view_take(&routes_view, gen);
     mg_gen_free(gen);
     event_base_free(check_base);
     if (routes) {
-        fwrite(routes_view.text.p, 1, routes_view.text.len, stdout);
+        mg_text_t text = { 0 };
+        mg_routes_view_text(&routes_view, &text);
+        fwrite(text.p, 1, text.len, stdout);
+        free(text.p);
         mg_routes_view_free(&routes_view);
         mg_config_free(&cfg);
         return 0;

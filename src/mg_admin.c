@@ -400,8 +400,7 @@ static void run_command(mg_admin_conn_t *c, char *line)
         check_start(c, arg && *arg ? arg : a->file);
         return;
     } else if (strcmp(cmd, "routes") == 0) {
-        const mg_text_t *v = json ? &a->routes.json : &a->routes.text;
-        mg_text_append(&t, v->p ? v->p : "", v->len);
+        (json ? mg_routes_view_json : mg_routes_view_text)(&a->routes, &t);
     } else if (strcmp(cmd, "reopen-logs") == 0) {
         if (mg_log_reopen(err, sizeof(err)) == MG_OK) {
             mg_text_add(&t, "logs reopened\n");

@@ -39,14 +39,16 @@
 typedef struct mg_admin_conn mg_admin_conn_t;
 
 /*
- * A generation's compiled routes as `gatewayctl routes` shows them, text and
- * JSON (malloc'd, owned by whoever holds the view). Rendered where the
- * generation was loaded, before any worker runs it: the admin side answers
+ * A generation's compiled routes as `gatewayctl routes` shows them: taken
+ * where the generation was loaded, before any worker runs it, as compact
+ * records (moongate.config's route_records; malloc'd, owned by whoever holds
+ * the view), and rendered as text or JSON when asked. The admin side answers
  * with the configuration that runs, not the file as it is now, and never
  * touches a worker's VM.
  */
 typedef struct mg_routes_view {
-    mg_text_t text, json;
+    char *records;
+    size_t len;
 } mg_routes_view_t;
 
 typedef struct mg_admin {
@@ -122,8 +124,11 @@ void mg__admin_reloaded(mg_admin_t *a, uint64_t number, const char *err, const u
 void mg_admin_apply_tracing(const mg_trace_conf_t *c);
 /* Closes the listeners (removing the socket file) and every admin connection; later reloads are dropped. */
 void mg_admin_close(mg_admin_t *a);
-/* Renders gen's routes (on the thread that loaded it, before it runs anywhere) into v, replacing what v held. */
-void mg_routes_view_render(mg_routes_view_t *v, mg_gen_t *gen);
+/* Takes gen's routes into v, replacing what v held: on the thread that loaded gen, before it runs anywhere. */
+void mg_routes_view_take(mg_routes_view_t *v, mg_gen_t *gen);
+/* Appends the routes as gatewayctl and gatewayd --routes print them: a table with a header line, or JSON. */
+void mg_routes_view_text(const mg_routes_view_t *v, mg_text_t *o);
+void mg_routes_view_json(const mg_routes_view_t *v, mg_text_t *o);
 void mg_routes_view_free(mg_routes_view_t *v);
 
 /* Internal to mg_admin*.c: the answers (mg_admin_status.c). */

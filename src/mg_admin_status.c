@@ -516,35 +516,120 @@ void mg__admin_metrics_families(mg_text_t *t)
     *t = out;
 }
 
-/* moongate.config's describe or describe_json of the loaded config table, appended to o. */
-static void describe(lua_State *L, const char *fn, mg_text_t *o)
+void mg_routes_view_take(mg_routes_view_t *v, mg_gen_t *gen)
 {
+    mg_routes_view_free(v);
+    lua_State *L = gen->vm->L;
     int top = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.config");
     lua_call(L, 1, 1);
-    lua_getfield(L, -1, fn);
+    lua_getfield(L, -1, "route_records");
     lua_getfield(L, LUA_REGISTRYINDEX, MG_LOADED_CONFIG);
     lua_call(L, 1, 1);
-    size_t n;
-    const char *text = lua_tolstring(L, -1, &n);
-    mg_text_append(o, text ? text : "", text ? n : 0);
-    mg_text_append(o, "\n", 1);
+    size_t n = 0;
+    const char *s = lua_tolstring(L, -1, &n);
+    v->records = mg_alloc(n + 1);
+    memcpy(v->records, s ? s : "", n);
+    v->records[n] = '\0';
+    v->len = n;
     lua_settop(L, top);
 }
 
-void mg_routes_view_render(mg_routes_view_t *v, mg_gen_t *gen)
+enum { F_ID, F_METHODS, F_HOST, F_PATH, F_UPSTREAM, F_PLUGINS, F_FILE, F_LINE, NFIELDS };
+
+/* The next route's fields from *at, or 0 after the last one. */
+static int next_route(const mg_routes_view_t *v, size_t *at, const char *f[NFIELDS])
 {
-    mg_routes_view_free(v);
-    mg_text_add(&v->text, "%-4s %-12s %-20s %-40s %-24s %s\n", "id", "methods", "host", "path", "target",
-                "plugins (in order)");
-    describe(gen->vm->L, "describe", &v->text);
-    describe(gen->vm->L, "describe_json", &v->json);
+    for (int i = 0; i < NFIELDS; i++) {
+        if (*at >= v->len)
+            return 0;
+        f[i] = v->records + *at;
+        *at += strlen(f[i]) + 1;
+    }
+    return 1;
+}
+
+/* A "\1"-separated list with sep between its items. */
+static void list_text(mg_text_t *o, const char *list, const char *sep)
+{
+    for (const char *p = list; *p; p++) {
+        if (*p == '\1')
+            mg_text_add(o, "%s", sep);
+        else
+            mg_text_append(o, p, 1);
+    }
+}
+
+static void list_json(mg_text_t *o, const char *list)
+{
+    mg_text_t item = { 0 };
+    mg_text_append(o, "[", 1);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, "\1");
+        item.len = 0;
+        mg_text_append(&item, p, n);
+        mg_text_append(&item, "", 1); /* its NUL */
+        mg_text_add(o, "%s\"", p == list ? "" : ",");
+        mg_text_json(o, item.p);
+        mg_text_append(o, "\"", 1);
+        p += n + (p[n] != '\0');
+    }
+    mg_text_append(o, "]", 1);
+    free(item.p);
+}
+
+void mg_routes_view_text(const mg_routes_view_t *v, mg_text_t *o)
+{
+    mg_text_add(o, "%-4s %-12s %-20s %-40s %-24s %s\n", "id", "methods", "host", "path", "target", "plugins (in order)");
+    const char *f[NFIELDS];
+    mg_text_t methods = { 0 }, target = { 0 }, plugins = { 0 };
+    for (size_t at = 0; next_route(v, &at, f);) {
+        methods.len = target.len = plugins.len = 0;
+        list_text(&methods, f[F_METHODS], ",");
+        mg_text_add(&target, "%s%s", *f[F_UPSTREAM] ? "upstream " : "handler", f[F_UPSTREAM]);
+        list_text(&plugins, *f[F_PLUGINS] ? f[F_PLUGINS] : "-", " > ");
+        mg_text_add(o, "%-4s %-12.*s %-20s %-40s %-24.*s %.*s  (%s:%s)\n", f[F_ID], (int)methods.len, methods.p,
+                    *f[F_HOST] ? f[F_HOST] : "*", f[F_PATH], (int)target.len, target.p, (int)plugins.len,
+                    plugins.p, f[F_FILE], f[F_LINE]);
+    }
+    free(methods.p);
+    free(target.p);
+    free(plugins.p);
+}
+
+void mg_routes_view_json(const mg_routes_view_t *v, mg_text_t *o)
+{
+    const char *f[NFIELDS];
+    mg_text_append(o, "[", 1);
+    for (size_t at = 0, first = 1; next_route(v, &at, f); first = 0) {
+        mg_text_add(o, "%s{\"id\":%s,\"methods\":", first ? "" : ",", f[F_ID]);
+        if (strcmp(f[F_METHODS], "*") == 0)
+            mg_text_add(o, "\"*\"");
+        else
+            list_json(o, f[F_METHODS]);
+        static const struct {
+            int field;
+            const char *key;
+        } str[] = { { F_HOST, "host" }, { F_PATH, "path" }, { F_UPSTREAM, "upstream" } };
+        for (size_t i = 0; i < mg_countof(str); i++) {
+            if (!*f[str[i].field])
+                continue; /* absent */
+            mg_text_add(o, ",\"%s\":\"", str[i].key);
+            mg_text_json(o, f[str[i].field]);
+            mg_text_append(o, "\"", 1);
+        }
+        mg_text_add(o, ",\"plugins\":");
+        list_json(o, f[F_PLUGINS]);
+        mg_text_add(o, ",\"declared_at\":\"");
+        mg_text_json(o, f[F_FILE]);
+        mg_text_add(o, ":%s\"}", f[F_LINE]);
+    }
+    mg_text_append(o, "]\n", 2);
 }
 
 void mg_routes_view_free(mg_routes_view_t *v)
 {
-    free(v->text.p);
-    free(v->json.p);
+    free(v->records);
     *v = (mg_routes_view_t){ 0 };
 }

@@ -53,7 +53,7 @@ static void load_work(void *arg)
     mg_worker_t *w = &a->workers[l->worker];
     l->gen = mg_gen_load(a->file, w->base, w, l->cfg, l->err, sizeof(l->err));
     if (l->gen && l->cfg)
-        mg_routes_view_render(&l->routes, l->gen); /* here: the worker's VM is the worker's once published */
+        mg_routes_view_take(&l->routes, l->gen); /* here: the worker's VM is the worker's once published */
     /* the load's garbage (tens of MB for 10,000 routes) is swept here, not by the worker's first requests */
     if (l->gen)
         lua_gc(l->gen->vm->L, LUA_GCCOLLECT, 0);

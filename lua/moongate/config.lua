@@ -691,29 +691,28 @@ function M.load(path)
   return cfg
 end
 
---- A readable table of the compiled routes, in priority order per path
--- (used by `gatewayd --routes`): method, host, path, target, plugins in order.
-function M.describe(cfg)
-  local lines = {}
+--- The compiled routes, in priority order per path, as one string the C side
+-- keeps and renders (`gatewayctl routes`, `gatewayd --routes`; mg_admin_status.c):
+-- per route the fields id, methods ("*" or a list), host, path, upstream,
+-- plugins in order (a list), file, line, each ended by "\0"; a list's items
+-- are separated by "\1", an absent value is "". One concat: rendering both
+-- forms here would cost a reload of 10,000 routes about 50 ms more.
+function M.route_records(cfg)
+  local out, n = {}, 0
+  local concat = table.concat
   for _, r in ipairs(cfg.routes) do
-    local methods = r.methods == "*" and "*" or table.concat(r.methods, ",")
-    local target = r.upstream and ("upstream " .. r.upstream) or "handler"
-    local plugins = r.chain and table.concat(r.chain.names, " > ") or "-"
-    lines[#lines + 1] = fmt("%-4d %-12s %-20s %-40s %-24s %s  (%s:%d)", r.id, methods, r.host or "*", r.path,
-                            target, plugins, r.file, r.line)
+    out[n + 1] = r.id
+    out[n + 2] = r.methods == "*" and "*" or concat(r.methods, "\1")
+    out[n + 3] = r.host or ""
+    out[n + 4] = r.path
+    out[n + 5] = r.upstream or ""
+    out[n + 6] = r.chain and concat(r.chain.names, "\1") or ""
+    out[n + 7] = r.file
+    out[n + 8] = r.line
+    n = n + 8
   end
-  return table.concat(lines, "\n")
-end
-
---- The same as JSON, for `gatewayctl routes --json`.
-function M.describe_json(cfg)
-  local out = {}
-  for i, r in ipairs(cfg.routes) do
-    out[i] = { id = r.id, methods = r.methods, host = r.host, path = r.path,
-               upstream = r.upstream, plugins = r.chain and r.chain.names or {},
-               declared_at = r.file .. ":" .. r.line }
-  end
-  return gw.json.encode(out)
+  out[n + 1] = ""
+  return concat(out, "\0")
 end
 
 -- Set by the C side (glob(3)); kept overridable for tests.
