@@ -77,8 +77,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     control_t *c = arg;
     for (int i = 0; i < c->nworkers; i++)
         mg_worker_watchdog(&c->workers[i], c->cfg->watchdog_ms);
-    if (mg_gen_graveyard_fd() < 0)
-        reap_if_buried(c); /* no eventfd to wake us */
+    reap_if_buried(c); /* only matters without the graveyard's eventfd, which wakes on_buried at once */
 }
 
 static void on_signal(evutil_socket_t fd, short what, void *arg)
@@ -346,8 +345,7 @@ int main(int argc, char **argv)
     event_priority_set(tick, PRIO_CONTROL);
     struct timeval second = { 1, 0 };
     event_add(sig_ev, NULL);
-    event_add(tick, &second);
-    reap_if_buried(&ctl); /* buried before this loop listened */
+    event_add(tick, &second); /* burials before this loop ran left the eventfd readable */
     mg_admin_start(&admin, ctl.base, PRIO_ADMIN);
     if (mg_file_id_changed(&file_before, &file_after)) {
         /* the workers may have read different files */

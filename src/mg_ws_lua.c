@@ -369,18 +369,6 @@ static void ws_eof(mg_conn_t *c)
     mg_conn_close(c); /* closing tells the handler */
 }
 
-static void ws_detach(mg_conn_t *c, mg_ws_lua_t *ws);
-
-static void ws_closing(mg_conn_t *c)
-{
-    mg_ws_lua_t *ws = c->proto_data;
-    if (!ws)
-        return;
-    mg_gen_t *gen = ws->gen;
-    ws_detach(c, ws);
-    mg_worker_gen_unref(c->worker, gen); /* the VM ws lives in may close from the next loop pass */
-}
-
 /* The connection lets go of ws: the request, if it is still there, goes on without it. */
 static void ws_detach(mg_conn_t *c, mg_ws_lua_t *ws)
 {
@@ -421,6 +409,16 @@ static void ws_detach(mg_conn_t *c, mg_ws_lua_t *ws)
     wake_send(ws, 0);
     end_input(ws, "closed");
     luaL_unref(L, LUA_REGISTRYINDEX, pin);
+}
+
+static void ws_closing(mg_conn_t *c)
+{
+    mg_ws_lua_t *ws = c->proto_data;
+    if (!ws)
+        return;
+    mg_gen_t *gen = ws->gen;
+    ws_detach(c, ws);
+    mg_worker_gen_unref(c->worker, gen); /* the VM ws lives in may close from the next loop pass */
 }
 
 const mg_conn_proto_t mg_ws_lua_proto = {
